@@ -1,0 +1,244 @@
+"""Real GPUs through nvidia-ml-py (module `pynvml`).
+
+Every NVML call goes through `NvmlQuery.call`, which turns "not supported", "no permission"
+and the driver's "value not available" sentinels into None for that one field, so a GPU that
+lacks, say, an energy counter still reports everything else. A lost GPU (GpuIsLost) becomes
+health="lost" in its sample plus one GpuFault event. XID errors arrive from a thread that
+waits on an NVML event set. NVML is initialised once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+from dcsched.agents.errors import BackendError
+from dcsched.agents.gpu.base import FaultHandler
+from dcsched.protocol.messages import GpuFault, GpuInfo, GpuSample
+
+log = logging.getLogger("dcsched.agent.nvml")
+
+# NVML's "not available" sentinels: (unsigned int)-1 and (unsigned long long)-1.
+_NA_VALUES = (0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
+
+
+class GpuLost(Exception):
+    """Raised by NvmlQuery.call when NVML says the GPU fell off the bus."""
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class NvmlQuery:
+    """The one wrapper every NVML query goes through."""
+
+    def __init__(self, nv: ModuleType) -> None:
+        self.nv = nv
+        # Errors meaning "this field does not exist here": the field is absent, not an error.
+        self._absent = {
+            getattr(nv, name)
+            for name in (
+                "NVML_ERROR_NOT_SUPPORTED",
+                "NVML_ERROR_NO_PERMISSION",
+                "NVML_ERROR_FUNCTION_NOT_FOUND",
+                "NVML_ERROR_NOT_FOUND",
+            )
+            if hasattr(nv, name)
+        }
+        self._lost = {
+            getattr(nv, name)
+            for name in ("NVML_ERROR_GPU_IS_LOST", "NVML_ERROR_RESET_REQUIRED")
+            if hasattr(nv, name)
+        }
+        self._warned: set[tuple[str, int]] = set()
+
+    def call(self, name: str, *args: Any) -> Any:
+        """nv.<name>(*args), or None when the value is not available."""
+        try:
+            value = getattr(self.nv, name)(*args)
+        except self.nv.NVMLError as exc:
+            code = getattr(exc, "value", None)
+            if code in self._lost:
+                raise GpuLost(str(exc)) from None
+            if code not in self._absent and (name, code) not in self._warned:
+                # Unexpected errors are logged once per (query, code), then treated as N/A.
+                self._warned.add((name, code))
+                log.warning("NVML %s failed: %s (reported as N/A from now on)", name, exc)
+            return None
+        if isinstance(value, int) and value in _NA_VALUES:
+            return None
+        return value
+
+
+_init_lock = threading.Lock()
+_initialised: set[int] = set()  # id() of the modules initialised, so nvmlInit runs once
+
+
+def _init_once(nv: ModuleType) -> None:
+    with _init_lock:
+        if id(nv) in _initialised:
+            return
+        try:
+            nv.nvmlInit()
+        except nv.NVMLError as exc:
+            raise BackendError(f"NVML cannot start: {exc}; use backend = \"sim\" without GPUs") from None
+        _initialised.add(id(nv))
+
+
+class NvmlBackend:
+    name = "nvml"
+    simulated = False
+
+    def __init__(self, host: str, nv: ModuleType | None = None) -> None:
+        if nv is None:
+            try:
+                import pynvml as nv
+            except ImportError:
+                raise BackendError(
+                    "the nvml backend needs nvidia-ml-py: pip install 'dcsched[agent]'"
+                ) from None
+        self.host = host
+        self.nv = nv
+        _init_once(nv)
+        self.q = NvmlQuery(nv)
+        count = self.q.call("nvmlDeviceGetCount") or 0
+        self._handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        self._lost: set[int] = set()
+        self._handler: FaultHandler | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._inventory = [self._info(i, h) for i, h in enumerate(self._handles)]
+
+    def _info(self, index: int, handle: Any) -> GpuInfo:
+        try:
+            uuid = self.q.call("nvmlDeviceGetUUID", handle)
+            name = self.q.call("nvmlDeviceGetName", handle)
+            mem = self.q.call("nvmlDeviceGetMemoryInfo", handle)
+        except GpuLost:
+            self._lost.add(index)
+            return GpuInfo(index=index, uuid=f"lost-{index}", model="lost")
+        return GpuInfo(
+            index=index,
+            uuid=_text(uuid) if uuid is not None else f"unknown-{index}",
+            model=_text(name) if name is not None else "unknown",
+            mem_total=int(mem.total) if mem is not None else None,
+        )
+
+    def inventory(self) -> list[GpuInfo]:
+        return list(self._inventory)
+
+    def driver_version(self) -> str:
+        value = self.q.call("nvmlSystemGetDriverVersion")
+        return _text(value) if value is not None else ""
+
+    def sample(self, now: float, busy: Mapping[int, Sequence[int]]) -> list[GpuSample]:
+        return [self._sample_one(i, h, now) for i, h in enumerate(self._handles)]
+
+    def _sample_one(self, index: int, h: Any, now: float) -> GpuSample:
+        uuid = self._inventory[index].uuid
+        q, nv = self.q, self.nv
+        try:
+            util = q.call("nvmlDeviceGetUtilizationRates", h)
+            mem = q.call("nvmlDeviceGetMemoryInfo", h)
+            temp = q.call("nvmlDeviceGetTemperature", h, nv.NVML_TEMPERATURE_GPU)
+            power_mw = q.call("nvmlDeviceGetPowerUsage", h)
+            sm = q.call("nvmlDeviceGetClockInfo", h, nv.NVML_CLOCK_SM)
+            energy_mj = q.call("nvmlDeviceGetTotalEnergyConsumption", h)
+            procs = q.call("nvmlDeviceGetComputeRunningProcesses", h)
+        except GpuLost as exc:
+            if index not in self._lost:
+                self._lost.add(index)
+                self._fault(GpuFault(host=self.host, gpu_index=index, ts=now, kind="lost",
+                                     detail=str(exc)))
+            return GpuSample(index=index, uuid=uuid, health="lost")
+        if index in self._lost:
+            self._lost.discard(index)  # came back (after a reset): healthy again
+        return GpuSample(
+            index=index,
+            uuid=uuid,
+            util=float(util.gpu) if util is not None else None,
+            mem_used=int(mem.used) if mem is not None else None,
+            mem_total=int(mem.total) if mem is not None else None,
+            temp_c=float(temp) if temp is not None else None,
+            power_w=power_mw / 1000.0 if power_mw is not None else None,
+            sm_clock_mhz=int(sm) if sm is not None else None,
+            energy_j=energy_mj / 1000.0 if energy_mj is not None else None,
+            pids=sorted({int(p.pid) for p in procs}) if procs else [],
+        )
+
+    def _fault(self, fault: GpuFault) -> None:
+        if self._handler is not None:
+            self._handler(fault)
+
+    # --- XID events ------------------------------------------------------------------------
+
+    def watch_faults(self, handler: FaultHandler) -> None:
+        self._handler = handler
+        if self._thread is not None or not self._handles:
+            return
+        nv = self.nv
+        try:
+            event_set = nv.nvmlEventSetCreate()
+        except nv.NVMLError as exc:
+            log.warning("NVML events unavailable (%s): XID errors will not be reported", exc)
+            return
+        registered = 0
+        for i, h in enumerate(self._handles):
+            try:
+                self.q.call("nvmlDeviceRegisterEvents", h, nv.nvmlEventTypeXidCriticalError,
+                            event_set)
+                registered += 1
+            except GpuLost:
+                log.warning("GPU %d is lost: no XID events from it", i)
+        if not registered:
+            nv.nvmlEventSetFree(event_set)
+            return
+        self._thread = threading.Thread(
+            target=self._watch, args=(event_set,), name="nvml-xid", daemon=True
+        )
+        self._thread.start()
+
+    def _watch(self, event_set: Any) -> None:
+        nv = self.nv
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = nv.nvmlEventSetWait(event_set, 500)  # ms; lets close() stop us
+                except nv.NVMLError as exc:
+                    if getattr(exc, "value", None) != nv.NVML_ERROR_TIMEOUT:
+                        log.warning("NVML event wait failed: %s", exc)
+                        self._stop.wait(1.0)
+                    continue
+                if not data.eventType & nv.nvmlEventTypeXidCriticalError:
+                    continue
+                index = self._index_of(data.device)
+                self._fault(GpuFault(host=self.host, gpu_index=index, ts=time.time(),
+                                     kind="xid", code=int(data.eventData),
+                                     detail=f"XID {int(data.eventData)}"))
+        finally:
+            try:
+                nv.nvmlEventSetFree(event_set)
+            except nv.NVMLError:
+                pass
+
+    def _index_of(self, handle: Any) -> int:
+        index = self.q.call("nvmlDeviceGetIndex", handle)
+        if index is not None:
+            return int(index)
+        for i, h in enumerate(self._handles):
+            if h == handle:
+                return i
+        return -1
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        # NVML stays initialised: other backends in this process may share it, and the
+        # process is about to end anyway.

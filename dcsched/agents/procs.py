@@ -1,0 +1,115 @@
+"""What /proc says about a job's processes.
+
+A job is found by a tag in its environment (DCSCHED_JOB_TAG) as well as by its process
+group: torchrun starts every worker in a session of its own, so the group alone would miss
+the workers, and a tag survives reparenting when torchrun dies first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+TAG_VAR = "DCSCHED_JOB_TAG"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    pid: int
+    state: str
+    ppid: int
+    pgid: int
+    starttime: int  # clock ticks after boot: with the pid, names one process for good
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    rest = raw[raw.rfind(")") + 2 :].split()
+    try:
+        return ProcStat(pid, rest[0], int(rest[1]), int(rest[2]), int(rest[19]))
+    except (IndexError, ValueError):
+        return None
+
+
+def is_alive(pid: int, starttime: int | None = None) -> bool:
+    """True while the process runs; a zombie or a recycled pid counts as gone."""
+    st = read_stat(pid)
+    if st is None or st.state in ("Z", "X"):
+        return False
+    return starttime is None or st.starttime == starttime
+
+
+def _read_tag(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:  # gone, or another user's process while the agent is not root
+        return None
+    key = TAG_VAR.encode() + b"="
+    for item in env.split(b"\0"):
+        if item.startswith(key):
+            return item[len(key) :].decode(errors="replace")
+    return None
+
+
+class ProcScanner:
+    """Maps job tags to live pids; caches each process's tag by (pid, starttime)."""
+
+    def __init__(self) -> None:
+        self._tags: dict[tuple[int, int], str | None] = {}
+
+    def scan(self, jobs: Mapping[str, int]) -> dict[str, list[int]]:
+        """`jobs` maps tag -> process group id; returns tag -> sorted live pids."""
+        found: dict[str, list[int]] = {tag: [] for tag in jobs}
+        by_pgid = {pgid: tag for tag, pgid in jobs.items() if pgid > 0}
+        seen: set[tuple[int, int]] = set()
+        for pid in _pids():
+            st = read_stat(pid)
+            if st is None or st.state in ("Z", "X"):
+                continue
+            key = (pid, st.starttime)
+            seen.add(key)
+            if key not in self._tags:
+                self._tags[key] = _read_tag(pid)
+            tag = self._tags[key]
+            if tag in found:
+                found[tag].append(pid)
+            elif st.pgid in by_pgid:
+                found[by_pgid[st.pgid]].append(pid)
+        # Forget processes that are gone so the cache stays as big as the process table.
+        for key in self._tags.keys() - seen:
+            del self._tags[key]
+        return found
+
+    def pids_of(self, tag: str, pgid: int) -> list[int]:
+        return self.scan({tag: pgid})[tag]
+
+
+def _pids() -> Iterable[int]:
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            yield int(name)
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    if pgid > 1:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
+def kill_pids(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        if pid > 1 and pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
+SIGNAL_NAMES = {int(s): s.name for s in signal.Signals}

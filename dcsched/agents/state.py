@@ -1,0 +1,121 @@
+"""The agent's state file `{state_dir}/jobs.json`, rewritten atomically after every change.
+
+It holds what a restarted agent needs: the jobs it runs (to re-adopt them), the results of
+the commands it executed (so a repeated cmd_id is answered, never executed twice), the
+events not yet acknowledged by the broker (a JobExited must survive a broker outage and an
+agent restart), and the last exits (a late Cancel is answered with the job's JobExited).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+
+from dcsched.agents.errors import StateError
+from dcsched.protocol.messages import JobExited, JobStarted
+
+MAX_COMMANDS = 5_000
+MAX_EXITED = 1_000
+STATE_VERSION = 1
+
+
+class JobRecord(msgspec.Struct, kw_only=True):
+    job_id: str
+    node_rank: int
+    pid: int  # the runner; its process group is the job's
+    pgid: int
+    starttime: int  # with pid, guards re-adoption against a recycled pid
+    child_pid: int  # torchrun
+    tag: str  # DCSCHED_JOB_TAG in every process of the job
+    log_path: str
+    status_file: str
+    gpus: list[int] = []
+    cmd_ids: list[str] = []
+    started_ts: float = 0.0
+    cancel_signal: int | None = None  # last signal a Cancel sent, if any
+    cancel_reason: str = ""
+
+    @property
+    def key(self) -> str:
+        return job_key(self.job_id, self.node_rank)
+
+
+class CommandResult(msgspec.Struct, kw_only=True):
+    cmd_id: str
+    job_id: str
+    ok: bool
+    error: str = ""
+
+
+class AgentState(msgspec.Struct, kw_only=True):
+    version: int = STATE_VERSION
+    jobs: dict[str, JobRecord] = {}
+    commands: list[CommandResult] = []  # oldest first, bounded
+    outbox: list[JobStarted | JobExited] = []  # in publishing order
+    exited: list[JobExited] = []  # the last exits, oldest first, bounded
+
+
+def job_key(job_id: str, node_rank: int) -> str:
+    return f"{job_id}#{node_rank}"
+
+
+class StateStore:
+    def __init__(self, state_dir: str | Path) -> None:
+        self.path = Path(state_dir) / "jobs.json"
+        self.state = AgentState()
+        self._commands: dict[str, CommandResult] = {}
+
+    def load(self) -> AgentState:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return self.state
+        except OSError as exc:
+            raise StateError(f"cannot read {self.path}: {exc.strerror}") from None
+        try:
+            self.state = msgspec.json.decode(raw, type=AgentState)
+        except msgspec.DecodeError as exc:
+            # A corrupt state file must not keep the agent from starting; keep it for a person.
+            bad = self.path.with_suffix(".corrupt")
+            os.replace(self.path, bad)
+            raise StateError(f"{self.path} is corrupt ({exc}); moved to {bad}") from None
+        self._commands = {c.cmd_id: c for c in self.state.commands}
+        return self.state
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(msgspec.json.encode(self.state))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise StateError(f"cannot write {self.path}: {exc.strerror}") from None
+
+    # --- commands executed at most once -----------------------------------------------------
+
+    def command(self, cmd_id: str) -> CommandResult | None:
+        return self._commands.get(cmd_id)
+
+    def remember_command(self, result: CommandResult) -> None:
+        self._commands[result.cmd_id] = result
+        self.state.commands.append(result)
+        if len(self.state.commands) > MAX_COMMANDS:
+            drop = self.state.commands[: len(self.state.commands) - MAX_COMMANDS]
+            del self.state.commands[: len(drop)]
+            for c in drop:
+                self._commands.pop(c.cmd_id, None)
+
+    # --- exits --------------------------------------------------------------------------------
+
+    def remember_exit(self, ev: JobExited) -> None:
+        self.state.exited.append(ev)
+        del self.state.exited[: max(0, len(self.state.exited) - MAX_EXITED)]
+
+    def exits_of(self, job_id: str) -> Iterable[JobExited]:
+        return [e for e in self.state.exited if e.job_id == job_id]

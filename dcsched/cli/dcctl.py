@@ -1,0 +1,302 @@
+"""`dcctl`: list, show, cancel, hold, release jobs; list, drain and resume nodes; read logs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from dcsched.cli.common import (
+    add_connection_args,
+    client_from,
+    duration,
+    pct,
+    print_json,
+    run_cli,
+    table,
+    timestamp,
+)
+from dcsched.client import ApiError, Client
+
+
+def _exit(job: dict[str, Any]) -> str:
+    if job.get("exit_code") is None and job.get("signal") is None:
+        return ""
+    return (
+        f"{job.get('exit_code') if job.get('exit_code') is not None else '-'}:"
+        f"{job.get('signal') or 0}"
+    )
+
+
+def _where(job: dict[str, Any]) -> str:
+    if job.get("hosts"):
+        return ",".join(job["hosts"])
+    return f"({job['reason']})" if job.get("reason") else ""
+
+
+def cmd_queue(c: Client, a: argparse.Namespace) -> int:
+    jobs = c.jobs(all_states=a.all, user=a.user, state=a.state)
+    if a.json:
+        print_json({"jobs": jobs})
+        return 0
+    rows = [
+        (
+            j["id"],
+            j["name"][:20],
+            j["user"],
+            j["account"],
+            j["state"],
+            duration(j.get("elapsed_s")),
+            duration(j["time_limit_s"]),
+            j["nodes"],
+            j["nodes"] * j["gpus_per_node"],
+            pct(j.get("gpu_util")),
+            _where(j),
+        )
+        for j in sorted(jobs, key=lambda j: j["id"])
+    ]
+    print(
+        table(
+            (
+                "JOBID",
+                "NAME",
+                "USER",
+                "ACCOUNT",
+                "STATE",
+                "TIME",
+                "LIMIT",
+                "NODES",
+                "GPUS",
+                "UTIL",
+                "NODELIST(REASON)",
+            ),
+            rows,
+        )
+    )
+    return 0
+
+
+def cmd_show(c: Client, a: argparse.Namespace) -> int:
+    job = c.job(a.job)
+    if a.json:
+        print_json(job)
+        return 0
+    spec = job["spec"]
+    lines = [
+        ("JobId", job["id"]),
+        ("Name", job["name"]),
+        ("User", f"{job['user']} ({job['uid']})"),
+        ("Account", job["account"]),
+        ("QOS", job["qos"]),
+        ("State", job["state"]),
+        ("Reason", job.get("reason") or ""),
+        ("ExitCode", _exit(job)),
+        ("Nodes", job["nodes"]),
+        ("GPUsPerNode", job["gpus_per_node"]),
+        ("GpuType", job.get("gpu_type") or ""),
+        ("TimeLimit", duration(job["time_limit_s"])),
+        ("RunTime", duration(job.get("elapsed_s"))),
+        ("SubmitTime", timestamp(job["submit_ts"])),
+        ("StartTime", timestamp(job.get("start_ts"))),
+        ("EndTime", timestamp(job.get("end_ts"))),
+        ("Master", f"{job['master_addr']}:{job['master_port']}" if job.get("master_addr") else ""),
+        ("Command", " ".join(spec["command"])),
+        ("WorkDir", spec.get("workdir", "")),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k.rjust(width)} = {v}")
+    if job.get("node_parts"):
+        print()
+        print(
+            table(
+                ("RANK", "HOST", "GPUS", "STATE", "PID", "EXIT", "REASON", "LOG"),
+                [
+                    (
+                        p["node_rank"],
+                        p["host"],
+                        ",".join(map(str, p["gpus"])),
+                        p["state"],
+                        p["pid"],
+                        _exit(p),
+                        p["reason"],
+                        p["log_path"],
+                    )
+                    for p in job["node_parts"]
+                ],
+            )
+        )
+    if job.get("events"):
+        print()
+        print(
+            table(
+                ("TIME", "STATE", "DETAIL"),
+                [(timestamp(e["ts"]), e["state"], e["detail"]) for e in job["events"]],
+            )
+        )
+    return 0
+
+
+def _job_actions(c: Client, a: argparse.Namespace, action: str) -> int:
+    rc = 0
+    for job_id in a.jobs:
+        try:
+            job = c.job_action(job_id, action)
+        except ApiError as exc:
+            print(f"dcctl: job {job_id}: {exc.message}", file=sys.stderr)
+            rc = 1
+            continue
+        if a.json:
+            print_json(job)
+        else:
+            print(f"job {job_id}: {job['state']}")
+    return rc
+
+
+def cmd_nodes(c: Client, a: argparse.Namespace) -> int:
+    nodes = c.nodes()
+    if a.json:
+        print_json({"nodes": nodes})
+        return 0
+    rows = [
+        (
+            n["host"],
+            n["state"] + (" (sim)" if n["simulated"] else ""),
+            n["gpus"],
+            n["gpus_allocated"],
+            n["gpu_type"],
+            pct(n.get("mean_util")),
+            n["addr"],
+            ",".join(map(str, n["jobs"])),
+            n["drain_reason"],
+        )
+        for n in nodes
+    ]
+    print(table(("HOST", "STATE", "GPUS", "ALLOC", "TYPE", "UTIL", "ADDR", "JOBS", "REASON"), rows))
+    return 0
+
+
+def cmd_gpus(c: Client, a: argparse.Namespace) -> int:
+    gpus = c.gpus()
+    if a.json:
+        print_json({"gpus": gpus})
+        return 0
+    gib = 1024**3
+    rows = [
+        (
+            g["host"],
+            g["index"],
+            g["model"],
+            pct(g["util"]),
+            ""
+            if g["mem_used"] is None
+            else f"{g['mem_used'] / gib:.1f}/{(g['mem_total'] or 0) / gib:.0f}G",
+            "" if g["temp_c"] is None else f"{g['temp_c']:.0f}C",
+            "" if g["power_w"] is None else f"{g['power_w']:.0f}W",
+            g["job_id"] or "",
+            g["user"] or "",
+            g["health"],
+        )
+        for g in gpus
+    ]
+    print(
+        table(
+            ("HOST", "GPU", "MODEL", "UTIL", "MEM", "TEMP", "POWER", "JOB", "USER", "HEALTH"), rows
+        )
+    )
+    return 0
+
+
+def _node_action(c: Client, a: argparse.Namespace, action: str) -> int:
+    out = c.node_action(a.host, action, getattr(a, "reason", "") or "")
+    if a.json:
+        print_json(out)
+    else:
+        print(f"{a.host}: {'drained' if out['drained'] else 'resumed'}")
+    return 0
+
+
+def cmd_logs(c: Client, a: argparse.Namespace) -> int:
+    chunk = c.logs(a.job, node=a.node, offset=-1, max_bytes=a.bytes)
+    sys.stdout.write(chunk["data"])
+    sys.stdout.flush()
+    offset = chunk["size"]
+    while a.follow:
+        if chunk.get("done"):
+            # The job ended: print what was written after our last read, then stop.
+            chunk = c.logs(a.job, node=a.node, offset=offset, max_bytes=1024 * 1024)
+            sys.stdout.write(chunk["data"])
+            return 0
+        time.sleep(1.0)
+        chunk = c.logs(a.job, node=a.node, offset=offset, max_bytes=1024 * 1024)
+        if chunk["data"]:
+            sys.stdout.write(chunk["data"])
+            sys.stdout.flush()
+        offset = chunk["offset"] + len(chunk["data"].encode())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dcctl", description="Inspect and act on a dcsched cluster.")
+    add_connection_args(p)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def add(name: str, help_: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    q = add("queue", "pending and running jobs (like squeue)")
+    q.add_argument("--all", action="store_true", help="finished jobs too")
+    q.add_argument("--user", help="only this user's jobs")
+    q.add_argument("--state", help="only these states, comma-separated (e.g. PENDING,RUNNING)")
+    add("show", "everything about one job (like scontrol show job)").add_argument("job")
+    for name, help_ in (
+        ("cancel", "cancel jobs"),
+        ("hold", "hold pending jobs"),
+        ("release", "release held jobs"),
+    ):
+        add(name, help_).add_argument("jobs", nargs="+", metavar="JOB")
+    add("nodes", "nodes with their state and GPUs (like sinfo -N)")
+    add("gpus", "every GPU with its live telemetry and job")
+    d = add("drain", "stop scheduling on a node; running jobs finish")
+    d.add_argument("host")
+    d.add_argument("--reason", default="")
+    add("resume", "schedule on a drained node again").add_argument("host")
+    lg = add("logs", "a job's output, read from its nodes' agents", json_flag=False)
+    lg.add_argument("job")
+    lg.add_argument("--node", type=int, default=0, help="node rank (default 0)")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    lg.add_argument("--bytes", type=int, default=64 * 1024, help="how much of the tail (64 KiB)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def go() -> int:
+        c = client_from(args)
+        match args.cmd:
+            case "queue":
+                return cmd_queue(c, args)
+            case "show":
+                return cmd_show(c, args)
+            case "cancel" | "hold" | "release":
+                return _job_actions(c, args, args.cmd)
+            case "nodes":
+                return cmd_nodes(c, args)
+            case "gpus":
+                return cmd_gpus(c, args)
+            case "drain" | "resume":
+                return _node_action(c, args, args.cmd)
+            case "logs":
+                return cmd_logs(c, args)
+        return 2
+
+    return run_cli("dcctl", go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

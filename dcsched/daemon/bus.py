@@ -1,0 +1,112 @@
+"""The daemon's MQTT connection: a reconnect loop with jittered exponential backoff.
+
+Telemetry is handed to a synchronous callback inside the receive loop (no awaits on the hot
+path); status and events go through a queue to one task, in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+
+from dcsched.daemon.aio import wait_event
+from dcsched.protocol.codec import event_codec, status_codec, telemetry_codec
+from dcsched.protocol.config import BrokerConfig
+from dcsched.protocol.messages import Event, HostStatus, Telemetry
+from dcsched.protocol.topics import Topics
+
+log = logging.getLogger("dcsched.bus")
+
+
+class Bus:
+    def __init__(
+        self, cfg: BrokerConfig, client_id: str, on_telemetry: Callable[[Telemetry], None]
+    ) -> None:
+        self.cfg = cfg
+        self.topics = Topics(cfg.topic_prefix)
+        self.client_id = client_id
+        self.on_telemetry = on_telemetry
+        self.inbox: asyncio.Queue[HostStatus | Event] = asyncio.Queue()
+        self.telemetry = telemetry_codec()
+        self.status = status_codec()
+        self.events = event_codec()
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+        self._client: aiomqtt.Client | None = None
+
+    def codecs(self) -> dict[str, Any]:
+        return {"telemetry": self.telemetry, "status": self.status, "events": self.events}
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return False
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain)
+        except aiomqtt.MqttError as exc:
+            log.warning("publish to %s failed: %s", topic, exc)
+            return False
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        host, port = self.cfg.host_port()
+        delay = 0.5
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                async with aiomqtt.Client(
+                    host,
+                    port,
+                    identifier=self.client_id,
+                    clean_session=False,
+                    username=self.cfg.username or None,
+                    password=self.cfg.password(),
+                    keepalive=self.cfg.keepalive_s,
+                ) as client:
+                    self._client = client
+                    for kind, qos in (("telemetry", 0), ("status", 1), ("events", 1)):
+                        await client.subscribe(self.topics.all_hosts(kind), qos=qos)  # type: ignore[arg-type]
+                    self.connected.set()
+                    log.info("connected to broker %s:%d", host, port)
+                    await self._receive(client)
+            except aiomqtt.MqttError as exc:
+                log.warning("broker %s:%d: %s", host, port, exc)
+            finally:
+                self.connected.clear()
+                self._client = None
+            if stop.is_set():
+                break
+            self.reconnects += 1
+            if time.monotonic() - started > 30:
+                delay = 0.5  # a connection that lived a while resets the backoff
+            wait = delay * random.uniform(0.5, 1.5)
+            log.info("reconnecting in %.1f s", wait)
+            await wait_event(stop, wait)
+            delay = min(delay * 2, 30.0)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        parse = self.topics.parse
+        async for message in client.messages:
+            where = parse(message.topic.value)
+            payload = message.payload
+            if where is None or not isinstance(payload, bytes | bytearray):
+                continue
+            host, kind = where
+            if kind == "telemetry":
+                t = self.telemetry.decode_or_drop(bytes(payload), message.topic.value)
+                if t is not None and t.host == host:
+                    self.on_telemetry(t)
+            elif kind == "status":
+                s = self.status.decode_or_drop(bytes(payload), message.topic.value)
+                if s is not None and s.host == host:
+                    self.inbox.put_nowait(s)
+            elif kind == "events":
+                e = self.events.decode_or_drop(bytes(payload), message.topic.value)
+                if e is not None and e.host == host:
+                    self.inbox.put_nowait(e)

@@ -1,0 +1,84 @@
+"""The daemon's view of the nodes: inventory and liveness from the agents' retained status,
+freshness from telemetry, drain flags from the store."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from dcsched.daemon.ingest import Ingest
+from dcsched.protocol.messages import HostStatus
+
+_GPU_TYPE = re.compile(r"\b([A-Z]{1,3}\d{2,4}[A-Z]*)\b")
+
+
+def gpu_type_of(model: str) -> str:
+    """The short type a job file names ("H100") from a model string ("NVIDIA H100 80GB HBM3")."""
+    m = _GPU_TYPE.search(model.replace("-", " "))
+    return m.group(1) if m else model
+
+
+@dataclass(slots=True)
+class Node:
+    host: str
+    status: HostStatus
+    online: bool
+    drained: bool = False
+    drain_reason: str = ""
+    seen: float = field(default_factory=time.monotonic)  # last status or telemetry
+
+    @property
+    def gpu_type(self) -> str:
+        return gpu_type_of(self.status.gpus[0].model) if self.status.gpus else ""
+
+
+class Cluster:
+    def __init__(self, ingest: Ingest, node_timeout_s: float) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.ingest = ingest
+        self.node_timeout_s = node_timeout_s
+
+    def load(
+        self, host: str, status: dict[str, Any], online: bool, drained: bool, reason: str
+    ) -> None:
+        """A node from the store at start-up; its liveness is re-learnt from the broker."""
+        st = msgspec.convert(status, HostStatus)
+        self.nodes[host] = Node(host, st, online, drained, reason)
+
+    def on_status(self, st: HostStatus) -> bool:
+        """Returns True when the node's schedulable state changed."""
+        node = self.nodes.get(st.host)
+        online = st.state == "online"
+        if node is None:
+            self.nodes[st.host] = Node(st.host, st, online)
+            return online
+        changed = node.online != online or len(node.status.gpus) != len(st.gpus)
+        if st.state == "offline":
+            # The will carries no inventory: keep what the node last told.
+            st = msgspec.structs.replace(st, gpus=node.status.gpus, addr=node.status.addr)
+        node.status, node.online, node.seen = st, online, time.monotonic()
+        return changed
+
+    def state(self, node: Node) -> str:
+        """up | drained | down, as the scheduler sees it."""
+        if not node.online:
+            return "down"
+        age = self.ingest.age(node.host)
+        last = (
+            min(age, time.monotonic() - node.seen)
+            if age is not None
+            else (time.monotonic() - node.seen)
+        )
+        if last > self.node_timeout_s:
+            return "down"
+        return "drained" if node.drained else "up"
+
+    def unhealthy(self, host: str) -> frozenset[int]:
+        ht = self.ingest.hosts.get(host)
+        if ht is None:
+            return frozenset()
+        return frozenset(s.index for s in ht.latest.gpus if s.health != "ok")

@@ -1,0 +1,188 @@
+"""The scheduling loop: a snapshot of the store and the nodes, one decide(), and the starts
+written back (allocation, STARTING and launch commands in one transaction per job)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from dcsched.daemon.aio import wait_event
+from dcsched.daemon.cluster import Cluster
+from dcsched.daemon.commands import CommandSender, command_row, new_cmd_id
+from dcsched.daemon.states import ACTIVE, QUEUED, JobState
+from dcsched.daemon.store import Job, JobNode, Store, StoreError
+from dcsched.protocol.messages import Launch
+from dcsched.scheduler import (
+    Decisions,
+    JobRequest,
+    NodeView,
+    RunningJob,
+    SchedulerConfig,
+    Snapshot,
+    decide,
+)
+
+log = logging.getLogger("dcsched.scheduling")
+
+
+@dataclass(slots=True)
+class PassStats:
+    passes: int = 0
+    last_ms: float = 0.0
+    total_ms: float = 0.0
+    last: Decisions = field(default_factory=Decisions)
+    last_snapshot: Snapshot | None = None
+
+
+class SchedulingLoop:
+    def __init__(
+        self,
+        store: Store,
+        cluster: Cluster,
+        sender: CommandSender,
+        config: SchedulerConfig,
+        ports: range,
+        interval_s: float,
+    ) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.sender = sender
+        self.config = config
+        self.ports = ports
+        self.interval_s = interval_s
+        self.wake = asyncio.Event()
+        self.stats = PassStats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await wait_event(self.wake, self.interval_s)
+            self.wake.clear()
+            await asyncio.sleep(0.05)  # coalesce a burst of submits into one pass
+            try:
+                await self.run_pass()
+            except Exception:
+                log.exception("scheduling pass failed; the next one retries")
+
+    async def snapshot(self) -> tuple[Snapshot, dict[int, Job], list[Job]]:
+        queued = await self.store.jobs(QUEUED)
+        active = await self.store.jobs(ACTIVE)
+        parts_by_job: dict[int, list[JobNode]] = {}
+        for p in await self.store.job_nodes(states=("launching", "running")):
+            parts_by_job.setdefault(p.job_id, []).append(p)
+        busy: dict[str, set[int]] = {}
+        running = []
+        for job in active:
+            parts = parts_by_job.get(job.id, [])
+            for p in parts:
+                busy.setdefault(p.host, set()).update(p.gpus)
+            running.append(
+                RunningJob(
+                    job_id=str(job.id),
+                    user=job.user,
+                    account=job.account,
+                    start_ts=job.start_ts or job.submit_ts,
+                    time_limit_s=job.time_limit_s,
+                    allocation=tuple((p.host, tuple(p.gpus)) for p in parts),
+                    qos=job.qos,
+                )
+            )
+        nodes = []
+        for node in self.cluster.nodes.values():
+            gpus = tuple(g.index for g in node.status.gpus)
+            nodes.append(
+                NodeView(
+                    name=node.host,
+                    gpu_type=node.gpu_type,
+                    gpus=gpus,
+                    free=frozenset(gpus) - busy.get(node.host, set()),
+                    state=self.cluster.state(node),
+                    unhealthy=self.cluster.unhealthy(node.host),
+                )
+            )
+        pending = tuple(
+            JobRequest(
+                job_id=str(j.id),
+                user=j.user,
+                account=j.account,
+                submit_ts=j.submit_ts,
+                nodes=j.nodes,
+                gpus_per_node=j.gpus_per_node,
+                time_limit_s=j.time_limit_s,
+                qos=j.qos,
+                gpu_type=j.gpu_type,
+                nice=j.nice,
+                held=j.state == JobState.HELD,
+            )
+            for j in queued
+        )
+        snap = Snapshot(
+            nodes=tuple(nodes), pending=pending, running=tuple(running), config=self.config
+        )
+        return snap, {j.id: j for j in queued}, active
+
+    async def run_pass(self) -> Decisions:
+        snap, queued, active = await self.snapshot()
+        t0 = time.perf_counter()
+        decisions = decide(snap, time.time())
+        ms = (time.perf_counter() - t0) * 1000
+        st = self.stats
+        st.passes += 1
+        st.last_ms, st.total_ms = ms, st.total_ms + ms
+        st.last, st.last_snapshot = decisions, snap
+        used_ports = {j.master_port for j in active if j.master_port}
+        for start in decisions.starts:
+            job = queued[int(start.job_id)]
+            port = next((p for p in self.ports if p not in used_ports), None)
+            if port is None:
+                log.warning("no free master port in the configured range; job %d waits", job.id)
+                break
+            used_ports.add(port)
+            await self._start(job, start.allocation, port)
+        for job_id, info in decisions.pending.items():
+            waiting = queued.get(int(job_id))
+            reason = info.reasons[0] if info.reasons else ""
+            if waiting is not None and waiting.reason != reason:
+                await self.store.update_job(waiting.id, reason=reason)
+        return decisions
+
+    async def _start(
+        self, job: Job, allocation: tuple[tuple[str, tuple[int, ...]], ...], port: int
+    ) -> None:
+        first = self.cluster.nodes[allocation[0][0]]
+        master = first.status.addr or first.host
+        spec = job.spec
+        rows = []
+        for rank, (host, gpus) in enumerate(allocation):
+            launch = Launch(
+                cmd_id=new_cmd_id(),
+                job_id=str(job.id),
+                node_rank=rank,
+                nnodes=len(allocation),
+                nproc_per_node=spec["torchrun"].get("nproc_per_node") or job.gpus_per_node,
+                master_addr=master,
+                master_port=port,
+                gpus=list(gpus),
+                command=list(spec["command"]),
+                workdir=spec.get("workdir", ""),
+                env=dict(spec.get("env", {})),
+                user=job.user,
+                python=spec["torchrun"].get("python"),
+            )
+            rows.append(command_row(host, launch))
+        try:
+            await self.store.start_job(
+                job.id, [(h, list(g)) for h, g in allocation], master, port, time.time(), rows
+            )
+        except StoreError as exc:
+            log.info("job %d not started: %s", job.id, exc)
+            return
+        log.info(
+            "job %d starting on %s (master %s:%d)",
+            job.id,
+            ", ".join(h for h, _ in allocation),
+            master,
+            port,
+        )
+        self.sender.wake.set()

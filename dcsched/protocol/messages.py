@@ -1,0 +1,172 @@
+"""Typed, versioned messages on the bus. Every payload is one tagged msgspec Struct."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class Message(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
+    v: int = PROTOCOL_VERSION
+
+
+# --- telemetry: agent -> daemon, QoS 0, latest wins --------------------------------------
+
+
+class GpuSample(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One GPU at one instant. None means the driver does not report that field (N/A)."""
+
+    index: int
+    uuid: str
+    util: float | None = None  # percent
+    mem_used: int | None = None  # bytes
+    mem_total: int | None = None  # bytes
+    temp_c: float | None = None
+    power_w: float | None = None
+    sm_clock_mhz: int | None = None
+    energy_j: float | None = None  # cumulative since driver load
+    pids: list[int] = []
+    health: str = "ok"  # "ok" | "lost" | "xid"
+
+
+class JobProcs(msgspec.Struct, kw_only=True, omit_defaults=True):
+    job_id: str
+    node_rank: int
+    gpus: list[int] = []
+    pids: list[int] = []
+
+
+class Telemetry(Message, tag="telemetry"):
+    host: str
+    ts: float
+    seq: int
+    gpus: list[GpuSample]
+    jobs: list[JobProcs] = []
+    simulated: bool = False
+
+
+# --- status: agent -> daemon, QoS 1, retained; the MQTT will sets it offline --------------
+
+
+class GpuInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    index: int
+    uuid: str
+    model: str
+    mem_total: int | None = None
+
+
+class HostStatus(Message, tag="status"):
+    host: str
+    state: Literal["online", "offline"]
+    ts: float
+    addr: str = ""
+    agent_version: str = ""
+    backend: str = ""
+    driver: str = ""
+    simulated: bool = False
+    gpus: list[GpuInfo] = []
+    running_jobs: list[str] = []  # job ids with a live process group here, for reconciliation
+
+
+# --- commands: daemon -> agent, QoS 1, signed; each cmd_id is executed at most once ---------
+
+
+class Launch(Message, tag="launch"):
+    cmd_id: str
+    job_id: str
+    node_rank: int
+    nnodes: int
+    nproc_per_node: int
+    master_addr: str
+    master_port: int
+    gpus: list[int]
+    command: list[str]
+    workdir: str = ""
+    env: dict[str, str] = {}
+    user: str = ""
+    python: str | None = None  # interpreter with torch; None: `torchrun` from the agent's PATH
+
+
+class Cancel(Message, tag="cancel"):
+    cmd_id: str
+    job_id: str
+    grace_s: float = 10.0
+    reason: str = "cancelled"
+
+
+class FetchLog(Message, tag="fetch_log"):
+    """Ask for a piece of a node's log; offset < 0 means the last max_bytes."""
+
+    cmd_id: str
+    job_id: str
+    node_rank: int
+    offset: int = -1
+    max_bytes: int = 64 * 1024
+
+
+Command = Launch | Cancel | FetchLog
+
+
+class SignedCommand(msgspec.Struct, kw_only=True, tag="signed", tag_field="type"):
+    """A command's encoded bytes with an HMAC over (ts, nonce, body)."""
+
+    ts: float
+    nonce: str
+    body: bytes
+    mac: str = ""
+
+
+# --- events: agent -> daemon, QoS 1 --------------------------------------------------------
+
+
+class Ack(Message, tag="ack"):
+    host: str
+    cmd_id: str
+    job_id: str
+    ok: bool = True
+    error: str = ""
+
+
+class JobStarted(Message, tag="job_started"):
+    host: str
+    job_id: str
+    node_rank: int
+    pid: int
+    ts: float
+    log_path: str = ""
+
+
+class JobExited(Message, tag="job_exited"):
+    host: str
+    job_id: str
+    node_rank: int
+    ts: float
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""  # "", "cancelled", "launch_failed", "lost"
+
+
+class GpuFault(Message, tag="gpu_fault"):
+    host: str
+    gpu_index: int
+    ts: float
+    kind: str  # "xid" | "lost"
+    code: int | None = None
+    detail: str = ""
+
+
+class LogChunk(Message, tag="log_chunk"):
+    host: str
+    cmd_id: str
+    job_id: str
+    node_rank: int
+    offset: int
+    size: int  # the file's size when read
+    data: str = ""
+    error: str = ""
+
+
+Event = Ack | JobStarted | JobExited | GpuFault | LogChunk

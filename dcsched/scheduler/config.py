@@ -1,0 +1,248 @@
+"""Scheduler configuration: plain frozen data, parsed from the `[scheduler]` TOML table."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+POLICIES = ("fifo", "greedy", "default")
+DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """Multipliers of the priority factors; every factor is in [0, 1]."""
+
+    age: float = 1000.0
+    fairshare: float = 1000.0
+    job_size: float = 3000.0
+    qos: float = 2000.0
+    nice: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    shares: float = 1.0
+    # user -> shares inside the account; users not listed get 1.
+    users: Mapping[str, float] = field(default_factory=dict)
+    max_gpus: int | None = None
+    max_jobs: int | None = None
+    max_gpus_per_user: int | None = None
+    max_jobs_per_user: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QosLevel:
+    priority: int = 0
+    max_gpus_per_user: int | None = None
+    max_jobs_per_user: int | None = None
+    grp_gpus: int | None = None
+    grp_jobs: int | None = None
+    # names of QOS levels whose preemptible jobs this QOS may preempt
+    preempt: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps applied to every user / account unless the account sets its own."""
+
+    max_gpus_per_user: int | None = None
+    max_jobs_per_user: int | None = None
+    max_gpus_per_account: int | None = None
+    max_jobs_per_account: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    policy: str = "default"  # "fifo" | "greedy" | "default"
+    weights: Weights = field(default_factory=Weights)
+    accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
+    qos: Mapping[str, QosLevel] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    # billing weight per GPU type for fair-share usage; types not listed bill 1.0
+    billing: Mapping[str, float] = field(default_factory=dict)
+    half_life_s: float = 7 * DAY
+    max_age_s: float = 7 * DAY
+    # job size, in GPU-seconds requested, that scores 0 on the (favour-small) size factor
+    size_ref_gpu_s: float = 64 * 14 * DAY
+    backfill_depth: int = 16
+    preempt_grace_s: float = 60.0
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any]) -> SchedulerConfig:
+        return parse_config(d)
+
+    def qos_level(self, name: str) -> QosLevel | None:
+        if name in self.qos:
+            return self.qos[name]
+        return QosLevel() if name == "normal" else None
+
+    def bill(self, gpu_type: str) -> float:
+        return self.billing.get(gpu_type, 1.0)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY, "w": 7 * DAY, None: 1.0}
+
+
+def parse_duration(value: object, key: str) -> float:
+    """Seconds from a number or a string like "90s", "30m", "4h", "7d", "2w"."""
+    if isinstance(value, bool):
+        raise ValueError(f"{key}: expected a duration like 3600 or \"7d\", got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    else:
+        raise ValueError(f"{key}: expected a duration like 3600 or \"7d\", got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{key}: duration must be positive, got {value!r}")
+    return seconds
+
+
+def _table(d: object, key: str) -> Mapping[str, Any]:
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{key}: expected a table, got {type(d).__name__}")
+    return d
+
+
+def _check_keys(d: Mapping[str, Any], allowed: tuple[str, ...], key: str) -> None:
+    for k in d:
+        if k not in allowed:
+            where = f"{key}.{k}" if key else str(k)
+            raise ValueError(f"{where}: unknown key; expected one of {', '.join(allowed)}")
+
+
+def _number(value: object, key: str, *, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key}: expected a number, got {value!r}")
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{key}: must be a number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _count(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key}: expected a whole number >= 0, got {value!r}")
+    return value
+
+
+def _opt_count(d: Mapping[str, Any], name: str, key: str) -> int | None:
+    return _count(d[name], f"{key}.{name}") if name in d else None
+
+
+_CAPS = ("max_gpus_per_user", "max_jobs_per_user")
+
+
+def _parse_weights(d: Mapping[str, Any], key: str) -> Weights:
+    fields = ("age", "fairshare", "job_size", "qos", "nice")
+    _check_keys(d, fields, key)
+    return Weights(**{k: _number(v, f"{key}.{k}") for k, v in d.items()})
+
+
+def _parse_account(d: Mapping[str, Any], key: str) -> AccountConfig:
+    _check_keys(d, ("shares", "users", "max_gpus", "max_jobs", *_CAPS), key)
+    users_raw = d.get("users", {})
+    users: dict[str, float] = {}
+    if isinstance(users_raw, list):
+        for u in users_raw:
+            if not isinstance(u, str):
+                raise ValueError(f"{key}.users: expected user names, got {u!r}")
+            users[u] = 1.0
+    else:
+        for u, s in _table(users_raw, f"{key}.users").items():
+            users[u] = _number(s, f"{key}.users.{u}")
+    return AccountConfig(
+        shares=_number(d.get("shares", 1.0), f"{key}.shares"),
+        users=users,
+        max_gpus=_opt_count(d, "max_gpus", key),
+        max_jobs=_opt_count(d, "max_jobs", key),
+        max_gpus_per_user=_opt_count(d, "max_gpus_per_user", key),
+        max_jobs_per_user=_opt_count(d, "max_jobs_per_user", key),
+    )
+
+
+def _parse_qos(d: Mapping[str, Any], key: str) -> QosLevel:
+    _check_keys(d, ("priority", "grp_gpus", "grp_jobs", "preempt", *_CAPS), key)
+    preempt = d.get("preempt", [])
+    if not isinstance(preempt, list) or not all(isinstance(p, str) for p in preempt):
+        raise ValueError(f"{key}.preempt: expected a list of QOS names, got {preempt!r}")
+    return QosLevel(
+        priority=_count(d.get("priority", 0), f"{key}.priority"),
+        max_gpus_per_user=_opt_count(d, "max_gpus_per_user", key),
+        max_jobs_per_user=_opt_count(d, "max_jobs_per_user", key),
+        grp_gpus=_opt_count(d, "grp_gpus", key),
+        grp_jobs=_opt_count(d, "grp_jobs", key),
+        preempt=tuple(preempt),
+    )
+
+
+_TOP = (
+    "policy",
+    "weights",
+    "accounts",
+    "qos",
+    "limits",
+    "billing",
+    "half_life",
+    "max_age",
+    "size_ref_gpu_hours",
+    "backfill_depth",
+    "preempt_grace",
+)
+
+
+def parse_config(d: Mapping[str, Any], key: str = "scheduler") -> SchedulerConfig:
+    """Parse a `[scheduler]` table; ValueError names the offending key."""
+    d = _table(d, key)
+    _check_keys(d, _TOP, key)
+    policy = d.get("policy", "default")
+    if policy not in POLICIES:
+        raise ValueError(f"{key}.policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+    limits_d = _table(d.get("limits", {}), f"{key}.limits")
+    limit_keys = (*_CAPS, "max_gpus_per_account", "max_jobs_per_account")
+    _check_keys(limits_d, limit_keys, f"{key}.limits")
+    limits = Limits(**{k: _opt_count(limits_d, k, f"{key}.limits") for k in limit_keys})
+    accounts = {
+        name: _parse_account(_table(a, f"{key}.accounts.{name}"), f"{key}.accounts.{name}")
+        for name, a in _table(d.get("accounts", {}), f"{key}.accounts").items()
+    }
+    qos = {
+        name: _parse_qos(_table(q, f"{key}.qos.{name}"), f"{key}.qos.{name}")
+        for name, q in _table(d.get("qos", {}), f"{key}.qos").items()
+    }
+    for name, level in qos.items():
+        for target in level.preempt:
+            if target not in qos and target != "normal":
+                raise ValueError(f"{key}.qos.{name}.preempt: unknown QOS {target!r}")
+    billing = {
+        t: _number(w, f"{key}.billing.{t}")
+        for t, w in _table(d.get("billing", {}), f"{key}.billing").items()
+    }
+    depth = _count(d.get("backfill_depth", 16), f"{key}.backfill_depth")
+    default = SchedulerConfig()
+    return SchedulerConfig(
+        policy=policy,
+        weights=_parse_weights(_table(d.get("weights", {}), f"{key}.weights"), f"{key}.weights"),
+        accounts=accounts,
+        qos=qos,
+        limits=limits,
+        billing=billing,
+        half_life_s=parse_duration(d["half_life"], f"{key}.half_life")
+        if "half_life" in d
+        else default.half_life_s,
+        max_age_s=parse_duration(d["max_age"], f"{key}.max_age")
+        if "max_age" in d
+        else default.max_age_s,
+        size_ref_gpu_s=_number(d["size_ref_gpu_hours"], f"{key}.size_ref_gpu_hours", minimum=1)
+        * 3600.0
+        if "size_ref_gpu_hours" in d
+        else default.size_ref_gpu_s,
+        backfill_depth=depth,
+        preempt_grace_s=parse_duration(d["preempt_grace"], f"{key}.preempt_grace")
+        if "preempt_grace" in d
+        else default.preempt_grace_s,
+    )

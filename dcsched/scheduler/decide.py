@@ -1,0 +1,152 @@
+"""decide(snapshot, now): the one entry point of the scheduler core.
+
+The pipeline, one pass over the queue (each step is its own module):
+
+    sort     sort.py      multifactor priority, highest first (fifo/greedy: submit order)
+    filter   filter.py    hold, dependencies, QOS, hardware constraints, limits: every reason
+    score    score.py     best-fit placement on the free GPUs now
+    reserve  reserve.py   no fit: earliest start from time limits, held as a reservation for
+                          the top `backfill_depth` jobs; lower jobs backfill around them
+    decide   here         start, preempt (preempt.py) or pending with reasons and est_start
+
+Policies: `fifo` stops at the first job that does not fit; `greedy` skips it; `default`
+uses priority, reservations, backfill and preemption. Limits, holds and dependencies apply
+to all three. "Does not fit" is a normal outcome with a reason, never an exception.
+"""
+
+from __future__ import annotations
+
+from dcsched.scheduler import filter as filters
+from dcsched.scheduler import preempt
+from dcsched.scheduler.model import (
+    Decisions,
+    JobRequest,
+    NodePart,
+    PendingInfo,
+    Reservation,
+    Snapshot,
+    Start,
+)
+from dcsched.scheduler.reserve import Slot, Timeline
+from dcsched.scheduler.score import Cluster
+from dcsched.scheduler.sort import sort_jobs
+
+
+class Pass:
+    """One scheduling pass; `explain_job` also gets every reason and an estimate."""
+
+    def __init__(self, snapshot: Snapshot, now: float, explain_job: str | None = None) -> None:
+        self.snapshot = snapshot
+        self.now = now
+        self.explain_job = explain_job
+        self.config = snapshot.config
+        self.cluster = Cluster(snapshot.nodes)
+        self.limits = filters.LimitState.build(self.config, snapshot.running)
+        self.active: set[str] = set()
+        if any(j.depends for j in snapshot.pending):
+            self.active = {j.job_id for j in snapshot.pending}
+            self.active.update(j.job_id for j in snapshot.running)
+        self._timeline: Timeline | None = None
+        self.started: list[tuple[int, int, float]] = []
+        self.starts: list[Start] = []
+        self.pending: dict[str, PendingInfo] = {}
+        self.reservations: list[Reservation] = []
+        self.preempt: list[str] = []
+        self.priority: dict[str, float] = {}
+
+    def timeline(self) -> Timeline:
+        if self._timeline is None:
+            self._timeline = Timeline(self.cluster, self.snapshot.running, self.now, self.started)
+        return self._timeline
+
+    def run(self) -> Pass:
+        policy = self.config.policy
+        default = policy == "default"
+        depth = self.config.backfill_depth if default else 0
+        cluster, config, snapshot = self.cluster, self.config, self.snapshot
+        blocked = False
+        reserved = 0
+        for prio, job in sort_jobs(snapshot, self.now):
+            self.priority[job.job_id] = prio
+            reasons = filters.job_reasons(
+                job, config, cluster, self.limits, snapshot.finished, self.active
+            )
+            if reasons:
+                if job.job_id == self.explain_job and not cluster.can_fit_now(
+                    job.nodes, job.gpus_per_node, job.gpu_type
+                ):
+                    reasons.append(filters.RESOURCES)
+                self.pending[job.job_id] = PendingInfo(tuple(reasons), prio, None)
+                continue
+            if blocked:
+                self.pending[job.job_id] = PendingInfo((filters.PRIORITY,), prio, None)
+                continue
+            end = self.now + job.time_limit_s
+            alloc = self.place(job, end) if cluster.can_fit_now(
+                job.nodes, job.gpus_per_node, job.gpu_type
+            ) else None
+            if alloc is not None:
+                self.start(job, alloc, end)
+                continue
+            fits_free = cluster.can_fit_now(job.nodes, job.gpus_per_node, job.gpu_type)
+            reason = filters.PRIORITY if fits_free else filters.RESOURCES
+            est: float | None = None
+            if policy == "fifo":
+                blocked = True
+            elif default and (reserved < depth or job.job_id == self.explain_job):
+                est = self.reserve(job, hold=reserved < depth)
+                reserved += 1
+            self.pending[job.job_id] = PendingInfo((reason,), prio, est)
+        return self
+
+    def place(self, job: JobRequest, end: float) -> tuple[NodePart, ...] | None:
+        cluster = self.cluster
+        ok = self._timeline.backfill_ok if self._timeline is not None else None
+        if job.nodes == 1:
+            node = cluster.best_single(job.gpus_per_node, job.gpu_type, end, ok)
+            return None if node is None else ((cluster.views[node].name, ()),)
+        nodes = cluster.best_multi(job.nodes, job.gpus_per_node, job.gpu_type, end, ok)
+        return None if nodes is None else tuple((cluster.views[n].name, ()) for n in nodes)
+
+    def start(self, job: JobRequest, alloc: tuple[NodePart, ...], end: float) -> None:
+        cluster = self.cluster
+        parts: list[NodePart] = []
+        for name, _ in alloc:
+            node = cluster.rank[name]
+            parts.append((name, cluster.take(node, job.gpus_per_node)))
+            self.started.append((node, job.gpus_per_node, end))
+            if self._timeline is not None:
+                self._timeline.add(node, end, job.gpus_per_node)
+        self.limits.add(job.account, job.user, job.qos, job.gpus)
+        self.starts.append(Start(job.job_id, tuple(parts)))
+
+    def reserve(self, job: JobRequest, *, hold: bool) -> float | None:
+        timeline = self.timeline()
+        types = self.cluster.types_for(job.gpu_type)
+        slot = timeline.reserve(job, types)
+        if hold and (slot is None or slot.start > self.now):
+            p = preempt.plan(
+                job, self.cluster, self.snapshot.running, self.config, set(self.preempt)
+            )
+            if p is not None:
+                for vid in p.victims:
+                    timeline.release_now(vid, self.snapshot.running)
+                self.preempt.extend(p.victims)
+                slot = Slot(self.now, p.nodes)
+        if slot is None:
+            return None
+        if hold:
+            timeline.hold(job, slot)
+            names = tuple((self.cluster.views[n].name, job.gpus_per_node) for n in slot.nodes)
+            self.reservations.append(Reservation(job.job_id, slot.start, names))
+        return slot.start
+
+    def decisions(self) -> Decisions:
+        return Decisions(
+            tuple(self.starts), self.pending, tuple(self.preempt), tuple(self.reservations)
+        )
+
+
+def decide(snapshot: Snapshot, now: float) -> Decisions:
+    """Which jobs start now, which to preempt, and why every other job waits."""
+    return Pass(snapshot, now).run().decisions()
