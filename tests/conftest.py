@@ -54,8 +54,8 @@ def start_mosquitto(workdir: Path, extra_conf: str = "") -> Broker:
         "max_queued_messages 100000\n"
         f"{extra_conf}"
     )
-    log = (workdir / "mosquitto.log").open("wb")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    with (workdir / "mosquitto.log").open("wb") as log:  # the child keeps its own copy
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     wait_port("127.0.0.1", port)
     return Broker("127.0.0.1", port, proc)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -65,9 +66,14 @@ class ProcScanner:
 
     def __init__(self) -> None:
         self._tags: dict[tuple[int, int], str | None] = {}
+        self._lock = threading.Lock()  # telemetry and cleanup scan from worker threads
 
     def scan(self, jobs: Mapping[str, int]) -> dict[str, list[int]]:
         """`jobs` maps tag -> process group id; returns tag -> sorted live pids."""
+        with self._lock:
+            return self._scan(jobs)
+
+    def _scan(self, jobs: Mapping[str, int]) -> dict[str, list[int]]:
         found: dict[str, list[int]] = {tag: [] for tag in jobs}
         by_pgid = {pgid: tag for tag, pgid in jobs.items() if pgid > 0}
         seen: set[tuple[int, int]] = set()

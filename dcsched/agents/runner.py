@@ -1,4 +1,4 @@
-"""The small wrapper every job runs under: `python -m dcsched.agents.runner --status-file F -- ARGV`.
+"""The wrapper every job runs under: `python -m dcsched.agents.runner --status-file F -- ARGV`.
 
 It starts ARGV in its own process group, forwards SIGTERM/SIGINT sent to it alone, waits,
 and writes the exit code or signal to the status file. So an agent restarted while a job
@@ -65,8 +65,8 @@ def run(cmd: list[str], status_file: str, ready_fd: int = -1) -> int:
         _report(ready_fd, {"error": msg})
         return 127
     _report(ready_fd, {"pid": os.getpid(), "child_pid": child.pid})
-    for sig in pending:
-        child.send_signal(sig)
+    for signum in pending:
+        child.send_signal(signum)
     rc = child.wait()
     write_json_atomic(status_file, {"exit_code": rc} if rc >= 0 else {"signal": -rc})
     return rc if rc >= 0 else 128 - rc

@@ -9,13 +9,12 @@ agent restart), and the last exits (a late Cancel is answered with the job's Job
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
 
 from dcsched.agents.errors import StateError
-from dcsched.protocol.messages import JobExited, JobStarted
+from dcsched.protocol.messages import GpuFault, JobExited, JobStarted
 
 MAX_COMMANDS = 5_000
 MAX_EXITED = 1_000
@@ -54,7 +53,7 @@ class AgentState(msgspec.Struct, kw_only=True):
     version: int = STATE_VERSION
     jobs: dict[str, JobRecord] = {}
     commands: list[CommandResult] = []  # oldest first, bounded
-    outbox: list[JobStarted | JobExited] = []  # in publishing order
+    outbox: list[JobStarted | JobExited | GpuFault] = []  # in publishing order
     exited: list[JobExited] = []  # the last exits, oldest first, bounded
 
 
@@ -117,5 +116,10 @@ class StateStore:
         self.state.exited.append(ev)
         del self.state.exited[: max(0, len(self.state.exited) - MAX_EXITED)]
 
-    def exits_of(self, job_id: str) -> Iterable[JobExited]:
-        return [e for e in self.state.exited if e.job_id == job_id]
+    def last_exits(self, job_id: str) -> list[JobExited]:
+        """The latest exit of each node rank of a job that ran here."""
+        latest: dict[int, JobExited] = {}
+        for ev in self.state.exited:
+            if ev.job_id == job_id:
+                latest[ev.node_rank] = ev
+        return [latest[r] for r in sorted(latest)]

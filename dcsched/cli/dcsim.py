@@ -75,8 +75,13 @@ def _index(values: Sequence[float], q: float) -> float:
 
 
 def replay(
-    trace: Sequence[TraceJob], nodes: int, gpus_per_node: int, config: SchedulerConfig
+    trace: Sequence[TraceJob],
+    nodes: int,
+    gpus_per_node: int,
+    config: SchedulerConfig,
+    start_at: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    """Replay `trace`; the figures of the issue, and each job's start in `start_at`."""
     t_wall = time.perf_counter()
     names = [f"n{i:04d}" for i in range(nodes)]
     gpu_ids = tuple(range(gpus_per_node))
@@ -102,7 +107,7 @@ def replay(
     pending: list[JobRequest] = []
     running: dict[str, RunningJob] = {}
     finishing: list[tuple[float, int, str]] = []
-    start_at: dict[str, float] = {}
+    start_at = {} if start_at is None else start_at
     finish_at: dict[str, float] = {}
     gpus_of: dict[str, int] = {}
     pass_ms: list[float] = []

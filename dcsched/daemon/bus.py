@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiomqtt
@@ -74,7 +74,7 @@ class Bus:
                         await client.subscribe(self.topics.all_hosts(kind), qos=qos)  # type: ignore[arg-type]
                     self.connected.set()
                     log.info("connected to broker %s:%d", host, port)
-                    await self._receive(client)
+                    await _until_stopped(self._receive(client), stop)
             except aiomqtt.MqttError as exc:
                 log.warning("broker %s:%d: %s", host, port, exc)
             finally:
@@ -110,3 +110,16 @@ class Bus:
                 e = self.events.decode_or_drop(bytes(payload), message.topic.value)
                 if e is not None and e.host == host:
                     self.inbox.put_nowait(e)
+
+
+async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Runs `work` until it ends (its errors propagate) or `stop` is set (it is cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        task.cancel()
+    if task.done() and not task.cancelled():
+        task.result()

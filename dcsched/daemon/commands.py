@@ -42,7 +42,10 @@ class CommandSender:
             await wait_event(self.wake, self.retry_s / 2)
             self.wake.clear()
             if self.bus.connected.is_set():
-                await self.send_due()
+                try:
+                    await self.send_due()
+                except Exception:
+                    log.exception("sending commands failed; retrying")
 
     async def send_due(self) -> None:
         now = time.monotonic()

@@ -60,7 +60,7 @@ class DaemonConfig(_Section):
     # Unix mode of the API socket: 0o666 lets every local user submit (identity = SO_PEERCRED).
     socket_mode: int = 0o666
     metrics_listen: str = "127.0.0.1:9464"  # "" turns the Prometheus listener off
-    admins: list[str] = ["root"]
+    admins: list[str] = []  # users who may act on any job and drain nodes; root always may
     port_range: str = "29500-29999"
     cancel_grace_s: float = 10.0
     command_retry_s: float = 2.0

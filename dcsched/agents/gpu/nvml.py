@@ -9,6 +9,7 @@ waits on an NVML event set. NVML is initialised once per process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -38,7 +39,7 @@ class NvmlQuery:
     """The one wrapper every NVML query goes through."""
 
     def __init__(self, nv: ModuleType) -> None:
-        self.nv = nv
+        self.nv: Any = nv
         # Errors meaning "this field does not exist here": the field is absent, not an error.
         self._absent = {
             getattr(nv, name)
@@ -55,7 +56,7 @@ class NvmlQuery:
             for name in ("NVML_ERROR_GPU_IS_LOST", "NVML_ERROR_RESET_REQUIRED")
             if hasattr(nv, name)
         }
-        self._warned: set[tuple[str, int]] = set()
+        self._warned: set[tuple[str, int | None]] = set()
 
     def call(self, name: str, *args: Any) -> Any:
         """nv.<name>(*args), or None when the value is not available."""
@@ -86,7 +87,9 @@ def _init_once(nv: ModuleType) -> None:
         try:
             nv.nvmlInit()
         except nv.NVMLError as exc:
-            raise BackendError(f"NVML cannot start: {exc}; use backend = \"sim\" without GPUs") from None
+            raise BackendError(
+                f'NVML cannot start: {exc}; use backend = "sim" without GPUs'
+            ) from None
         _initialised.add(id(nv))
 
 
@@ -94,16 +97,19 @@ class NvmlBackend:
     name = "nvml"
     simulated = False
 
-    def __init__(self, host: str, nv: ModuleType | None = None) -> None:
+    def __init__(self, host: str, nvml_module: ModuleType | None = None) -> None:
+        nv: Any = nvml_module
         if nv is None:
             try:
-                import pynvml as nv
+                import pynvml
+
+                nv = pynvml
             except ImportError:
                 raise BackendError(
                     "the nvml backend needs nvidia-ml-py: pip install 'dcsched[agent]'"
                 ) from None
         self.host = host
-        self.nv = nv
+        self.nv: Any = nv
         _init_once(nv)
         self.q = NvmlQuery(nv)
         count = self.q.call("nvmlDeviceGetCount") or 0
@@ -153,8 +159,9 @@ class NvmlBackend:
         except GpuLost as exc:
             if index not in self._lost:
                 self._lost.add(index)
-                self._fault(GpuFault(host=self.host, gpu_index=index, ts=now, kind="lost",
-                                     detail=str(exc)))
+                self._fault(
+                    GpuFault(host=self.host, gpu_index=index, ts=now, kind="lost", detail=str(exc))
+                )
             return GpuSample(index=index, uuid=uuid, health="lost")
         if index in self._lost:
             self._lost.discard(index)  # came back (after a reset): healthy again
@@ -190,8 +197,9 @@ class NvmlBackend:
         registered = 0
         for i, h in enumerate(self._handles):
             try:
-                self.q.call("nvmlDeviceRegisterEvents", h, nv.nvmlEventTypeXidCriticalError,
-                            event_set)
+                self.q.call(
+                    "nvmlDeviceRegisterEvents", h, nv.nvmlEventTypeXidCriticalError, event_set
+                )
                 registered += 1
             except GpuLost:
                 log.warning("GPU %d is lost: no XID events from it", i)
@@ -217,17 +225,25 @@ class NvmlBackend:
                 if not data.eventType & nv.nvmlEventTypeXidCriticalError:
                     continue
                 index = self._index_of(data.device)
-                self._fault(GpuFault(host=self.host, gpu_index=index, ts=time.time(),
-                                     kind="xid", code=int(data.eventData),
-                                     detail=f"XID {int(data.eventData)}"))
+                self._fault(
+                    GpuFault(
+                        host=self.host,
+                        gpu_index=index,
+                        ts=time.time(),
+                        kind="xid",
+                        code=int(data.eventData),
+                        detail=f"XID {int(data.eventData)}",
+                    )
+                )
         finally:
-            try:
+            with contextlib.suppress(nv.NVMLError):
                 nv.nvmlEventSetFree(event_set)
-            except nv.NVMLError:
-                pass
 
     def _index_of(self, handle: Any) -> int:
-        index = self.q.call("nvmlDeviceGetIndex", handle)
+        try:
+            index = self.q.call("nvmlDeviceGetIndex", handle)
+        except GpuLost:
+            index = None
         if index is not None:
             return int(index)
         for i, h in enumerate(self._handles):

@@ -36,7 +36,9 @@ class SimBackend:
         self.model = model
         self.mem_total = mem_gib * _GIB
         # uuid5 keeps a host's simulated GPUs the same across agent restarts.
-        self._uuids = [f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{host}.sim{i}')}" for i in range(count)]
+        self._uuids = [
+            f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{host}.sim{i}')}" for i in range(count)
+        ]
         self._state = [_GpuState() for _ in range(count)]
         self._rng = random.Random(seed if seed is not None else hash(host))
 

@@ -1,0 +1,503 @@
+"""The agent's asyncio core: one MQTT connection (re-made with jittered backoff), telemetry,
+status, signed commands executed at most once, and events that survive a broker outage.
+
+Tasks: `jobs` watches job exits whether or not the broker is reachable; `bus` keeps the
+connection and, while connected, runs `receive`, `telemetry`, `status` and `outbox`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import socket
+import time
+from collections import Counter
+from importlib import metadata
+
+import aiomqtt
+
+from dcsched.agents.errors import AgentError, LaunchError, StateError
+from dcsched.agents.gpu import GpuBackend, make_backend
+from dcsched.agents.launcher import ExitStatus, Launcher
+from dcsched.agents.logs import read_chunk
+from dcsched.agents.state import CommandResult, JobRecord, StateStore, job_key
+from dcsched.protocol.codec import CommandVerifier, ProtocolError, encode, load_key
+from dcsched.protocol.config import Config
+from dcsched.protocol.messages import (
+    Ack,
+    Cancel,
+    Command,
+    FetchLog,
+    GpuFault,
+    HostStatus,
+    JobExited,
+    JobProcs,
+    JobStarted,
+    Launch,
+    Message,
+    Telemetry,
+)
+from dcsched.protocol.topics import Topics
+
+log = logging.getLogger("dcsched.agent")
+
+JOB_POLL_S = 0.2
+BACKOFF_BASE_S, BACKOFF_MAX_S = 0.5, 30.0
+
+
+def agent_version() -> str:
+    try:
+        return metadata.version("dcsched")
+    except metadata.PackageNotFoundError:
+        return "0+source"
+
+
+def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Exponential, capped, with jitter so that a rack of agents does not reconnect in step."""
+    jitter: float = (rng or random).uniform(0.5, 1.0)
+    return float(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0 ** min(attempt, 16)) * jitter)
+
+
+class Agent:
+    def __init__(
+        self, cfg: Config, backend: GpuBackend | None = None, *, identifier: str | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.host = cfg.agent.host_name()
+        self.topics = Topics(cfg.broker.topic_prefix)
+        self.interval_s = cfg.agent.interval_s
+        try:
+            key = load_key(cfg.cluster.key_file or None)
+        except (OSError, ProtocolError) as exc:
+            raise AgentError(f"cannot read the cluster key [cluster] key_file: {exc}") from None
+        if key is None:
+            log.warning(
+                "no [cluster] key_file: accepting unsigned commands (single-user demo only)"
+            )
+        self.verifier = CommandVerifier(key)
+        self.backend = backend or make_backend(cfg.agent, self.host)
+        self.store = StateStore(cfg.agent.state_dir)
+        self.launcher = Launcher(cfg.agent.state_dir, cfg.agent.torchrun)
+        self.identifier = identifier or f"dc-agent-{self.host}"
+        self.dropped: Counter[str] = Counter()
+        self.connected = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._status_dirty = asyncio.Event()
+        self._outbox_dirty = asyncio.Event()
+        self._cancels: dict[str, asyncio.Task[None]] = {}
+        self._seq = 0
+        self._last_drop_log = 0.0
+        self._addr = ""
+        self._inventory = self.backend.inventory()
+        self._gpu_indexes = {g.index for g in self._inventory}
+
+    @property
+    def jobs(self) -> dict[str, JobRecord]:
+        return self.store.state.jobs
+
+    def stop(self) -> None:
+        """Ends run() cleanly; running jobs keep running and are re-adopted at the next start."""
+        self._stop.set()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.store.load()
+        except StateError as exc:
+            log.error("%s; starting with an empty state", exc)
+        self._adopt()
+        self._addr = self.cfg.agent.advertise_addr or await asyncio.to_thread(self._own_address)
+
+        def on_fault(fault: GpuFault) -> None:  # called from the backend's thread
+            loop.call_soon_threadsafe(self._queue_event, fault)
+
+        self.backend.watch_faults(on_fault)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                watcher = tg.create_task(self._watch_jobs(), name="jobs")
+                bus = tg.create_task(self._bus(), name="bus")
+                await self._stop.wait()
+                # The bus publishes "offline" and disconnects; a connect in progress is abandoned.
+                done, _ = await asyncio.wait({bus}, timeout=5.0)
+                if not done:
+                    bus.cancel()
+                watcher.cancel()
+                for task in self._cancels.values():
+                    task.cancel()
+        finally:
+            self.backend.close()
+            with contextlib.suppress(StateError):
+                self.store.save()
+        log.info("agent stopped; %d job(s) left running for the next start", len(self.jobs))
+
+    def _adopt(self) -> None:
+        for rec in self.jobs.values():
+            log.info("re-adopting job %s node %d (pid %d)", rec.job_id, rec.node_rank, rec.pid)
+            if rec.cancel_signal is not None:
+                # We died during a cancel's grace period: finish it without waiting again.
+                self.launcher.send_signal(rec, signal.SIGKILL)
+                rec.cancel_signal = signal.SIGKILL
+        if self.store.state.outbox:
+            log.info(
+                "%d event(s) from before the restart wait to be published",
+                len(self.store.state.outbox),
+            )
+
+    def _own_address(self) -> str:
+        """The address peers reach us on: the one our route to the broker leaves from."""
+        broker, port = self.cfg.broker.host_port()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((broker, port))  # UDP: picks a route, sends nothing
+                addr: str = s.getsockname()[0]
+            if not addr.startswith("127.") or broker.startswith("127."):
+                return addr
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return ""
+
+    # --- bus -----------------------------------------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        b = self.cfg.broker
+        host, port = b.host_port()
+        offline = self._status("offline")
+        return aiomqtt.Client(
+            host,
+            port,
+            identifier=self.identifier,
+            username=b.username or None,
+            password=b.password(),
+            keepalive=b.keepalive_s,
+            will=aiomqtt.Will(
+                self.topics.host(self.host, "status"), encode(offline), qos=1, retain=True
+            ),
+        )
+
+    async def _bus(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                async with self._client() as client:
+                    attempt = 0
+                    await self._serve(client)
+                    await client.publish(
+                        self.topics.host(self.host, "status"),
+                        encode(self._status("offline")),
+                        qos=1,
+                        retain=True,
+                        timeout=3.0,
+                    )
+                    return
+            except* aiomqtt.MqttError as group:
+                log.warning("broker %s: %s", self.cfg.broker.url, group.exceptions[0])
+            finally:
+                self.connected.clear()
+            delay = backoff_delay(attempt)
+            attempt += 1
+            log.info("reconnecting in %.1f s", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        await client.subscribe(self.topics.host(self.host, "cmd"), qos=1)
+        await self._publish_status(client)
+        log.info("connected to %s as %s", self.cfg.broker.url, self.host)
+        self.connected.set()
+        self._outbox_dirty.set()  # events kept while disconnected go out first
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(self._receive(client), name="receive"),
+                tg.create_task(self._telemetry(client), name="telemetry"),
+                tg.create_task(self._status_loop(client), name="status"),
+                tg.create_task(self._outbox(client), name="outbox"),
+            ]
+            await self._stop.wait()
+            for task in tasks:
+                task.cancel()
+
+    def _status(self, state: str) -> HostStatus:
+        return HostStatus(
+            host=self.host,
+            state="online" if state == "online" else "offline",
+            ts=time.time(),
+            addr=self._addr,
+            agent_version=agent_version(),
+            backend=self.backend.name,
+            driver=self.backend.driver_version(),
+            simulated=self.backend.simulated,
+            gpus=self._inventory,
+            running_jobs=sorted({r.job_id for r in self.jobs.values()}),
+        )
+
+    async def _publish_status(self, client: aiomqtt.Client) -> None:
+        self._status_dirty.clear()
+        await client.publish(
+            self.topics.host(self.host, "status"),
+            encode(self._status("online")),
+            qos=1,
+            retain=True,
+        )
+
+    async def _status_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._status_dirty.wait()
+            await self._publish_status(client)
+
+    async def _publish_event(self, client: aiomqtt.Client, ev: Message) -> None:
+        await client.publish(self.topics.host(self.host, "events"), encode(ev), qos=1)
+
+    async def _outbox(self, client: aiomqtt.Client) -> None:
+        """Durable events in order; each leaves the state file only once the broker has it."""
+        outbox = self.store.state.outbox
+        while True:
+            await self._outbox_dirty.wait()
+            self._outbox_dirty.clear()
+            while outbox:
+                ev = outbox[0]
+                await self._publish_event(client, ev)
+                if outbox and outbox[0] is ev:
+                    outbox.pop(0)
+                self._save()
+
+    def _queue_event(self, ev: JobStarted | JobExited | GpuFault) -> None:
+        if isinstance(ev, GpuFault):
+            log.error("GPU %d: %s %s", ev.gpu_index, ev.kind, ev.detail)
+        self.store.state.outbox.append(ev)
+        self._save()
+        self._outbox_dirty.set()
+
+    def _save(self) -> None:
+        try:
+            self.store.save()
+        except StateError as exc:
+            log.error("%s", exc)  # keep serving; the next change tries again
+
+    # --- telemetry -----------------------------------------------------------------------------
+
+    async def _telemetry(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()
+        topic = self.topics.host(self.host, "telemetry")
+        next_at = loop.time()
+        while True:
+            msg = await asyncio.to_thread(self.sample, list(self.jobs.values()))
+            await client.publish(topic, encode(msg), qos=0)
+            # Fixed ticks, not sleeps after work, so the rate does not drift with load.
+            next_at = max(next_at + self.interval_s, loop.time())
+            await asyncio.sleep(next_at - loop.time())
+
+    def sample(self, jobs: list[JobRecord]) -> Telemetry:
+        """One telemetry message (runs in a worker thread: NVML and /proc can block)."""
+        now = time.time()
+        pids = self.launcher.scanner.scan({r.tag: r.pgid for r in jobs})
+        busy: dict[int, list[int]] = {}
+        procs = []
+        for r in jobs:
+            job_pids = pids.get(r.tag, [])
+            procs.append(
+                JobProcs(job_id=r.job_id, node_rank=r.node_rank, gpus=r.gpus, pids=job_pids)
+            )
+            for g in r.gpus:
+                busy.setdefault(g, []).extend(job_pids)
+        self._seq += 1
+        return Telemetry(
+            host=self.host,
+            ts=now,
+            seq=self._seq,
+            gpus=self.backend.sample(now, busy),
+            jobs=procs,
+            simulated=self.backend.simulated,
+        )
+
+    # --- commands ------------------------------------------------------------------------------
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            if isinstance(payload, str):
+                payload = payload.encode()
+            if not isinstance(payload, bytes | bytearray):
+                self._drop("empty", "payload is not bytes")
+                continue
+            try:
+                cmd = self.verifier.verify(bytes(payload))
+            except ProtocolError as exc:
+                self._drop(type(exc).__name__, str(exc))
+                continue
+            try:
+                await self.handle(client, cmd)
+            except (AgentError, OSError) as exc:
+                log.exception("command %s failed: %s", cmd.cmd_id, exc)
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.dropped[reason] += 1
+        now = time.monotonic()
+        if now - self._last_drop_log > 5.0:  # a flood of bad commands must not flood the log
+            self._last_drop_log = now
+            log.warning(
+                "dropped a command (%s: %s); dropped so far: %s", reason, detail, dict(self.dropped)
+            )
+
+    async def handle(self, client: aiomqtt.Client, cmd: Command) -> None:
+        if isinstance(cmd, FetchLog):
+            # Reading a log changes nothing: answered every time, not remembered.
+            path, _ = self.launcher.paths(cmd.job_id, cmd.node_rank)
+            if not path.resolve().is_relative_to(self.launcher.logs_dir.resolve()):
+                chunk = read_chunk(self.host, cmd, "/nonexistent")
+            else:
+                chunk = await asyncio.to_thread(read_chunk, self.host, cmd, str(path))
+            await self._publish_event(client, chunk)
+            return
+        prior = self.store.command(cmd.cmd_id)
+        if prior is not None:
+            log.info("command %s seen before: answering with its first result", cmd.cmd_id)
+        elif isinstance(cmd, Launch):
+            prior = await self._launch(cmd)
+        else:
+            prior = self._cancel(cmd)
+        await self._publish_event(
+            client,
+            Ack(
+                host=self.host,
+                cmd_id=prior.cmd_id,
+                job_id=prior.job_id,
+                ok=prior.ok,
+                error=prior.error,
+            ),
+        )
+
+    async def _launch(self, cmd: Launch) -> CommandResult:
+        key = job_key(cmd.job_id, cmd.node_rank)
+        result = CommandResult(cmd_id=cmd.cmd_id, job_id=cmd.job_id, ok=True)
+        running = self.jobs.get(key)
+        if running is not None:
+            log.info(
+                "job %s node %d already runs here: not launched twice", cmd.job_id, cmd.node_rank
+            )
+            running.cmd_ids.append(cmd.cmd_id)
+        else:
+            try:
+                rec = await asyncio.to_thread(self.launcher.start, cmd, self._gpu_indexes)
+            except LaunchError as exc:
+                log.warning("job %s node %d refused: %s", cmd.job_id, cmd.node_rank, exc)
+                result.ok, result.error = False, str(exc)
+                self.store.remember_command(result)
+                self._queue_event(
+                    JobExited(
+                        host=self.host,
+                        job_id=cmd.job_id,
+                        node_rank=cmd.node_rank,
+                        ts=time.time(),
+                        reason="launch_failed",
+                    )
+                )
+                return result
+            self.jobs[key] = rec
+            log.info(
+                "job %s node %d started: pid %d, GPUs %s, log %s",
+                rec.job_id,
+                rec.node_rank,
+                rec.child_pid,
+                rec.gpus,
+                rec.log_path,
+            )
+            self._queue_event(
+                JobStarted(
+                    host=self.host,
+                    job_id=rec.job_id,
+                    node_rank=rec.node_rank,
+                    pid=rec.child_pid,
+                    ts=rec.started_ts,
+                    log_path=rec.log_path,
+                )
+            )
+            self._status_dirty.set()
+        self.store.remember_command(result)
+        self._save()
+        return result
+
+    def _cancel(self, cmd: Cancel) -> CommandResult:
+        result = CommandResult(cmd_id=cmd.cmd_id, job_id=cmd.job_id, ok=True)
+        recs = [r for r in self.jobs.values() if r.job_id == cmd.job_id]
+        for rec in recs:
+            if rec.key in self._cancels and not self._cancels[rec.key].done():
+                continue
+            rec.cancel_reason = cmd.reason or "cancelled"
+            self._cancels[rec.key] = asyncio.create_task(
+                self._terminate(rec, cmd.grace_s), name=f"cancel-{rec.key}"
+            )
+        if not recs:
+            exits = self.store.last_exits(cmd.job_id)
+            if exits:
+                for ev in exits:  # the daemon may have missed them: say it again
+                    self._queue_event(ev)
+            else:
+                result.error = f"job {cmd.job_id} does not run on {self.host}"
+        self.store.remember_command(result)
+        self._save()
+        return result
+
+    async def _terminate(self, rec: JobRecord, grace_s: float) -> None:
+        """SIGTERM to the job's group, then SIGKILL to all of it after the grace period."""
+        log.info(
+            "cancelling job %s node %d: SIGTERM, %.0f s grace", rec.job_id, rec.node_rank, grace_s
+        )
+        rec.cancel_signal = signal.SIGTERM
+        self._save()
+        await asyncio.to_thread(self.launcher.send_signal, rec, signal.SIGTERM)
+        deadline = time.monotonic() + max(0.0, grace_s)
+        while time.monotonic() < deadline:
+            if rec.key not in self.jobs:
+                return
+            await asyncio.sleep(0.1)
+        if rec.key in self.jobs:
+            log.info("job %s node %d outlived its grace period: SIGKILL", rec.job_id, rec.node_rank)
+            rec.cancel_signal = signal.SIGKILL
+            self._save()
+            await asyncio.to_thread(self.launcher.send_signal, rec, signal.SIGKILL)
+
+    # --- job exits -----------------------------------------------------------------------------
+
+    async def _watch_jobs(self) -> None:
+        while True:
+            for rec in list(self.jobs.values()):
+                status = self.launcher.poll(rec)
+                if status is not None:
+                    await self._finish(rec, status)
+            await asyncio.sleep(JOB_POLL_S)
+
+    async def _finish(self, rec: JobRecord, status: ExitStatus) -> None:
+        left = await asyncio.to_thread(self.launcher.cleanup, rec)
+        if left:
+            log.warning(
+                "job %s node %d left processes %s behind: killed", rec.job_id, rec.node_rank, left
+            )
+        cancelled = rec.cancel_signal is not None
+        reason = rec.cancel_reason if cancelled else ("lost" if status.lost else "")
+        sig = status.signal if status.signal is not None else rec.cancel_signal
+        ev = JobExited(
+            host=self.host,
+            job_id=rec.job_id,
+            node_rank=rec.node_rank,
+            ts=time.time(),
+            exit_code=status.exit_code,
+            signal=sig,
+            reason=reason,
+        )
+        log.info(
+            "job %s node %d exited: code %s, signal %s %s",
+            rec.job_id,
+            rec.node_rank,
+            ev.exit_code,
+            ev.signal,
+            reason,
+        )
+        self.jobs.pop(rec.key, None)
+        self.store.remember_exit(ev)
+        self._queue_event(ev)
+        self._status_dirty.set()
