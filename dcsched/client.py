@@ -131,6 +131,12 @@ class Client:
     def node_history(self, host: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/nodes/{quote(host)}/history"))
 
+    def explain(self, job_id: int | str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/jobs/{quote(str(job_id))}/explain"))
+
+    def fairshare(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/v1/fairshare"))
+
     def gpus(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/v1/gpus")["gpus"])
 

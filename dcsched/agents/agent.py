@@ -218,6 +218,11 @@ class Agent:
                 tg.create_task(self._outbox(client), name="outbox"),
             ]
             await self._stop.wait()
+            # Events already queued go out before we leave (briefly: a stop must stay quick).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    while self.store.state.outbox:  # noqa: ASYNC110 - a list, not an event
+                        await asyncio.sleep(0.02)
             for task in tasks:
                 task.cancel()
 
@@ -465,11 +470,15 @@ class Agent:
 
     async def _watch_jobs(self) -> None:
         while True:
-            for rec in list(self.jobs.values()):
-                status = self.launcher.poll(rec)
-                if status is not None:
-                    await self._finish(rec, status)
+            await self.check_jobs()
             await asyncio.sleep(JOB_POLL_S)
+
+    async def check_jobs(self) -> None:
+        """One pass over the jobs: report those that ended."""
+        for rec in list(self.jobs.values()):
+            status = self.launcher.poll(rec)
+            if status is not None:
+                await self._finish(rec, status)
 
     async def _finish(self, rec: JobRecord, status: ExitStatus) -> None:
         left = await asyncio.to_thread(self.launcher.cleanup, rec)

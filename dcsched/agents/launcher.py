@@ -86,9 +86,14 @@ def read_status_file(path: str) -> ExitStatus | None:
 
 
 class Launcher:
-    def __init__(self, state_dir: str | Path, torchrun: str = "torchrun") -> None:
+    def __init__(
+        self, state_dir: str | Path, torchrun: str = "torchrun", runner_python: str = ""
+    ) -> None:
         self.logs_dir = Path(state_dir) / "logs"
         self.torchrun = torchrun
+        # Any Python 3.11+ runs the runner (standard library only); the job's user must be
+        # able to execute it.
+        self.runner_python = runner_python or sys.executable
         self.scanner = ProcScanner()
 
     def paths(self, job_id: str, node_rank: int) -> tuple[Path, Path]:
@@ -117,7 +122,9 @@ class Launcher:
             raise LaunchError(f"{argv[0]} not found on this host (see {hint})")
 
         log_path, status_path = self.paths(launch.job_id, launch.node_rank)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # The job's user writes its status file there: the folders must be traversable.
+        self.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        log_path.parent.mkdir(exist_ok=True)
         for stale in (status_path, Path(runner.cancel_marker(str(status_path)))):
             stale.unlink(missing_ok=True)
         if popen_user:
@@ -132,7 +139,7 @@ class Launcher:
                 # -I: the runner needs only the standard library, and the job's workdir or
                 # PYTHONPATH must not shadow it.
                 proc = subprocess.Popen(
-                    [sys.executable, "-I", runner.__file__, "--status-file", str(status_path),
+                    [self.runner_python, "-I", runner.__file__, "--status-file", str(status_path),
                      "--ready-fd", str(write_fd), "--", *argv],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     cwd=workdir, env=env, start_new_session=True, pass_fds=(write_fd,),
@@ -217,7 +224,8 @@ class Launcher:
 
     def cleanup(self, rec: JobRecord) -> list[int]:
         """After the job ended: kill whatever of it is left (a worker torchrun left behind)."""
-        left = self.pids(rec)
+        # The runner itself may still be on its way out after writing the status file.
+        left = [p for p in self.pids(rec) if p != rec.pid]
         if left:
             kill_group(rec.pgid, signal.SIGKILL)
             kill_pids(left, signal.SIGKILL)

@@ -18,12 +18,13 @@ import math
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from dcsched.scheduler import (
+    Decisions,
     JobRequest,
     NodeView,
     RunningJob,
@@ -80,15 +81,14 @@ def replay(
     gpus_per_node: int,
     config: SchedulerConfig,
     start_at: dict[str, float] | None = None,
+    on_pass: Callable[[Snapshot, float, Decisions], None] | None = None,
 ) -> dict[str, Any]:
     """Replay `trace`; the figures of the issue, and each job's start in `start_at`."""
     t_wall = time.perf_counter()
     names = [f"n{i:04d}" for i in range(nodes)]
     gpu_ids = tuple(range(gpus_per_node))
     free: list[set[int]] = [set(gpu_ids) for _ in range(nodes)]
-    views: list[NodeView] = [
-        NodeView(n, GPU_TYPE, gpu_ids, frozenset(gpu_ids)) for n in names
-    ]
+    views: list[NodeView] = [NodeView(n, GPU_TYPE, gpu_ids, frozenset(gpu_ids)) for n in names]
     rank = {n: i for i, n in enumerate(names)}
     free_total = nodes * gpus_per_node
     by_id = {j.job_id: j for j in trace}
@@ -158,6 +158,8 @@ def replay(
         t0 = time.perf_counter()
         decisions = decide(snapshot, now)
         pass_ms.append((time.perf_counter() - t0) * 1000.0)
+        if on_pass is not None:
+            on_pass(snapshot, now, decisions)
         if not decisions.starts:
             continue
         started = set()

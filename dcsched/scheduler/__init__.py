@@ -2,6 +2,15 @@
 
 from dcsched.scheduler.config import AccountConfig, Limits, QosLevel, SchedulerConfig, Weights
 from dcsched.scheduler.decide import decide
+from dcsched.scheduler.explain import Explanation, explain
+from dcsched.scheduler.fairshare import (
+    FairshareReport,
+    FairshareRow,
+    accrue,
+    charge,
+    decay,
+    fairshare_report,
+)
 from dcsched.scheduler.model import (
     Decisions,
     JobRequest,
@@ -14,10 +23,15 @@ from dcsched.scheduler.model import (
     Start,
     Usage,
 )
+from dcsched.scheduler.sort import Factor
 
 __all__ = [
     "AccountConfig",
     "Decisions",
+    "Explanation",
+    "Factor",
+    "FairshareReport",
+    "FairshareRow",
     "JobRequest",
     "Limits",
     "NodePart",
@@ -31,5 +45,10 @@ __all__ = [
     "Start",
     "Usage",
     "Weights",
+    "accrue",
+    "charge",
+    "decay",
     "decide",
+    "explain",
+    "fairshare_report",
 ]

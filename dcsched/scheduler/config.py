@@ -17,7 +17,7 @@ class Weights:
     """Multipliers of the priority factors; every factor is in [0, 1]."""
 
     age: float = 1000.0
-    fairshare: float = 1000.0
+    fairshare: float = 500.0
     job_size: float = 3000.0
     qos: float = 2000.0
     nice: float = 100.0
@@ -65,7 +65,8 @@ class SchedulerConfig:
     # billing weight per GPU type for fair-share usage; types not listed bill 1.0
     billing: Mapping[str, float] = field(default_factory=dict)
     half_life_s: float = 7 * DAY
-    max_age_s: float = 7 * DAY
+    # short on purpose: an 8-GPU job that waited this long passes fresh 1-GPU jobs
+    max_age_s: float = 8 * 3600.0
     # job size, in GPU-seconds requested, that scores 0 on the (favour-small) size factor
     size_ref_gpu_s: float = 64 * 14 * DAY
     backfill_depth: int = 16
@@ -91,13 +92,13 @@ _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY, "w": 7 * DAY, None: 1.0}
 def parse_duration(value: object, key: str) -> float:
     """Seconds from a number or a string like "90s", "30m", "4h", "7d", "2w"."""
     if isinstance(value, bool):
-        raise ValueError(f"{key}: expected a duration like 3600 or \"7d\", got {value!r}")
+        raise ValueError(f'{key}: expected a duration like 3600 or "7d", got {value!r}')
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNIT[m.group(2)]
     else:
-        raise ValueError(f"{key}: expected a duration like 3600 or \"7d\", got {value!r}")
+        raise ValueError(f'{key}: expected a duration like 3600 or "7d", got {value!r}')
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"{key}: duration must be positive, got {value!r}")
     return seconds

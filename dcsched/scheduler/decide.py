@@ -52,6 +52,7 @@ class Pass:
         self.pending: dict[str, PendingInfo] = {}
         self.reservations: list[Reservation] = []
         self.preempt: list[str] = []
+        self.preempt_for: dict[str, tuple[str, ...]] = {}
         self.priority: dict[str, float] = {}
 
     def timeline(self) -> Timeline:
@@ -82,9 +83,11 @@ class Pass:
                 self.pending[job.job_id] = PendingInfo((filters.PRIORITY,), prio, None)
                 continue
             end = self.now + job.time_limit_s
-            alloc = self.place(job, end) if cluster.can_fit_now(
-                job.nodes, job.gpus_per_node, job.gpu_type
-            ) else None
+            alloc = (
+                self.place(job, end)
+                if cluster.can_fit_now(job.nodes, job.gpus_per_node, job.gpu_type)
+                else None
+            )
             if alloc is not None:
                 self.start(job, alloc, end)
                 continue
@@ -132,6 +135,7 @@ class Pass:
                 for vid in p.victims:
                     timeline.release_now(vid, self.snapshot.running)
                 self.preempt.extend(p.victims)
+                self.preempt_for[job.job_id] = p.victims
                 slot = Slot(self.now, p.nodes)
         if slot is None:
             return None

@@ -13,7 +13,7 @@ Factor, as in Slurm's priority/multifactor "classic" fair-share:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,7 +41,9 @@ def charge(
     return Usage(max(now, out.ts), values)
 
 
-def accrue(usage: Usage, running: Iterable[RunningJob], now: float, config: SchedulerConfig) -> Usage:
+def accrue(
+    usage: Usage, running: Iterable[RunningJob], now: float, config: SchedulerConfig
+) -> Usage:
     """Charge every running job for its billed GPU-seconds since max(start, usage.ts)."""
     out = decay(usage, now, config.half_life_s)
     values = dict(out.gpu_seconds)
@@ -146,7 +148,3 @@ def fairshare_report(
 ) -> FairshareReport:
     """Like Slurm's sshare: one row per account, then one per user inside it."""
     return FairshareReport(now, config.half_life_s, tuple(_rows(config, usage, now, extra)))
-
-
-def usage_keys(usage: Usage) -> Mapping[Key, float]:
-    return usage.gpu_seconds

@@ -65,8 +65,8 @@ class LimitState:
     """Running GPUs and jobs per user, account and QOS, updated as a pass starts jobs."""
 
     config: SchedulerConfig
-    user: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (acct, user)
-    user_all: dict[str, list[int]] = field(default_factory=dict)
+    # [GPUs, jobs] running, by (account, user), account, (qos, user) and qos
+    user: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     account: dict[str, list[int]] = field(default_factory=dict)
     qos_user: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     qos: dict[str, list[int]] = field(default_factory=dict)
@@ -108,14 +108,12 @@ class LimitState:
         return state
 
     def add(self, account: str, user: str, qos: str, gpus: int) -> None:
-        for table, key in (
-            (self.user, (account, user)),
-            (self.user_all, user),
-            (self.account, account),
-            (self.qos_user, (qos, user)),
-            (self.qos, qos),
+        for got in (
+            self.user.setdefault((account, user), [0, 0]),
+            self.account.setdefault(account, [0, 0]),
+            self.qos_user.setdefault((qos, user), [0, 0]),
+            self.qos.setdefault(qos, [0, 0]),
         ):
-            got = table.setdefault(key, [0, 0])  # type: ignore[attr-defined]
             got[0] += gpus
             got[1] += 1
 

@@ -109,7 +109,9 @@ class Usage:
                 for u, v in users.items()
             }
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"usage: expected {{'ts': float, 'accounts': {{a: {{u: v}}}}}}: {exc}")
+            raise ValueError(
+                f"usage: expected {{'ts': float, 'accounts': {{a: {{u: v}}}}}}: {exc}"
+            ) from exc
         return cls(ts, values)
 
 

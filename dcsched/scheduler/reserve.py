@@ -68,8 +68,8 @@ class Timeline:
         if got is not None:
             return got
         times, avail = [self.now], [len(self.cluster.free[node])]
-        for at, delta in sorted(self.events.get(node, ())):
-            at = max(at, self.now)
+        for when, delta in sorted(self.events.get(node, ())):
+            at = max(when, self.now)
             if at == times[-1]:
                 avail[-1] += delta
             else:
@@ -102,10 +102,10 @@ class Timeline:
         found: float | None = None
         if pinned:
             for i, t in enumerate(times):
-                if avail[i] >= gpus and (i == 0 or avail[i] > avail[i - 1]):
-                    if self.fits(node, gpus, t, t + duration):
-                        found = t
-                        break
+                grew = i == 0 or avail[i] > avail[i - 1]
+                if avail[i] >= gpus and grew and self.fits(node, gpus, t, t + duration):
+                    found = t
+                    break
         else:
             # no reservations: usable GPUs only grow, the first time there are enough is it
             for i, t in enumerate(times):
@@ -145,7 +145,9 @@ class Timeline:
         for k in range(job.nodes - 1, len(cands)):
             start = cands[k][0]
             end = start + job.time_limit_s
-            ok = [n for at, n in cands if at <= start and self.fits(n, job.gpus_per_node, start, end)]
+            ok = [
+                n for at, n in cands if at <= start and self.fits(n, job.gpus_per_node, start, end)
+            ]
             if len(ok) >= job.nodes:
                 return Slot(start, tuple(sorted(ok[: job.nodes])))
         return None

@@ -133,9 +133,9 @@ class Cluster:
             if ok is not None:
                 for node in idx.pinned:
                     free = len(self.free[node])
-                    if free >= per_node and (best is None or (free, node) < best):
-                        if ok(node, per_node, end):
-                            best = (free, node)
+                    better = best is None or (free, node) < best
+                    if free >= per_node and better and ok(node, per_node, end):
+                        best = (free, node)
         return None if best is None else best[1]
 
     def best_multi(

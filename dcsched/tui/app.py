@@ -1,0 +1,405 @@
+"""dctop: the whole cluster live in a terminal, and the queue you can act on.
+
+The app polls the daemon's API once per interval in a thread worker (the UI never waits on
+the network), posts each result as a message, and applies it to the visible view in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.command import Hit, Hits, Provider
+from textual.screen import Screen
+from textual.widgets import Footer, Input, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from dcsched.client import ApiError, Client, ClientError, DaemonUnreachable
+from dcsched.tui.data import Snapshot, Source, fetch_snapshot, summary
+from dcsched.tui.messages import (
+    ActionDone,
+    JobAction,
+    NodeAction,
+    OpenJob,
+    OpenNode,
+    PollFailed,
+    SnapshotReady,
+)
+from dcsched.tui.screens import (
+    ConfirmScreen,
+    DetailScreen,
+    DrainScreen,
+    HelpScreen,
+    JobDetailScreen,
+    NodeDetailScreen,
+)
+from dcsched.tui.views import VIEWS, View
+from dcsched.tui.widgets import Banner, Summary
+
+THEMES = ("textual-dark", "textual-light")
+ACTION_VERB = {
+    "cancel": "Cancel",
+    "hold": "Hold",
+    "release": "Release",
+    "drain": "Drain",
+    "resume": "Resume",
+}
+
+
+class DctopCommands(Provider):
+    """The command palette (ctrl+p): views, details of what is on screen, theme."""
+
+    def _commands(self) -> list[tuple[str, Callable[[], object], str]]:
+        app = self.app
+        assert isinstance(app, DctopApp)
+        out: list[tuple[str, Callable[[], object], str]] = [
+            (f"View: {cls.title}", partial(app.action_view, name), f"key {i}")
+            for i, (name, cls) in enumerate(VIEWS.items(), 1)
+        ]
+        out.append(("Theme: toggle light / dark", app.action_toggle_theme, "key t"))
+        out.append(("Help: keys", app.action_help, "key ?"))
+        snap = app.snapshot
+        if snap is not None:
+            for j in snap.jobs:
+                jid = str(j.get("id"))
+                out.append((f"Job {jid}: {j.get('name', '')} ({j.get('state')})",
+                            partial(app.open_job, jid), "open the job's detail"))
+            for n in snap.nodes:
+                host = str(n.get("host"))
+                out.append((f"Node {host} ({n.get('state')})", partial(app.open_node, host),
+                            "open the node's detail"))
+        return out
+
+    async def discover(self) -> Hits:
+        for name, cb, help_text in self._commands()[: len(VIEWS) + 2]:
+            yield Hit(1.0, name, cb, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, cb, help_text in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), cb, help=help_text)
+
+
+class DctopApp(App[None]):
+    CSS_PATH = "dctop.tcss"
+    TITLE = "dctop"
+    COMMANDS = App.COMMANDS | {DctopCommands}
+    BINDINGS = [
+        Binding("1", "view('cluster')", "Cluster", id="view.cluster"),
+        Binding("2", "view('gpus')", "GPUs", id="view.gpus"),
+        Binding("3", "view('jobs')", "Jobs", id="view.jobs"),
+        Binding("4", "view('fairshare')", "Fair-share", id="view.fairshare"),
+        Binding("5", "view('history')", "History", id="view.history"),
+        Binding("colon", "command_line", ":cmd", id="app.command_line"),
+        Binding("question_mark", "help", "Help", id="app.help"),
+        Binding("t", "toggle_theme", "Theme", show=False, id="app.theme"),
+        Binding("q", "quit", "Quit", id="app.quit"),
+    ]
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        readonly: bool = False,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        theme: str = "textual-dark",
+        target: str = "",
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.readonly = readonly
+        self.interval = interval
+        self.clock = clock
+        self.target = target
+        self.snapshot: Snapshot | None = None
+        self.polls = 0
+        self._polling = False
+        self._wanted_theme = theme
+        self.sub_title = target + ("  [read-only]" if readonly else "")
+
+    # ------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        banner = Banner("", id="banner")
+        banner.display = False
+        yield banner
+        yield Summary("connecting…", id="summary")
+        with TabbedContent(id="views", initial="cluster"):
+            for name, cls in VIEWS.items():
+                with TabPane(f"{list(VIEWS).index(name) + 1} {cls.title}", id=name):
+                    yield cls(id=f"view-{name}")
+        cmd = Input(placeholder=":cluster :gpus :jobs :fairshare :history :job ID :node HOST "
+                    ":theme light|dark :help :quit", id="command")
+        cmd.display = False
+        yield cmd
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.theme = self._wanted_theme
+        self.poll()
+        if self.interval > 0:
+            self.set_interval(self.interval, self.poll, name="poll")
+        self.current_view.focus_table()
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+
+    @property
+    def current_view(self) -> View:
+        tabs = self.query_one("#views", TabbedContent)
+        return self.query_one(f"#view-{tabs.active or 'cluster'}", View)
+
+    # ------------------------------------------------------------ polling
+
+    def poll(self) -> None:
+        """One tick: start a fetch unless the last one is still out (a slow daemon
+        gets one request at a time, not a pile-up)."""
+        if self._polling:
+            return
+        self._polling = True
+        active = self.query_one("#views", TabbedContent).active
+        self._fetch(active == "history", active == "fairshare")
+
+    @work(thread=True, group="poll", exit_on_error=False)
+    def _fetch(self, finished: bool, fairshare: bool) -> None:
+        try:
+            snap = fetch_snapshot(self.source, finished=finished, fairshare=fairshare,
+                                  clock=self.clock, unavailable=(ApiError,))
+        except DaemonUnreachable as exc:
+            self.post_message(PollFailed(str(exc), unreachable=True))
+        except ClientError as exc:
+            self.post_message(PollFailed(str(exc), unreachable=False))
+        else:
+            self.post_message(SnapshotReady(snap))
+
+    def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        self._polling = False
+        prev = self.snapshot
+        snap = message.snapshot
+        # views not polled this tick keep what they had
+        if snap.finished is None and prev is not None and prev.finished is not None:
+            snap = _with(snap, finished=prev.finished)
+        if snap.fairshare is None and not snap.fairshare_error and prev is not None:
+            snap = _with(snap, fairshare=prev.fairshare, fairshare_error=prev.fairshare_error)
+        self.snapshot = snap
+        self.polls += 1
+        self.query_one("#banner", Banner).display = False
+        self.query_one("#summary", Summary).show(summary(snap.cluster))
+        self.current_view.refresh_from(snap)
+        if isinstance(self.screen, NodeDetailScreen):
+            self.screen.render_node()
+
+    def on_poll_failed(self, message: PollFailed) -> None:
+        self._polling = False
+        banner = self.query_one("#banner", Banner)
+        lead = "daemon unreachable — retrying" if message.unreachable else "daemon error"
+        banner.update(f"{lead}: {message.error}")
+        banner.display = True
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place a worker's unexpected error lands: shown, never a crash."""
+        if event.state == WorkerState.ERROR:
+            if event.worker.group == "poll":
+                self._polling = False
+            elif isinstance(self.screen, DetailScreen):
+                self.screen._busy = False
+            self.notify(f"{event.worker.error!r}", title="dctop internal error",
+                        severity="error", timeout=10)
+
+    # ------------------------------------------------------------ views and keys
+
+    def action_view(self, name: str) -> None:
+        while isinstance(self.screen, DetailScreen | HelpScreen):
+            self.pop_screen()
+        self.query_one("#views", TabbedContent).active = name
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        view = self.current_view
+        if self.snapshot is not None:
+            view.refresh_from(self.snapshot)
+        view.focus_table()
+        if view.id in ("view-history", "view-fairshare"):
+            self.poll()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_toggle_theme(self) -> None:
+        self.theme = THEMES[1] if self.theme == THEMES[0] else THEMES[0]
+
+    def action_command_line(self) -> None:
+        cmd = self.query_one("#command", Input)
+        cmd.value = ""
+        cmd.display = True
+        cmd.focus()
+
+    @on(Input.Submitted, "#command")
+    def _command(self, event: Input.Submitted) -> None:
+        event.stop()
+        cmd = event.input
+        cmd.display = False
+        self.current_view.focus_table()
+        self.run_command(event.value)
+
+    def run_command(self, text: str) -> None:
+        words = text.strip().lstrip(":").split()
+        if not words:
+            return
+        head, args = words[0].lower(), words[1:]
+        aliases = {"c": "cluster", "nodes": "cluster", "g": "gpus", "j": "jobs", "queue": "jobs",
+                   "fs": "fairshare", "fair-share": "fairshare", "h": "history"}
+        head = aliases.get(head, head)
+        if head in VIEWS and not args:
+            self.action_view(head)
+        elif head == "job" and args:
+            self.open_job(args[0])
+        elif head == "node" and args:
+            self.open_node(args[0])
+        elif head == "theme":
+            self.theme = "textual-light" if args and args[0] == "light" else "textual-dark"
+        elif head == "help":
+            self.action_help()
+        elif head in ("q", "quit", "exit"):
+            self.exit()
+        else:
+            self.notify(f"unknown command {text!r}; ? lists them", severity="warning")
+
+    def on_key(self, event: object) -> None:
+        from textual.events import Key
+
+        if isinstance(event, Key) and event.key == "escape":
+            cmd = self.query_one("#command", Input)
+            if cmd.display:
+                cmd.display = False
+                self.current_view.focus_table()
+
+    # ------------------------------------------------------------ details
+
+    def open_job(self, job_id: str) -> None:
+        self.push_screen(JobDetailScreen(self.source, job_id, self.interval))
+
+    def open_node(self, host: str) -> None:
+        self.push_screen(NodeDetailScreen(self.source, host, self.interval))
+
+    def on_open_job(self, message: OpenJob) -> None:
+        self.open_job(message.job_id)
+
+    def on_open_node(self, message: OpenNode) -> None:
+        self.open_node(message.host)
+
+    # ------------------------------------------------------------ actions
+
+    def _refuse_readonly(self) -> bool:
+        if self.readonly:
+            self.notify("dctop runs read-only (--readonly): actions are off",
+                        title="read-only", severity="warning")
+        return self.readonly
+
+    def on_job_action(self, message: JobAction) -> None:
+        if self._refuse_readonly():
+            return
+        job_id, action = message.job_id, message.action
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._act(partial(self.source.job_action, job_id, action),
+                          f"job {job_id}: {action} sent")
+
+        self.push_screen(ConfirmScreen(f"{ACTION_VERB[action]} job {job_id}?"), answered)
+
+    def on_node_action(self, message: NodeAction) -> None:
+        if self._refuse_readonly():
+            return
+        host, action = message.host, message.action
+        if action == "drain":
+
+            def drained(reason: str | None) -> None:
+                if reason is not None:
+                    self._act(partial(self.source.node_action, host, "drain", reason),
+                              f"{host}: drained")
+
+            self.push_screen(DrainScreen(host), drained)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._act(partial(self.source.node_action, host, action), f"{host}: {action}d")
+
+        self.push_screen(ConfirmScreen(f"{ACTION_VERB[action]} node {host}?"), answered)
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _act(self, call: Callable[[], object], done: str) -> None:
+        try:
+            call()
+        except ApiError as exc:
+            self.post_message(ActionDone(False, exc.message, exc.code))
+        except ClientError as exc:
+            self.post_message(ActionDone(False, str(exc), "unreachable"))
+        else:
+            self.post_message(ActionDone(True, done))
+
+    def on_action_done(self, message: ActionDone) -> None:
+        if message.ok:
+            self.notify(message.text, title="done")
+        else:
+            title = {"permission_denied": "permission denied"}.get(message.code, message.code)
+            self.notify(message.text, title=title, severity="error", timeout=8)
+        self.poll()
+        if isinstance(self.screen, DetailScreen):
+            self.screen.poll()
+
+
+def _with(snap: Snapshot, **changes: object) -> Snapshot:
+    from dataclasses import replace
+
+    return replace(snap, **changes)  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dctop", description="The dcsched cluster live in a terminal: GPUs, jobs, queue."
+    )
+    p.add_argument("--socket", help="daemon API socket (default: $DCSCHED_SOCKET, else the "
+                   "config's [daemon] socket)")
+    p.add_argument("--config", help="config file (default: $DCSCHED_CONFIG, else "
+                   "/etc/dcsched/dcsched.toml)")
+    p.add_argument("--readonly", action="store_true",
+                   help="look only: cancel, hold, release, drain and resume are off")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls (1)")
+    p.add_argument("--theme", choices=("dark", "light"), default="dark")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dcsched.protocol.config import ConfigError, load_config, socket_path
+
+    args = build_parser().parse_args(argv)
+    if args.interval <= 0:
+        print("dctop: --interval must be > 0", file=sys.stderr)
+        return 2
+    try:
+        cfg = None if args.socket else load_config(args.config, missing_ok=args.config is None)
+        path = socket_path(args.socket, cfg)
+    except ConfigError as exc:
+        print(f"dctop: {exc}", file=sys.stderr)
+        return 2
+    app = DctopApp(Client(path, timeout=10.0), readonly=args.readonly, interval=args.interval,
+                   theme=f"textual-{args.theme}", target=str(Path(path)))
+    app.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

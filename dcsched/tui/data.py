@@ -1,0 +1,595 @@
+"""dctop's data layer: what to fetch from the daemon and how each view's rows read.
+
+Pure Python (no textual): every function here takes the API's JSON and returns plain
+values, so it is tested without a terminal and the widgets stay thin. Any number the
+daemon reports may be null; it reads "N/A", never raises.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+JSON = dict[str, Any]
+
+#: A running job whose GPUs' mean utilisation stays under this is flagged idle ...
+IDLE_UTIL = 5.0
+#: ... once it has run this long (start-up is allowed to be quiet).
+IDLE_GRACE_S = 120.0
+
+QUEUED = ("PENDING", "HELD", "REQUEUED")
+ACTIVE = ("STARTING", "RUNNING", "COMPLETING")
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+class Source(Protocol):
+    """What dctop needs of the daemon: dcsched.client.Client has exactly these calls;
+    tests and the benchmark pass an in-memory object with the same methods."""
+
+    def cluster(self) -> JSON: ...
+    def nodes(self) -> list[JSON]: ...
+    def gpus(self) -> list[JSON]: ...
+    def jobs(self, *, all_states: bool = False) -> list[JSON]: ...
+    def job(self, job_id: int | str) -> JSON: ...
+    def job_action(self, job_id: int | str, action: str) -> JSON: ...
+    def node_action(self, host: str, action: str, reason: str = "") -> JSON: ...
+    def logs(
+        self, job_id: int | str, node: int = 0, offset: int = -1, max_bytes: int = 65536
+    ) -> JSON: ...
+    def node_history(self, host: str) -> JSON: ...
+    def explain(self, job_id: int | str) -> JSON: ...
+    def fairshare(self) -> JSON: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One poll of the daemon: everything the main views show."""
+
+    cluster: JSON
+    nodes: list[JSON]
+    gpus: list[JSON]
+    jobs: list[JSON]
+    now: float
+    finished: list[JSON] | None = None
+    fairshare: JSON | None = None
+    fairshare_error: str = ""
+
+
+def fetch_snapshot(
+    source: Source,
+    *,
+    finished: bool = False,
+    fairshare: bool = False,
+    clock: Callable[[], float] = time.time,
+    unavailable: tuple[type[Exception], ...] = (),
+) -> Snapshot:
+    """The main poll. `unavailable` are the errors that mean "this daemon has no such
+    endpoint yet" for the optional parts (fair-share), shown in place of the view."""
+    jobs = source.jobs()
+    done: list[JSON] | None = None
+    if finished:
+        done = [j for j in source.jobs(all_states=True) if j.get("state") not in QUEUED + ACTIVE]
+    fs: JSON | None = None
+    fs_error = ""
+    if fairshare:
+        try:
+            fs = source.fairshare()
+        except unavailable as exc:
+            fs_error = str(exc)
+    return Snapshot(
+        cluster=source.cluster(),
+        nodes=source.nodes(),
+        gpus=source.gpus(),
+        jobs=jobs,
+        now=clock(),
+        finished=done,
+        fairshare=fs,
+        fairshare_error=fs_error,
+    )
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    f = float(v)
+    return None if math.isnan(f) else f
+
+
+def pct(v: Any) -> str:
+    f = _num(v)
+    return "N/A" if f is None else f"{f:.0f}%"
+
+
+def watts(v: Any) -> str:
+    f = _num(v)
+    if f is None:
+        return "N/A"
+    return f"{f / 1000:.2f} kW" if f >= 10_000 else f"{f:.0f} W"
+
+
+def celsius(v: Any) -> str:
+    f = _num(v)
+    return "N/A" if f is None else f"{f:.0f}°C"
+
+
+def gib(v: Any) -> str:
+    f = _num(v)
+    return "N/A" if f is None else f"{f / 2**30:.1f}"
+
+
+def memory(used: Any, total: Any) -> str:
+    u, t = _num(used), _num(total)
+    if u is None and t is None:
+        return "N/A"
+    return f"{gib(u)}/{gib(t)} GiB"
+
+
+def duration(v: Any) -> str:
+    """Seconds as [D-]HH:MM:SS, like squeue."""
+    f = _num(v)
+    if f is None or f < 0:
+        return ""
+    s = int(f)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f"{d}-{h:02d}:{m:02d}:{s:02d}" if d else f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def relative(ts: Any, now: float) -> str:
+    """A timestamp as "in 4m" / "3m ago", relative to the snapshot's clock."""
+    f = _num(ts)
+    if f is None:
+        return ""
+    delta = f - now
+    a = abs(delta)
+    if a < 60:
+        text = f"{a:.0f}s"
+    elif a < 3600:
+        text = f"{a / 60:.0f}m"
+    elif a < 86400:
+        text = f"{a / 3600:.1f}h"
+    else:
+        text = f"{a / 86400:.1f}d"
+    return f"in {text}" if delta >= 0 else f"{text} ago"
+
+
+def util_style(v: Any) -> str:
+    """A heat colour for a utilisation (rich style names: readable on dark and light)."""
+    f = _num(v)
+    if f is None:
+        return "dim"
+    if f < 5:
+        return "grey50"
+    if f < 30:
+        return "dodger_blue2"
+    if f < 60:
+        return "green3"
+    if f < 85:
+        return "yellow3"
+    return "red1"
+
+
+STATE_STYLE = {
+    "up": "green3",
+    "drained": "yellow3",
+    "down": "red1",
+    "RUNNING": "green3",
+    "STARTING": "cyan",
+    "COMPLETING": "cyan",
+    "PENDING": "yellow3",
+    "HELD": "magenta",
+    "REQUEUED": "yellow3",
+    "COMPLETED": "green3",
+    "FAILED": "red1",
+    "CANCELLED": "grey50",
+    "TIMEOUT": "red1",
+    "NODE_FAIL": "red1",
+}
+
+
+def sparkline(values: Sequence[Any], lo: float, hi: float, width: int) -> str:
+    """The last `width` values as block characters scaled to lo..hi; gaps are spaces."""
+    vals = list(values)[-width:] if width > 0 else []
+    span = hi - lo if hi > lo else 1.0
+    out = []
+    for v in vals:
+        f = _num(v)
+        if f is None:
+            out.append(" ")
+            continue
+        i = round((min(max(f, lo), hi) - lo) / span * (len(SPARK) - 1))
+        out.append(SPARK[i])
+    return "".join(out).rjust(width)
+
+
+# ---------------------------------------------------------------- rows
+
+
+class Cell(NamedTuple):
+    """One table cell: the text, a rich style, and the value it sorts by."""
+
+    text: str
+    style: str = ""
+    key: Any = None
+    #: styled pieces, when one cell has more than one colour (the cluster map)
+    runs: tuple[tuple[str, str], ...] = ()
+
+
+def _k(v: Any) -> Any:
+    """A sort key where None (N/A) sorts before every number and string."""
+    if v is None:
+        return (0, 0)
+    if isinstance(v, int | float):
+        return (1, v)
+    return (2, str(v))
+
+
+def c(text: Any, style: str = "", key: Any = None) -> Cell:
+    return Cell(str(text), style, _k(key if key is not None else text))
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    key: str
+    label: str
+    width: int | None = None
+
+
+Rows = dict[str, tuple[Cell, ...]]
+
+
+def summary(cluster: JSON) -> list[tuple[str, str]]:
+    """The header as (text, style) runs: nodes, GPUs, utilisation, power, jobs."""
+    n = cluster.get("nodes") or {}
+    g = cluster.get("gpus") or {}
+    jobs = cluster.get("jobs") or {}
+    runs: list[tuple[str, str]] = [
+        ("Nodes ", "bold"),
+        (f"{n.get('up', 0)} up", "green3"),
+        (" · ", ""),
+        (f"{n.get('drained', 0)} drained", "yellow3" if n.get("drained") else ""),
+        (" · ", ""),
+        (f"{n.get('down', 0)} down", "red1" if n.get("down") else ""),
+        ("   GPUs ", "bold"),
+        (f"{g.get('total', 0)} total · {g.get('allocated', 0)} allocated · ", ""),
+        (f"{g.get('idle', 0)} idle", ""),
+        ("   Util ", "bold"),
+        (pct(cluster.get("mean_util")), util_style(cluster.get("mean_util"))),
+        ("   Power ", "bold"),
+        (watts(cluster.get("power_w")), ""),
+        ("   Jobs ", "bold"),
+        (
+            " · ".join(
+                f"{jobs.get(s, 0)} {s.lower()}"
+                for s in ("RUNNING", "PENDING", "HELD")
+                if jobs.get(s) or s != "HELD"
+            ),
+            "",
+        ),
+    ]
+    return runs
+
+
+def gpu_glyph(g: JSON) -> tuple[str, str]:
+    """One GPU in the cluster map: '●' allocated / '○' free, then its utilisation."""
+    mark = "●" if g.get("job_id") is not None else "○"
+    u = _num(g.get("util"))
+    if g.get("node_state") == "down" or u is None:
+        return f"{mark}--", "dim"
+    return f"{mark}{min(int(round(u)), 99):>2}", util_style(u)
+
+
+CLUSTER_COLUMNS = [
+    Column("host", "Host"),
+    Column("state", "State"),
+    Column("gpus", "GPUs  (● allocated ○ free, colour = util)"),
+    Column("alloc", "Alloc"),
+    Column("util", "Util"),
+    Column("model", "Model"),
+    Column("jobs", "Jobs"),
+]
+
+
+def cluster_rows(nodes: Iterable[JSON], gpus: Iterable[JSON]) -> dict[str, tuple[Cell, ...]]:
+    by_host: dict[str, list[JSON]] = {}
+    for g in gpus:
+        by_host.setdefault(str(g.get("host")), []).append(g)
+    rows: dict[str, tuple[Cell, ...]] = {}
+    for n in nodes:
+        host = str(n.get("host"))
+        state = str(n.get("state", "?"))
+        gl = sorted(by_host.get(host, []), key=lambda g: int(g.get("index") or 0))
+        glyphs = [gpu_glyph(g) for g in gl]
+        runs: list[tuple[str, str]] = []
+        for i, glyph in enumerate(glyphs):
+            if i:
+                runs.append((" ", ""))
+            runs.append(glyph)
+        alloc = f"{n.get('gpus_allocated', 0)}/{n.get('gpus', 0)}"
+        jobs = n.get("jobs") or []
+        state_text = state if not n.get("drain_reason") else f"{state} ({n['drain_reason']})"
+        rows[host] = (
+            c(host),
+            Cell(state_text, STATE_STYLE.get(state, ""), _k(state)),
+            Cell("".join(t for t, _ in runs), "", _k(n.get("mean_util")), tuple(runs)),
+            c(alloc, key=n.get("gpus_allocated", 0)),
+            Cell(pct(n.get("mean_util")), util_style(n.get("mean_util")), _k(n.get("mean_util"))),
+            c(n.get("model") or ""),
+            c(",".join(str(j) for j in jobs), key=len(jobs)),
+        )
+    return rows
+
+
+GPU_COLUMNS = [
+    Column("host", "Host"),
+    Column("index", "GPU"),
+    Column("model", "Model"),
+    Column("util", "Util"),
+    Column("mem", "Memory"),
+    Column("temp", "Temp"),
+    Column("power", "Power"),
+    Column("job", "Job"),
+    Column("user", "User"),
+    Column("health", "Health"),
+]
+
+
+def gpu_key(g: JSON) -> str:
+    return f"{g.get('host')}/{g.get('index')}"
+
+
+def gpu_rows(gpus: Iterable[JSON]) -> Rows:
+    rows: Rows = {}
+    for g in gpus:
+        mem_used, mem_total = g.get("mem_used"), g.get("mem_total")
+        health = str(g.get("health") or "unknown")
+        rows[gpu_key(g)] = (
+            c(g.get("host", "")),
+            c(g.get("index", ""), key=g.get("index")),
+            c(g.get("model") or "N/A"),
+            Cell(pct(g.get("util")), util_style(g.get("util")), _k(_num(g.get("util")))),
+            Cell(memory(mem_used, mem_total), "", _k(_num(mem_used))),
+            Cell(celsius(g.get("temp_c")), "", _k(_num(g.get("temp_c")))),
+            Cell(watts(g.get("power_w")), "", _k(_num(g.get("power_w")))),
+            c("" if g.get("job_id") is None else g["job_id"], key=g.get("job_id")),
+            c(g.get("user") or "", key=g.get("user")),
+            Cell(health, "" if health == "ok" else "red1", _k(health)),
+        )
+    return rows
+
+
+def gpu_matches(g: JSON, needle: str) -> bool:
+    """The `/` filter: a case-insensitive substring of host, model, job, user or health;
+    `key=value` (host=, model=, job=, user=, state=) matches one field exactly."""
+    needle = needle.strip().lower()
+    if not needle:
+        return True
+    fields = {
+        "host": str(g.get("host", "")),
+        "model": str(g.get("model") or ""),
+        "job": "" if g.get("job_id") is None else str(g.get("job_id")),
+        "user": str(g.get("user") or ""),
+        "health": str(g.get("health") or ""),
+        "state": str(g.get("node_state") or ""),
+    }
+    terms = needle.split()
+    for term in terms:
+        if "=" in term:
+            k, _, v = term.partition("=")
+            if fields.get(k, "").lower() != v:
+                return False
+        elif not any(term in f.lower() for f in fields.values()):
+            return False
+    return True
+
+
+def job_idle(j: JSON) -> bool:
+    """A running job whose GPUs sit idle: the waste dctop is meant to show."""
+    u = _num(j.get("gpu_util"))
+    elapsed = _num(j.get("elapsed_s")) or 0.0
+    return j.get("state") == "RUNNING" and u is not None and u < IDLE_UTIL and elapsed >= IDLE_GRACE_S
+
+
+JOB_COLUMNS = [
+    Column("id", "ID"),
+    Column("name", "Name"),
+    Column("user", "User"),
+    Column("account", "Account"),
+    Column("state", "State"),
+    Column("prio", "Priority"),
+    Column("nodes", "Nodes"),
+    Column("gpus", "GPUs"),
+    Column("time", "Elapsed / Limit"),
+    Column("util", "Util"),
+    Column("where", "Nodelist (Reason)"),
+    Column("flag", ""),
+]
+
+
+def _reasons(j: JSON) -> str:
+    reasons = j.get("reasons") or ([j["reason"]] if j.get("reason") else [])
+    return ", ".join(str(r) for r in reasons)
+
+
+def job_order(jobs: Iterable[JSON]) -> list[JSON]:
+    """Running first (oldest first), then the queue by priority (highest first)."""
+
+    def key(j: JSON) -> tuple[int, float, int]:
+        jid = int(j.get("id") or 0)
+        if j.get("state") in ACTIVE:
+            return (0, 0.0, jid)
+        if j.get("state") in QUEUED:
+            return (1, -(_num(j.get("priority")) or 0.0), jid)
+        return (2, 0.0, -jid)
+
+    return sorted(jobs, key=key)
+
+
+def job_rows(jobs: Iterable[JSON], now: float) -> Rows:
+    rows: Rows = {}
+    for j in job_order(jobs):
+        state = str(j.get("state", ""))
+        queued = state in QUEUED
+        nodes = int(j.get("nodes") or 0)
+        gpn = int(j.get("gpus_per_node") or 0)
+        if queued:
+            where = f"({_reasons(j)})"
+            est = relative(j.get("est_start"), now)
+            if est and state == "PENDING":
+                where += f" start {est}"
+        elif state in ACTIVE:
+            where = ",".join(j.get("hosts") or [])
+        else:
+            code, sig = j.get("exit_code"), j.get("signal")
+            where = f"exit {code}" if code is not None else (f"signal {sig}" if sig else "")
+            if j.get("reason"):
+                where += f" ({j['reason']})"
+        limit = duration(j.get("time_limit_s"))
+        elapsed = duration(j.get("elapsed_s")) if not queued else ""
+        idle = job_idle(j)
+        prio = _num(j.get("priority"))
+        rows[str(j.get("id"))] = (
+            c(j.get("id", ""), key=int(j.get("id") or 0)),
+            c(j.get("name", "")),
+            c(j.get("user", "")),
+            c(j.get("account", "")),
+            Cell(state, STATE_STYLE.get(state, ""), _k(state)),
+            c("" if prio is None else f"{prio:.0f}", key=prio),
+            c(nodes, key=nodes),
+            c(nodes * gpn, key=nodes * gpn),
+            Cell(f"{elapsed} / {limit}" if elapsed else limit, "", _k(_num(j.get("elapsed_s")))),
+            Cell(
+                pct(j.get("gpu_util")) if state in ACTIVE else "",
+                util_style(j.get("gpu_util")),
+                _k(_num(j.get("gpu_util"))),
+            ),
+            c(where),
+            Cell("IDLE GPUs" if idle else "", "bold red1" if idle else "", _k(int(idle))),
+        )
+    return rows
+
+
+HISTORY_COLUMNS = [
+    Column("id", "ID"),
+    Column("name", "Name"),
+    Column("user", "User"),
+    Column("account", "Account"),
+    Column("state", "State"),
+    Column("nodes", "Nodes"),
+    Column("gpus", "GPUs"),
+    Column("time", "Elapsed / Limit"),
+    Column("ended", "Ended"),
+    Column("where", "Exit (Reason)"),
+]
+
+
+def history_rows(jobs: Iterable[JSON], now: float) -> Rows:
+    rows: Rows = {}
+    for j in sorted(jobs, key=lambda j: -int(j.get("id") or 0)):
+        state = str(j.get("state", ""))
+        nodes = int(j.get("nodes") or 0)
+        gpn = int(j.get("gpus_per_node") or 0)
+        code, sig = j.get("exit_code"), j.get("signal")
+        where = f"exit {code}" if code is not None else (f"signal {sig}" if sig else "")
+        if j.get("reason"):
+            where += f" ({j['reason']})"
+        rows[str(j.get("id"))] = (
+            c(j.get("id", ""), key=int(j.get("id") or 0)),
+            c(j.get("name", "")),
+            c(j.get("user", "")),
+            c(j.get("account", "")),
+            Cell(state, STATE_STYLE.get(state, ""), _k(state)),
+            c(nodes, key=nodes),
+            c(nodes * gpn, key=nodes * gpn),
+            Cell(
+                f"{duration(j.get('elapsed_s'))} / {duration(j.get('time_limit_s'))}",
+                "",
+                _k(_num(j.get("elapsed_s"))),
+            ),
+            Cell(relative(j.get("end_ts"), now), "", _k(_num(j.get("end_ts")))),
+            c(where.strip()),
+        )
+    return rows
+
+
+FAIRSHARE_COLUMNS = [
+    Column("who", "Account / User"),
+    Column("shares", "Shares"),
+    Column("norm", "Norm shares"),
+    Column("raw", "Raw usage"),
+    Column("eff", "Effective usage"),
+    Column("factor", "Fair-share factor"),
+]
+
+
+def _f(v: Any, fmt: str) -> str:
+    f = _num(v)
+    return "N/A" if f is None else format(f, fmt)
+
+
+def fairshare_rows(payload: JSON) -> Rows:
+    """Accounts, each followed by its users (indented), in the daemon's order."""
+    rows: Rows = {}
+    accounts: dict[str, list[JSON]] = {}
+    for r in payload.get("rows") or []:
+        accounts.setdefault(str(r.get("account")), []).append(r)
+    for account in sorted(accounts):
+        group = sorted(accounts[account], key=lambda r: (r.get("user") is not None, r.get("user") or ""))
+        for r in group:
+            user = r.get("user")
+            label = account if user is None else f"  └ {user}"
+            factor = _num(r.get("factor"))
+            bar = "█" * round((factor or 0.0) * 10)
+            style = "bold" if user is None else ""
+            rows[f"{account}/{user or ''}"] = (
+                Cell(label, style, _k(f"{account}/{user or ''}")),
+                c(_f(r.get("shares"), ".0f"), key=_num(r.get("shares"))),
+                c(_f(r.get("norm_shares"), ".3f"), key=_num(r.get("norm_shares"))),
+                c(_f(r.get("raw_usage"), ",.0f"), key=_num(r.get("raw_usage"))),
+                c(_f(r.get("effective_usage"), ".3f"), key=_num(r.get("effective_usage"))),
+                Cell(
+                    f"{_f(factor, '.3f')} {bar:<10}",
+                    "green3" if (factor or 0) >= 0.5 else "yellow3",
+                    _k(factor),
+                ),
+            )
+    return rows
+
+
+# ---------------------------------------------------------------- detail screens
+
+
+@dataclass(slots=True)
+class JobDetail:
+    job: JSON
+    explain: JSON | None = None
+    explain_error: str = ""
+    histories: dict[str, JSON] = field(default_factory=dict)
+    log: JSON | None = None
+    log_error: str = ""
+
+
+@dataclass(slots=True)
+class NodeDetail:
+    host: str
+    history: JSON | None = None
+    history_error: str = ""
+
+
+def gpu_series(history: JSON | None, index: int | str, key: str) -> list[Any]:
+    if not history:
+        return []
+    samples = (history.get("gpus") or {}).get(str(index)) or []
+    return [s.get(key) for s in samples]
+
+
+def log_tail(data: str, lines: int) -> str:
+    return "\n".join(data.splitlines()[-lines:])

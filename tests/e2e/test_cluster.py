@@ -1,0 +1,216 @@
+"""End to end: dcd and two dc-agents as separate processes on a real Mosquitto, real torchrun
+(CPU, gloo) jobs submitted with dcsub and handled with dcctl, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Broker
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+JOBS = Path(__file__).resolve().parent / "jobs"
+
+
+@dataclass
+class Cluster:
+    dir: Path
+    socket: str
+    procs: list[subprocess.Popen[bytes]]
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        prog = {"dcsub": "dcsched.cli.dcsub", "dcctl": "dcsched.cli.dcctl"}[args[0]]
+        out = subprocess.run([sys.executable, "-m", prog, "--socket", self.socket, *args[1:]],
+                             capture_output=True, text=True, timeout=60)
+        if check and out.returncode != 0:
+            raise AssertionError(f"{args} failed ({out.returncode}): {out.stderr}")
+        return out
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return dict(json.loads(self.cli("dcctl", "show", str(job_id), "--json").stdout))
+
+    def submit(self, name: str, text: str) -> int:
+        f = self.dir / f"{name}.toml"
+        f.write_text(text)
+        return int(json.loads(self.cli("dcsub", str(f), "--json").stdout)["job_id"])
+
+    def wait(self, job_id: int, states: set[str], timeout: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["state"] in states:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} is {job['state']}, not {states}: {job}")
+            time.sleep(0.5)
+
+
+def _job_toml(name: str, command: list[str], nodes: int, gpus: int, limit: str = "5m",
+              workdir: Path = JOBS) -> str:
+    return (f'name = "{name}"\ncommand = {json.dumps(command)}\nworkdir = "{workdir}"\n'
+            f'[resources]\nnodes = {nodes}\ngpus_per_node = {gpus}\ntime_limit = "{limit}"\n'
+            '[env]\nOMP_NUM_THREADS = "1"\n')
+
+
+@pytest.fixture(scope="module")
+def cluster(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    d = tmp_path_factory.mktemp("e2e")
+    prefix = f"e2e-{uuid.uuid4().hex[:8]}"
+    key = d / "cluster.key"
+    key.write_text(uuid.uuid4().hex * 2)
+    common = f'[broker]\nurl = "{mosquitto.url}"\ntopic_prefix = "{prefix}"\n' \
+             f'[cluster]\nkey_file = "{key}"\n'
+    torchrun = Path(sys.executable).with_name("torchrun")
+    port = random.randrange(30000, 60000, 100)
+    (d / "dcd.toml").write_text(
+        common + f'[daemon]\nstate_dir = "{d / "dcd"}"\nsocket = "{d / "dcd.sock"}"\n'
+        'metrics_listen = ""\ncancel_grace_s = 3.0\nnode_timeout_s = 15.0\n'
+        # Other clusters on this machine (a demo, a parallel run) must not share master ports.
+        f'port_range = "{port}-{port + 99}"\n')
+    procs = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with (d / "dcd.log").open("wb") as log:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "dcsched.daemon.main", "run", "--config", str(d / "dcd.toml")],
+            stdout=log, stderr=subprocess.STDOUT, env=env))
+    for i in (1, 2):
+        conf = d / f"agent{i}.toml"
+        conf.write_text(common + f'[agent]\nhost = "node{i}"\nbackend = "sim"\nsim_gpus = 2\n'
+                        f'advertise_addr = "127.0.0.1"\nstate_dir = "{d / f"agent{i}"}"\n'
+                        f'torchrun = "{torchrun}"\n')
+        with (d / f"agent{i}.log").open("wb") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "dcsched.agents.main", "run", "--config", str(conf)],
+                stdout=log, stderr=subprocess.STDOUT, env=env))
+    c = Cluster(d, str(d / "dcd.sock"), procs)
+    deadline = time.monotonic() + 30
+    while True:
+        out = c.cli("dcctl", "nodes", "--json", check=False)
+        if out.returncode == 0 and sum(n["state"] == "up"
+                                       for n in json.loads(out.stdout)["nodes"]) == 2:
+            break
+        if time.monotonic() > deadline:
+            logs = "\n".join((d / f).read_text()[-2000:] for f in ("dcd.log", "agent1.log"))
+            raise AssertionError(f"cluster did not come up:\n{logs}")
+        time.sleep(0.3)
+    yield c
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; only its parent has not reaped it yet.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _pgid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[2])
+
+
+def _group_members(pgids: set[int]) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) in pgids and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def test_two_nodes_all_reduce_their_ranks(cluster: Cluster) -> None:
+    out = cluster.dir / "sum.txt"
+    job_id = cluster.submit("allreduce", _job_toml(
+        "allreduce", [str(ROOT / "examples" / "allreduce.py"), str(out)], nodes=2, gpus=2))
+    job = cluster.wait(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"})
+    assert job["state"] == "COMPLETED", job
+    assert job["exit_code"] == 0
+    assert sorted(p["host"] for p in job["node_parts"]) == ["node1", "node2"]
+    assert out.read_text().strip() == "6"
+    # The log comes from the agents over the bus, not from a shared filesystem.
+    logs = [cluster.cli("dcctl", "logs", str(job_id), "--node", str(n)).stdout for n in (0, 1)]
+    assert all("all_reduce sum = 6" in text for text in logs), logs
+    queue = cluster.cli("dcctl", "queue", "--all").stdout
+    assert f"{job_id}" in queue and "COMPLETED" in queue
+
+
+def test_a_failing_job_reports_its_exit_code(cluster: Cluster) -> None:
+    job_id = cluster.submit("exit3", _job_toml("exit3", ["exit3.py"], nodes=1, gpus=1))
+    job = cluster.wait(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"})
+    assert job["state"] == "FAILED", job
+    assert job["exit_code"] == 3, job
+    shown = cluster.cli("dcctl", "show", str(job_id)).stdout
+    assert "State = FAILED" in shown and "ExitCode = 3:0" in shown, shown
+
+
+def test_cancel_leaves_no_process_on_any_node(cluster: Cluster) -> None:
+    job_id = cluster.submit("sleeper", _job_toml("sleeper", ["sleep.py", "300"], nodes=2, gpus=2))
+    job = cluster.wait(job_id, {"RUNNING"}, timeout=60)
+    pids = {p["pid"] for p in job["node_parts"]}
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    groups = {_pgid(p) for p in pids}
+    assert len(groups) == 2  # each node's part runs in a process group of its own
+    # Wait until torchrun has started its workers, so that there is a whole tree to stop.
+    deadline = time.monotonic() + 60
+    while len(_group_members(groups)) < 6 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    members = _group_members(groups)
+    assert len(members) >= 6, members  # runner, torchrun and a worker on each node
+    cluster.cli("dcctl", "cancel", str(job_id))
+    job = cluster.wait(job_id, {"CANCELLED", "FAILED", "COMPLETED"}, timeout=60)
+    assert job["state"] == "CANCELLED", job
+    assert not [p for p in members if _alive(p)], "processes of the job survived the cancel"
+    assert _group_members(groups) == []
+
+
+def test_a_job_over_its_time_limit_ends_as_timeout(cluster: Cluster) -> None:
+    job_id = cluster.submit("slow", _job_toml("slow", ["sleep.py", "300"], nodes=1, gpus=1,
+                                              limit="8s"))
+    job = cluster.wait(job_id, {"RUNNING"}, timeout=60)
+    groups = {_pgid(p["pid"]) for p in job["node_parts"]}
+    job = cluster.wait(job_id, {"TIMEOUT", "FAILED", "COMPLETED", "CANCELLED"}, timeout=90)
+    assert job["state"] == "TIMEOUT", job
+    assert job["end_ts"] - job["start_ts"] < 8 + 3 + 10  # limit + grace + detection slack
+    assert _group_members(groups) == []
+
+
+def test_a_malformed_job_file_is_refused_and_nothing_is_queued(cluster: Cluster) -> None:
+    def job_ids() -> list[int]:
+        out = cluster.cli("dcctl", "queue", "--all", "--json").stdout
+        return sorted(j["id"] for j in json.loads(out)["jobs"])
+
+    before = job_ids()
+    bad = cluster.dir / "bad.toml"
+    bad.write_text('name = "bad"\ncommand = ["x.py"]\n[resources]\nnodes = 1\n'
+                   'gpu_per_node = 2\n')
+    out = cluster.cli("dcsub", str(bad), check=False)
+    assert out.returncode == 1
+    assert f"{bad}:5:" in out.stderr and "did you mean 'gpus_per_node'" in out.stderr
+    assert job_ids() == before

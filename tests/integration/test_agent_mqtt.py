@@ -1,0 +1,388 @@
+"""dc-agent against a real Mosquitto: status and will, telemetry, signed commands, real torchrun,
+re-adoption across an agent restart, and events kept through a broker outage.
+
+Each test has its own topic prefix on the session's broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from dcsched.agents import agent as agent_mod
+from dcsched.agents.agent import Agent
+from dcsched.protocol.codec import event_codec, sign, status_codec, telemetry_codec
+from dcsched.protocol.config import load_config
+from dcsched.protocol.messages import Ack, Command, JobExited, JobStarted, Launch
+from dcsched.protocol.topics import Topics
+from tests.conftest import Broker, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def agent_config(
+    d: Path,
+    broker_url: str,
+    prefix: str,
+    host: str,
+    *,
+    key_file: str = "",
+    torchrun: str = "",
+    interval_s: float = 0.5,
+    sim_gpus: int = 2,
+) -> Path:
+    path = d / f"{host}.toml"
+    path.write_text(
+        f'[broker]\nurl = "{broker_url}"\ntopic_prefix = "{prefix}"\nkeepalive_s = 5\n'
+        f'[cluster]\nkey_file = "{key_file}"\n'
+        f'[agent]\nhost = "{host}"\nbackend = "sim"\nsim_gpus = {sim_gpus}\n'
+        f'interval_s = {interval_s}\nstate_dir = "{d / (host + "-state")}"\n'
+        f'torchrun = "{torchrun or Path(sys.executable).with_name("torchrun")}"\n'
+    )
+    return path
+
+
+def start_agent_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dcsched.agents.main", "run", "--config", str(config),
+             "--log-level", "DEBUG"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )  # fmt: skip
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+class Bus:
+    """Watches one host's topics and sends it commands."""
+
+    def __init__(self, broker: Broker, prefix: str, host: str) -> None:
+        self.broker, self.host = broker, host
+        self.topics = Topics(prefix)
+        self.status: list[Any] = []
+        self.telemetry: list[Any] = []
+        self.events: list[Any] = []
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Bus:
+        self._client = await self._stack.enter_async_context(
+            aiomqtt.Client(self.broker.host, self.broker.port)
+        )
+        for kind in ("status", "telemetry", "events"):
+            await self._client.subscribe(self.topics.host(self.host, kind), qos=1)  # type: ignore[arg-type]
+        self._task = asyncio.create_task(self._receive())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._stack.aclose()
+
+    async def _receive(self) -> None:
+        assert self._client is not None
+        codecs = {"status": (status_codec(), self.status),
+                  "telemetry": (telemetry_codec(), self.telemetry),
+                  "events": (event_codec(), self.events)}  # fmt: skip
+        async for m in self._client.messages:
+            kind = str(m.topic).rsplit("/", 1)[-1]
+            codec, sink = codecs[kind]
+            payload = m.payload
+            assert isinstance(payload, bytes)
+            sink.append(codec.decode(payload))
+
+    async def send(self, cmd: Command, key: bytes | None) -> None:
+        assert self._client is not None
+        await self._client.publish(self.topics.host(self.host, "cmd"), sign(cmd, key), qos=1)
+
+    async def until(self, pred: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = pred()
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what or pred}")
+
+    def event(self, kind: type, **match: Any) -> Any:
+        for e in self.events:
+            if isinstance(e, kind) and all(getattr(e, k) == v for k, v in match.items()):
+                return e
+        return None
+
+
+class Proxy:
+    """A TCP proxy in front of the broker; `cut()` drops every connection and refuses new ones."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for w in list(self._writers):
+            w.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.broker.host, self.broker.port)
+        self._writers |= {writer, up_writer}
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                w.close()
+                with contextlib.suppress(Exception):
+                    await w.wait_closed()
+
+        for pair in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(pump(*pair))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+@contextlib.asynccontextmanager
+async def running_agent(agent: Any) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(agent.run())
+    try:
+        yield task
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 10)
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-agent-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def fake_torchrun(tmp_path: Path) -> str:
+    """Skips the ten torchrun option words and execs the command: for tests about the agent."""
+    path = tmp_path / "fake-torchrun"
+    path.write_text('#!/bin/sh\nshift 10\nexec "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def _launch(job_id: str, command: list[str], workdir: Path, **kw: Any) -> Launch:
+    base: dict[str, Any] = dict(
+        cmd_id=f"launch-{job_id}", job_id=job_id, node_rank=0, nnodes=1, nproc_per_node=1,
+        master_addr="127.0.0.1", master_port=29500, gpus=[0], command=command,
+        workdir=str(workdir),
+    )  # fmt: skip
+    base.update(kw)
+    return Launch(**base)
+
+
+async def test_status_is_retained_telemetry_flows_and_the_will_marks_offline(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    conf = agent_config(tmp_path, mosquitto.url, prefix, "n1", interval_s=0.5)
+    proc = start_agent_process(conf, tmp_path / "agent.log")
+    try:
+        async with Bus(mosquitto, prefix, "n1") as bus:
+            await bus.until(lambda: len(bus.telemetry) >= 5, timeout=15, what="telemetry")
+            first, last = bus.telemetry[0], bus.telemetry[-1]
+            rate = (last.ts - first.ts) / (len(bus.telemetry) - 1)
+            assert 0.4 <= rate <= 0.6  # one message per interval
+            assert [t.seq for t in bus.telemetry] == list(range(first.seq, last.seq + 1))
+            assert last.simulated and len(last.gpus) == 2
+            assert all(g.util is not None and g.power_w is not None for g in last.gpus)
+        # A late subscriber gets the retained status.
+        async with Bus(mosquitto, prefix, "n1") as late:
+            st = await late.until(lambda: late.status and late.status[-1], what="status")
+            assert st.state == "online" and st.simulated and st.backend == "sim"
+            assert [g.model for g in st.gpus] == ["Simulated-H100"] * 2
+            assert st.addr and st.agent_version
+            proc.kill()  # -9: no goodbye, only the will
+            proc.wait(10)
+            offline = await late.until(
+                lambda: [s for s in late.status if s.state == "offline"], what="will"
+            )
+            assert offline[0].host == "n1"
+        async with Bus(mosquitto, prefix, "n1") as later:
+            st = await later.until(lambda: later.status and later.status[-1], what="retained")
+            assert st.state == "offline"
+    finally:
+        stop_process(proc, signal.SIGKILL)
+
+
+@pytest.mark.e2e
+async def test_signed_launch_runs_torchrun_and_forged_commands_do_nothing(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    key = b"0123456789abcdef0123456789abcdef"
+    (tmp_path / "key").write_bytes(key)
+    (tmp_path / "key").chmod(0o600)
+    conf = agent_config(tmp_path, mosquitto.url, prefix, "n1", key_file=str(tmp_path / "key"))
+    script = tmp_path / "allreduce.py"
+    script.write_text(
+        "import os, torch, torch.distributed as dist\n"
+        "dist.init_process_group('gloo')\n"
+        "t = torch.tensor([dist.get_rank() + 1])\n"
+        "dist.all_reduce(t)\n"
+        "gpus = os.environ['CUDA_VISIBLE_DEVICES']\n"
+        "print(f'rank {dist.get_rank()} sum {int(t)} gpus {gpus}')\n"
+        "dist.destroy_process_group()\n"
+    )
+    proc = start_agent_process(conf, tmp_path / "agent.log")
+    try:
+        async with Bus(mosquitto, prefix, "n1") as bus:
+            await bus.until(lambda: bus.status and bus.status[-1].state == "online", what="online")
+            forged = _launch("forged", [str(script)], tmp_path)
+            await bus.send(forged, b"not-the-cluster-key-at-all!!")
+            await bus.send(forged, None)
+            t0 = time.monotonic()
+            job = _launch(
+                "ar",
+                [str(script)],
+                tmp_path,
+                nproc_per_node=2,
+                gpus=[0, 1],
+                master_port=free_port(),
+            )
+            await bus.send(job, key)
+            ack = await bus.until(lambda: bus.event(Ack, cmd_id=job.cmd_id), what="ack")
+            assert ack.ok, ack.error
+            started = await bus.until(lambda: bus.event(JobStarted, job_id="ar"), what="start")
+            dispatch_s = time.monotonic() - t0
+            running = await bus.until(
+                lambda: [s for s in bus.status if "ar" in s.running_jobs], what="status"
+            )
+            assert running
+            exited = await bus.until(
+                lambda: bus.event(JobExited, job_id="ar"), timeout=45, what="exit"
+            )
+            total_s = time.monotonic() - t0
+            assert (exited.exit_code, exited.signal, exited.reason) == (0, None, "")
+            log = Path(started.log_path).read_text()
+            assert "rank 0 sum 3 gpus 0,1" in log and "rank 1 sum 3 gpus 0,1" in log
+            # The forged commands were neither answered nor run.
+            assert bus.event(Ack, cmd_id=forged.cmd_id) is None
+            assert bus.event(JobStarted, job_id="forged") is None
+            assert not (tmp_path / "n1-state" / "logs" / "forged").exists()
+            await bus.until(lambda: bus.status[-1].running_jobs == [], what="status after")
+            print(f"dispatch {dispatch_s:.3f} s, torchrun job {total_s:.1f} s")
+        assert stop_process(proc) == 0
+    finally:
+        stop_process(proc, signal.SIGKILL)
+    assert "dropped a command (SignatureError" in (tmp_path / "agent.log").read_text()
+
+
+async def test_jobs_survive_an_agent_restart_and_report_their_real_exit_code(
+    tmp_path: Path, mosquitto: Broker, prefix: str, fake_torchrun: str
+) -> None:
+    conf = agent_config(tmp_path, mosquitto.url, prefix, "n1", torchrun=fake_torchrun)
+    job = _launch(
+        "re", [sys.executable, "-c", "import time, sys; time.sleep(2.5); sys.exit(5)"], tmp_path
+    )
+    async with Bus(mosquitto, prefix, "n1") as bus:
+        proc = start_agent_process(conf, tmp_path / "agent.log")
+        try:
+            await bus.until(lambda: bus.status and bus.status[-1].state == "online", what="up")
+            await bus.send(job, None)
+            started = await bus.until(lambda: bus.event(JobStarted, job_id="re"), what="start")
+            assert stop_process(proc) == 0  # SIGTERM: clean stop, the job keeps running
+            await bus.until(lambda: bus.status[-1].state == "offline", what="offline")
+            assert bus.event(JobExited, job_id="re") is None
+            state = json.loads((tmp_path / "n1-state" / "jobs.json").read_text())
+            assert list(state["jobs"]) == ["re#0"]
+            assert os.path.exists(f"/proc/{started.pid}")
+            proc = start_agent_process(conf, tmp_path / "agent.log")
+            online = await bus.until(
+                lambda: [s for s in bus.status[1:] if s.state == "online"], what="back"
+            )
+            assert online[0].running_jobs == ["re"]  # re-adopted
+            exited = await bus.until(lambda: bus.event(JobExited, job_id="re"), what="exit")
+            assert (exited.exit_code, exited.reason) == (5, "")
+            # The launch, sent again, is answered but not run again.
+            await bus.send(job, None)
+            await bus.until(
+                lambda: len([e for e in bus.events if isinstance(e, Ack)]) == 2, what="second ack"
+            )
+            await asyncio.sleep(0.5)
+            # Events are at least once: count distinct starts, and the agent's own log.
+            assert {e.pid for e in bus.events if isinstance(e, JobStarted)} == {started.pid}
+            assert (tmp_path / "agent.log").read_text().count("job re node 0 started") == 1
+        finally:
+            stop_process(proc)
+
+
+async def test_job_exit_is_kept_through_a_broker_outage(
+    tmp_path: Path,
+    mosquitto: Broker,
+    prefix: str,
+    fake_torchrun: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(agent_mod, "backoff_delay", lambda attempt: 0.2)
+    proxy = Proxy(mosquitto)
+    await proxy.open()
+    conf = agent_config(
+        tmp_path, f"mqtt://127.0.0.1:{proxy.port}", prefix, "n1", torchrun=fake_torchrun
+    )
+    agent = Agent(load_config(str(conf)))
+    job = _launch(
+        "out", [sys.executable, "-c", "import time, sys; time.sleep(1); sys.exit(4)"], tmp_path
+    )
+    async with Bus(mosquitto, prefix, "n1") as bus, running_agent(agent):
+        await bus.until(agent.connected.is_set, what="connected")
+        await bus.send(job, None)
+        await bus.until(lambda: bus.event(JobStarted, job_id="out"), what="start")
+        await proxy.cut()
+        await bus.until(lambda: not agent.connected.is_set(), what="disconnected")
+        await bus.until(lambda: not agent.jobs, what="job exit while offline")
+        assert bus.event(JobExited, job_id="out") is None
+        # (JobStarted may still be there too: its PUBACK can be cut off; events are at least once.)
+        assert type(agent.store.state.outbox[-1]) is JobExited
+        await proxy.open()
+        exited = await bus.until(lambda: bus.event(JobExited, job_id="out"), what="late exit")
+        assert exited.exit_code == 4
+        await bus.until(lambda: not agent.store.state.outbox, what="outbox drained")
+    await proxy.cut()

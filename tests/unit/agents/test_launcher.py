@@ -1,0 +1,255 @@
+"""The launcher with real short processes behind a fake torchrun."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from dcsched.agents.errors import LaunchError
+from dcsched.agents.launcher import ExitStatus, Launcher, job_env, torchrun_argv
+from dcsched.agents.procs import TAG_VAR, is_alive
+from dcsched.agents.state import JobRecord, StateStore
+from dcsched.protocol.config import Config
+from tests.unit.agents.helpers import launch, py
+
+
+def wait_exit(launcher: Launcher, rec: JobRecord, timeout: float = 10.0) -> ExitStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = launcher.poll(rec)
+        if status is not None:
+            return status
+        time.sleep(0.05)
+    raise AssertionError("job did not exit")
+
+
+def test_torchrun_argv(tmp_path: Path) -> None:
+    ln = launch(
+        tmp_path,
+        ["train.py", "--epochs", "3"],
+        nnodes=2,
+        nproc_per_node=4,
+        node_rank=1,
+        master_addr="10.0.0.5",
+        master_port=29555,
+    )
+    assert torchrun_argv(ln, "/opt/torchrun") == [
+        "/opt/torchrun", "--nnodes", "2", "--nproc-per-node", "4", "--node-rank", "1",
+        "--master-addr", "10.0.0.5", "--master-port", "29555", "train.py", "--epochs", "3",
+    ]  # fmt: skip
+    ln.python = "/venv/bin/python"
+    assert torchrun_argv(ln)[:3] == ["/venv/bin/python", "-m", "torch.distributed.run"]
+
+
+def test_job_env_layers_agent_job_and_ours(tmp_path: Path) -> None:
+    ln = launch(
+        tmp_path, ["x"], gpus=[2, 5], env={"NCCL_DEBUG": "WARN", "CUDA_VISIBLE_DEVICES": "9"}
+    )
+    env = job_env(ln, {"PATH": "/bin", "NCCL_DEBUG": "INFO"}, "tag1")
+    assert env["PATH"] == "/bin" and env["NCCL_DEBUG"] == "WARN"
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,5"  # the job cannot pick other GPUs
+    assert env["DCSCHED_JOB_ID"] == "j1" and env["DCSCHED_NODE_RANK"] == "0"
+    assert env[TAG_VAR] == "tag1"
+
+
+def test_launch_runs_in_workdir_with_env_and_reports_exit_code(
+    tmp_path: Path, agent_config: Config
+) -> None:
+    launcher = Launcher(agent_config.agent.state_dir, agent_config.agent.torchrun)
+    code = (
+        "import os, sys; print(os.getcwd(), os.environ['CUDA_VISIBLE_DEVICES'], "
+        "os.environ['DCSCHED_JOB_ID'], os.getpgid(0) != os.getpid(), flush=True); "
+        "print(sys.stdin.read() == '', flush=True); sys.exit(3)"
+    )
+    rec = launcher.start(launch(tmp_path, py(code), gpus=[1, 3]))
+    assert rec.pgid != os.getpgid(0) and rec.child_pid > 0
+    status = wait_exit(launcher, rec)
+    assert status == ExitStatus(3, None)
+    log = Path(rec.log_path)
+    assert log == Path(agent_config.agent.state_dir) / "logs" / "j1" / "node0.log"
+    text = log.read_text()
+    assert f"{tmp_path} 1,3 j1 True" in text and "True\n" in text
+    args = (tmp_path / "torchrun.args").read_text().split("\n")
+    assert args == ["--nnodes", "1", "--nproc-per-node", "1", "--node-rank", "0",
+                    "--master-addr", "127.0.0.1", "--master-port", "29500"]  # fmt: skip
+
+
+def test_signal_death_is_reported_as_signal(tmp_path: Path, agent_config: Config) -> None:
+    launcher = Launcher(agent_config.agent.state_dir, agent_config.agent.torchrun)
+    rec = launcher.start(launch(tmp_path, py("import os, signal; os.kill(os.getpid(), 9)")))
+    assert wait_exit(launcher, rec) == ExitStatus(None, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"workdir": "/nonexistent/dir"}, "workdir /nonexistent/dir does not exist"),
+        ({"user": "no-such-user-xyz"}, "user 'no-such-user-xyz' does not exist"),
+        ({"job_id": "../etc"}, "not a safe file name"),
+        ({"gpus": [0, 7]}, r"GPUs \[7\] do not exist"),
+        ({"command": []}, "no command"),
+        ({"python": "/nonexistent/python"}, "/nonexistent/python not found"),
+    ],
+)
+def test_refusals_are_clear(
+    tmp_path: Path, agent_config: Config, kw: dict[str, object], message: str
+) -> None:
+    launcher = Launcher(agent_config.agent.state_dir, agent_config.agent.torchrun)
+    ln = launch(tmp_path, ["true"])
+    for k, v in kw.items():
+        setattr(ln, k, v)
+    with pytest.raises(LaunchError, match=message):
+        launcher.start(ln, valid_gpus={0, 1, 2, 3})
+
+
+def test_missing_torchrun_is_refused(tmp_path: Path) -> None:
+    launcher = Launcher(tmp_path / "state", "/nonexistent/torchrun")
+    with pytest.raises(LaunchError, match=r"not found on this host \(see \[agent\] torchrun\)"):
+        launcher.start(launch(tmp_path, ["true"]))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may start jobs as other users")
+def test_another_user_is_refused_when_not_root(tmp_path: Path, agent_config: Config) -> None:
+    launcher = Launcher(agent_config.agent.state_dir, agent_config.agent.torchrun)
+    other = "root" if pwd.getpwuid(os.geteuid()).pw_name != "root" else "nobody"
+    with pytest.raises(LaunchError, match="not root"):
+        launcher.start(launch(tmp_path, ["true"], user=other))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+def test_job_runs_as_the_submitting_user() -> None:
+    nobody = pwd.getpwnam("nobody")
+    python = "/usr/bin/python3"  # the runner needs only the standard library
+    if not os.access(python, os.X_OK):
+        pytest.skip("no system python for an unprivileged user")
+    # pytest's tmp folders are private to root: use one that nobody can traverse.
+    base = Path(tempfile.mkdtemp(prefix="dcsched-user-"))
+    try:
+        base.chmod(0o755)
+        torchrun = base / "torchrun"
+        torchrun.write_text('#!/bin/sh\nshift 10\nexec "$@"\n')
+        torchrun.chmod(0o755)
+        launcher = Launcher(base / "state", str(torchrun), runner_python=python)
+        ln = launch(base, ["sh", "-c", "id -u; echo $HOME $USER"], user="nobody", env={})
+        rec = launcher.start(ln)
+        assert wait_exit(launcher, rec).exit_code == 0
+        out = Path(rec.log_path).read_text()
+        assert f"{nobody.pw_uid}\n{nobody.pw_dir} nobody" in out
+        assert os.stat(rec.log_path).st_uid == nobody.pw_uid
+    finally:
+        shutil.rmtree(base)
+
+
+TREE = """
+import os, subprocess, sys, time
+# like torchrun: a worker in a session of its own, which the group signal does not reach
+w = subprocess.Popen([sys.executable, '-c', 'import signal, time; '
+                      'signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)'],
+                     start_new_session=True)
+print('worker', w.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def _worker_pid(rec: JobRecord) -> int:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in Path(rec.log_path).read_text().splitlines():
+            if line.startswith("worker "):
+                return int(line.split()[1])
+        time.sleep(0.05)
+    raise AssertionError("no worker")
+
+
+def test_cancel_kills_the_whole_job_by_pid(tmp_path: Path, agent_config: Config) -> None:
+    launcher = Launcher(agent_config.agent.state_dir, agent_config.agent.torchrun)
+    rec = launcher.start(launch(tmp_path, py(TREE)))
+    worker = _worker_pid(rec)
+    pids = launcher.pids(rec)
+    assert {rec.pid, rec.child_pid, worker} <= set(pids)
+    rec.cancel_signal = signal.SIGTERM
+    launcher.send_signal(rec, signal.SIGTERM)
+    status = wait_exit(launcher, rec)
+    assert status.signal == signal.SIGTERM  # the job's main process died of it
+    assert is_alive(worker)  # the worker ignores SIGTERM and is outside the group
+    rec.cancel_signal = signal.SIGKILL
+    launcher.send_signal(rec, signal.SIGKILL)
+    launcher.cleanup(rec)
+    deadline = time.monotonic() + 5
+    while any(is_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if is_alive(p)]
+
+
+def test_cleanup_after_exit_kills_leftovers(tmp_path: Path, agent_config: Config) -> None:
+    launcher = Launcher(agent_config.agent.state_dir, agent_config.agent.torchrun)
+    code = TREE.replace("time.sleep(300)\n", "", 1).rstrip() + "\n"
+    code = code.replace("\ntime.sleep(300)", "\nsys.exit(0)")
+    rec = launcher.start(launch(tmp_path, py(code)))
+    worker = _worker_pid(rec)
+    assert wait_exit(launcher, rec) == ExitStatus(0, None)
+    assert launcher.cleanup(rec) == [worker]
+    deadline = time.monotonic() + 5
+    while is_alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not is_alive(worker)
+
+
+def test_readoption_after_restart_reports_the_real_exit_code(
+    tmp_path: Path, agent_config: Config
+) -> None:
+    state_dir = agent_config.agent.state_dir
+    first = Launcher(state_dir, agent_config.agent.torchrun)
+    rec = first.start(launch(tmp_path, py("import time, sys; time.sleep(1.0); sys.exit(7)")))
+    store = StateStore(state_dir)
+    store.state.jobs[rec.key] = rec
+    store.save()
+    del first, store  # the agent "restarts": nothing in memory survives
+
+    store2 = StateStore(state_dir)
+    adopted = store2.load().jobs[rec.key]
+    second = Launcher(state_dir, agent_config.agent.torchrun)
+    assert second.poll(adopted) is None  # still running, recognised by pid and start time
+    assert wait_exit(second, adopted) == ExitStatus(7, None)
+
+
+def test_a_recycled_pid_is_not_taken_for_the_job(tmp_path: Path, agent_config: Config) -> None:
+    launcher = Launcher(agent_config.agent.state_dir, agent_config.agent.torchrun)
+    rec = launcher.start(launch(tmp_path, ["sleep", "5"]))
+    # Pretend the runner is gone and its pid now belongs to someone else (ourselves).
+    rec.pid, rec.starttime = os.getpid(), 1
+    os.unlink(rec.status_file) if os.path.exists(rec.status_file) else None
+    status = launcher.poll(rec)
+    assert status == ExitStatus(None, None, lost=True)
+    rec.cancel_signal = signal.SIGKILL
+    launcher.send_signal(rec, signal.SIGKILL)
+    launcher.cleanup(rec)
+
+
+def test_runner_module_invocation_writes_status(tmp_path: Path) -> None:
+    import subprocess
+
+    status = tmp_path / "s.json"
+    rc = subprocess.call(
+        [
+            sys.executable,
+            "-m",
+            "dcsched.agents.runner",
+            "--status-file",
+            str(status),
+            "--",
+            sys.executable,
+            "-c",
+            "raise SystemExit(4)",
+        ]
+    )
+    assert rc == 4
+    assert status.read_text() == '{"exit_code": 4}'

@@ -1,0 +1,236 @@
+"""The NVML backend against a fake `pynvml` that uses the real nvidia-ml-py names."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dcsched.agents.errors import BackendError
+from dcsched.agents.gpu import nvml as nvml_backend
+from dcsched.agents.gpu.nvml import GpuLost, NvmlBackend, NvmlQuery
+from dcsched.protocol.messages import GpuFault
+
+
+class NVMLError(Exception):
+    def __init__(self, value: int) -> None:
+        super().__init__(f"NVML error {value}")
+        self.value = value
+
+
+class FakeNvml(types.ModuleType):
+    NVML_ERROR_NOT_SUPPORTED = 3
+    NVML_ERROR_NO_PERMISSION = 4
+    NVML_ERROR_NOT_FOUND = 6
+    NVML_ERROR_TIMEOUT = 10
+    NVML_ERROR_FUNCTION_NOT_FOUND = 13
+    NVML_ERROR_GPU_IS_LOST = 15
+    NVML_ERROR_RESET_REQUIRED = 16
+    NVML_ERROR_UNKNOWN = 999
+    NVML_TEMPERATURE_GPU = 0
+    NVML_CLOCK_SM = 1
+    nvmlEventTypeXidCriticalError = 0x8
+    NVMLError = NVMLError
+
+    def __init__(self, count: int = 2) -> None:
+        super().__init__("pynvml")
+        self.count = count
+        self.init_calls = 0
+        self.unsupported: set[str] = set()  # function names that raise NotSupported
+        self.lost: set[int] = set()
+        self.events: list[Any] = []
+        self.event_lock = threading.Lock()
+
+    def _check(self, name: str, h: int | None = None) -> None:
+        if h is not None and h in self.lost:
+            raise NVMLError(self.NVML_ERROR_GPU_IS_LOST)
+        if name in self.unsupported:
+            raise NVMLError(self.NVML_ERROR_NOT_SUPPORTED)
+
+    def nvmlInit(self) -> None:
+        self.init_calls += 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "550.54.15"
+
+    def nvmlDeviceGetCount(self) -> int:
+        return self.count
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetIndex(self, h: int) -> int:
+        return h
+
+    def nvmlDeviceGetUUID(self, h: int) -> bytes:
+        return f"GPU-fake-{h}".encode()
+
+    def nvmlDeviceGetName(self, h: int) -> str:
+        return "NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
+        self._check("nvmlDeviceGetMemoryInfo", h)
+        return types.SimpleNamespace(total=80 << 30, used=(10 + h) << 30, free=0)
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:
+        self._check("nvmlDeviceGetUtilizationRates", h)
+        return types.SimpleNamespace(gpu=50 + h, memory=10)
+
+    def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:
+        self._check("nvmlDeviceGetTemperature", h)
+        assert sensor == self.NVML_TEMPERATURE_GPU
+        return 60
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        self._check("nvmlDeviceGetPowerUsage", h)
+        return 350_500  # mW
+
+    def nvmlDeviceGetClockInfo(self, h: int, kind: int) -> int:
+        self._check("nvmlDeviceGetClockInfo", h)
+        assert kind == self.NVML_CLOCK_SM
+        return 1980
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: int) -> int:
+        self._check("nvmlDeviceGetTotalEnergyConsumption", h)
+        return 0xFFFFFFFFFFFFFFFF  # the driver's "not available" sentinel
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: int) -> list[Any]:
+        self._check("nvmlDeviceGetComputeRunningProcesses", h)
+        return [types.SimpleNamespace(pid=100 + h, usedGpuMemory=1 << 30)]
+
+    def nvmlEventSetCreate(self) -> str:
+        return "event-set"
+
+    def nvmlDeviceRegisterEvents(self, h: int, types_: int, es: str) -> None:
+        assert types_ == self.nvmlEventTypeXidCriticalError
+
+    def nvmlEventSetWait(self, es: str, timeout_ms: int) -> Any:
+        with self.event_lock:
+            if self.events:
+                return self.events.pop(0)
+        time.sleep(timeout_ms / 1000 / 50)
+        raise NVMLError(self.NVML_ERROR_TIMEOUT)
+
+    def nvmlEventSetFree(self, es: str) -> None:
+        pass
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeNvml]:
+    yield FakeNvml()
+
+
+def test_backend_imports_pynvml_lazily_through_sys_modules(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeNvml
+) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    backend = NvmlBackend("h")
+    assert backend.nv is fake
+    assert [g.uuid for g in backend.inventory()] == ["GPU-fake-0", "GPU-fake-1"]
+    assert backend.inventory()[0].model == "NVIDIA H100 80GB HBM3"
+    assert backend.driver_version() == "550.54.15"
+    backend.close()
+
+
+def test_nvml_is_initialised_once(fake: FakeNvml) -> None:
+    NvmlBackend("h", fake).close()
+    NvmlBackend("h", fake).close()
+    assert fake.init_calls == 1
+
+
+def test_missing_nvidia_ml_py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import raises ImportError
+    with pytest.raises(BackendError, match="nvidia-ml-py"):
+        NvmlBackend("h")
+
+
+def test_sample_converts_units(fake: FakeNvml) -> None:
+    backend = NvmlBackend("h", fake)
+    s0, s1 = backend.sample(0.0, {})
+    assert s0.util == 50.0 and s1.util == 51.0
+    assert s0.mem_used == 10 << 30 and s0.mem_total == 80 << 30
+    assert s0.power_w == 350.5 and s0.temp_c == 60.0 and s0.sm_clock_mhz == 1980
+    assert s0.pids == [100] and s1.pids == [101]
+    assert s0.energy_j is None  # sentinel -> absent
+    assert s0.health == "ok"
+    backend.close()
+
+
+def test_unsupported_field_is_absent_and_the_rest_is_reported(fake: FakeNvml) -> None:
+    fake.unsupported = {"nvmlDeviceGetPowerUsage", "nvmlDeviceGetTemperature"}
+    backend = NvmlBackend("h", fake)
+    s0, _ = backend.sample(0.0, {})
+    assert s0.power_w is None and s0.temp_c is None
+    assert s0.util == 50.0 and s0.mem_used is not None
+    backend.close()
+
+
+def test_query_wrapper_error_mapping(fake: FakeNvml, caplog: pytest.LogCaptureFixture) -> None:
+    q = NvmlQuery(fake)
+
+    def raises(code: int) -> Any:
+        def f(*_: Any) -> None:
+            raise NVMLError(code)
+
+        return f
+
+    fake.nvmlX = raises(fake.NVML_ERROR_NO_PERMISSION)  # type: ignore[attr-defined]
+    assert q.call("nvmlX") is None
+    fake.nvmlY = raises(fake.NVML_ERROR_UNKNOWN)  # type: ignore[attr-defined]
+    assert q.call("nvmlY") is None and q.call("nvmlY") is None
+    assert sum("nvmlY" in r.message for r in caplog.records) == 1  # logged once, not per call
+    fake.nvmlZ = raises(fake.NVML_ERROR_GPU_IS_LOST)  # type: ignore[attr-defined]
+    with pytest.raises(GpuLost):
+        q.call("nvmlZ")
+    fake.nvmlW = lambda: 0xFFFFFFFF  # type: ignore[attr-defined]
+    assert q.call("nvmlW") is None
+
+
+def test_lost_gpu_gives_health_lost_and_one_fault(fake: FakeNvml) -> None:
+    backend = NvmlBackend("h", fake)
+    faults: list[GpuFault] = []
+    backend.watch_faults(faults.append)
+    fake.lost.add(1)
+    for t in range(3):
+        s0, s1 = backend.sample(float(t), {})
+        assert s0.health == "ok" and s1.health == "lost" and s1.util is None
+    assert [(f.gpu_index, f.kind) for f in faults] == [(1, "lost")]
+    backend.close()
+
+
+def test_xid_events_arrive_from_the_thread(fake: FakeNvml) -> None:
+    backend = NvmlBackend("h", fake)
+    got = threading.Event()
+    faults: list[GpuFault] = []
+
+    def on_fault(f: GpuFault) -> None:
+        faults.append(f)
+        got.set()
+
+    backend.watch_faults(on_fault)
+    with fake.event_lock:
+        fake.events.append(
+            types.SimpleNamespace(
+                device=1, eventType=fake.nvmlEventTypeXidCriticalError, eventData=79
+            )
+        )
+    assert got.wait(5)
+    backend.close()
+    assert faults[0].kind == "xid" and faults[0].code == 79 and faults[0].gpu_index == 1
+    assert backend._thread is None
+
+
+def test_real_pynvml_names_exist() -> None:
+    """The fake uses nvidia-ml-py's real names: check them on the installed module."""
+    pynvml = pytest.importorskip("pynvml")
+    used = [n for n in vars(FakeNvml) if n.startswith(("nvml", "NVML"))]
+    missing = [n for n in used if not hasattr(pynvml, n)]
+    assert not missing
+    assert pynvml.NVML_ERROR_GPU_IS_LOST == FakeNvml.NVML_ERROR_GPU_IS_LOST
+    assert pynvml.NVML_CLOCK_SM == FakeNvml.NVML_CLOCK_SM
+    assert nvml_backend._NA_VALUES[0] == 0xFFFFFFFF
