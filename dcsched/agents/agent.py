@@ -336,8 +336,11 @@ class Agent:
                 continue
             try:
                 await self.handle(client, cmd)
-            except (AgentError, OSError) as exc:
-                log.exception("command %s failed: %s", cmd.cmd_id, exc)
+            except aiomqtt.MqttError:
+                raise  # the connection is gone: reconnect
+            except Exception:
+                # One bad command must not take the agent (and its telemetry) down.
+                log.exception("command %s (%s) failed", cmd.cmd_id, type(cmd).__name__)
 
     def _drop(self, reason: str, detail: str) -> None:
         self.dropped[reason] += 1

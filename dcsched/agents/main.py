@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _run(agent: Agent) -> None:
+    # SIGTERM (systemd stop) and Ctrl-C end the agent cleanly; jobs keep running.
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)
@@ -56,18 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         cfg = msgspec.structs.replace(cfg, agent=msgspec.structs.replace(cfg.agent, **overrides))
         cfg.broker.host_port()  # a bad broker url is an error now, not a reconnect loop
-        asyncio.run(_run_agent(cfg))
+        asyncio.run(_run(Agent(cfg)))
     except (ConfigError, AgentError) as exc:
         print(f"dc-agent: error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-async def _run_agent(cfg: object) -> None:
-    from dcsched.protocol.config import Config
-
-    assert isinstance(cfg, Config)
-    await _run(Agent(cfg))
 
 
 if __name__ == "__main__":

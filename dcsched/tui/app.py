@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from textual import on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual import events, on, work
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
-from textual.screen import Screen
 from textual.widgets import Footer, Input, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
@@ -69,12 +69,22 @@ class DctopCommands(Provider):
         if snap is not None:
             for j in snap.jobs:
                 jid = str(j.get("id"))
-                out.append((f"Job {jid}: {j.get('name', '')} ({j.get('state')})",
-                            partial(app.open_job, jid), "open the job's detail"))
+                out.append(
+                    (
+                        f"Job {jid}: {j.get('name', '')} ({j.get('state')})",
+                        partial(app.open_job, jid),
+                        "open the job's detail",
+                    )
+                )
             for n in snap.nodes:
                 host = str(n.get("host"))
-                out.append((f"Node {host} ({n.get('state')})", partial(app.open_node, host),
-                            "open the node's detail"))
+                out.append(
+                    (
+                        f"Node {host} ({n.get('state')})",
+                        partial(app.open_node, host),
+                        "open the node's detail",
+                    )
+                )
         return out
 
     async def discover(self) -> Hits:
@@ -138,8 +148,11 @@ class DctopApp(App[None]):
             for name, cls in VIEWS.items():
                 with TabPane(f"{list(VIEWS).index(name) + 1} {cls.title}", id=name):
                     yield cls(id=f"view-{name}")
-        cmd = Input(placeholder=":cluster :gpus :jobs :fairshare :history :job ID :node HOST "
-                    ":theme light|dark :help :quit", id="command")
+        cmd = Input(
+            placeholder=":cluster :gpus :jobs :fairshare :history :job ID :node HOST "
+            ":theme light|dark :help :quit",
+            id="command",
+        )
         cmd.display = False
         yield cmd
         yield Footer()
@@ -150,9 +163,6 @@ class DctopApp(App[None]):
         if self.interval > 0:
             self.set_interval(self.interval, self.poll, name="poll")
         self.current_view.focus_table()
-
-    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
 
     @property
     def current_view(self) -> View:
@@ -173,8 +183,13 @@ class DctopApp(App[None]):
     @work(thread=True, group="poll", exit_on_error=False)
     def _fetch(self, finished: bool, fairshare: bool) -> None:
         try:
-            snap = fetch_snapshot(self.source, finished=finished, fairshare=fairshare,
-                                  clock=self.clock, unavailable=(ApiError,))
+            snap = fetch_snapshot(
+                self.source,
+                finished=finished,
+                fairshare=fairshare,
+                clock=self.clock,
+                unavailable=(ApiError,),
+            )
         except DaemonUnreachable as exc:
             self.post_message(PollFailed(str(exc), unreachable=True))
         except ClientError as exc:
@@ -188,9 +203,9 @@ class DctopApp(App[None]):
         snap = message.snapshot
         # views not polled this tick keep what they had
         if snap.finished is None and prev is not None and prev.finished is not None:
-            snap = _with(snap, finished=prev.finished)
+            snap = replace(snap, finished=prev.finished)
         if snap.fairshare is None and not snap.fairshare_error and prev is not None:
-            snap = _with(snap, fairshare=prev.fairshare, fairshare_error=prev.fairshare_error)
+            snap = replace(snap, fairshare=prev.fairshare, fairshare_error=prev.fairshare_error)
         self.snapshot = snap
         self.polls += 1
         self.query_one("#banner", Banner).display = False
@@ -213,8 +228,12 @@ class DctopApp(App[None]):
                 self._polling = False
             elif isinstance(self.screen, DetailScreen):
                 self.screen._busy = False
-            self.notify(f"{event.worker.error!r}", title="dctop internal error",
-                        severity="error", timeout=10)
+            self.notify(
+                f"{event.worker.error!r}",
+                title="dctop internal error",
+                severity="error",
+                timeout=10,
+            )
 
     # ------------------------------------------------------------ views and keys
 
@@ -258,8 +277,16 @@ class DctopApp(App[None]):
         if not words:
             return
         head, args = words[0].lower(), words[1:]
-        aliases = {"c": "cluster", "nodes": "cluster", "g": "gpus", "j": "jobs", "queue": "jobs",
-                   "fs": "fairshare", "fair-share": "fairshare", "h": "history"}
+        aliases = {
+            "c": "cluster",
+            "nodes": "cluster",
+            "g": "gpus",
+            "j": "jobs",
+            "queue": "jobs",
+            "fs": "fairshare",
+            "fair-share": "fairshare",
+            "h": "history",
+        }
         head = aliases.get(head, head)
         if head in VIEWS and not args:
             self.action_view(head)
@@ -276,10 +303,8 @@ class DctopApp(App[None]):
         else:
             self.notify(f"unknown command {text!r}; ? lists them", severity="warning")
 
-    def on_key(self, event: object) -> None:
-        from textual.events import Key
-
-        if isinstance(event, Key) and event.key == "escape":
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "escape":
             cmd = self.query_one("#command", Input)
             if cmd.display:
                 cmd.display = False
@@ -303,8 +328,11 @@ class DctopApp(App[None]):
 
     def _refuse_readonly(self) -> bool:
         if self.readonly:
-            self.notify("dctop runs read-only (--readonly): actions are off",
-                        title="read-only", severity="warning")
+            self.notify(
+                "dctop runs read-only (--readonly): actions are off",
+                title="read-only",
+                severity="warning",
+            )
         return self.readonly
 
     def on_job_action(self, message: JobAction) -> None:
@@ -314,8 +342,9 @@ class DctopApp(App[None]):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self._act(partial(self.source.job_action, job_id, action),
-                          f"job {job_id}: {action} sent")
+                self._act(
+                    partial(self.source.job_action, job_id, action), f"job {job_id}: {action} sent"
+                )
 
         self.push_screen(ConfirmScreen(f"{ACTION_VERB[action]} job {job_id}?"), answered)
 
@@ -327,8 +356,9 @@ class DctopApp(App[None]):
 
             def drained(reason: str | None) -> None:
                 if reason is not None:
-                    self._act(partial(self.source.node_action, host, "drain", reason),
-                              f"{host}: drained")
+                    self._act(
+                        partial(self.source.node_action, host, "drain", reason), f"{host}: drained"
+                    )
 
             self.push_screen(DrainScreen(host), drained)
             return
@@ -361,22 +391,22 @@ class DctopApp(App[None]):
             self.screen.poll()
 
 
-def _with(snap: Snapshot, **changes: object) -> Snapshot:
-    from dataclasses import replace
-
-    return replace(snap, **changes)  # type: ignore[arg-type]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dctop", description="The dcsched cluster live in a terminal: GPUs, jobs, queue."
     )
-    p.add_argument("--socket", help="daemon API socket (default: $DCSCHED_SOCKET, else the "
-                   "config's [daemon] socket)")
-    p.add_argument("--config", help="config file (default: $DCSCHED_CONFIG, else "
-                   "/etc/dcsched/dcsched.toml)")
-    p.add_argument("--readonly", action="store_true",
-                   help="look only: cancel, hold, release, drain and resume are off")
+    p.add_argument(
+        "--socket",
+        help="daemon API socket (default: $DCSCHED_SOCKET, else the config's [daemon] socket)",
+    )
+    p.add_argument(
+        "--config", help="config file (default: $DCSCHED_CONFIG, else /etc/dcsched/dcsched.toml)"
+    )
+    p.add_argument(
+        "--readonly",
+        action="store_true",
+        help="look only: cancel, hold, release, drain and resume are off",
+    )
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls (1)")
     p.add_argument("--theme", choices=("dark", "light"), default="dark")
     return p
@@ -395,8 +425,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dctop: {exc}", file=sys.stderr)
         return 2
-    app = DctopApp(Client(path, timeout=10.0), readonly=args.readonly, interval=args.interval,
-                   theme=f"textual-{args.theme}", target=str(Path(path)))
+    app = DctopApp(
+        Client(path, timeout=10.0),
+        readonly=args.readonly,
+        interval=args.interval,
+        theme=f"textual-{args.theme}",
+        target=str(Path(path)),
+    )
     app.run()
     return 0
 

@@ -79,7 +79,8 @@ def fetch_snapshot(
         try:
             fs = source.fairshare()
         except unavailable as exc:
-            fs_error = str(exc)
+            code = getattr(exc, "code", "")
+            fs_error = f"GET /v1/fairshare: {code + ': ' if code else ''}{exc}"
     return Snapshot(
         cluster=source.cluster(),
         nodes=source.nodes(),
@@ -395,7 +396,9 @@ def job_idle(j: JSON) -> bool:
     """A running job whose GPUs sit idle: the waste dctop is meant to show."""
     u = _num(j.get("gpu_util"))
     elapsed = _num(j.get("elapsed_s")) or 0.0
-    return j.get("state") == "RUNNING" and u is not None and u < IDLE_UTIL and elapsed >= IDLE_GRACE_S
+    return (
+        j.get("state") == "RUNNING" and u is not None and u < IDLE_UTIL and elapsed >= IDLE_GRACE_S
+    )
 
 
 JOB_COLUMNS = [
@@ -542,7 +545,9 @@ def fairshare_rows(payload: JSON) -> Rows:
     for r in payload.get("rows") or []:
         accounts.setdefault(str(r.get("account")), []).append(r)
     for account in sorted(accounts):
-        group = sorted(accounts[account], key=lambda r: (r.get("user") is not None, r.get("user") or ""))
+        group = sorted(
+            accounts[account], key=lambda r: (r.get("user") is not None, r.get("user") or "")
+        )
         for r in group:
             user = r.get("user")
             label = account if user is None else f"  └ {user}"

@@ -29,8 +29,8 @@ from dcsched.tui.messages import (
 if TYPE_CHECKING:
     from dcsched.tui.app import DctopApp
 
-SPARK_WIDTH = 40
-LOG_LINES = 40
+SPARK_WIDTH = 60
+LOG_LINES = 20
 
 
 def _kv(rows: list[tuple[str, Any]]) -> Table:
@@ -145,15 +145,22 @@ class JobDetailScreen(DetailScreen):
         )
         info = [
             ("User", f"{j.get('user')} (account {j.get('account')}, qos {j.get('qos')})"),
-            ("Resources", f"{j.get('nodes')} node(s) x {j.get('gpus_per_node')} GPU(s)"
-             + (f" {j['gpu_type']}" if j.get("gpu_type") else "")),
-            ("Elapsed / limit", f"{data.duration(j.get('elapsed_s')) or '-'} / "
-             f"{data.duration(j.get('time_limit_s'))}"),
+            (
+                "Resources",
+                f"{j.get('nodes')} node(s) x {j.get('gpus_per_node')} GPU(s)"
+                + (f" {j['gpu_type']}" if j.get("gpu_type") else ""),
+            ),
+            (
+                "Elapsed / limit",
+                f"{data.duration(j.get('elapsed_s')) or '-'} / "
+                f"{data.duration(j.get('time_limit_s'))}",
+            ),
             ("Submitted", data.relative(j.get("submit_ts"), now)),
         ]
         if j.get("gpu_util") is not None:
-            info.append(("GPU util", Text(data.pct(j["gpu_util"]),
-                                          style=data.util_style(j["gpu_util"]))))
+            info.append(
+                ("GPU util", Text(data.pct(j["gpu_util"]), style=data.util_style(j["gpu_util"])))
+            )
         if j.get("exit_code") is not None or j.get("signal"):
             info.append(("Exit", f"code {j.get('exit_code')} signal {j.get('signal')}"))
         if j.get("reason"):
@@ -176,14 +183,19 @@ class JobDetailScreen(DetailScreen):
             for col in ("factor", "value", "weight", "contribution"):
                 t.add_column(col, justify="left" if col == "factor" else "right")
             for f in ex.get("factors") or []:
-                t.add_row(str(f.get("name")), _num(f.get("value"), ".3f"),
-                          _num(f.get("weight"), ",.0f"), _num(f.get("contribution"), ",.1f"))
+                t.add_row(
+                    str(f.get("name")),
+                    _num(f.get("value"), ".3f"),
+                    _num(f.get("weight"), ",.0f"),
+                    _num(f.get("contribution"), ",.1f"),
+                )
             parts.append(Text(f"priority {_num(ex.get('priority'), ',.1f')}"))
             parts.append(t)
             reasons = ex.get("reasons") or []
             if reasons:
-                parts.append(Text("waiting: " + ", ".join(str(r) for r in reasons),
-                                  style="yellow3"))
+                parts.append(
+                    Text("waiting: " + ", ".join(str(r) for r in reasons), style="yellow3")
+                )
             if ex.get("est_start"):
                 parts.append(Text(f"estimated start {data.relative(ex['est_start'], now)}"))
         else:
@@ -192,20 +204,27 @@ class JobDetailScreen(DetailScreen):
                 parts.append(Text(f"priority {_num(j.get('priority'), ',.1f')}"))
             reasons = j.get("reasons") or []
             if reasons:
-                parts.append(Text("waiting: " + ", ".join(str(r) for r in reasons),
-                                  style="yellow3"))
+                parts.append(
+                    Text("waiting: " + ", ".join(str(r) for r in reasons), style="yellow3")
+                )
             if j.get("est_start"):
                 parts.append(Text(f"estimated start {data.relative(j['est_start'], now)}"))
-            parts.append(Text(f"breakdown not available ({d.explain_error or 'no answer'})",
-                              style="dim"))
+            parts.append(
+                Text(f"breakdown not available ({d.explain_error or 'no answer'})", style="dim")
+            )
         return Group(*parts)
 
     def _alloc(self, d: JobDetail) -> RenderableType:
         parts = d.job.get("node_parts") or []
         if not parts:
             return Text("Allocation: none yet (the job has not started)", style="dim")
-        t = Table(box=None, padding=(0, 1), title="Allocation and GPU utilisation history",
-                  title_justify="left", title_style="bold underline")
+        t = Table(
+            box=None,
+            padding=(0, 1),
+            title="Allocation and GPU utilisation history",
+            title_justify="left",
+            title_style="bold underline",
+        )
         for col in ("rank", "host", "GPU", "state", "pid", "util", "history"):
             t.add_column(col)
         for p in parts:
@@ -232,8 +251,9 @@ class JobDetailScreen(DetailScreen):
         if d.log is None:
             return Group(head, Text("no log yet", style="dim"))
         tail = data.log_tail(str(d.log.get("data", "")), LOG_LINES)
-        return Group(head, Text(f"{d.log.get('host')}  {d.log.get('size')} bytes", style="dim"),
-                     Text(tail))
+        return Group(
+            head, Text(f"{d.log.get('host')}  {d.log.get('size')} bytes", style="dim"), Text(tail)
+        )
 
     def action_act(self, action: str) -> None:
         self.post_message(JobAction(self.job_id, action))
@@ -295,19 +315,35 @@ class NodeDetailScreen(DetailScreen):
             Text.assemble((f"Node {self.host}  ", "bold"), (state, data.STATE_STYLE.get(state, "")))
         )
         info = [
-            ("State", f"{state}" + (f" ({node['drain_reason']})" if node.get("drain_reason") else "")),
-            ("GPUs", f"{node.get('gpus_allocated', 0)}/{node.get('gpus', 0)} allocated, "
-             f"{node.get('model', '')}" + (" (simulated)" if node.get("simulated") else "")),
-            ("Agent", f"{node.get('agent_version', '')} backend {node.get('backend', '')} "
-             f"driver {node.get('driver', '')} at {node.get('addr', '')}"),
+            (
+                "State",
+                f"{state}" + (f" ({node['drain_reason']})" if node.get("drain_reason") else ""),
+            ),
+            (
+                "GPUs",
+                f"{node.get('gpus_allocated', 0)}/{node.get('gpus', 0)} allocated, "
+                f"{node.get('model', '')}" + (" (simulated)" if node.get("simulated") else ""),
+            ),
+            (
+                "Agent",
+                f"{node.get('agent_version', '')} backend {node.get('backend', '')} "
+                f"driver {node.get('driver', '')} at {node.get('addr', '')}",
+            ),
             ("Jobs", ", ".join(str(j) for j in node.get("jobs") or []) or "none"),
-            ("Mean util", Text(data.pct(node.get("mean_util")),
-                               style=data.util_style(node.get("mean_util")))),
+            (
+                "Mean util",
+                Text(data.pct(node.get("mean_util")), style=data.util_style(node.get("mean_util"))),
+            ),
         ]
         self.query_one("#node-info", Static).update(_kv(info))
         hist = self.detail.history if self.detail else None
-        t = Table(box=None, padding=(0, 1), title="GPUs: now, and history (last 300 samples)",
-                  title_justify="left", title_style="bold underline")
+        t = Table(
+            box=None,
+            padding=(0, 1),
+            title="GPUs: now, and history (last 300 samples)",
+            title_justify="left",
+            title_style="bold underline",
+        )
         for col in ("GPU", "metric", "now", "history", "job", "user", "pids"):
             t.add_column(col)
         for g in gpus:
@@ -315,8 +351,13 @@ class NodeDetailScreen(DetailScreen):
             mem_total = float(g.get("mem_total") or 1)
             metrics = [
                 ("util", data.pct(g.get("util")), "util", 0.0, 100.0),
-                ("memory", data.memory(g.get("mem_used"), g.get("mem_total")), "mem_used", 0.0,
-                 mem_total),
+                (
+                    "memory",
+                    data.memory(g.get("mem_used"), g.get("mem_total")),
+                    "mem_used",
+                    0.0,
+                    mem_total,
+                ),
                 ("power", data.watts(g.get("power_w")), "power_w", 0.0, 1000.0),
                 ("temp", data.celsius(g.get("temp_c")), "temp_c", 0.0, 100.0),
             ]

@@ -91,7 +91,9 @@ class GpusView(View):
         note = self.query_one("#gpus-filter-note", Static)
         note.display = bool(self.needle)
         if self.needle:
-            note.update(f"filter: {self.needle}  ({len(gpus)} of {len(snap.gpus)} GPUs; esc clears)")
+            note.update(
+                f"filter: {self.needle}  ({len(gpus)} of {len(snap.gpus)} GPUs; esc clears)"
+            )
 
     def action_filter(self) -> None:
         inp = self.query_one("#gpus-filter", Input)

@@ -106,7 +106,9 @@ class LiveTable(DataTable[Text]):
         keys = {k: (cells[ci].key, i) for i, (k, cells) in enumerate(self._cells.items())}
         first = self.spec[0].key
         by_cell = {id(self.get_cell(k, first)): v for k, v in keys.items()}
-        self.sort(first, key=lambda cell: by_cell.get(id(cell), ((0, 0), 0)), reverse=self.sort_reverse)
+        self.sort(
+            first, key=lambda cell: by_cell.get(id(cell), ((0, 0), 0)), reverse=self.sort_reverse
+        )
 
     def sort_by(self, column: str, reverse: bool | None = None) -> None:
         selected = self.selected_key

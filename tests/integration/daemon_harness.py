@@ -38,7 +38,7 @@ def write_config(d: Path, broker: Broker, prefix: str, **daemon: Any) -> Path:
     key = d / "cluster.key"
     key.write_bytes(KEY)
     opts = {"node_timeout_s": 3.0, "command_retry_s": 0.5, "cancel_grace_s": 2.0,
-            "pass_interval_s": 0.5, "telemetry_flush_s": 1.0, **daemon}
+            "pass_interval_s": 0.5, "telemetry_flush_s": 1.0, "metrics_listen": "", **daemon}
     extra = "".join(f"{k} = {v!r}\n" if not isinstance(v, str) else f'{k} = "{v}"\n'
                     for k, v in opts.items())
     conf = d / "dcsched.toml"
@@ -46,7 +46,7 @@ def write_config(d: Path, broker: Broker, prefix: str, **daemon: Any) -> Path:
         f'[broker]\nurl = "{broker.url}"\ntopic_prefix = "{prefix}"\n'
         f'[cluster]\nkey_file = "{key}"\n'
         f'[daemon]\nstate_dir = "{d / "state"}"\nsocket = "{d / "dcd.sock"}"\n'
-        f'metrics_listen = ""\n{extra}')
+        f"{extra}")
     return conf
 
 

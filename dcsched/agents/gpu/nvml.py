@@ -13,6 +13,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
@@ -77,12 +78,12 @@ class NvmlQuery:
 
 
 _init_lock = threading.Lock()
-_initialised: set[int] = set()  # id() of the modules initialised, so nvmlInit runs once
+_initialised: weakref.WeakSet[ModuleType] = weakref.WeakSet()  # nvmlInit runs once per module
 
 
 def _init_once(nv: ModuleType) -> None:
     with _init_lock:
-        if id(nv) in _initialised:
+        if nv in _initialised:
             return
         try:
             nv.nvmlInit()
@@ -90,7 +91,7 @@ def _init_once(nv: ModuleType) -> None:
             raise BackendError(
                 f'NVML cannot start: {exc}; use backend = "sim" without GPUs'
             ) from None
-        _initialised.add(id(nv))
+        _initialised.add(nv)
 
 
 class NvmlBackend:
@@ -113,14 +114,24 @@ class NvmlBackend:
         _init_once(nv)
         self.q = NvmlQuery(nv)
         count = self.q.call("nvmlDeviceGetCount") or 0
-        self._handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
         self._lost: set[int] = set()
+        self._handles = [self._handle(i) for i in range(count)]
         self._handler: FaultHandler | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._inventory = [self._info(i, h) for i, h in enumerate(self._handles)]
 
+    def _handle(self, index: int) -> Any:
+        """The device handle, or None for a GPU already lost at start (it stays "lost")."""
+        try:
+            return self.q.call("nvmlDeviceGetHandleByIndex", index)
+        except GpuLost:
+            self._lost.add(index)
+            return None
+
     def _info(self, index: int, handle: Any) -> GpuInfo:
+        if handle is None:
+            return GpuInfo(index=index, uuid=f"lost-{index}", model="lost")
         try:
             uuid = self.q.call("nvmlDeviceGetUUID", handle)
             name = self.q.call("nvmlDeviceGetName", handle)
@@ -148,6 +159,8 @@ class NvmlBackend:
     def _sample_one(self, index: int, h: Any, now: float) -> GpuSample:
         uuid = self._inventory[index].uuid
         q, nv = self.q, self.nv
+        if h is None:
+            return GpuSample(index=index, uuid=uuid, health="lost")
         try:
             util = q.call("nvmlDeviceGetUtilizationRates", h)
             mem = q.call("nvmlDeviceGetMemoryInfo", h)
@@ -196,6 +209,8 @@ class NvmlBackend:
             return
         registered = 0
         for i, h in enumerate(self._handles):
+            if h is None:
+                continue
             try:
                 self.q.call(
                     "nvmlDeviceRegisterEvents", h, nv.nvmlEventTypeXidCriticalError, event_set

@@ -234,3 +234,48 @@ def test_real_pynvml_names_exist() -> None:
     assert pynvml.NVML_ERROR_GPU_IS_LOST == FakeNvml.NVML_ERROR_GPU_IS_LOST
     assert pynvml.NVML_CLOCK_SM == FakeNvml.NVML_CLOCK_SM
     assert nvml_backend._NA_VALUES[0] == 0xFFFFFFFF
+
+
+def test_a_gpu_lost_before_start_is_listed_as_lost(fake: FakeNvml) -> None:
+    real_get = fake.nvmlDeviceGetHandleByIndex
+
+    def get(i: int) -> int:
+        if i == 0:
+            raise NVMLError(fake.NVML_ERROR_GPU_IS_LOST)
+        return real_get(i)
+
+    fake.nvmlDeviceGetHandleByIndex = get  # type: ignore[method-assign]
+    backend = NvmlBackend("h", fake)
+    assert [g.model for g in backend.inventory()] == ["lost", "NVIDIA H100 80GB HBM3"]
+    s0, s1 = backend.sample(0.0, {})
+    assert (s0.health, s1.health) == ("lost", "ok")
+    backend.watch_faults(lambda f: None)
+    backend.close()
+
+
+def test_real_nvml_when_this_machine_has_gpus() -> None:
+    """Runs on a GPU host (skipped elsewhere): the backend against the real driver."""
+    try:
+        backend = NvmlBackend("real")
+    except BackendError as exc:
+        pytest.skip(f"no NVML here: {exc}")
+    try:
+        inv = backend.inventory()
+        if not inv:
+            pytest.skip("NVML without GPUs")
+        assert all(g.uuid.startswith(("GPU-", "MIG-")) for g in inv), inv
+        assert backend.driver_version()
+        faults: list[GpuFault] = []
+        backend.watch_faults(faults.append)
+        samples = backend.sample(time.time(), {})
+        assert [s.index for s in samples] == [g.index for g in inv]
+        for s in samples:
+            assert s.health == "ok"
+            assert s.mem_total is not None and s.mem_used is not None
+            assert s.util is None or 0 <= s.util <= 100
+            assert s.power_w is None or 0 < s.power_w < 2000
+            assert s.temp_c is None or 0 < s.temp_c < 120
+        print("real NVML:", inv[0].model, backend.driver_version(), samples[0])
+        assert not faults
+    finally:
+        backend.close()

@@ -79,6 +79,4 @@ def snap(
     **config_kw: object,
 ) -> Snapshot:
     cfg = config or SchedulerConfig(**config_kw)  # type: ignore[arg-type]
-    return Snapshot(
-        tuple(nodes), tuple(pending), tuple(run), cfg, usage or Usage(), finished or {}
-    )
+    return Snapshot(tuple(nodes), tuple(pending), tuple(run), cfg, usage or Usage(), finished or {})

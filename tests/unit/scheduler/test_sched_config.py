@@ -1,0 +1,96 @@
+"""SchedulerConfig.from_mapping: the [scheduler] TOML table, with errors that name the key."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from dcsched.scheduler import AccountConfig, QosLevel, SchedulerConfig
+
+EXAMPLE = """
+[scheduler]
+policy = "default"
+half_life = "14d"
+max_age = "12h"
+backfill_depth = 32
+preempt_grace = "2m"
+size_ref_gpu_hours = 1000
+
+[scheduler.weights]
+age = 2000
+fairshare = 1000
+job_size = 1500
+qos = 5000
+nice = 10
+
+[scheduler.billing]
+H100 = 2.0
+A100 = 1.0
+
+[scheduler.limits]
+max_gpus_per_user = 32
+max_jobs_per_account = 200
+
+[scheduler.accounts.vision]
+shares = 3
+users = { alice = 2, bob = 1 }
+max_gpus = 64
+
+[scheduler.accounts.nlp]
+users = ["carol"]
+
+[scheduler.qos.high]
+priority = 100
+max_gpus_per_user = 16
+preempt = ["scavenger"]
+
+[scheduler.qos.scavenger]
+priority = 0
+"""
+
+
+def test_the_documented_example_parses() -> None:
+    cfg = SchedulerConfig.from_mapping(tomllib.loads(EXAMPLE)["scheduler"])
+    assert cfg.policy == "default"
+    assert cfg.half_life_s == 14 * 86400
+    assert cfg.max_age_s == 12 * 3600
+    assert cfg.backfill_depth == 32
+    assert cfg.preempt_grace_s == 120
+    assert cfg.size_ref_gpu_s == 1000 * 3600
+    assert cfg.weights.qos == 5000
+    assert cfg.bill("H100") == 2.0 and cfg.bill("other") == 1.0
+    assert cfg.limits.max_gpus_per_user == 32
+    assert cfg.accounts["vision"] == AccountConfig(3.0, {"alice": 2.0, "bob": 1.0}, max_gpus=64)
+    assert cfg.accounts["nlp"].users == {"carol": 1.0}
+    assert cfg.qos["high"] == QosLevel(100, 16, preempt=("scavenger",))
+
+
+def test_empty_table_is_the_default_config() -> None:
+    assert SchedulerConfig.from_mapping({}) == SchedulerConfig()
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"polcy": "fifo"}, "scheduler.polcy: unknown key"),
+        ({"policy": "sjf"}, "scheduler.policy: expected one of fifo, greedy, default"),
+        ({"weights": {"agee": 1}}, "scheduler.weights.agee: unknown key"),
+        ({"weights": {"age": -1}}, "scheduler.weights.age: must be a number >= 0"),
+        ({"weights": {"age": "x"}}, "scheduler.weights.age: expected a number"),
+        ({"half_life": "7 days"}, "scheduler.half_life: expected a duration"),
+        ({"half_life": 0}, "scheduler.half_life: duration must be positive"),
+        ({"accounts": {"a": {"share": 1}}}, "scheduler.accounts.a.share: unknown key"),
+        ({"accounts": {"a": {"users": {"u": "x"}}}}, "scheduler.accounts.a.users.u"),
+        ({"accounts": {"a": 1}}, "scheduler.accounts.a: expected a table"),
+        ({"qos": {"h": {"preempt": "low"}}}, "scheduler.qos.h.preempt: expected a list"),
+        ({"qos": {"h": {"preempt": ["low"]}}}, "scheduler.qos.h.preempt: unknown QOS 'low'"),
+        ({"qos": {"h": {"priority": 1.5}}}, "scheduler.qos.h.priority: expected a whole"),
+        ({"limits": {"max_gpus": 1}}, "scheduler.limits.max_gpus: unknown key"),
+        ({"backfill_depth": True}, "scheduler.backfill_depth: expected a whole number"),
+        ({"billing": {"H100": -2}}, "scheduler.billing.H100: must be a number >= 0"),
+    ],
+)
+def test_bad_keys_are_named(table: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        SchedulerConfig.from_mapping(table)

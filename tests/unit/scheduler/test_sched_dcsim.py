@@ -1,0 +1,95 @@
+"""dcsim replay: the reference rows of ../shared/traces/README.md, reproduced exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dcsched.cli.dcsim import TraceJob, load_trace, main, replay
+from dcsched.scheduler import SchedulerConfig
+
+TRACES = Path(__file__).resolve().parents[3] / ".." / "shared" / "traces"
+TINY = TRACES / "tiny60.csv"
+KEYS = {
+    "jobs",
+    "avg_jct_s",
+    "avg_queue_s",
+    "p50_queue_s",
+    "p99_queue_s",
+    "max_queue_s",
+    "makespan_s",
+    "gpu_util",
+    "per_account",
+    "wall_s",
+    "pass_ms",
+}
+
+needs_tiny = pytest.mark.skipif(not TINY.is_file(), reason=f"no trace at {TINY}")
+
+
+@needs_tiny
+@pytest.mark.parametrize(
+    ("policy", "jct", "queue", "p99", "makespan"),
+    [("fifo", 1556, 1378, 3846, 5747), ("greedy", 715, 537, 3241, 4806)],
+)
+def test_tiny60_reference_rows(policy: str, jct: int, queue: int, p99: int, makespan: int) -> None:
+    r = replay(load_trace(TINY), 1, 8, SchedulerConfig(policy=policy))
+    assert r["jobs"] == 60
+    assert (round(r["avg_jct_s"]), round(r["avg_queue_s"])) == (jct, queue)
+    assert (round(r["p99_queue_s"]), round(r["makespan_s"])) == (p99, makespan)
+
+
+@needs_tiny
+def test_cli_json_has_exactly_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["replay", str(TINY), "--nodes", "1", "--gpus-per-node", "8", "--policy", "default"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == KEYS
+    assert set(out["pass_ms"]) == {"p50", "p99"}
+    assert set(out["per_account"]) == {"a1", "a2", "a4", "a8"}
+    assert set(out["per_account"]["a8"]) == {"jobs", "avg_queue_s", "gpu_seconds"}
+    assert out["jobs"] == 60
+    assert main(argv) == 0
+    assert "avg JCT" in capsys.readouterr().out
+
+
+def synthetic(n: int) -> list[TraceJob]:
+    return [
+        TraceJob(
+            f"j{i}", float(i * 100), 500.0 + 37 * (i % 7), 1 + (i % 3) * 3, "u", f"a{i % 2}", 3600.0
+        )
+        for i in range(n)
+    ]
+
+
+def test_replay_multi_node_jobs_take_whole_nodes() -> None:
+    jobs = [
+        TraceJob("big", 0.0, 100.0, 12, "u", "a", 3600.0),
+        TraceJob("s", 0.0, 50.0, 1, "u", "a", 3600.0),
+    ]
+    starts: dict[str, float] = {}
+    r = replay(jobs, 2, 8, SchedulerConfig(policy="fifo"), starts)
+    # 12 GPUs -> 2 whole nodes; the 1-GPU job waits for one of them
+    assert starts == {"big": 0.0, "s": 100.0}
+    assert r["per_account"]["a"]["gpu_seconds"] == 16 * 100 + 50
+
+
+@pytest.mark.parametrize("policy", ["fifo", "greedy", "default"])
+def test_every_job_runs_once_and_never_before_submit(policy: str) -> None:
+    jobs = synthetic(200)
+    starts: dict[str, float] = {}
+    r = replay(jobs, 3, 8, SchedulerConfig(policy=policy), starts)
+    assert r["jobs"] == 200
+    assert all(starts[j.job_id] >= j.submit_s for j in jobs)
+    assert 0.0 < r["gpu_util"] <= 1.0
+
+
+def test_cli_rejects_a_bad_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[scheduler.weights]\nagee = 1\n")
+    trace = tmp_path / "t.csv"
+    trace.write_text("job_id,submit_s,duration_s,gpus,user,account,time_limit_s\nj,0,1,1,u,a,10\n")
+    with pytest.raises(SystemExit, match="scheduler.weights.agee: unknown key"):
+        main(["replay", str(trace), "--nodes", "1", "--gpus-per-node", "1", "--config", str(cfg)])

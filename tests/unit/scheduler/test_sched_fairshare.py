@@ -1,0 +1,101 @@
+"""Fair-share usage (decay, charge, accrue), factors and the sshare-like report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sched_builders import running
+
+from dcsched.scheduler import (
+    AccountConfig,
+    SchedulerConfig,
+    Usage,
+    accrue,
+    charge,
+    decay,
+    fairshare_report,
+)
+from dcsched.scheduler.fairshare import factors
+
+DAY = 86400.0
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "expected"),
+    [(0.0, 100.0), (7 * DAY, 50.0), (14 * DAY, 25.0), (-DAY, 100.0)],
+)
+def test_decay_halves_every_half_life(elapsed: float, expected: float) -> None:
+    u = Usage(10.0, {("a", "u"): 100.0})
+    got = decay(u, 10.0 + elapsed, 7 * DAY)
+    assert got.gpu_seconds[("a", "u")] == pytest.approx(expected)
+
+
+def test_charge_decays_first_then_adds() -> None:
+    u = charge(Usage(0.0, {("a", "u"): 100.0}), DAY, "a", "u", 10.0, DAY)
+    assert u.ts == DAY
+    assert u.gpu_seconds[("a", "u")] == pytest.approx(60.0)
+
+
+def test_accrue_bills_running_jobs_since_the_last_call_by_gpu_type() -> None:
+    cfg = SchedulerConfig(billing={"H100": 2.0}, half_life_s=1e18)
+    run = [
+        running("r1", {"n": [0, 1]}, start=0.0, gpu_type="H100"),
+        running("r2", {"n": [2]}, start=50.0, account="b", gpu_type="A100"),
+    ]
+    u = accrue(Usage(0.0), run, 100.0, cfg)
+    assert u.gpu_seconds[("a", "u")] == pytest.approx(2 * 100 * 2.0)
+    assert u.gpu_seconds[("b", "u")] == pytest.approx(50.0)
+    # a second call only charges the time since the first
+    u2 = accrue(u, run, 110.0, cfg)
+    assert u2.gpu_seconds[("a", "u")] == pytest.approx(2 * 110 * 2.0)
+
+
+def test_usage_round_trips_through_json() -> None:
+    u = Usage(5.0, {("a", "u1"): 1.5, ("a", "u2"): 2.0, ("b", "x"): 0.0})
+    assert Usage.from_dict(json.loads(json.dumps(u.to_dict()))) == u
+    with pytest.raises(ValueError, match="usage"):
+        Usage.from_dict({"ts": 1.0})
+
+
+def test_factor_is_half_at_exactly_the_share_and_one_when_unused() -> None:
+    cfg = SchedulerConfig(accounts={"a": AccountConfig(shares=1), "b": AccountConfig(shares=1)})
+    f = factors(cfg, Usage(0.0, {("a", "u"): 50.0, ("b", "v"): 50.0}), 0.0, [("a", "u")])
+    assert f[("a", "u")] == pytest.approx(0.5)
+    f = factors(cfg, Usage(0.0, {("a", "u"): 0.0, ("b", "v"): 50.0}), 0.0, [("a", "u")])
+    assert f[("a", "u")] == pytest.approx(1.0)
+
+
+def test_report_rows_like_sshare() -> None:
+    cfg = SchedulerConfig(
+        accounts={"vision": AccountConfig(shares=3, users={"alice": 1, "bob": 1})}
+    )
+    usage = Usage(0.0, {("vision", "alice"): 30.0, ("nlp", "carol"): 10.0})
+    rep = fairshare_report(cfg, usage, 0.0)
+    rows = {(r.account, r.user): r for r in rep.rows}
+    assert [(r.account, r.user) for r in rep.rows] == [
+        ("nlp", ""),
+        ("nlp", "carol"),
+        ("vision", ""),
+        ("vision", "alice"),
+        ("vision", "bob"),
+    ]
+    assert rows[("vision", "")].norm_shares == pytest.approx(0.75)
+    assert rows[("vision", "alice")].norm_shares == pytest.approx(0.375)
+    assert rows[("vision", "")].norm_usage == pytest.approx(0.75)
+    # bob used nothing but shares the account's usage: better than alice, below 1
+    assert rows[("vision", "alice")].fairshare < rows[("vision", "bob")].fairshare < 1.0
+    assert json.loads(json.dumps(rep.to_dict()))["rows"][0]["account"] == "nlp"
+
+
+@given(st.dictionaries(st.sampled_from("abc"), st.floats(0, 1e9), min_size=1))
+def test_factors_in_unit_interval_and_ordered_by_usage(used: dict[str, float]) -> None:
+    usage = Usage(0.0, {(a, "u"): v for a, v in used.items()})
+    f = factors(SchedulerConfig(), usage, 0.0, [(a, "u") for a in used])
+    for a, v in used.items():
+        assert 0.0 < f[(a, "u")] <= 1.0
+        for b, w in used.items():
+            if v < w:
+                assert f[(a, "u")] >= f[(b, "u")]
