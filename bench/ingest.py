@@ -45,13 +45,37 @@ def _cpu_seconds(pid: int) -> float:
 
 def _telemetry(host: str, seq: int, gpus: int) -> bytes:
     t = time.time()
-    return encode(Telemetry(
-        host=host, ts=t, seq=seq, simulated=True,
-        gpus=[GpuSample(index=i, uuid=f"GPU-{host}-{i}", util=87.5 + i, mem_used=61 << 30,
-                        mem_total=80 << 30, temp_c=61.0 + i, power_w=512.25, sm_clock_mhz=1980,
-                        energy_j=123456.75 + seq, pids=[40000 + i]) for i in range(gpus)],
-        jobs=[JobProcs(job_id="1", node_rank=0, gpus=list(range(gpus)),
-                       pids=[40000 + i for i in range(gpus)])]))
+    return encode(
+        Telemetry(
+            host=host,
+            ts=t,
+            seq=seq,
+            simulated=True,
+            gpus=[
+                GpuSample(
+                    index=i,
+                    uuid=f"GPU-{host}-{i}",
+                    util=87.5 + i,
+                    mem_used=61 << 30,
+                    mem_total=80 << 30,
+                    temp_c=61.0 + i,
+                    power_w=512.25,
+                    sm_clock_mhz=1980,
+                    energy_j=123456.75 + seq,
+                    pids=[40000 + i],
+                )
+                for i in range(gpus)
+            ],
+            jobs=[
+                JobProcs(
+                    job_id="1",
+                    node_rank=0,
+                    gpus=list(range(gpus)),
+                    pids=[40000 + i for i in range(gpus)],
+                )
+            ],
+        )
+    )
 
 
 def _publish(port: int, hosts: list[str], rate: float, seconds: float, gpus: int) -> int:
@@ -62,9 +86,17 @@ def _publish(port: int, hosts: list[str], rate: float, seconds: float, gpus: int
     c.connect("127.0.0.1", port)
     c.loop_start()
     for h in hosts:
-        st = HostStatus(host=h, state="online", ts=time.time(), simulated=True, backend="sim",
-                        gpus=[GpuInfo(index=i, uuid=f"GPU-{h}-{i}", model="Simulated-H100",
-                                      mem_total=80 << 30) for i in range(gpus)])
+        st = HostStatus(
+            host=h,
+            state="online",
+            ts=time.time(),
+            simulated=True,
+            backend="sim",
+            gpus=[
+                GpuInfo(index=i, uuid=f"GPU-{h}-{i}", model="Simulated-H100", mem_total=80 << 30)
+                for i in range(gpus)
+            ],
+        )
         c.publish(topics.host(h, "status"), encode(st), qos=1, retain=True)
     time.sleep(2.0)  # let the daemon take in the inventory before the measured window
     topic = [topics.host(h, "telemetry") for h in hosts]
@@ -96,21 +128,37 @@ def main() -> int:
 
     d = Path(tempfile.mkdtemp(prefix="dcsched-bench-"))
     port = _free_port()
-    (d / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                                      "max_queued_messages 100000\n")
+    (d / "mosquitto.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"
+    )
     mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     procs: list[subprocess.Popen[bytes]] = []
     with (d / "mosquitto.log").open("wb") as log:
-        procs.append(subprocess.Popen([mosq, "-c", str(d / "mosquitto.conf")], stdout=log,
-                                      stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [mosq, "-c", str(d / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT
+            )
+        )
     (d / "dcd.toml").write_text(
         f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\ntopic_prefix = "{PREFIX}"\n'
         f'[daemon]\nstate_dir = "{d}"\nsocket = "{d / "dcd.sock"}"\nmetrics_listen = ""\n'
-        "node_timeout_s = 600.0\n")
+        "node_timeout_s = 600.0\n"
+    )
     with (d / "dcd.log").open("wb") as log:
-        daemon = subprocess.Popen([sys.executable, "-m", "dcsched.daemon.main", "--log-level",
-                                   "warning", "run", "--config", str(d / "dcd.toml")],
-                                  stdout=log, stderr=subprocess.STDOUT)
+        daemon = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dcsched.daemon.main",
+                "--log-level",
+                "warning",
+                "run",
+                "--config",
+                str(d / "dcd.toml"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     procs.append(daemon)
     client = Client(str(d / "dcd.sock"))
     result: dict[str, Any] = {}
@@ -136,8 +184,13 @@ def main() -> int:
         cpu = _cpu_seconds(daemon.pid) - cpu0
         summary = client.cluster()
         result = {
-            "hosts": a.hosts, "gpus_per_host": a.gpus, "target_rate": a.rate,
-            "seconds": a.seconds, "sent": sent, "ingested": got, "lost": sent - got,
+            "hosts": a.hosts,
+            "gpus_per_host": a.gpus,
+            "target_rate": a.rate,
+            "seconds": a.seconds,
+            "sent": sent,
+            "ingested": got,
+            "lost": sent - got,
             "host_msgs_per_s": round(got / a.seconds, 1),
             "gpu_samples_per_s": round(got * a.gpus / a.seconds, 1),
             "payload_bytes": len(_telemetry(hosts[0], 1, a.gpus)),

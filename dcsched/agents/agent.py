@@ -182,9 +182,10 @@ class Agent:
     async def _bus(self) -> None:
         attempt = 0
         while not self._stop.is_set():
+            connected_at: float | None = None
             try:
                 async with self._client() as client:
-                    attempt = 0
+                    connected_at = time.monotonic()
                     await self._serve(client)
                     await client.publish(
                         self.topics.host(self.host, "status"),
@@ -198,6 +199,11 @@ class Agent:
                 log.warning("broker %s: %s", self.cfg.broker.url, group.exceptions[0])
             finally:
                 self.connected.clear()
+            # Back off from the start again only after a connection that held for a while: a
+            # broker that accepts and then drops us (another agent with our host name?) must
+            # not be hammered.
+            if connected_at is not None and time.monotonic() - connected_at > 30.0:
+                attempt = 0
             delay = backoff_delay(attempt)
             attempt += 1
             log.info("reconnecting in %.1f s", delay)

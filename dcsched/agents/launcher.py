@@ -140,7 +140,7 @@ class Launcher:
                 # PYTHONPATH must not shadow it.
                 proc = subprocess.Popen(
                     [self.runner_python, "-I", runner.__file__, "--status-file", str(status_path),
-                     "--ready-fd", str(write_fd), "--", *argv],
+                     "--ready-fd", str(write_fd), "--log-file", str(log_path), "--", *argv],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     cwd=workdir, env=env, start_new_session=True, pass_fds=(write_fd,),
                     **popen_user,

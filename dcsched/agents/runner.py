@@ -1,8 +1,9 @@
 """The wrapper every job runs under: `python -m dcsched.agents.runner --status-file F -- ARGV`.
 
 It starts ARGV in its own process group, forwards SIGTERM/SIGINT sent to it alone, waits,
-and writes the exit code or signal to the status file. So an agent restarted while a job
-runs (and thus no longer its parent) still learns the job's real exit status.
+and writes the exit code or signal to the status file: for torchrun, which exits 1 whenever
+a worker fails, the failed worker's code from torchrun's report in the log. So an agent
+restarted while a job runs (and no longer its parent) still learns the real exit status.
 
 With `--ready-fd N` it first detaches (forks; the first process exits at once, so the agent
 never keeps a child of its own) and writes {"pid", "child_pid"} or {"error"} to fd N once
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,13 +37,47 @@ def cancel_marker(status_file: str) -> str:
     return status_file + ".cancel"
 
 
+# torchrun exits 1 whatever its workers' exit codes were; the worker's own code is in the
+# "Root Cause" block it prints (torch.distributed.elastic ChildFailedError, stable since 1.9).
+_ROOT_CAUSE = "Root Cause (first observed failure):"
+_EXITCODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)", re.MULTILINE)
+_TAIL_BYTES = 64 * 1024
+
+
+def worker_exit_code(log_file: str) -> int | None:
+    """The first failed worker's exit code from torchrun's failure report, if the log has one
+    (negative: killed by that signal)."""
+    try:
+        with open(log_file, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - _TAIL_BYTES))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    at = tail.rfind(_ROOT_CAUSE)
+    if at < 0:
+        return None
+    m = _EXITCODE.search(tail, at)
+    return int(m.group(1)) if m else None
+
+
+def exit_status(rc: int, log_file: str) -> dict[str, Any]:
+    if rc < 0:
+        return {"signal": -rc}
+    if rc == 1 and log_file:
+        worker = worker_exit_code(log_file)
+        if worker is not None and worker != 0:
+            key, value = ("exit_code", worker) if worker > 0 else ("signal", -worker)
+            return {key: value, "launcher_exit_code": rc}
+    return {"exit_code": rc}
+
+
 def _report(fd: int, data: dict[str, Any]) -> None:
     if fd >= 0:
         os.write(fd, json.dumps(data).encode() + b"\n")
         os.close(fd)
 
 
-def run(cmd: list[str], status_file: str, ready_fd: int = -1) -> int:
+def run(cmd: list[str], status_file: str, ready_fd: int = -1, log_file: str = "") -> int:
     child: subprocess.Popen[bytes] | None = None
     pending: list[int] = []
     marker = cancel_marker(status_file)
@@ -68,7 +104,7 @@ def run(cmd: list[str], status_file: str, ready_fd: int = -1) -> int:
     for signum in pending:
         child.send_signal(signum)
     rc = child.wait()
-    write_json_atomic(status_file, {"exit_code": rc} if rc >= 0 else {"signal": -rc})
+    write_json_atomic(status_file, exit_status(rc, log_file))
     return rc if rc >= 0 else 128 - rc
 
 
@@ -76,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dcsched.agents.runner")
     p.add_argument("--status-file", required=True)
     p.add_argument("--ready-fd", type=int, default=-1)
+    p.add_argument("--log-file", default="", help="the job's log, for torchrun's failure report")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     cmd: list[str] = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -83,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("no command after --")
     if args.ready_fd >= 0 and os.fork() > 0:
         os._exit(0)  # the agent reaps this first process; the job runs under the fork
-    return run(cmd, args.status_file, args.ready_fd)
+    return run(cmd, args.status_file, args.ready_fd, args.log_file)
 
 
 if __name__ == "__main__":

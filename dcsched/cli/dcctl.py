@@ -154,6 +154,69 @@ def _job_actions(c: Client, a: argparse.Namespace, action: str) -> int:
     return rc
 
 
+def cmd_explain(c: Client, a: argparse.Namespace) -> int:
+    why = c.explain(a.job)
+    if a.json:
+        print_json(why)
+        return 0
+    print(f"Job {why['job_id']} ({why['job_state']}), policy {why['policy']}")
+    if why["state"] == "running":
+        print("It is running: nothing holds it back.")
+        return 0
+    print(f"Priority {why['priority']:.1f}, #{why['rank']} of {why['queue_length']} waiting")
+    if why["factors"]:
+        print()
+        print(
+            table(
+                ("FACTOR", "VALUE", "WEIGHT", "CONTRIBUTION"),
+                [
+                    (f["name"], f"{f['value']:.4f}", f"{f['weight']:g}", f"{f['contribution']:.1f}")
+                    for f in why["factors"]
+                ],
+            )
+        )
+    print()
+    if why["reasons"]:
+        print("Not running because:")
+        for r in why["reasons"]:
+            print(f"  - {r}")
+    else:
+        print("Nothing holds it back: it starts in the next pass.")
+    if why.get("est_start"):
+        print(f"Estimated start: {timestamp(why['est_start'])}")
+    if why.get("reservation"):
+        held = ", ".join(f"{n}:{g}" for n, g in why["reservation"])
+        print(f"GPUs reserved for it from then: {held}")
+    if why.get("preempts"):
+        print("Will preempt: " + ", ".join(why["preempts"]))
+    return 0
+
+
+def cmd_fairshare(c: Client, a: argparse.Namespace) -> int:
+    report = c.fairshare()
+    if a.json:
+        print_json(report)
+        return 0
+    print(
+        table(
+            ("ACCOUNT", "USER", "RAWSHARES", "NORMSHARES", "RAWUSAGE", "EFFECTVUSAGE", "FAIRSHARE"),
+            [
+                (
+                    r["account"] if not r["user"] else "",
+                    r["user"],
+                    f"{r['raw_shares']:g}",
+                    f"{r['norm_shares']:.6f}",
+                    f"{r['raw_usage']:.0f}",
+                    f"{r['effective_usage']:.6f}",
+                    f"{r['fairshare']:.6f}",
+                )
+                for r in report["rows"]
+            ],
+        )
+    )
+    return 0
+
+
 def cmd_nodes(c: Client, a: argparse.Namespace) -> int:
     nodes = c.nodes()
     if a.json:
@@ -257,8 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("cancel", "cancel jobs"),
         ("hold", "hold pending jobs"),
         ("release", "release held jobs"),
+        ("requeue", "stop running jobs and put them back in the queue"),
     ):
         add(name, help_).add_argument("jobs", nargs="+", metavar="JOB")
+    add("explain", "why a job waits: priority factors, every reason, estimated start").add_argument(
+        "job"
+    )
+    add("fairshare", "accounts and users: shares, usage, fair-share factor (like sshare)")
     add("nodes", "nodes with their state and GPUs (like sinfo -N)")
     add("gpus", "every GPU with its live telemetry and job")
     d = add("drain", "stop scheduling on a node; running jobs finish")
@@ -283,8 +351,12 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_queue(c, args)
             case "show":
                 return cmd_show(c, args)
-            case "cancel" | "hold" | "release":
+            case "cancel" | "hold" | "release" | "requeue":
                 return _job_actions(c, args, args.cmd)
+            case "explain":
+                return cmd_explain(c, args)
+            case "fairshare":
+                return cmd_fairshare(c, args)
             case "nodes":
                 return cmd_nodes(c, args)
             case "gpus":

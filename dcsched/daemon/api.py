@@ -16,6 +16,7 @@ from aiohttp import web
 
 from dcsched import __version__
 from dcsched.daemon.errors import (
+    Conflict,
     DaemonError,
     InvalidRequest,
     NoSuchThing,
@@ -27,6 +28,7 @@ from dcsched.daemon.peercred import peer_uid, user_name
 from dcsched.daemon.states import ACTIVE, QUEUED, JobState
 from dcsched.daemon.store import Job, JobNode
 from dcsched.protocol.jobspec import JobSpecError, validate_spec
+from dcsched.scheduler import explain, fairshare_report
 
 if TYPE_CHECKING:
     from dcsched.daemon.service import Daemon
@@ -115,7 +117,10 @@ class Api:
         r.add_post("/v1/jobs/{job_id}/cancel", self.cancel)
         r.add_post("/v1/jobs/{job_id}/hold", self.hold)
         r.add_post("/v1/jobs/{job_id}/release", self.release)
+        r.add_post("/v1/jobs/{job_id}/requeue", self.requeue)
         r.add_get("/v1/jobs/{job_id}/logs", self.logs)
+        r.add_get("/v1/jobs/{job_id}/explain", self.explain)
+        r.add_get("/v1/fairshare", self.fairshare)
         r.add_get("/v1/nodes", self.list_nodes)
         r.add_get("/v1/nodes/{host}/history", self.node_history)
         r.add_post("/v1/nodes/{host}/drain", self.drain)
@@ -185,6 +190,33 @@ class Api:
     async def release(self, request: web.Request) -> web.Response:
         job = await self.d.jobs.release(_job_id(request), caller(request))
         return web.json_response(job_view(self.d, job))
+
+    async def requeue(self, request: web.Request) -> web.Response:
+        job = await self.d.jobs.requeue(_job_id(request), caller(request))
+        return web.json_response(job_view(self.d, job))
+
+    async def explain(self, request: web.Request) -> web.Response:
+        job = await self.d.jobs.get(_job_id(request))
+        now = time.time()
+        snap, _, _ = await self.d.scheduling.snapshot(now)
+        try:
+            why = explain(snap, now, str(job.id))
+        except KeyError:
+            raise Conflict(
+                f"job {job.id} is {job.state}: only a pending or running job has "
+                "a priority and reasons"
+            ) from None
+        out = why.to_dict()
+        out["job_state"] = job.state
+        return web.json_response(out)
+
+    async def fairshare(self, request: web.Request) -> web.Response:
+        now = time.time()
+        snap, _, _ = await self.d.scheduling.snapshot(now)
+        seen = {(j.account, j.user) for j in snap.pending}
+        seen |= {(j.account, j.user) for j in snap.running}
+        report = fairshare_report(snap.config, snap.usage, now, seen)
+        return web.json_response(report.to_dict())
 
     async def logs(self, request: web.Request) -> web.Response:
         job = await self.d.jobs.get(_job_id(request))

@@ -49,30 +49,40 @@ async def _wait_port(port: int, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.1)
 
 
+async def _spawn(argv: list[str], log: Path) -> asyncio.subprocess.Process:
+    with log.open("wb") as f:  # the child keeps its own copy of the file
+        return await asyncio.create_subprocess_exec(*argv, stdout=f, stderr=subprocess.STDOUT)
+
+
+async def _stop(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
 async def _start_broker(stack: AsyncExitStack, kind: str, workdir: Path, port: int) -> str:
     binary = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+    )
     if kind == "mosquitto" or (kind == "auto" and binary):
         if binary is None:
             raise SystemExit("dcd demo: --broker mosquitto, but mosquitto is not installed")
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        logf = (workdir / "mosquitto.log").open("wb")
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=logf, stderr=subprocess.STDOUT)
-
-        def stop_mosquitto() -> None:
-            proc.terminate()
-            proc.wait(10)
-            logf.close()
-
-        stack.callback(stop_mosquitto)
+        proc = await _spawn([binary, "-c", str(conf)], workdir / "mosquitto.log")
+        stack.push_async_callback(_stop, proc)
         await _wait_port(port)
         return f"mosquitto {port}"
     try:
         from amqtt.broker import Broker
     except ImportError:
-        raise SystemExit("dcd demo needs mosquitto on PATH or the amqtt package: "
-                         "pip install 'dcsched[demo]'") from None
+        raise SystemExit(
+            "dcd demo needs mosquitto on PATH or the amqtt package: pip install 'dcsched[demo]'"
+        ) from None
     logging.getLogger("amqtt").setLevel(logging.WARNING)
     config: dict[str, Any] = {
         "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
@@ -89,20 +99,21 @@ def _write_configs(d: Path, port: int, agents: int, gpus: int) -> tuple[Path, li
     key.write_text(secrets.token_hex(32))
     key.chmod(0o600)
     torchrun = Path(sys.executable).with_name("torchrun")
-    common = (f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\n\n'
-              f'[cluster]\nkey_file = "{key}"\n\n')
+    common = f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\n\n[cluster]\nkey_file = "{key}"\n\n'
     daemon = d / "dcsched.toml"
     daemon.write_text(
         common + f'[daemon]\nstate_dir = "{d / "dcd"}"\nsocket = "{d / "dcd.sock"}"\n'
         f'metrics_listen = "127.0.0.1:{_free_port()}"\nsocket_mode = 0o600\n'
-        "node_timeout_s = 10.0\ncancel_grace_s = 5.0\n")
+        "node_timeout_s = 10.0\ncancel_grace_s = 5.0\n"
+    )
     agent_files = []
     for i in range(1, agents + 1):
         f = d / f"agent-{i}.toml"
         f.write_text(
             common + f'[agent]\nhost = "sim-{i}"\nbackend = "sim"\nsim_gpus = {gpus}\n'
             f'interval_s = 1.0\nadvertise_addr = "127.0.0.1"\nstate_dir = "{d / f"agent-{i}"}"\n'
-            f'torchrun = "{torchrun if torchrun.exists() else "torchrun"}"\n')
+            f'torchrun = "{torchrun if torchrun.exists() else "torchrun"}"\n'
+        )
         agent_files.append(f)
     return daemon, agent_files
 
@@ -118,18 +129,19 @@ async def run_demo(agents: int, gpus: int, folder: str | None, broker_kind: str)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.stop.set)
-        procs = []
-        for conf in agent_confs:
-            logf = (d / f"{conf.stem}.log").open("wb")
-            stack.callback(logf.close)
-            procs.append(subprocess.Popen(
+        procs = [
+            await _spawn(
                 [sys.executable, "-m", "dcsched.agents.main", "run", "--config", str(conf)],
-                stdout=logf, stderr=subprocess.STDOUT))
+                d / f"{conf.stem}.log",
+            )
+            for conf in agent_confs
+        ]
         run = asyncio.create_task(daemon.run(), name="dcd")
         await daemon.ready.wait()
         sock = daemon.config.daemon.socket
         examples = Path(__file__).resolve().parents[2] / "examples"
-        print(f"""
+        print(
+            f"""
 dcsched demo: broker {what}, daemon, {agents} agents x {gpus} simulated GPUs
 state and logs in {d}
 
@@ -141,20 +153,16 @@ In another shell:
     dctop
 
 Ctrl-C stops the demo (running jobs are cancelled first).
-""", flush=True)
+""",
+            flush=True,
+        )
         try:
             await daemon.stop.wait()
         finally:
             await _cancel_all(daemon)
             daemon.stop.set()
             await run
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            await asyncio.gather(*(_stop(p) for p in procs))
     print("dcsched demo stopped", flush=True)
     return 0
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender, command_row, new_cmd_id
-from dcsched.daemon.errors import Conflict, NoSuchThing, PermissionDenied
+from dcsched.daemon.errors import Conflict, InvalidRequest, NoSuchThing, PermissionDenied
 from dcsched.daemon.ingest import Ingest
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState
 from dcsched.daemon.store import Job, NotFound, Store
 from dcsched.protocol.jobspec import JobSpec, spec_to_dict
 from dcsched.protocol.messages import Ack, Cancel, JobExited, JobStarted
+from dcsched.scheduler import SchedulerConfig
 
 log = logging.getLogger("dcsched.jobs")
 S = JobState
@@ -38,11 +39,13 @@ class JobManager:
         sender: CommandSender,
         cluster: Cluster,
         ingest: Ingest,
+        config: SchedulerConfig,
         cancel_grace_s: float,
         node_timeout_s: float,
         wake_scheduler: Callable[[], None],
     ) -> None:
         self.store = store
+        self.config = config
         self.sender = sender
         self.cluster = cluster
         self.ingest = ingest
@@ -63,7 +66,26 @@ class JobManager:
                 f"job {job.id} belongs to {job.user}; only its owner or an admin may change it"
             )
 
+    async def _check_submission(self, spec: JobSpec) -> None:
+        cfg = self.config
+        if cfg.accounts and spec.account not in cfg.accounts:
+            raise InvalidRequest(
+                f"account {spec.account!r} is not configured; accounts: "
+                + ", ".join(sorted(cfg.accounts))
+            )
+        if cfg.qos_level(spec.qos) is None:
+            raise InvalidRequest(
+                f"QOS {spec.qos!r} is not configured; QOS levels: "
+                + ", ".join(sorted({"normal", *cfg.qos}))
+            )
+        deps = {int(i) for d in spec.dependency for i in d.split(":")[1:]}
+        known = await self.store.job_states(deps)
+        missing = sorted(deps - set(known))
+        if missing:
+            raise InvalidRequest(f"dependency on job {missing[0]}, which does not exist")
+
     async def submit(self, spec: JobSpec, caller: Caller) -> int:
+        await self._check_submission(spec)
         job_id = await self.store.add_job(
             name=spec.name,
             user=caller.user,
@@ -118,6 +140,22 @@ class JobManager:
         self.wake_scheduler()
         return job
 
+    async def requeue(self, job_id: int, caller: Caller) -> Job:
+        """Stops a running job and puts it back in the queue (Slurm's scontrol requeue)."""
+        job = await self.get(job_id)
+        self._may_act(caller, job)
+        if job.state not in (S.STARTING, S.RUNNING):
+            raise Conflict(f"job {job_id} is {job.state}; only a running job can be requeued")
+        return await self._stop(job, S.REQUEUED, f"requeued by {caller.user}")
+
+    async def preempt(self, job_id: int) -> None:
+        job = await self.store.job(job_id)
+        if job.state in (S.STARTING, S.RUNNING):
+            log.info("preempting job %d", job_id)
+            await self._stop(
+                job, S.REQUEUED, "preempted by a higher QOS", grace_s=self.config.preempt_grace_s
+            )
+
     async def _stop(
         self,
         job: Job,
@@ -125,11 +163,16 @@ class JobManager:
         detail: str,
         exit_code: int | None = None,
         signal: int | None = None,
+        grace_s: float | None = None,
     ) -> Job:
         """Moves an active job to COMPLETING and tells every node still running to stop."""
         now = time.time()
         if job.state == S.COMPLETING:
-            if job.ending == S.FAILED and final == S.CANCELLED:
+            # A failure already on its way out stays a failure.
+            if job.ending in (S.FAILED, S.NODE_FAIL, S.TIMEOUT) and final in (
+                S.CANCELLED,
+                S.REQUEUED,
+            ):
                 return job
             await self.store.update_job(job.id, ending=final)
         else:
@@ -148,7 +191,7 @@ class JobManager:
                         Cancel(
                             cmd_id=new_cmd_id(),
                             job_id=str(job.id),
-                            grace_s=self.cancel_grace_s,
+                            grace_s=self.cancel_grace_s if grace_s is None else grace_s,
                             reason=final.lower(),
                         ),
                     )
@@ -240,7 +283,16 @@ class JobManager:
         else:
             final = S.FAILED
         fields: dict[str, object] = {}
-        if job.exit_code is None and job.signal is None:
+        if final == S.REQUEUED:
+            # Back in the queue: it starts afresh, with new nodes, port and commands.
+            fields = {
+                "ending": "",
+                "exit_code": None,
+                "signal": None,
+                "master_addr": None,
+                "master_port": None,
+            }
+        elif job.exit_code is None and job.signal is None:
             bad = next((p for p in parts if p.exit_code != 0), parts[0])
             fields = {"exit_code": bad.exit_code, "signal": bad.signal}
         job = await self.store.transition(job_id, final, time.time(), "all nodes exited", **fields)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from dcsched.daemon.aio import wait_event
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender, command_row, new_cmd_id
-from dcsched.daemon.states import ACTIVE, QUEUED, JobState
+from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState
 from dcsched.daemon.store import Job, JobNode, Store, StoreError
+from dcsched.daemon.usage import UsageTracker
 from dcsched.protocol.messages import Launch
 from dcsched.scheduler import (
     Decisions,
@@ -25,6 +27,19 @@ from dcsched.scheduler import (
 )
 
 log = logging.getLogger("dcsched.scheduling")
+
+
+async def _no_preemption(job_id: int) -> None:
+    log.warning("job %d should be preempted, but no job manager is attached", job_id)
+
+
+def dependencies(specs: list[str]) -> tuple[tuple[str, str], ...]:
+    """("afterok:12:13", ...) as the scheduler reads them: ((kind, job id), ...)."""
+    out = []
+    for spec in specs:
+        kind, *ids = spec.split(":")
+        out += [(kind, i) for i in ids]
+    return tuple(out)
 
 
 @dataclass(slots=True)
@@ -54,6 +69,9 @@ class SchedulingLoop:
         self.interval_s = interval_s
         self.wake = asyncio.Event()
         self.stats = PassStats()
+        self.usage = UsageTracker(store, config)
+        # Set by the job manager: stops a running job and puts it back in the queue.
+        self.preempt: Callable[[int], Awaitable[object]] = _no_preemption
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -65,7 +83,7 @@ class SchedulingLoop:
             except Exception:
                 log.exception("scheduling pass failed; the next one retries")
 
-    async def snapshot(self) -> tuple[Snapshot, dict[int, Job], list[Job]]:
+    async def snapshot(self, now: float) -> tuple[Snapshot, dict[int, Job], list[Job]]:
         queued = await self.store.jobs(QUEUED)
         active = await self.store.jobs(ACTIVE)
         parts_by_job: dict[int, list[JobNode]] = {}
@@ -77,6 +95,7 @@ class SchedulingLoop:
             parts = parts_by_job.get(job.id, [])
             for p in parts:
                 busy.setdefault(p.host, set()).update(p.gpus)
+            first = self.cluster.nodes.get(parts[0].host) if parts else None
             running.append(
                 RunningJob(
                     job_id=str(job.id),
@@ -86,6 +105,9 @@ class SchedulingLoop:
                     time_limit_s=job.time_limit_s,
                     allocation=tuple((p.host, tuple(p.gpus)) for p in parts),
                     qos=job.qos,
+                    preemptible=bool(job.spec.get("preemptible")),
+                    gpu_type=first.gpu_type if first else "",
+                    terminating=job.state == JobState.COMPLETING,
                 )
             )
         nodes = []
@@ -114,23 +136,38 @@ class SchedulingLoop:
                 gpu_type=j.gpu_type,
                 nice=j.nice,
                 held=j.state == JobState.HELD,
+                depends=dependencies(j.spec.get("dependency", [])),
+                preemptible=bool(j.spec.get("preemptible")),
             )
-            for j in queued
+            for j in sorted(queued, key=lambda j: j.id)
         )
+        wanted = {int(dep) for job in pending for _, dep in job.depends}
+        finished = {
+            str(k): v for k, v in (await self.store.job_states(wanted)).items() if v in TERMINAL
+        }
+        usage = await self.usage.accrue(tuple(running), now)
         snap = Snapshot(
-            nodes=tuple(nodes), pending=pending, running=tuple(running), config=self.config
+            nodes=tuple(nodes),
+            pending=pending,
+            running=tuple(running),
+            config=self.config,
+            usage=usage,
+            finished=finished,
         )
         return snap, {j.id: j for j in queued}, active
 
     async def run_pass(self) -> Decisions:
-        snap, queued, active = await self.snapshot()
+        now = time.time()
+        snap, queued, active = await self.snapshot(now)
         t0 = time.perf_counter()
-        decisions = decide(snap, time.time())
+        decisions = decide(snap, now)
         ms = (time.perf_counter() - t0) * 1000
         st = self.stats
         st.passes += 1
         st.last_ms, st.total_ms = ms, st.total_ms + ms
         st.last, st.last_snapshot = decisions, snap
+        for job_id in decisions.preempt:
+            await self.preempt(int(job_id))
         used_ports = {j.master_port for j in active if j.master_port}
         for start in decisions.starts:
             job = queued[int(start.job_id)]

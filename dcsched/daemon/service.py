@@ -27,7 +27,7 @@ from dcsched.daemon.sdnotify import notify, watchdog_interval
 from dcsched.daemon.states import ACTIVE
 from dcsched.daemon.store import NotFound, Store
 from dcsched.protocol.codec import load_key
-from dcsched.protocol.config import Config
+from dcsched.protocol.config import Config, ConfigError
 from dcsched.protocol.messages import Ack, GpuFault, HostStatus, JobExited, JobStarted, LogChunk
 from dcsched.scheduler import SchedulerConfig
 
@@ -48,30 +48,36 @@ class Daemon:
         self.sender = CommandSender(
             store, self.bus, load_key(config.cluster.key_file or None), dc.command_retry_s
         )
+        try:
+            sched = SchedulerConfig.from_mapping(config.scheduler)
+        except ValueError as exc:
+            raise ConfigError(f"{config.path}: {exc} (see docs/scheduler.md)") from None
         self.scheduling = SchedulingLoop(
-            store,
-            self.cluster,
-            self.sender,
-            SchedulerConfig.from_mapping(config.scheduler),
-            dc.ports(),
-            dc.pass_interval_s,
+            store, self.cluster, self.sender, sched, dc.ports(), dc.pass_interval_s
         )
         self.jobs = JobManager(
             store,
             self.sender,
             self.cluster,
             self.ingest,
+            sched,
             dc.cancel_grace_s,
             dc.node_timeout_s,
             self.scheduling.wake.set,
         )
+        self.scheduling.preempt = self.jobs.preempt
         self.api = Api(self)
 
     @classmethod
     async def open(cls, config: Config) -> Daemon:
         Path(config.daemon.state_dir).mkdir(parents=True, exist_ok=True)
         store = await Store.open(os.path.join(config.daemon.state_dir, "dcsched.db"))
-        d = cls(config, store)
+        try:
+            d = cls(config, store)
+        except BaseException:
+            await store.close()
+            raise
+        await d.scheduling.usage.load()
         for n in await store.nodes():
             # Offline until the broker replays the agent's retained status.
             d.cluster.load(n.host, n.status, False, n.drained, n.drain_reason)
@@ -100,6 +106,7 @@ class Daemon:
             for r in runners:
                 await r.cleanup()
             await self._flush_once()
+            await self.scheduling.usage.save()
             await self.store.close()
             log.info("dcd stopped")
 

@@ -22,7 +22,7 @@ class JobState(StrEnum):
 S = JobState
 TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.TIMEOUT, S.NODE_FAIL})
 ACTIVE = frozenset({S.STARTING, S.RUNNING, S.COMPLETING})  # holding GPUs
-QUEUED = frozenset({S.PENDING, S.HELD, S.REQUEUED})
+QUEUED = frozenset({S.PENDING, S.HELD, S.REQUEUED})  # waiting for GPUs
 
 _ENDS = TERMINAL | {S.COMPLETING}
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiosqlite
 
-from dcsched.daemon.states import QUEUED, TERMINAL, JobState, check_transition
+from dcsched.daemon.states import TERMINAL, JobState, check_transition
 
 log = logging.getLogger("dcsched.store")
 
@@ -294,11 +294,8 @@ class Store:
         """Allocation, STARTING and the launch commands in one transaction."""
         async with self._tx() as db:
             job = await self.job(job_id)
-            if job.state not in QUEUED:
+            if job.state not in (JobState.PENDING, JobState.REQUEUED):
                 raise StoreError(f"job {job_id} is {job.state}, not startable")
-            if job.state != JobState.PENDING:
-                await self._set_state(db, job, JobState.PENDING, now, "requeued")
-                job.state = JobState.PENDING
             hosts = ", ".join(h for h, _ in parts)
             await self._set_state(
                 db,
@@ -469,3 +466,18 @@ class Store:
     async def count_by_state(self) -> dict[str, int]:
         rows = await self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         return {r[0]: int(r[1]) for r in rows}
+
+    async def jobs_ended_since(self, ts: float) -> list[Job]:
+        rows = await self._all(
+            "SELECT * FROM jobs WHERE end_ts > ? AND start_ts IS NOT NULL", (ts,)
+        )
+        return [_job(r) for r in rows]
+
+    async def job_states(self, ids: Iterable[int]) -> dict[int, str]:
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        rows = await self._all(
+            f"SELECT id, state FROM jobs WHERE id IN ({','.join('?' * len(wanted))})", wanted
+        )
+        return {int(r[0]): str(r[1]) for r in rows}

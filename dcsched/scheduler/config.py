@@ -71,6 +71,9 @@ class SchedulerConfig:
     size_ref_gpu_s: float = 64 * 14 * DAY
     backfill_depth: int = 16
     preempt_grace_s: float = 60.0
+    # a job pending this long goes ahead of every priority (oldest first), so its
+    # reservation bounds its wait whatever keeps arriving; 0 turns the guard off
+    starvation_s: float = 5 * DAY
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any]) -> SchedulerConfig:
@@ -193,6 +196,7 @@ _TOP = (
     "size_ref_gpu_hours",
     "backfill_depth",
     "preempt_grace",
+    "starvation_age",
 )
 
 
@@ -246,4 +250,14 @@ def parse_config(d: Mapping[str, Any], key: str = "scheduler") -> SchedulerConfi
         preempt_grace_s=parse_duration(d["preempt_grace"], f"{key}.preempt_grace")
         if "preempt_grace" in d
         else default.preempt_grace_s,
+        starvation_s=_starvation(d, key, default.starvation_s),
     )
+
+
+def _starvation(d: Mapping[str, Any], key: str, default: float) -> float:
+    if "starvation_age" not in d:
+        return default
+    value = d["starvation_age"]
+    if value == 0 or value == "0":
+        return 0.0
+    return parse_duration(value, f"{key}.starvation_age")

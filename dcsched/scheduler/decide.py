@@ -64,14 +64,13 @@ class Pass:
         policy = self.config.policy
         default = policy == "default"
         depth = self.config.backfill_depth if default else 0
-        cluster, config, snapshot = self.cluster, self.config, self.snapshot
+        cluster, snapshot = self.cluster, self.snapshot
+        check = filters.Filter(self.config, cluster, self.limits, snapshot.finished, self.active)
         blocked = False
         reserved = 0
         for prio, job in sort_jobs(snapshot, self.now):
             self.priority[job.job_id] = prio
-            reasons = filters.job_reasons(
-                job, config, cluster, self.limits, snapshot.finished, self.active
-            )
+            reasons = check.reasons(job)
             if reasons:
                 if job.job_id == self.explain_job and not cluster.can_fit_now(
                     job.nodes, job.gpus_per_node, job.gpu_type
@@ -83,15 +82,11 @@ class Pass:
                 self.pending[job.job_id] = PendingInfo((filters.PRIORITY,), prio, None)
                 continue
             end = self.now + job.time_limit_s
-            alloc = (
-                self.place(job, end)
-                if cluster.can_fit_now(job.nodes, job.gpus_per_node, job.gpu_type)
-                else None
-            )
+            fits_free = cluster.can_fit_now(job.nodes, job.gpus_per_node, job.gpu_type)
+            alloc = self.place(job, end) if fits_free else None
             if alloc is not None:
                 self.start(job, alloc, end)
                 continue
-            fits_free = cluster.can_fit_now(job.nodes, job.gpus_per_node, job.gpu_type)
             reason = filters.PRIORITY if fits_free else filters.RESOURCES
             est: float | None = None
             if policy == "fifo":

@@ -167,6 +167,51 @@ class LimitState:
         return out
 
 
+class Filter:
+    """The filter step of one pass; per-shape answers are cached (queues repeat shapes)."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        cluster: Cluster,
+        limits: LimitState,
+        finished: Mapping[str, str],
+        active: frozenset[str] | set[str],
+    ) -> None:
+        self.config = config
+        self.cluster = cluster
+        self.limits = limits
+        self.finished = finished
+        self.active = active
+        self._qos: dict[str, bool] = {}
+        self._shape: dict[tuple[int, int, str | None], str | None] = {}
+
+    def reasons(self, job: JobRequest) -> list[str]:
+        """Every reason, other than free GPUs, that keeps this job from starting now."""
+        out: list[str] = []
+        if job.held:
+            out.append(HELD)
+        if job.depends:
+            dep = dependency_reason(job, self.finished, self.active)
+            if dep is not None:
+                out.append(dep)
+        qos_ok = self._qos.get(job.qos)
+        if qos_ok is None:
+            qos_ok = self._qos[job.qos] = self.config.qos_level(job.qos) is not None
+        if not qos_ok:
+            out.append(INVALID_QOS)
+        shape = (job.nodes, job.gpus_per_node, job.gpu_type)
+        if shape in self._shape:
+            hw = self._shape[shape]
+        else:
+            hw = self._shape[shape] = constraint_reason(job, self.cluster)
+        if hw is not None:
+            out.append(hw)
+        if self.limits.active:
+            out.extend(self.limits.reasons(job))
+        return out
+
+
 def job_reasons(
     job: JobRequest,
     config: SchedulerConfig,
@@ -176,17 +221,4 @@ def job_reasons(
     active: frozenset[str] | set[str],
 ) -> list[str]:
     """Every reason, other than free GPUs, that keeps this job from starting now."""
-    out: list[str] = []
-    if job.held:
-        out.append(HELD)
-    if job.depends:
-        dep = dependency_reason(job, finished, active)
-        if dep is not None:
-            out.append(dep)
-    if config.qos_level(job.qos) is None:
-        out.append(INVALID_QOS)
-    hw = constraint_reason(job, cluster)
-    if hw is not None:
-        out.append(hw)
-    out.extend(limits.reasons(job))
-    return out
+    return Filter(config, cluster, limits, finished, active).reasons(job)

@@ -7,7 +7,9 @@ priority = sum(weight_i * factor_i), every factor in [0, 1]:
              from the time limit (the scheduler never knows true durations)
   qos        QOS priority / the highest QOS priority configured
   nice       0.5 - nice / 20000 (nice in [-10000, 10000]; positive nice lowers priority)
-Ties keep the order of `Snapshot.pending` (submission order), then submit time.
+Ties go to the earlier submit, then keep the order of `Snapshot.pending`.
+Starvation guard: jobs pending longer than `starvation_s` go first, oldest first, whatever
+their priority; with the reservation the top job gets, that bounds every job's wait.
 """
 
 from __future__ import annotations
@@ -104,4 +106,11 @@ def sort_jobs(snapshot: Snapshot, now: float) -> list[tuple[float, JobRequest]]:
         return [(0.0, j) for j in sorted(jobs, key=lambda j: j.submit_ts)]
     scored = [(prio(j), j) for j in jobs]
     scored.sort(key=lambda pj: (-pj[0], pj[1].submit_ts))
+    starve = snapshot.config.starvation_s
+    if starve > 0:
+        cutoff = now - starve
+        starving = [pj for pj in scored if pj[1].submit_ts <= cutoff]
+        if starving:
+            starving.sort(key=lambda pj: pj[1].submit_ts)
+            scored = starving + [pj for pj in scored if pj[1].submit_ts > cutoff]
     return scored

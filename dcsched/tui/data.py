@@ -285,7 +285,7 @@ def gpu_glyph(g: JSON) -> tuple[str, str]:
     u = _num(g.get("util"))
     if g.get("node_state") == "down" or u is None:
         return f"{mark}--", "dim"
-    return f"{mark}{min(int(round(u)), 99):>2}", util_style(u)
+    return f"{mark}{min(round(u), 99):>2}", util_style(u)
 
 
 CLUSTER_COLUMNS = [

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
@@ -68,7 +68,7 @@ class DetailScreen(Screen[None]):
     def poll(self) -> None:
         if not self._busy:
             self._busy = True
-            self.fetch()
+            self.run_worker(self.fetch, thread=True, group="detail", exit_on_error=False)
 
     def fetch(self) -> None:
         raise NotImplementedError
@@ -103,7 +103,6 @@ class JobDetailScreen(DetailScreen):
             yield Static("", id="job-log", classes="box")
         yield Footer()
 
-    @work(thread=True, group="detail", exit_on_error=False)
     def fetch(self) -> None:
         try:
             job = self.source.job(self.job_id)
@@ -114,10 +113,8 @@ class JobDetailScreen(DetailScreen):
                 detail.explain_error = f"{exc.code}: {exc.message}"
             for host in dict.fromkeys(p.get("host") for p in job.get("node_parts") or []):
                 if host:
-                    try:
+                    with contextlib.suppress(ApiError):
                         detail.histories[str(host)] = self.source.node_history(str(host))
-                    except ApiError:
-                        pass
             if job.get("node_parts"):
                 try:
                     detail.log = self.source.logs(
@@ -143,7 +140,7 @@ class JobDetailScreen(DetailScreen):
                 ("   IDLE GPUs" if data.job_idle(j) else "", "bold red1"),
             )
         )
-        info = [
+        info: list[tuple[str, Any]] = [
             ("User", f"{j.get('user')} (account {j.get('account')}, qos {j.get('qos')})"),
             (
                 "Resources",
@@ -287,7 +284,6 @@ class NodeDetailScreen(DetailScreen):
             yield Static("", id="node-gpus", classes="box")
         yield Footer()
 
-    @work(thread=True, group="detail", exit_on_error=False)
     def fetch(self) -> None:
         d = NodeDetail(self.host)
         try:

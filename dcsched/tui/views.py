@@ -70,8 +70,8 @@ class GpusView(View):
         Binding("escape", "clear_filter", "Clear filter", show=False, id="gpus.clear_filter"),
     ]
 
-    def __init__(self, **kw: str) -> None:
-        super().__init__(**kw)
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
         self.needle = ""
         self._last: Snapshot | None = None
         self._by_key: dict[str, data.JSON] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from rich.text import Text
@@ -52,21 +53,18 @@ class LiveTable(DataTable[Text]):
     def selected_key(self) -> str | None:
         if not self.row_count:
             return None
-        try:
-            key = self.coordinate_to_cell_key((self.cursor_row, 0)).row_key
-        except Exception:
+        rows = self.ordered_rows
+        if not 0 <= self.cursor_row < len(rows):
             return None
-        return key.value
+        return rows[self.cursor_row].key.value
 
     def sync(self, rows: Rows) -> None:
         selected = self.selected_key
         old = self._cells
         gone = [k for k in old if k not in rows]
         for k in gone:
-            try:
+            with contextlib.suppress(RowDoesNotExist):
                 self.remove_row(k)
-            except RowDoesNotExist:
-                pass
         added = False
         col_keys = [col.key for col in self.spec]
         for k, cells in rows.items():

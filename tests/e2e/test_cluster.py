@@ -32,8 +32,12 @@ class Cluster:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         prog = {"dcsub": "dcsched.cli.dcsub", "dcctl": "dcsched.cli.dcctl"}[args[0]]
-        out = subprocess.run([sys.executable, "-m", prog, "--socket", self.socket, *args[1:]],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", prog, "--socket", self.socket, *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if check and out.returncode != 0:
             raise AssertionError(f"{args} failed ({out.returncode}): {out.stderr}")
         return out
@@ -57,11 +61,14 @@ class Cluster:
             time.sleep(0.5)
 
 
-def _job_toml(name: str, command: list[str], nodes: int, gpus: int, limit: str = "5m",
-              workdir: Path = JOBS) -> str:
-    return (f'name = "{name}"\ncommand = {json.dumps(command)}\nworkdir = "{workdir}"\n'
-            f'[resources]\nnodes = {nodes}\ngpus_per_node = {gpus}\ntime_limit = "{limit}"\n'
-            '[env]\nOMP_NUM_THREADS = "1"\n')
+def _job_toml(
+    name: str, command: list[str], nodes: int, gpus: int, limit: str = "5m", workdir: Path = JOBS
+) -> str:
+    return (
+        f'name = "{name}"\ncommand = {json.dumps(command)}\nworkdir = "{workdir}"\n'
+        f'[resources]\nnodes = {nodes}\ngpus_per_node = {gpus}\ntime_limit = "{limit}"\n'
+        '[env]\nOMP_NUM_THREADS = "1"\n'
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,36 +77,60 @@ def cluster(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iter
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
     key = d / "cluster.key"
     key.write_text(uuid.uuid4().hex * 2)
-    common = f'[broker]\nurl = "{mosquitto.url}"\ntopic_prefix = "{prefix}"\n' \
-             f'[cluster]\nkey_file = "{key}"\n'
+    common = (
+        f'[broker]\nurl = "{mosquitto.url}"\ntopic_prefix = "{prefix}"\n'
+        f'[cluster]\nkey_file = "{key}"\n'
+    )
     torchrun = Path(sys.executable).with_name("torchrun")
     port = random.randrange(30000, 60000, 100)
     (d / "dcd.toml").write_text(
         common + f'[daemon]\nstate_dir = "{d / "dcd"}"\nsocket = "{d / "dcd.sock"}"\n'
         'metrics_listen = ""\ncancel_grace_s = 3.0\nnode_timeout_s = 15.0\n'
         # Other clusters on this machine (a demo, a parallel run) must not share master ports.
-        f'port_range = "{port}-{port + 99}"\n')
+        f'port_range = "{port}-{port + 99}"\n'
+    )
     procs = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with (d / "dcd.log").open("wb") as log:
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "dcsched.daemon.main", "run", "--config", str(d / "dcd.toml")],
-            stdout=log, stderr=subprocess.STDOUT, env=env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dcsched.daemon.main",
+                    "run",
+                    "--config",
+                    str(d / "dcd.toml"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        )
     for i in (1, 2):
         conf = d / f"agent{i}.toml"
-        conf.write_text(common + f'[agent]\nhost = "node{i}"\nbackend = "sim"\nsim_gpus = 2\n'
-                        f'advertise_addr = "127.0.0.1"\nstate_dir = "{d / f"agent{i}"}"\n'
-                        f'torchrun = "{torchrun}"\n')
+        conf.write_text(
+            common + f'[agent]\nhost = "node{i}"\nbackend = "sim"\nsim_gpus = 2\n'
+            f'advertise_addr = "127.0.0.1"\nstate_dir = "{d / f"agent{i}"}"\n'
+            f'torchrun = "{torchrun}"\n'
+        )
         with (d / f"agent{i}.log").open("wb") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "dcsched.agents.main", "run", "--config", str(conf)],
-                stdout=log, stderr=subprocess.STDOUT, env=env))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dcsched.agents.main", "run", "--config", str(conf)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            )
     c = Cluster(d, str(d / "dcd.sock"), procs)
     deadline = time.monotonic() + 30
     while True:
         out = c.cli("dcctl", "nodes", "--json", check=False)
-        if out.returncode == 0 and sum(n["state"] == "up"
-                                       for n in json.loads(out.stdout)["nodes"]) == 2:
+        if (
+            out.returncode == 0
+            and sum(n["state"] == "up" for n in json.loads(out.stdout)["nodes"]) == 2
+        ):
             break
         if time.monotonic() > deadline:
             logs = "\n".join((d / f).read_text()[-2000:] for f in ("dcd.log", "agent1.log"))
@@ -147,8 +178,12 @@ def _group_members(pgids: set[int]) -> list[int]:
 
 def test_two_nodes_all_reduce_their_ranks(cluster: Cluster) -> None:
     out = cluster.dir / "sum.txt"
-    job_id = cluster.submit("allreduce", _job_toml(
-        "allreduce", [str(ROOT / "examples" / "allreduce.py"), str(out)], nodes=2, gpus=2))
+    job_id = cluster.submit(
+        "allreduce",
+        _job_toml(
+            "allreduce", [str(ROOT / "examples" / "allreduce.py"), str(out)], nodes=2, gpus=2
+        ),
+    )
     job = cluster.wait(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"})
     assert job["state"] == "COMPLETED", job
     assert job["exit_code"] == 0
@@ -191,8 +226,9 @@ def test_cancel_leaves_no_process_on_any_node(cluster: Cluster) -> None:
 
 
 def test_a_job_over_its_time_limit_ends_as_timeout(cluster: Cluster) -> None:
-    job_id = cluster.submit("slow", _job_toml("slow", ["sleep.py", "300"], nodes=1, gpus=1,
-                                              limit="8s"))
+    job_id = cluster.submit(
+        "slow", _job_toml("slow", ["sleep.py", "300"], nodes=1, gpus=1, limit="8s")
+    )
     job = cluster.wait(job_id, {"RUNNING"}, timeout=60)
     groups = {_pgid(p["pid"]) for p in job["node_parts"]}
     job = cluster.wait(job_id, {"TIMEOUT", "FAILED", "COMPLETED", "CANCELLED"}, timeout=90)
@@ -208,8 +244,7 @@ def test_a_malformed_job_file_is_refused_and_nothing_is_queued(cluster: Cluster)
 
     before = job_ids()
     bad = cluster.dir / "bad.toml"
-    bad.write_text('name = "bad"\ncommand = ["x.py"]\n[resources]\nnodes = 1\n'
-                   'gpu_per_node = 2\n')
+    bad.write_text('name = "bad"\ncommand = ["x.py"]\n[resources]\nnodes = 1\ngpu_per_node = 2\n')
     out = cluster.cli("dcsub", str(bad), check=False)
     assert out.returncode == 1
     assert f"{bad}:5:" in out.stderr and "did you mean 'gpus_per_node'" in out.stderr

@@ -34,19 +34,29 @@ from tests.conftest import Broker
 KEY = b"integration-test-cluster-key-000"
 
 
-def write_config(d: Path, broker: Broker, prefix: str, **daemon: Any) -> Path:
+def write_config(d: Path, broker: Broker, prefix: str, scheduler: str = "", **daemon: Any) -> Path:
+    """A config file for a test daemon; `scheduler` is raw TOML for [scheduler]."""
     key = d / "cluster.key"
     key.write_bytes(KEY)
-    opts = {"node_timeout_s": 3.0, "command_retry_s": 0.5, "cancel_grace_s": 2.0,
-            "pass_interval_s": 0.5, "telemetry_flush_s": 1.0, "metrics_listen": "", **daemon}
-    extra = "".join(f"{k} = {v!r}\n" if not isinstance(v, str) else f'{k} = "{v}"\n'
-                    for k, v in opts.items())
+    opts = {
+        "node_timeout_s": 3.0,
+        "command_retry_s": 0.5,
+        "cancel_grace_s": 2.0,
+        "pass_interval_s": 0.5,
+        "telemetry_flush_s": 1.0,
+        "metrics_listen": "",
+        **daemon,
+    }
+    extra = "".join(
+        f"{k} = {v!r}\n" if not isinstance(v, str) else f'{k} = "{v}"\n' for k, v in opts.items()
+    )
     conf = d / "dcsched.toml"
     conf.write_text(
         f'[broker]\nurl = "{broker.url}"\ntopic_prefix = "{prefix}"\n'
         f'[cluster]\nkey_file = "{key}"\n'
         f'[daemon]\nstate_dir = "{d / "state"}"\nsocket = "{d / "dcd.sock"}"\n'
-        f"{extra}")
+        f"{extra}[scheduler]\n{scheduler}\n"
+    )
     return conf
 
 
@@ -79,16 +89,35 @@ class ScriptedAgent:
         self._tasks: list[asyncio.Task[None]] = []
 
     def status(self, state: str = "online") -> HostStatus:
-        return HostStatus(host=self.host, state=state, ts=time.time(), addr=f"10.0.0.{self.gpus}",
-                          backend="sim", simulated=True, running_jobs=sorted(self.running),
-                          gpus=[GpuInfo(index=i, uuid=f"{self.host}-{i}", model="Simulated-H100",
-                                        mem_total=80 << 30) for i in range(self.gpus)])
+        return HostStatus(
+            host=self.host,
+            state=state,
+            ts=time.time(),
+            addr=f"10.0.0.{self.gpus}",
+            backend="sim",
+            simulated=True,
+            running_jobs=sorted(self.running),
+            gpus=[
+                GpuInfo(
+                    index=i, uuid=f"{self.host}-{i}", model="Simulated-H100", mem_total=80 << 30
+                )
+                for i in range(self.gpus)
+            ],
+        )
 
     async def __aenter__(self) -> ScriptedAgent:
-        will = aiomqtt.Will(self.topics.host(self.host, "status"),
-                            encode(self.status("offline")), qos=1, retain=True)
-        self._client = aiomqtt.Client(self.broker.host, self.broker.port, will=will,
-                                      identifier=f"agent-{self.host}-{uuid.uuid4().hex[:6]}")
+        will = aiomqtt.Will(
+            self.topics.host(self.host, "status"),
+            encode(self.status("offline")),
+            qos=1,
+            retain=True,
+        )
+        self._client = aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            will=will,
+            identifier=f"agent-{self.host}-{uuid.uuid4().hex[:6]}",
+        )
         await self._client.__aenter__()
         await self._client.subscribe(self.topics.host(self.host, "cmd"), qos=1)
         await self.publish_status()
@@ -104,8 +133,9 @@ class ScriptedAgent:
 
     async def publish_status(self, state: str = "online") -> None:
         assert self._client is not None
-        await self._client.publish(self.topics.host(self.host, "status"),
-                                   encode(self.status(state)), qos=1, retain=True)
+        await self._client.publish(
+            self.topics.host(self.host, "status"), encode(self.status(state)), qos=1, retain=True
+        )
 
     async def event(self, msg: Any) -> None:
         assert self._client is not None
@@ -120,10 +150,16 @@ class ScriptedAgent:
         while True:
             seq += 1
             assert self._client is not None
-            msg = Telemetry(host=self.host, ts=time.time(), seq=seq, simulated=True,
-                            gpus=[GpuSample(index=i, uuid=f"{self.host}-{i}", util=50.0)
-                                  for i in range(self.gpus)],
-                            jobs=[JobProcs(job_id=j, node_rank=0) for j in self.running])
+            msg = Telemetry(
+                host=self.host,
+                ts=time.time(),
+                seq=seq,
+                simulated=True,
+                gpus=[
+                    GpuSample(index=i, uuid=f"{self.host}-{i}", util=50.0) for i in range(self.gpus)
+                ],
+                jobs=[JobProcs(job_id=j, node_rank=0) for j in self.running],
+            )
             await self._client.publish(self.topics.host(self.host, "telemetry"), encode(msg))
             await asyncio.sleep(0.3)
 
@@ -143,14 +179,37 @@ class ScriptedAgent:
 
     async def start(self, job_id: str, rank: int) -> None:
         self.running.add(job_id)
-        await self.event(JobStarted(host=self.host, job_id=job_id, node_rank=rank, pid=4242,
-                                    ts=time.time(), log_path="/tmp/x.log"))
+        await self.event(
+            JobStarted(
+                host=self.host,
+                job_id=job_id,
+                node_rank=rank,
+                pid=4242,
+                ts=time.time(),
+                log_path="/tmp/x.log",
+            )
+        )
 
-    async def exit(self, job_id: str, rank: int, code: int | None = 0,
-                   signal: int | None = None, reason: str = "") -> None:
+    async def exit(
+        self,
+        job_id: str,
+        rank: int,
+        code: int | None = 0,
+        signal: int | None = None,
+        reason: str = "",
+    ) -> None:
         self.running.discard(job_id)
-        await self.event(JobExited(host=self.host, job_id=job_id, node_rank=rank, ts=time.time(),
-                                   exit_code=code, signal=signal, reason=reason))
+        await self.event(
+            JobExited(
+                host=self.host,
+                job_id=job_id,
+                node_rank=rank,
+                ts=time.time(),
+                exit_code=code,
+                signal=signal,
+                reason=reason,
+            )
+        )
 
 
 async def api(client: Client, method: str, *args: Any, **kw: Any) -> Any:

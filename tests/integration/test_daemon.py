@@ -28,8 +28,12 @@ from tests.integration.daemon_harness import (
     write_config,
 )
 
-SPEC = {"name": "t", "command": ["train.py"], "workdir": "/tmp",
-        "resources": {"nodes": 2, "gpus_per_node": 2, "time_limit": "10m"}}
+SPEC = {
+    "name": "t",
+    "command": ["train.py"],
+    "workdir": "/tmp",
+    "resources": {"nodes": 2, "gpus_per_node": 2, "time_limit": "10m"},
+}
 
 
 @pytest.fixture
@@ -45,11 +49,15 @@ async def _job_state(client: Client, job_id: int) -> str:
     return str((await api(client, "job", job_id))["state"])
 
 
-async def test_two_node_job_runs_to_completed(tmp_path: Path, mosquitto: Broker,
-                                              prefix: str) -> None:
+async def test_two_node_job_runs_to_completed(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
     conf = write_config(tmp_path, mosquitto, prefix)
-    async with running_daemon(conf) as d, ScriptedAgent(mosquitto, prefix, "n1") as a1, \
-            ScriptedAgent(mosquitto, prefix, "n2") as a2:
+    async with (
+        running_daemon(conf) as d,
+        ScriptedAgent(mosquitto, prefix, "n1") as a1,
+        ScriptedAgent(mosquitto, prefix, "n2") as a2,
+    ):
         client = Client(d.config.daemon.socket)
         await until(lambda: len(d.cluster.nodes) == 2, what="nodes")
         job_id = await api(client, "submit", SPEC)
@@ -70,23 +78,29 @@ async def test_two_node_job_runs_to_completed(tmp_path: Path, mosquitto: Broker,
         await until(lambda: _is(client, job_id, "COMPLETED"), what="COMPLETED")
         job = await api(client, "job", job_id)
         assert job["exit_code"] == 0
-        assert [e["state"] for e in job["events"]] == ["PENDING", "STARTING", "RUNNING",
-                                                      "COMPLETED"]
+        assert [e["state"] for e in job["events"]] == [
+            "PENDING",
+            "STARTING",
+            "RUNNING",
+            "COMPLETED",
+        ]
 
 
 async def _is(client: Client, job_id: int, state: str) -> bool:
     return await _job_state(client, job_id) == state
 
 
-async def test_launch_is_resent_until_acknowledged(tmp_path: Path, mosquitto: Broker,
-                                                   prefix: str) -> None:
+async def test_launch_is_resent_until_acknowledged(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
     conf = write_config(tmp_path, mosquitto, prefix)
     async with running_daemon(conf) as d, ScriptedAgent(mosquitto, prefix, "n1") as a1:
         a1.auto_ack = False
         client = Client(d.config.daemon.socket)
         await until(lambda: "n1" in d.cluster.nodes)
-        job_id = await api(client, "submit", {**SPEC, "resources": {"nodes": 1,
-                                                                      "gpus_per_node": 1}})
+        job_id = await api(
+            client, "submit", {**SPEC, "resources": {"nodes": 1, "gpus_per_node": 1}}
+        )
         await until(lambda: len(a1.commands) >= 3, what="three sends of the launch")
         assert len({c.cmd_id for c in a1.commands}) == 1  # the same command each time
         a1.auto_ack = True
@@ -101,12 +115,15 @@ async def _no_unacked(d: Daemon) -> bool:
     return not await d.store.unacked_commands()
 
 
-async def test_nonzero_exit_fails_the_job_and_stops_the_other_node(tmp_path: Path,
-                                                                    mosquitto: Broker,
-                                                                    prefix: str) -> None:
+async def test_nonzero_exit_fails_the_job_and_stops_the_other_node(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
     conf = write_config(tmp_path, mosquitto, prefix)
-    async with running_daemon(conf) as d, ScriptedAgent(mosquitto, prefix, "n1") as a1, \
-            ScriptedAgent(mosquitto, prefix, "n2") as a2:
+    async with (
+        running_daemon(conf) as d,
+        ScriptedAgent(mosquitto, prefix, "n1") as a1,
+        ScriptedAgent(mosquitto, prefix, "n2") as a2,
+    ):
         client = Client(d.config.daemon.socket)
         await until(lambda: len(d.cluster.nodes) == 2)
         job_id = await api(client, "submit", SPEC)
@@ -115,8 +132,10 @@ async def test_nonzero_exit_fails_the_job_and_stops_the_other_node(tmp_path: Pat
         await by_rank[0].start(str(job_id), 0)
         await by_rank[1].start(str(job_id), 1)
         await by_rank[1].exit(str(job_id), 1, 3)
-        await until(lambda: any(isinstance(c, Cancel) for c in by_rank[0].commands),
-                    what="cancel to the surviving node")
+        await until(
+            lambda: any(isinstance(c, Cancel) for c in by_rank[0].commands),
+            what="cancel to the surviving node",
+        )
         assert await _job_state(client, job_id) == "COMPLETING"
         await by_rank[0].exit(str(job_id), 0, None, signal=15, reason="cancelled")
         await until(lambda: _is(client, job_id, "FAILED"))
@@ -124,18 +143,24 @@ async def test_nonzero_exit_fails_the_job_and_stops_the_other_node(tmp_path: Pat
         assert (job["exit_code"], job["signal"]) == (3, None)
 
 
-async def test_bad_messages_are_dropped_and_the_daemon_keeps_its_jobs(tmp_path: Path,
-                                                                      mosquitto: Broker,
-                                                                      prefix: str) -> None:
+async def test_bad_messages_are_dropped_and_the_daemon_keeps_its_jobs(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
     conf = write_config(tmp_path, mosquitto, prefix)
     async with running_daemon(conf) as d, ScriptedAgent(mosquitto, prefix, "n1") as a1:
         client = Client(d.config.daemon.socket)
         job_id = await api(client, "submit", {**SPEC, "resources": {"nodes": 9}})
-        for kind, payload in (("events", b"{not json"), ("telemetry", b'{"type":"telemetry"}'),
-                              ("status", b"\xff\xfe"), ("events", b'{"type":"ack","v":99}')):
+        for kind, payload in (
+            ("events", b"{not json"),
+            ("telemetry", b'{"type":"telemetry"}'),
+            ("status", b"\xff\xfe"),
+            ("events", b'{"type":"ack","v":99}'),
+        ):
             await a1.raw(kind, payload)
-        await until(lambda: sum(sum(c.dropped.values()) for c in d.bus.codecs().values()) >= 4,
-                    what="four drops")
+        await until(
+            lambda: sum(sum(c.dropped.values()) for c in d.bus.codecs().values()) >= 4,
+            what="four drops",
+        )
         summary = await api(client, "cluster")
         assert summary["telemetry"]["dropped"]["events"] == {"invalid": 2}
         assert await _job_state(client, job_id) == "PENDING"
@@ -147,15 +172,16 @@ async def _reason(client: Client, job_id: int) -> bool:
     return bool((await api(client, "job", job_id))["reason"])
 
 
-async def test_invalid_submission_is_refused_and_nothing_is_queued(tmp_path: Path,
-                                                                   mosquitto: Broker,
-                                                                   prefix: str) -> None:
+async def test_invalid_submission_is_refused_and_nothing_is_queued(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
     conf = write_config(tmp_path, mosquitto, prefix)
     async with running_daemon(conf) as d:
         client = Client(d.config.daemon.socket)
         with pytest.raises(ApiError) as err:
-            await api(client, "submit", {"name": "x", "command": ["a"],
-                                         "resources": {"gpu_per_node": 2}})
+            await api(
+                client, "submit", {"name": "x", "command": ["a"], "resources": {"gpu_per_node": 2}}
+            )
         assert err.value.status == 400
         assert err.value.details["problems"][0]["key"] == "resources.gpu_per_node"
         assert "gpus_per_node" in err.value.details["problems"][0]["hint"]
@@ -164,8 +190,9 @@ async def test_invalid_submission_is_refused_and_nothing_is_queued(tmp_path: Pat
         assert await api(client, "jobs", all_states=True) == []
 
 
-async def test_a_node_that_dies_fails_its_jobs_as_node_fail(tmp_path: Path, mosquitto: Broker,
-                                                            prefix: str) -> None:
+async def test_a_node_that_dies_fails_its_jobs_as_node_fail(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
     conf = write_config(tmp_path, mosquitto, prefix, node_timeout_s=1.0)
     async with running_daemon(conf) as d:
         client = Client(d.config.daemon.socket)
@@ -180,8 +207,9 @@ async def test_a_node_that_dies_fails_its_jobs_as_node_fail(tmp_path: Path, mosq
         assert node["state"] == "down"
 
 
-async def test_a_restarted_daemon_finishes_the_jobs_it_had(tmp_path: Path, mosquitto: Broker,
-                                                          prefix: str) -> None:
+async def test_a_restarted_daemon_finishes_the_jobs_it_had(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
     conf = write_config(tmp_path, mosquitto, prefix)
     async with ScriptedAgent(mosquitto, prefix, "n1") as a1:
         async with running_daemon(conf) as d:
@@ -212,9 +240,21 @@ async def test_only_the_owner_or_an_admin_may_cancel(mosquitto: Broker, prefix: 
 
             def as_nobody(path: str, method: str = "POST") -> dict[str, Any]:
                 out = subprocess.run(
-                    ["curl", "-s", "--unix-socket", daemon.config.daemon.socket, "-X", method,
-                     f"http://localhost{path}"], capture_output=True, text=True, user="nobody",
-                    check=True, timeout=10)
+                    [
+                        "curl",
+                        "-s",
+                        "--unix-socket",
+                        daemon.config.daemon.socket,
+                        "-X",
+                        method,
+                        f"http://localhost{path}",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    user="nobody",
+                    check=True,
+                    timeout=10,
+                )
                 return dict(json.loads(out.stdout))
 
             who = await asyncio.to_thread(as_nobody, "/v1/whoami", "GET")
@@ -231,8 +271,9 @@ async def test_only_the_owner_or_an_admin_may_cancel(mosquitto: Broker, prefix: 
         shutil.rmtree(d, ignore_errors=True)
 
 
-async def test_metrics_endpoint_speaks_prometheus(tmp_path: Path, mosquitto: Broker,
-                                                  prefix: str) -> None:
+async def test_metrics_endpoint_speaks_prometheus(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
     port = free_port()
     conf = write_config(tmp_path, mosquitto, prefix, metrics_listen=f"127.0.0.1:{port}")
     async with running_daemon(conf) as d, ScriptedAgent(mosquitto, prefix, "n1"):

@@ -17,10 +17,27 @@ from dcsched.client import Client
 @pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
 def test_demo_comes_up_and_stops_on_ctrl_c(tmp_path: Path, broker: str) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dcsched.daemon.main", "--log-level", "warning", "demo",
-         "--dir", str(tmp_path), "--agents", "2", "--gpus", "3", "--broker", broker],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            "-m",
+            "dcsched.daemon.main",
+            "--log-level",
+            "warning",
+            "demo",
+            "--dir",
+            str(tmp_path),
+            "--agents",
+            "2",
+            "--gpus",
+            "3",
+            "--broker",
+            broker,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         assert proc.stdout is not None
         lines = []
@@ -53,5 +70,7 @@ def test_demo_comes_up_and_stops_on_ctrl_c(tmp_path: Path, broker: str) -> None:
         if proc.stdout:
             proc.stdout.close()
     # Nothing of the demo is left running.
-    out = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    out = subprocess.run(
+        ["pgrep", "-f", str(tmp_path)], check=False, capture_output=True, text=True
+    )
     assert out.stdout.strip() == ""

@@ -112,8 +112,20 @@ class FakeDaemon:
     posts: list[tuple[str, Any]] = field(default_factory=list)
     #: POST path -> (status, code, message) to answer with an error instead
     errors: dict[str, tuple[int, str, str]] = field(default_factory=dict)
-    #: answer nothing at all (the daemon is "down")
-    down: bool = False
+    runner: web.AppRunner | None = None
+    site: web.UnixSite | None = None
+
+    async def go_down(self) -> None:
+        """The daemon goes away: its socket refuses connections."""
+        assert self.site is not None
+        await self.site.stop()
+
+    async def come_back(self) -> None:
+        assert self.runner is not None
+        with contextlib.suppress(FileNotFoundError):
+            Path(self.socket).unlink()
+        self.site = web.UnixSite(self.runner, self.socket)
+        await self.site.start()
 
 
 def _app(fake: FakeDaemon) -> web.Application:
@@ -124,8 +136,6 @@ def _app(fake: FakeDaemon) -> web.Application:
 
     @web.middleware
     async def gate(request: web.Request, handler: Any) -> web.StreamResponse:
-        if fake.down:
-            raise ConnectionResetError("down")
         try:
             return await handler(request)  # type: ignore[no-any-return]
         except ApiError as exc:
@@ -182,10 +192,9 @@ def _app(fake: FakeDaemon) -> web.Application:
 @contextlib.asynccontextmanager
 async def fake_daemon(directory: Path) -> AsyncIterator[FakeDaemon]:
     fake = FakeDaemon(str(directory / "fake-dcd.sock"))
-    runner = web.AppRunner(_app(fake))
+    fake.runner = runner = web.AppRunner(_app(fake))
     await runner.setup()
-    site = web.UnixSite(runner, fake.socket)
-    await site.start()
+    await fake.come_back()
     try:
         yield fake
     finally:

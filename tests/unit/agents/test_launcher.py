@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from dcsched.agents import runner
 from dcsched.agents.errors import LaunchError
 from dcsched.agents.launcher import ExitStatus, Launcher, job_env, torchrun_argv
 from dcsched.agents.procs import TAG_VAR, is_alive
@@ -253,3 +254,65 @@ def test_runner_module_invocation_writes_status(tmp_path: Path) -> None:
     )
     assert rc == 4
     assert status.read_text() == '{"exit_code": 4}'
+
+
+def test_runner_forwards_a_sigterm_sent_to_it_alone(tmp_path: Path) -> None:
+    import subprocess
+
+    status = tmp_path / "s.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcsched.agents.runner", "--status-file", str(status), "--",
+         sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"up\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 128 + signal.SIGTERM
+    proc.stdout.close()
+    assert status.read_text() == '{"signal": 15}'
+
+
+ROOT_CAUSE = """torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+exit3.py FAILED
+------------------------------------------------------------
+Failures:
+  <NO_OTHER_FAILURES>
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-23_03:30:00
+  host      : node1
+  rank      : 1 (local_rank: 1)
+  exitcode  : {code} (pid: 4242) {name}
+  error_file: <N/A>
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+============================================================
+"""
+
+
+@pytest.mark.parametrize(
+    ("rc", "report", "expected"),
+    [
+        (1, ROOT_CAUSE.format(code=3, name=""), {"exit_code": 3, "launcher_exit_code": 1}),
+        (1, ROOT_CAUSE.format(code=-9, name="(SIGKILL)"), {"signal": 9, "launcher_exit_code": 1}),
+        (1, "Traceback ...\nValueError: bad\n", {"exit_code": 1}),
+        (0, ROOT_CAUSE.format(code=3, name=""), {"exit_code": 0}),
+        (-15, "", {"signal": 15}),
+    ],
+)
+def test_runner_takes_the_workers_exit_code_from_torchruns_report(
+    tmp_path: Path, rc: int, report: str, expected: dict[str, int]
+) -> None:
+    log = tmp_path / "node0.log"
+    log.write_text("x" * 100_000 + "\n" + report)
+    assert runner.exit_status(rc, str(log)) == expected
+    assert runner.exit_status(1, str(tmp_path / "missing.log")) == {"exit_code": 1}
+
+
+def test_a_failed_worker_code_reaches_the_status(tmp_path: Path, agent_config: Config) -> None:
+    launcher = Launcher(agent_config.agent.state_dir, agent_config.agent.torchrun)
+    code = f"import sys; print({ROOT_CAUSE.format(code=3, name='')!r}); sys.exit(1)"
+    rec = launcher.start(launch(tmp_path, py(code)))
+    assert wait_exit(launcher, rec) == ExitStatus(3, None)

@@ -12,9 +12,21 @@ S = JobState
 
 
 def _job(**kw: Any) -> dict[str, Any]:
-    base: dict[str, Any] = dict(name="j", user="alice", uid=1000, account="a", qos="normal",
-                                nice=0, spec={"command": ["x"]}, nodes=2, gpus_per_node=2,
-                                gpu_type=None, time_limit_s=60, now=100.0, held=False)
+    base: dict[str, Any] = dict(
+        name="j",
+        user="alice",
+        uid=1000,
+        account="a",
+        qos="normal",
+        nice=0,
+        spec={"command": ["x"]},
+        nodes=2,
+        gpus_per_node=2,
+        gpu_type=None,
+        time_limit_s=60,
+        now=100.0,
+        held=False,
+    )
     base.update(kw)
     return base
 

@@ -21,13 +21,23 @@ KEY = b"k" * 32
 
 
 def _launch() -> Launch:
-    return Launch(cmd_id="c1", job_id="7", node_rank=0, nnodes=2, nproc_per_node=2,
-                  master_addr="10.0.0.1", master_port=29500, gpus=[0, 1], command=["t.py"])
+    return Launch(
+        cmd_id="c1",
+        job_id="7",
+        node_rank=0,
+        nnodes=2,
+        nproc_per_node=2,
+        master_addr="10.0.0.1",
+        master_port=29500,
+        gpus=[0, 1],
+        command=["t.py"],
+    )
 
 
 def test_telemetry_round_trip_keeps_na_fields() -> None:
-    msg = Telemetry(host="h1", ts=1.5, seq=3, gpus=[GpuSample(index=0, uuid="GPU-1", util=None,
-                                                            temp_c=40.0)])
+    msg = Telemetry(
+        host="h1", ts=1.5, seq=3, gpus=[GpuSample(index=0, uuid="GPU-1", util=None, temp_c=40.0)]
+    )
     back = telemetry_codec().decode(encode(msg))
     assert back == msg
     assert back.gpus[0].util is None
@@ -43,8 +53,9 @@ def test_telemetry_round_trip_keeps_na_fields() -> None:
         (b"x" * (MAX_PAYLOAD + 1), "too_large"),
     ],
 )
-def test_bad_payloads_are_dropped_and_counted(payload: bytes, reason: str,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_payloads_are_dropped_and_counted(
+    payload: bytes, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
     codec = event_codec()
     with pytest.raises(DecodeError):
         codec.decode(payload)

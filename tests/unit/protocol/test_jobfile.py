@@ -51,8 +51,9 @@ def test_brief_example_is_valid_and_workdir_defaults_to_the_files_folder(tmp_pat
         (GOOD.replace("[torchrun]", "[torchrun"), 9, "TOML syntax"),
     ],
 )
-def test_bad_files_name_the_line_and_the_reason(tmp_path: Path, text: str, line: int,
-                                                words: str) -> None:
+def test_bad_files_name_the_line_and_the_reason(
+    tmp_path: Path, text: str, line: int, words: str
+) -> None:
     with pytest.raises(JobFileError) as err:
         load_job_file(_write(tmp_path, text))
     first = err.value.problems[0]
@@ -75,8 +76,16 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [(90, 90), ("90", 90), ("30m", 1800), ("4h", 14400), ("1h30m", 5400), ("2d", 172800),
-     ("1:30:00", 5400), ("1-00:00:10", 86410)],
+    [
+        (90, 90),
+        ("90", 90),
+        ("30m", 1800),
+        ("4h", 14400),
+        ("1h30m", 5400),
+        ("2d", 172800),
+        ("1:30:00", 5400),
+        ("1-00:00:10", 86410),
+    ],
 )
 def test_durations(value: str | int, seconds: int) -> None:
     assert parse_duration(value) == seconds

@@ -15,6 +15,7 @@ half_life = "14d"
 max_age = "12h"
 backfill_depth = 32
 preempt_grace = "2m"
+starvation_age = "4d"
 size_ref_gpu_hours = 1000
 
 [scheduler.weights]
@@ -57,6 +58,8 @@ def test_the_documented_example_parses() -> None:
     assert cfg.max_age_s == 12 * 3600
     assert cfg.backfill_depth == 32
     assert cfg.preempt_grace_s == 120
+    assert cfg.starvation_s == 4 * 86400
+    assert SchedulerConfig.from_mapping({"starvation_age": 0}).starvation_s == 0
     assert cfg.size_ref_gpu_s == 1000 * 3600
     assert cfg.weights.qos == 5000
     assert cfg.bill("H100") == 2.0 and cfg.bill("other") == 1.0

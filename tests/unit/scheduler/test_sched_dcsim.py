@@ -91,5 +91,5 @@ def test_cli_rejects_a_bad_config(tmp_path: Path) -> None:
     cfg.write_text("[scheduler.weights]\nagee = 1\n")
     trace = tmp_path / "t.csv"
     trace.write_text("job_id,submit_s,duration_s,gpus,user,account,time_limit_s\nj,0,1,1,u,a,10\n")
-    with pytest.raises(SystemExit, match="scheduler.weights.agee: unknown key"):
+    with pytest.raises(SystemExit, match=r"scheduler\.weights\.agee: unknown key"):
         main(["replay", str(trace), "--nodes", "1", "--gpus-per-node", "1", "--config", str(cfg)])

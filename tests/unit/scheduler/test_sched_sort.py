@@ -53,6 +53,24 @@ def test_fifo_and_greedy_use_submit_order_and_keep_ties_in_snapshot_order(policy
     assert order(pending, 10.0, policy=policy) == ["y", "x", "z"]
 
 
+def test_starving_jobs_go_first_oldest_first() -> None:
+    day = 86400.0
+    pending = [
+        job("fresh", 1, submit=9 * day),
+        job("huge", 64, submit=0.0),
+        job("old", 64, submit=day),
+    ]
+    cfg = SchedulerConfig(starvation_s=5 * day)
+    assert order(pending, 9 * day, config=cfg) == ["huge", "old", "fresh"]
+    assert order(pending, 9 * day, config=SchedulerConfig(starvation_s=0))[0] == "fresh"
+
+
+def test_age_is_capped() -> None:
+    s = snap([node("n")], [job("j", submit=0.0)])
+    age = factors(s, 30 * H, s.pending[0])[0]
+    assert (age.name, age.value) == ("age", 1.0)
+
+
 def test_factors_carry_value_weight_and_contribution() -> None:
     s = snap([node("n")], [job("j", submit=0.0)])
     got = {f.name: f for f in factors(s, 4 * H, s.pending[0])}
