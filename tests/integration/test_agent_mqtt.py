@@ -288,6 +288,13 @@ async def test_signed_launch_runs_torchrun_and_forged_commands_do_nothing(
                 master_port=free_port(),
             )
             await bus.send(job, key)
+            # Beside it, a job whose second worker exits 3: torchrun itself exits 1.
+            (tmp_path / "exit3.py").write_text(
+                "import os, sys\nsys.exit(3 if os.environ['RANK'] == '1' else 0)\n"
+            )
+            fail = _launch("x3", [str(tmp_path / "exit3.py")], tmp_path, nproc_per_node=2,
+                           gpus=[0, 1], master_port=free_port())  # fmt: skip
+            await bus.send(fail, key)
             ack = await bus.until(lambda: bus.event(Ack, cmd_id=job.cmd_id), what="ack")
             assert ack.ok, ack.error
             started = await bus.until(lambda: bus.event(JobStarted, job_id="ar"), what="start")
@@ -301,6 +308,8 @@ async def test_signed_launch_runs_torchrun_and_forged_commands_do_nothing(
             )
             total_s = time.monotonic() - t0
             assert (exited.exit_code, exited.signal, exited.reason) == (0, None, "")
+            failed = await bus.until(lambda: bus.event(JobExited, job_id="x3"), what="x3")
+            assert (failed.exit_code, failed.signal) == (3, None)
             log = Path(started.log_path).read_text()
             assert "rank 0 sum 3 gpus 0,1" in log and "rank 1 sum 3 gpus 0,1" in log
             # The forged commands were neither answered nor run.
