@@ -258,6 +258,6 @@ def _starvation(d: Mapping[str, Any], key: str, default: float) -> float:
     if "starvation_age" not in d:
         return default
     value = d["starvation_age"]
-    if value == 0 or value == "0":
+    if value in (0, "0") and not isinstance(value, bool):
         return 0.0
     return parse_duration(value, f"{key}.starvation_age")

@@ -83,9 +83,9 @@ class Pass:
                 continue
             end = self.now + job.time_limit_s
             fits_free = cluster.can_fit_now(job.nodes, job.gpus_per_node, job.gpu_type)
-            alloc = self.place(job, end) if fits_free else None
-            if alloc is not None:
-                self.start(job, alloc, end)
+            nodes = self.place(job, end) if fits_free else None
+            if nodes is not None:
+                self.start(job, nodes, end)
                 continue
             reason = filters.PRIORITY if fits_free else filters.RESOURCES
             est: float | None = None
@@ -97,21 +97,20 @@ class Pass:
             self.pending[job.job_id] = PendingInfo((reason,), prio, est)
         return self
 
-    def place(self, job: JobRequest, end: float) -> tuple[NodePart, ...] | None:
+    def place(self, job: JobRequest, end: float) -> list[int] | None:
+        """Node indices for the job now; nodes with reservations only if it backfills."""
         cluster = self.cluster
         ok = self._timeline.backfill_ok if self._timeline is not None else None
         if job.nodes == 1:
             node = cluster.best_single(job.gpus_per_node, job.gpu_type, end, ok)
-            return None if node is None else ((cluster.views[node].name, ()),)
-        nodes = cluster.best_multi(job.nodes, job.gpus_per_node, job.gpu_type, end, ok)
-        return None if nodes is None else tuple((cluster.views[n].name, ()) for n in nodes)
+            return None if node is None else [node]
+        return cluster.best_multi(job.nodes, job.gpus_per_node, job.gpu_type, end, ok)
 
-    def start(self, job: JobRequest, alloc: tuple[NodePart, ...], end: float) -> None:
+    def start(self, job: JobRequest, nodes: list[int], end: float) -> None:
         cluster = self.cluster
         parts: list[NodePart] = []
-        for name, _ in alloc:
-            node = cluster.rank[name]
-            parts.append((name, cluster.take(node, job.gpus_per_node)))
+        for node in nodes:
+            parts.append((cluster.views[node].name, cluster.take(node, job.gpus_per_node)))
             self.started.append((node, job.gpus_per_node, end))
             if self._timeline is not None:
                 self._timeline.add(node, end, job.gpus_per_node)

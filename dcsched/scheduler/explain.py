@@ -31,6 +31,8 @@ class Explanation:
     # (node, GPUs) held for the job from est_start, if it has a reservation
     reservation: tuple[tuple[str, int], ...] = ()
     preempts: tuple[str, ...] = ()
+    # pending past starvation_age: ahead of every priority, oldest first
+    starving: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +47,7 @@ class Explanation:
             "queue_length": self.queue_length,
             "reservation": [list(r) for r in self.reservation],
             "preempts": list(self.preempts),
+            "starving": self.starving,
         }
 
 
@@ -77,4 +80,5 @@ def explain(snapshot: Snapshot, now: float, job_id: str) -> Explanation:
         n,
         held,
         done.preempt_for.get(job_id, ()),
+        0 < snapshot.config.starvation_s <= now - job.submit_ts,
     )

@@ -124,10 +124,9 @@ class Timeline:
             if job.gpus_per_node >= len(idx.counts):
                 continue
             cands: list[tuple[float, int]] = []
-            for node in range(len(cluster.views)):
-                if cluster.types[node] != t or cluster.views[node].state != "up":
-                    continue
-                at = self.earliest(node, job.gpus_per_node, job.time_limit_s)
+            p, limit, cache = job.gpus_per_node, job.time_limit_s, self._earliest
+            for node in cluster.usable.get(t, ()):
+                at = cache[(node, p)] if (node, p) in cache else self.earliest(node, p, limit)
                 if at is not None:
                     cands.append((at, node))
             if len(cands) < job.nodes:

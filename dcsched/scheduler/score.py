@@ -47,6 +47,9 @@ class Cluster:
     def __init__(self, nodes: Sequence[NodeView]) -> None:
         self.views = nodes
         self.rank = {n.name: i for i, n in enumerate(nodes)}
+        self._no_fit: set[tuple[int, int, str | None]] = set()
+        # per type: usable node indices, in rank order
+        self.usable: dict[str, list[int]] = {}
         self.free: list[list[int]] = []
         self.types: list[str] = [n.gpu_type for n in nodes]
         self.index: dict[str, _Index] = {}
@@ -73,6 +76,7 @@ class Cluster:
             idx = self.index[n.gpu_type]
             idx.add(i, len(usable))
             idx.counts[len(usable)] += 1
+            self.usable.setdefault(n.gpu_type, []).append(i)
             self.capacity[n.gpu_type].append(len(n.gpus) - len(n.unhealthy & set(n.gpus)))
         # per type: [p] = how many usable nodes have at least p healthy GPUs
         self.at_least: dict[str, list[int]] = {}
@@ -91,10 +95,14 @@ class Cluster:
 
     def can_fit_now(self, nodes: int, per_node: int, gpu_type: str | None) -> bool:
         """Necessary condition, ignoring reservations: enough nodes with enough free GPUs."""
+        shape = (nodes, per_node, gpu_type)
+        if shape in self._no_fit:
+            return False  # free GPUs only shrink during a pass
         for t in self.types_for(gpu_type):
             counts = self.index[t].counts
             if per_node < len(counts) and sum(counts[per_node:]) >= nodes:
                 return True
+        self._no_fit.add(shape)
         return False
 
     def pin(self, node: int) -> None:

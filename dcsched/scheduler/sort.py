@@ -81,19 +81,26 @@ def priority_function(snapshot: Snapshot, now: float) -> Callable[[JobRequest], 
     age_rate = w.age / config.max_age_s
     size_scale = w.job_size / math.log1p(config.size_ref_gpu_s / 3600.0)
     log1p = math.log1p
+    # queues repeat a few shapes and owners: memoise the parts that do not depend on age
+    sizes: dict[tuple[int, float], float] = {}
+    rest: dict[tuple[str, str, str, int], float] = {}
 
     def priority(job: JobRequest) -> float:
         age = (now - job.submit_ts) * age_rate
-        size = w.job_size - log1p(job.nodes * job.gpus_per_node * job.time_limit_s / 3600.0) * (
-            size_scale
-        )
-        return (
-            (w.age if age > w.age else age if age > 0 else 0.0)
-            + w.fairshare * fs.get((job.account, job.user), 1.0)
-            + (size if size > 0 else 0.0)
-            + w.qos * qos.get(job.qos, 0.0)
-            + w.nice * nice_factor(job.nice)
-        )
+        shape = (job.nodes * job.gpus_per_node, job.time_limit_s)
+        size = sizes.get(shape)
+        if size is None:
+            size = w.job_size - log1p(shape[0] * shape[1] / 3600.0) * size_scale
+            size = sizes[shape] = size if size > 0 else 0.0
+        owner = (job.account, job.user, job.qos, job.nice)
+        other = rest.get(owner)
+        if other is None:
+            other = rest[owner] = (
+                w.fairshare * fs.get((job.account, job.user), 1.0)
+                + w.qos * qos.get(job.qos, 0.0)
+                + w.nice * nice_factor(job.nice)
+            )
+        return (w.age if age > w.age else age if age > 0 else 0.0) + size + other
 
     return priority
 

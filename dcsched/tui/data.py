@@ -112,7 +112,7 @@ def watts(v: Any) -> str:
     f = _num(v)
     if f is None:
         return "N/A"
-    return f"{f / 1000:.2f} kW" if f >= 10_000 else f"{f:.0f} W"
+    return f"{f / 1000:.1f} kW" if f >= 1000 else f"{f:.0f} W"
 
 
 def celsius(v: Any) -> str:
@@ -127,7 +127,7 @@ def gib(v: Any) -> str:
 
 def memory(used: Any, total: Any) -> str:
     u, t = _num(used), _num(total)
-    if u is None and t is None:
+    if u is None:
         return "N/A"
     return f"{gib(u)}/{gib(t)} GiB"
 
@@ -224,7 +224,7 @@ class Cell(NamedTuple):
     runs: tuple[tuple[str, str], ...] = ()
 
 
-def _k(v: Any) -> Any:
+def sort_key(v: Any) -> Any:
     """A sort key where None (N/A) sorts before every number and string."""
     if v is None:
         return (0, 0)
@@ -234,7 +234,7 @@ def _k(v: Any) -> Any:
 
 
 def c(text: Any, style: str = "", key: Any = None) -> Cell:
-    return Cell(str(text), style, _k(key if key is not None else text))
+    return Cell(str(text), style, text if key is None else key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,20 +255,17 @@ def summary(cluster: JSON) -> list[tuple[str, str]]:
     runs: list[tuple[str, str]] = [
         ("Nodes ", "bold"),
         (f"{n.get('up', 0)} up", "green3"),
-        (" · ", ""),
-        (f"{n.get('drained', 0)} drained", "yellow3" if n.get("drained") else ""),
-        (" · ", ""),
-        (f"{n.get('down', 0)} down", "red1" if n.get("down") else ""),
-        ("   GPUs ", "bold"),
-        (f"{g.get('total', 0)} total · {g.get('allocated', 0)} allocated · ", ""),
-        (f"{g.get('idle', 0)} idle", ""),
-        ("   Util ", "bold"),
+        (f" {n.get('drained', 0)} drained", "yellow3" if n.get("drained") else ""),
+        (f" {n.get('down', 0)} down", "red1" if n.get("down") else ""),
+        (" │ GPUs ", "bold"),
+        (f"{g.get('allocated', 0)}/{g.get('total', 0)} allocated, {g.get('idle', 0)} idle", ""),
+        (" │ Util ", "bold"),
         (pct(cluster.get("mean_util")), util_style(cluster.get("mean_util"))),
-        ("   Power ", "bold"),
+        (" │ Power ", "bold"),
         (watts(cluster.get("power_w")), ""),
-        ("   Jobs ", "bold"),
+        (" │ Jobs ", "bold"),
         (
-            " · ".join(
+            " ".join(
                 f"{jobs.get(s, 0)} {s.lower()}"
                 for s in ("RUNNING", "PENDING", "HELD")
                 if jobs.get(s) or s != "HELD"
@@ -319,10 +316,10 @@ def cluster_rows(nodes: Iterable[JSON], gpus: Iterable[JSON]) -> dict[str, tuple
         state_text = state if not n.get("drain_reason") else f"{state} ({n['drain_reason']})"
         rows[host] = (
             c(host),
-            Cell(state_text, STATE_STYLE.get(state, ""), _k(state)),
-            Cell("".join(t for t, _ in runs), "", _k(n.get("mean_util")), tuple(runs)),
+            Cell(state_text, STATE_STYLE.get(state, ""), state),
+            Cell("".join(t for t, _ in runs), "", n.get("mean_util"), tuple(runs)),
             c(alloc, key=n.get("gpus_allocated", 0)),
-            Cell(pct(n.get("mean_util")), util_style(n.get("mean_util")), _k(n.get("mean_util"))),
+            Cell(pct(n.get("mean_util")), util_style(n.get("mean_util")), n.get("mean_util")),
             c(n.get("model") or ""),
             c(",".join(str(j) for j in jobs), key=len(jobs)),
         )
@@ -356,13 +353,13 @@ def gpu_rows(gpus: Iterable[JSON]) -> Rows:
             c(g.get("host", "")),
             c(g.get("index", ""), key=g.get("index")),
             c(g.get("model") or "N/A"),
-            Cell(pct(g.get("util")), util_style(g.get("util")), _k(_num(g.get("util")))),
-            Cell(memory(mem_used, mem_total), "", _k(_num(mem_used))),
-            Cell(celsius(g.get("temp_c")), "", _k(_num(g.get("temp_c")))),
-            Cell(watts(g.get("power_w")), "", _k(_num(g.get("power_w")))),
+            Cell(pct(g.get("util")), util_style(g.get("util")), _num(g.get("util"))),
+            Cell(memory(mem_used, mem_total), "", _num(mem_used)),
+            Cell(celsius(g.get("temp_c")), "", _num(g.get("temp_c"))),
+            Cell(watts(g.get("power_w")), "", _num(g.get("power_w"))),
             c("" if g.get("job_id") is None else g["job_id"], key=g.get("job_id")),
             c(g.get("user") or "", key=g.get("user")),
-            Cell(health, "" if health == "ok" else "red1", _k(health)),
+            Cell(health, "" if health == "ok" else "red1", health),
         )
     return rows
 
@@ -464,18 +461,18 @@ def job_rows(jobs: Iterable[JSON], now: float) -> Rows:
             c(j.get("name", "")),
             c(j.get("user", "")),
             c(j.get("account", "")),
-            Cell(state, STATE_STYLE.get(state, ""), _k(state)),
+            Cell(state, STATE_STYLE.get(state, ""), state),
             c("" if prio is None else f"{prio:.0f}", key=prio),
             c(nodes, key=nodes),
             c(nodes * gpn, key=nodes * gpn),
-            Cell(f"{elapsed} / {limit}" if elapsed else limit, "", _k(_num(j.get("elapsed_s")))),
+            Cell(f"{elapsed} / {limit}" if elapsed else limit, "", _num(j.get("elapsed_s"))),
             Cell(
                 pct(j.get("gpu_util")) if state in ACTIVE else "",
                 util_style(j.get("gpu_util")),
-                _k(_num(j.get("gpu_util"))),
+                _num(j.get("gpu_util")),
             ),
             c(where),
-            Cell("IDLE GPUs" if idle else "", "bold red1" if idle else "", _k(int(idle))),
+            Cell("IDLE GPUs" if idle else "", "bold red1" if idle else "", int(idle)),
         )
     return rows
 
@@ -509,15 +506,15 @@ def history_rows(jobs: Iterable[JSON], now: float) -> Rows:
             c(j.get("name", "")),
             c(j.get("user", "")),
             c(j.get("account", "")),
-            Cell(state, STATE_STYLE.get(state, ""), _k(state)),
+            Cell(state, STATE_STYLE.get(state, ""), state),
             c(nodes, key=nodes),
             c(nodes * gpn, key=nodes * gpn),
             Cell(
                 f"{duration(j.get('elapsed_s'))} / {duration(j.get('time_limit_s'))}",
                 "",
-                _k(_num(j.get("elapsed_s"))),
+                _num(j.get("elapsed_s")),
             ),
-            Cell(relative(j.get("end_ts"), now), "", _k(_num(j.get("end_ts")))),
+            Cell(relative(j.get("end_ts"), now), "", _num(j.get("end_ts"))),
             c(where.strip()),
         )
     return rows
@@ -555,7 +552,7 @@ def fairshare_rows(payload: JSON) -> Rows:
             bar = "█" * round((factor or 0.0) * 10)
             style = "bold" if user is None else ""
             rows[f"{account}/{user or ''}"] = (
-                Cell(label, style, _k(f"{account}/{user or ''}")),
+                Cell(label, style, f"{account}/{user or ''}"),
                 c(_f(r.get("shares"), ".0f"), key=_num(r.get("shares"))),
                 c(_f(r.get("norm_shares"), ".3f"), key=_num(r.get("norm_shares"))),
                 c(_f(r.get("raw_usage"), ",.0f"), key=_num(r.get("raw_usage"))),
@@ -563,7 +560,7 @@ def fairshare_rows(payload: JSON) -> Rows:
                 Cell(
                     f"{_f(factor, '.3f')} {bar:<10}",
                     "green3" if (factor or 0) >= 0.5 else "yellow3",
-                    _k(factor),
+                    factor,
                 ),
             )
     return rows

@@ -11,6 +11,7 @@ import pytest
 
 from dcsched.client import Client
 from dcsched.tui.app import DctopApp
+from dcsched.tui.data import sort_key
 from dcsched.tui.screens import (
     ConfirmScreen,
     DrainScreen,
@@ -275,7 +276,7 @@ async def test_refresh_updates_in_place_and_keeps_selection_and_sort() -> None:
             await repoll(pilot, app)
             assert gpus.selected_key == "sim-2/1"
             assert gpus.scroll_y == scroll
-            utils = [gpus._cells[r.key.value or ""][3].key for r in gpus.ordered_rows]
+            utils = [sort_key(gpus._cells[r.key.value or ""][3].key) for r in gpus.ordered_rows]
             assert utils == sorted(utils)
         await pilot.press("3")
         jobs = table(app, "jobs")

@@ -62,7 +62,7 @@ def test_view(snap_compare: Compare, name: str, press: tuple[str, ...]) -> None:
 
 
 def test_gpus_sorted_by_util_and_filtered(snap_compare: Compare) -> None:
-    press = ("2", "slash", *"sim-2", "enter", "s", "s", "s", "S")
+    press = ("2", "slash", *"sim-2", "enter", "s", "s", "s", "s", "S")
     assert snap_compare(app(), terminal_size=SIZE, run_before=keys(*press))
 
 

@@ -12,6 +12,7 @@ from dcsched.scheduler import SchedulerConfig
 
 TRACES = Path(__file__).resolve().parents[3] / ".." / "shared" / "traces"
 TINY = TRACES / "tiny60.csv"
+ITP = TRACES / "itp-dev.csv"
 KEYS = {
     "jobs",
     "avg_jct_s",
@@ -27,6 +28,7 @@ KEYS = {
 }
 
 needs_tiny = pytest.mark.skipif(not TINY.is_file(), reason=f"no trace at {TINY}")
+needs_itp = pytest.mark.skipif(not ITP.is_file(), reason=f"no trace at {ITP}")
 
 
 @needs_tiny
@@ -93,3 +95,30 @@ def test_cli_rejects_a_bad_config(tmp_path: Path) -> None:
     trace.write_text("job_id,submit_s,duration_s,gpus,user,account,time_limit_s\nj,0,1,1,u,a,10\n")
     with pytest.raises(SystemExit, match=r"scheduler\.weights\.agee: unknown key"):
         main(["replay", str(trace), "--nodes", "1", "--gpus-per-node", "1", "--config", str(cfg)])
+
+
+@needs_itp
+def test_itp_dev_greedy_reference_row() -> None:
+    # fifo's row (37 s here) is checked by the command in docs/scheduler.md
+    r = replay(load_trace(ITP), 40, 8, SchedulerConfig(policy="greedy"))
+    got = [round(r[k]) for k in ("avg_jct_s", "avg_queue_s", "p99_queue_s", "makespan_s")]
+    assert got == [26100, 10066, 81002, 5181063]
+
+
+@needs_itp
+def test_itp_dev_default_meets_the_targets() -> None:
+    trace = load_trace(ITP)
+    greedy = {  # per-account average queueing delay under greedy, same run
+        "t01": 37331,
+        "t02": 9167,
+        "t05": 4071,
+        "t06": 19056,
+        "t09": 6742,
+        "t10": 5921,
+    }
+    r = replay(trace, 40, 8, SchedulerConfig())
+    assert r["avg_jct_s"] <= 21000
+    assert r["p99_queue_s"] <= 60000
+    for account, a in r["per_account"].items():
+        assert a["avg_queue_s"] <= greedy[account], account
+    assert r["wall_s"] <= 60

@@ -12,6 +12,7 @@ from sched_builders import H, busy, job, node, running, snap
 from dcsched.scheduler import (
     Decisions,
     JobRequest,
+    Limits,
     NodeView,
     QosLevel,
     RunningJob,
@@ -130,6 +131,14 @@ def test_dependencies_and_holds_in_a_pass() -> None:
     assert started(d) == ["ok"]
     assert d.pending["after"].reasons == ("Dependency",)
     assert d.pending["never"].reasons == ("DependencyNeverSatisfied",)
+
+
+def test_a_job_over_its_cap_does_not_block_the_queue() -> None:
+    cfg = replace(AGE_ONLY, policy="fifo", limits=Limits(max_gpus_per_user=4))
+    pending = [job("a1", 4, user="ann"), job("a2", 4, user="ann", submit=1), job("b", 4, submit=2)]
+    d = decide(snap([node("n")], pending, config=cfg), 10.0)
+    assert started(d) == ["a1", "b"]
+    assert d.pending["a2"].reasons == ("AssocMaxGRESPerUser",)
 
 
 def test_default_config_is_the_default_policy() -> None:

@@ -23,6 +23,8 @@ def test_explain_lists_every_reason_and_every_factor() -> None:
     assert [f.name for f in e.factors] == ["age", "fairshare", "job_size", "qos", "nice"]
     assert e.priority == pytest.approx(sum(f.contribution for f in e.factors))
     assert e.est_start is None
+    assert not e.starving
+    assert explain(s, 6 * 86400.0, "j").starving
     d = json.loads(json.dumps(e.to_dict()))
     assert d["reasons"] == ["JobHeldUser", "Dependency", "Resources"]
     assert d["factors"][0]["name"] == "age"

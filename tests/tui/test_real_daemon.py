@@ -1,0 +1,85 @@
+"""dctop against a real daemon (tests/integration/daemon_harness.py) on a real Mosquitto,
+with scripted agents: what the daemon reports shows up, and actions reach it."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from dcsched.client import Client
+from dcsched.tui.app import DctopApp
+from dcsched.tui.screens import ConfirmScreen, DrainScreen, JobDetailScreen
+from tests.conftest import Broker
+from tests.integration.daemon_harness import ScriptedAgent, api, running_daemon, write_config
+from tests.tui.helpers import notices, select, table, wait_for
+
+SPEC = {
+    "name": "tui-test",
+    "command": ["train.py"],
+    "workdir": "/tmp",
+    "resources": {"nodes": 1, "gpus_per_node": 2, "time_limit": "10m"},
+    "hold": True,
+}
+
+
+async def test_dctop_on_a_real_daemon(tmp_path: Path, mosquitto: Broker) -> None:
+    prefix = f"tui-{uuid.uuid4().hex[:8]}"
+    conf = write_config(tmp_path, mosquitto, prefix)
+    async with (
+        running_daemon(conf) as d,
+        ScriptedAgent(mosquitto, prefix, "n1", gpus=2),
+        ScriptedAgent(mosquitto, prefix, "n2", gpus=2),
+    ):
+        client = Client(d.config.daemon.socket)
+        job_id = str(await api(client, "submit", SPEC))
+        app = DctopApp(client, interval=0.2)
+        async with app.run_test(size=(140, 40)) as pilot:
+            cluster = table(app, "cluster")
+            await wait_for(pilot, lambda: set(cluster._cells) == {"n1", "n2"}, what="nodes")
+            await wait_for(pilot, lambda: app.snapshot and len(app.snapshot.gpus) == 4)
+            # the agents report 50 % on every GPU: the map shows it
+            await wait_for(pilot, lambda: "○50" in cluster._cells["n1"][2].text, what="util")
+
+            # release the held job from the Jobs view; the daemon starts it
+            await pilot.press("3")
+            jobs = table(app, "jobs")
+            await wait_for(pilot, lambda: job_id in jobs._cells, what="the job")
+            await select(pilot, app, "jobs", job_id)
+            await pilot.press("r")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("y")
+            await wait_for(pilot, lambda: jobs._cells[job_id][4].text != "HELD", what="release")
+
+            await pilot.press("enter")
+            assert isinstance(app.screen, JobDetailScreen)
+            screen = app.screen
+            await wait_for(pilot, lambda: screen.detail is not None, what="job detail")
+            await pilot.press("c")
+            await pilot.press("y")
+            await wait_for(
+                pilot,
+                lambda: d.store is not None and any("cancel sent" in n for n in notices(app)),
+                what="cancel",
+            )
+            await pilot.press("escape")
+
+            # drain n2 from the cluster view (an admin: root, or a permission message)
+            await pilot.press("1")
+            await select(pilot, app, "cluster", "n2")
+            await pilot.press("d")
+            assert isinstance(app.screen, DrainScreen)
+            await pilot.press(*"maintenance", "enter")
+            if os.getuid() == 0:
+                await wait_for(
+                    pilot, lambda: "drained" in cluster._cells["n2"][1].text, what="drained"
+                )
+                assert "maintenance" in cluster._cells["n2"][1].text
+                await pilot.press("u", "y")
+                await wait_for(pilot, lambda: cluster._cells["n2"][1].text == "up", what="resume")
+            else:
+                await wait_for(
+                    pilot, lambda: any("permission" in n for n in notices(app)), what="refusal"
+                )
+        job = await api(client, "job", int(job_id))
+        assert job["state"] in ("CANCELLED", "COMPLETING", "PENDING", "STARTING")
