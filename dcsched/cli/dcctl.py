@@ -280,23 +280,31 @@ def _node_action(c: Client, a: argparse.Namespace, action: str) -> int:
     return 0
 
 
+def _wait_for_start(c: Client, job_id: str) -> None:
+    """With -f, a job that has not started yet is waited for, like `tail -F`."""
+    while not c.job(job_id).get("node_parts"):
+        time.sleep(1.0)
+
+
 def cmd_logs(c: Client, a: argparse.Namespace) -> int:
+    if a.follow:
+        _wait_for_start(c, a.job)
     chunk = c.logs(a.job, node=a.node, offset=-1, max_bytes=a.bytes)
     sys.stdout.write(chunk["data"])
     sys.stdout.flush()
     offset = chunk["size"]
+    step = 1024 * 1024
     while a.follow:
-        if chunk.get("done"):
-            # The job ended: print what was written after our last read, then stop.
-            chunk = c.logs(a.job, node=a.node, offset=offset, max_bytes=1024 * 1024)
-            sys.stdout.write(chunk["data"])
-            return 0
-        time.sleep(1.0)
-        chunk = c.logs(a.job, node=a.node, offset=offset, max_bytes=1024 * 1024)
+        done = chunk.get("done")
+        if not done:
+            time.sleep(1.0)
+        chunk = c.logs(a.job, node=a.node, offset=offset, max_bytes=step)
         if chunk["data"]:
             sys.stdout.write(chunk["data"])
             sys.stdout.flush()
-        offset = chunk["offset"] + len(chunk["data"].encode())
+        offset = min(chunk["size"], chunk["offset"] + step)
+        if done and offset >= chunk["size"]:
+            return 0  # the job ended and everything it wrote has been printed
     return 0
 
 

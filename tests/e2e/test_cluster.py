@@ -196,9 +196,28 @@ def test_two_nodes_all_reduce_their_ranks(cluster: Cluster) -> None:
             "allreduce", [str(ROOT / "examples" / "allreduce.py"), str(out)], nodes=2, gpus=2
         ),
     )
+    follow = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dcsched.cli.dcctl",
+            "--socket",
+            cluster.socket,
+            "logs",
+            "-f",
+            str(job_id),
+            "--node",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     job = cluster.wait(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"})
     assert job["state"] == "COMPLETED", job
     assert job["exit_code"] == 0
+    followed, _ = follow.communicate(timeout=30)  # -f ends by itself when the job has ended
+    assert follow.returncode == 0
+    assert followed.count("all_reduce sum = 6") == 2, followed  # node 1's two workers
     assert sorted(p["host"] for p in job["node_parts"]) == ["node1", "node2"]
     assert out.read_text().strip() == "6"
     # The log comes from the agents over the bus, not from a shared filesystem.
