@@ -408,6 +408,7 @@ class Agent:
                         node_rank=cmd.node_rank,
                         ts=time.time(),
                         reason="launch_failed",
+                        launch_id=cmd.cmd_id,
                     )
                 )
                 return result
@@ -428,6 +429,7 @@ class Agent:
                     pid=rec.child_pid,
                     ts=rec.started_ts,
                     log_path=rec.log_path,
+                    launch_id=rec.cmd_ids[0] if rec.cmd_ids else "",
                 )
             )
             self._status_dirty.set()
@@ -506,6 +508,7 @@ class Agent:
             exit_code=status.exit_code,
             signal=sig,
             reason=reason,
+            launch_id=rec.cmd_ids[0] if rec.cmd_ids else "",
         )
         log.info(
             "job %s node %d exited: code %s, signal %s %s",

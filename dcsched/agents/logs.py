@@ -32,6 +32,19 @@ def read_chunk(host: str, cmd: FetchLog, path: str) -> LogChunk:
     except OSError as exc:
         base.error = f"cannot read {path}: {exc.strerror}"
         return base
-    base.offset, base.size = start, size
+    if len(data) == want and want:
+        data = _whole_characters(data)  # the rest of a split character comes next time
+    base.offset, base.size, base.next_offset = start, size, start + len(data)
     base.data = data.decode("utf-8", errors="replace")
     return base
+
+
+def _whole_characters(data: bytes) -> bytes:
+    """Drops a UTF-8 sequence cut off at the end (at most 3 bytes)."""
+    for back in range(1, min(4, len(data)) + 1):
+        lead = data[-back]
+        if lead & 0xC0 == 0x80:
+            continue  # a continuation byte: look further back for the lead byte
+        need = 4 if lead >= 0xF0 else 3 if lead >= 0xE0 else 2 if lead >= 0xC0 else 1
+        return data if back >= need else data[:-back]
+    return data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,10 +25,12 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
 
 
 def client_from(args: argparse.Namespace) -> Client:
-    cfg = None
-    if not args.socket:
-        cfg = load_config(args.config, missing_ok=args.config is None)
-    return Client(socket_path(args.socket, cfg))
+    """--socket, else $DCSCHED_SOCKET, else the config's socket; the config is read only
+    when needed, and a config file named explicitly must exist."""
+    if args.socket or os.environ.get("DCSCHED_SOCKET"):
+        return Client(socket_path(args.socket, None))
+    named = args.config or os.environ.get("DCSCHED_CONFIG")
+    return Client(socket_path(None, load_config(args.config, missing_ok=not named)))
 
 
 def run_cli(prog: str, fn: Callable[[], int]) -> int:

@@ -19,14 +19,14 @@ from dcsched.cli.common import (
 )
 from dcsched.client import ApiError, Client
 
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+
 
 def _exit(job: dict[str, Any]) -> str:
+    """Slurm's EXITCODE:SIGNAL."""
     if job.get("exit_code") is None and job.get("signal") is None:
         return ""
-    return (
-        f"{job.get('exit_code') if job.get('exit_code') is not None else '-'}:"
-        f"{job.get('signal') or 0}"
-    )
+    return f"{job.get('exit_code') or 0}:{job.get('signal') or 0}"
 
 
 def _where(job: dict[str, Any]) -> str:
@@ -140,17 +140,20 @@ def cmd_show(c: Client, a: argparse.Namespace) -> int:
 
 def _job_actions(c: Client, a: argparse.Namespace, action: str) -> int:
     rc = 0
+    done = []
     for job_id in a.jobs:
         try:
             job = c.job_action(job_id, action)
         except ApiError as exc:
-            print(f"dcctl: job {job_id}: {exc.message}", file=sys.stderr)
+            msg = exc.message if f"job {job_id} " in exc.message else f"job {job_id}: {exc.message}"
+            print(f"dcctl: {msg}", file=sys.stderr)
             rc = 1
             continue
-        if a.json:
-            print_json(job)
-        else:
+        done.append(job)
+        if not a.json:
             print(f"job {job_id}: {job['state']}")
+    if a.json:
+        print_json({"jobs": done})
     return rc
 
 
@@ -280,15 +283,22 @@ def _node_action(c: Client, a: argparse.Namespace, action: str) -> int:
     return 0
 
 
-def _wait_for_start(c: Client, job_id: str) -> None:
-    """With -f, a job that has not started yet is waited for, like `tail -F`."""
-    while not c.job(job_id).get("node_parts"):
+def _wait_for_start(c: Client, job_id: str) -> bool:
+    """With -f, a job that has not started yet is waited for, like `tail -F`; False when
+    it ended without ever starting."""
+    while True:
+        job = c.job(job_id)
+        if job.get("node_parts"):
+            return True
+        if job["state"] in ENDED:
+            print(f"dcctl: job {job_id} ended ({job['state']}) without starting", file=sys.stderr)
+            return False
         time.sleep(1.0)
 
 
 def cmd_logs(c: Client, a: argparse.Namespace) -> int:
-    if a.follow:
-        _wait_for_start(c, a.job)
+    if a.follow and not _wait_for_start(c, a.job):
+        return 1
     chunk = c.logs(a.job, node=a.node, offset=-1, max_bytes=a.bytes)
     sys.stdout.write(chunk["data"])
     sys.stdout.flush()
@@ -302,7 +312,7 @@ def cmd_logs(c: Client, a: argparse.Namespace) -> int:
         if chunk["data"]:
             sys.stdout.write(chunk["data"])
             sys.stdout.flush()
-        offset = min(chunk["size"], chunk["offset"] + step)
+        offset = chunk["next_offset"]
         if done and offset >= chunk["size"]:
             return 0  # the job ended and everything it wrote has been printed
     return 0

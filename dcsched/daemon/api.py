@@ -25,7 +25,7 @@ from dcsched.daemon.errors import (
 )
 from dcsched.daemon.jobs import Caller
 from dcsched.daemon.peercred import peer_uid, user_name
-from dcsched.daemon.states import ACTIVE, QUEUED, JobState
+from dcsched.daemon.states import ACTIVE, QUEUED, JobState, TransitionError
 from dcsched.daemon.store import Job, JobNode
 from dcsched.protocol.jobspec import JobSpecError, validate_spec
 from dcsched.scheduler import explain, fairshare_report
@@ -49,6 +49,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except DaemonError as exc:
         return _error(exc.http_status, exc.code, exc.message, **exc.details)
+    except TransitionError as exc:  # another request changed the job first
+        return _error(409, "conflict", f"{exc}; it changed meanwhile, look again")
     except web.HTTPException as exc:
         if exc.status >= 400:
             return _error(exc.status, "http_" + str(exc.status), exc.reason)
@@ -75,13 +77,18 @@ async def _json_body(request: web.Request) -> Any:
         raise InvalidRequest(f"the request body is not JSON: {exc}") from None
 
 
-def _job_id(request: web.Request) -> int:
+def _int_arg(text: str, what: str) -> int:
     try:
-        return int(request.match_info["job_id"])
+        n = int(text)
     except ValueError:
-        raise InvalidRequest(
-            f"{request.match_info['job_id']!r} is not a job id (a number)"
-        ) from None
+        n = -1
+    if not 0 <= n < 2**63:
+        raise InvalidRequest(f"{text!r} is not a valid {what}")
+    return n
+
+
+def _job_id(request: web.Request) -> int:
+    return _int_arg(request.match_info["job_id"], "job id (a number)")
 
 
 def job_view(d: Daemon, job: Job, parts: list[JobNode] | None = None) -> dict[str, Any]:
@@ -166,7 +173,8 @@ class Api:
                 )
         elif q.get("all") not in ("1", "true"):
             states = sorted(QUEUED | ACTIVE)
-        limit = int(q.get("limit", "1000")) if q.get("limit", "1000").isdigit() else 1000
+        # Waiting and running jobs are all listed; finished ones only up to a limit.
+        limit = _int_arg(q["limit"], "limit") if "limit" in q else (None if states else 1000)
         jobs = await self.d.store.jobs(states, user=q.get("user") or None, limit=limit)
         parts: dict[int, list[JobNode]] = {}
         for p in await self.d.store.job_nodes(states=("launching", "running")):
@@ -198,7 +206,7 @@ class Api:
     async def explain(self, request: web.Request) -> web.Response:
         job = await self.d.jobs.get(_job_id(request))
         now = time.time()
-        snap, _, _ = await self.d.scheduling.snapshot(now)
+        snap, _, _ = await self.d.scheduling.snapshot(now, accrue=False)
         try:
             why = explain(snap, now, str(job.id))
         except KeyError:
@@ -212,7 +220,7 @@ class Api:
 
     async def fairshare(self, request: web.Request) -> web.Response:
         now = time.time()
-        snap, _, _ = await self.d.scheduling.snapshot(now)
+        snap, _, _ = await self.d.scheduling.snapshot(now, accrue=False)
         seen = {(j.account, j.user) for j in snap.pending}
         seen |= {(j.account, j.user) for j in snap.running}
         report = fairshare_report(snap.config, snap.usage, now, seen)
@@ -247,6 +255,9 @@ class Api:
                 "node": rank,
                 "host": part.host,
                 "offset": chunk.offset,
+                "next_offset": chunk.next_offset
+                if chunk.next_offset >= 0
+                else chunk.offset + len(chunk.data.encode()),
                 "size": chunk.size,
                 "data": chunk.data,
                 "done": job.state not in QUEUED | ACTIVE,

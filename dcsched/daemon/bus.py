@@ -37,8 +37,10 @@ class Bus:
         self.status = status_codec()
         self.events = event_codec()
         self.connected = asyncio.Event()
+        self.connected_at = time.monotonic()  # of the last (re)connection
         self.reconnects = 0
         self._client: aiomqtt.Client | None = None
+        self._password = cfg.password()  # read once: a bad file is a start-up error
 
     def codecs(self) -> dict[str, Any]:
         return {"telemetry": self.telemetry, "status": self.status, "events": self.events}
@@ -66,12 +68,13 @@ class Bus:
                     identifier=self.client_id,
                     clean_session=False,
                     username=self.cfg.username or None,
-                    password=self.cfg.password(),
+                    password=self._password,
                     keepalive=self.cfg.keepalive_s,
                 ) as client:
                     self._client = client
                     for kind, qos in (("telemetry", 0), ("status", 1), ("events", 1)):
                         await client.subscribe(self.topics.all_hosts(kind), qos=qos)  # type: ignore[arg-type]
+                    self.connected_at = time.monotonic()
                     self.connected.set()
                     log.info("connected to broker %s:%d", host, port)
                     await _until_stopped(self._receive(client), stop)

@@ -50,8 +50,12 @@ async def _wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 async def _spawn(argv: list[str], log: Path) -> asyncio.subprocess.Process:
+    """Starts a child in a session of its own: the terminal's Ctrl-C reaches only the demo,
+    which then stops everything in order (jobs, daemon, agents, broker)."""
     with log.open("wb") as f:  # the child keeps its own copy of the file
-        return await asyncio.create_subprocess_exec(*argv, stdout=f, stderr=subprocess.STDOUT)
+        return await asyncio.create_subprocess_exec(
+            *argv, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 async def _stop(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> None:
@@ -127,8 +131,10 @@ async def run_demo(agents: int, gpus: int, folder: str | None, broker_kind: str)
         daemon_conf, agent_confs = _write_configs(d, port, agents, gpus)
         daemon = await Daemon.open(load_config(str(daemon_conf)))
         loop = asyncio.get_running_loop()
+        quit_demo = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, daemon.stop.set)
+            # Ctrl-C first cancels the jobs, while the daemon still hears their exits.
+            loop.add_signal_handler(sig, quit_demo.set)
         procs = [
             await _spawn(
                 [sys.executable, "-m", "dcsched.agents.main", "run", "--config", str(conf)],
@@ -157,7 +163,7 @@ Ctrl-C stops the demo (running jobs are cancelled first).
             flush=True,
         )
         try:
-            await daemon.stop.wait()
+            await quit_demo.wait()
         finally:
             await _cancel_all(daemon)
             daemon.stop.set()
@@ -170,7 +176,6 @@ Ctrl-C stops the demo (running jobs are cancelled first).
 async def _cancel_all(daemon: Daemon, timeout: float = 15.0) -> None:
     """Jobs must not outlive the demo: cancel them and wait for their nodes to report."""
     root = Caller(os.getuid(), "demo", admin=True)
-    daemon.stop.clear()
     active = await daemon.store.jobs(ACTIVE)
     for job in active:
         await daemon.jobs.cancel(job.id, root)

@@ -15,6 +15,7 @@ from dcsched.daemon.commands import CommandSender, command_row, new_cmd_id
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState
 from dcsched.daemon.store import Job, JobNode, Store, StoreError
 from dcsched.daemon.usage import UsageTracker
+from dcsched.protocol.jobspec import parse_dependencies
 from dcsched.protocol.messages import Launch
 from dcsched.scheduler import (
     Decisions,
@@ -23,6 +24,7 @@ from dcsched.scheduler import (
     RunningJob,
     SchedulerConfig,
     Snapshot,
+    decay,
     decide,
 )
 
@@ -31,15 +33,6 @@ log = logging.getLogger("dcsched.scheduling")
 
 async def _no_preemption(job_id: int) -> None:
     log.warning("job %d should be preempted, but no job manager is attached", job_id)
-
-
-def dependencies(specs: list[str]) -> tuple[tuple[str, str], ...]:
-    """("afterok:12:13", ...) as the scheduler reads them: ((kind, job id), ...)."""
-    out = []
-    for spec in specs:
-        kind, *ids = spec.split(":")
-        out += [(kind, i) for i in ids]
-    return tuple(out)
 
 
 @dataclass(slots=True)
@@ -83,7 +76,11 @@ class SchedulingLoop:
             except Exception:
                 log.exception("scheduling pass failed; the next one retries")
 
-    async def snapshot(self, now: float) -> tuple[Snapshot, dict[int, Job], list[Job]]:
+    async def snapshot(
+        self, now: float, accrue: bool = True
+    ) -> tuple[Snapshot, dict[int, Job], list[Job]]:
+        """What decide() sees. Only the scheduling pass accrues fair-share usage; readers
+        (explain, fairshare) see it decayed to now without charging anything twice."""
         queued = await self.store.jobs(QUEUED)
         active = await self.store.jobs(ACTIVE)
         parts_by_job: dict[int, list[JobNode]] = {}
@@ -110,6 +107,13 @@ class SchedulingLoop:
                     terminating=job.state == JobState.COMPLETING,
                 )
             )
+        # GPUs that an agent reports in use by a job this daemon does not run there (an
+        # orphan being stopped) are not free either.
+        live = {(p.host, str(p.job_id)) for ps in parts_by_job.values() for p in ps}
+        for host, ht in self.cluster.ingest.hosts.items():
+            for jp in ht.latest.jobs:
+                if (host, jp.job_id) not in live:
+                    busy.setdefault(host, set()).update(jp.gpus)
         nodes = []
         for node in self.cluster.nodes.values():
             gpus = tuple(g.index for g in node.status.gpus)
@@ -136,7 +140,7 @@ class SchedulingLoop:
                 gpu_type=j.gpu_type,
                 nice=j.nice,
                 held=j.state == JobState.HELD,
-                depends=dependencies(j.spec.get("dependency", [])),
+                depends=parse_dependencies(j.spec.get("dependency", [])),
                 preemptible=bool(j.spec.get("preemptible")),
             )
             for j in sorted(queued, key=lambda j: j.id)
@@ -145,7 +149,11 @@ class SchedulingLoop:
         finished = {
             str(k): v for k, v in (await self.store.job_states(wanted)).items() if v in TERMINAL
         }
-        usage = await self.usage.accrue(tuple(running), now)
+        usage = (
+            await self.usage.accrue(tuple(running), now)
+            if accrue
+            else decay(self.usage.usage, now, self.config.half_life_s)
+        )
         snap = Snapshot(
             nodes=tuple(nodes),
             pending=pending,
@@ -177,11 +185,14 @@ class SchedulingLoop:
                 break
             used_ports.add(port)
             await self._start(job, start.allocation, port)
+        changed = []
         for job_id, info in decisions.pending.items():
             waiting = queued.get(int(job_id))
             reason = info.reasons[0] if info.reasons else ""
             if waiting is not None and waiting.reason != reason:
-                await self.store.update_job(waiting.id, reason=reason)
+                changed.append((waiting.id, reason))
+        if changed:
+            await self.store.update_reasons(changed)
         return decisions
 
     async def _start(
@@ -191,6 +202,7 @@ class SchedulingLoop:
         master = first.status.addr or first.host
         spec = job.spec
         rows = []
+        parts: list[tuple[str, list[int], str]] = []
         for rank, (host, gpus) in enumerate(allocation):
             launch = Launch(
                 cmd_id=new_cmd_id(),
@@ -208,10 +220,9 @@ class SchedulingLoop:
                 python=spec["torchrun"].get("python"),
             )
             rows.append(command_row(host, launch))
+            parts.append((host, list(gpus), launch.cmd_id))
         try:
-            await self.store.start_job(
-                job.id, [(h, list(g)) for h, g in allocation], master, port, time.time(), rows
-            )
+            await self.store.start_job(job.id, parts, master, port, time.time(), rows)
         except StoreError as exc:
             log.info("job %d not started: %s", job.id, exc)
             return

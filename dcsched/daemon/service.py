@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,11 @@ class Daemon:
         self.ready = asyncio.Event()
         self.ingest = Ingest()
         self.cluster = Cluster(self.ingest, dc.node_timeout_s)
-        self.bus = Bus(config.broker, f"dcd-{socket.gethostname()}", self.ingest.handle)
+        # One persistent MQTT session per daemon and topic prefix.
+        client_id = (
+            f"dcd-{socket.gethostname()}-{zlib.crc32(config.broker.topic_prefix.encode()):08x}"
+        )
+        self.bus = Bus(config.broker, client_id, self.ingest.handle)
         self.sender = CommandSender(
             store, self.bus, load_key(config.cluster.key_file or None), dc.command_retry_s
         )
@@ -58,6 +63,7 @@ class Daemon:
         self.jobs = JobManager(
             store,
             self.sender,
+            self.bus,
             self.cluster,
             self.ingest,
             sched,
@@ -114,6 +120,8 @@ class Daemon:
         path = self.config.daemon.socket
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         if os.path.exists(path):
+            if _answers(path):
+                raise ConfigError(f"another dcd is serving on {path}; stop it first")
             os.unlink(path)  # a stale socket from a crashed run
         runner = web.AppRunner(self.api.app, access_log=None)
         await runner.setup()
@@ -166,6 +174,7 @@ class Daemon:
                     log.info("node %s is %s", msg.host, msg.state)
                     self.scheduling.wake.set()
                     self.sender.wake.set()
+                await self.jobs.reconcile(msg.host, msg.running_jobs)
             case Ack():
                 await self.jobs.on_ack(msg)
             case JobStarted():
@@ -330,3 +339,12 @@ class Daemon:
                 "dropped": {k: dict(c.dropped) for k, c in self.bus.codecs().items()},
             },
         }
+
+
+def _answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True

@@ -70,6 +70,7 @@ class JobNode:
     log_path: str
     started_ts: float | None
     exited_ts: float | None
+    launch_id: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,10 +156,11 @@ class Store:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
                 raise
-            await self._db.execute("COMMIT")
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         async with self._db.execute(sql, args) as cur:
@@ -219,7 +221,7 @@ class Store:
         return _job(rows[0])
 
     async def jobs(
-        self, states: Iterable[str] | None = None, user: str | None = None, limit: int = 10_000
+        self, states: Iterable[str] | None = None, user: str | None = None, limit: int | None = None
     ) -> list[Job]:
         sql, args = "SELECT * FROM jobs WHERE 1=1", list[Any]()
         if states is not None:
@@ -229,8 +231,10 @@ class Store:
         if user:
             sql += " AND user = ?"
             args.append(user)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
         return [_job(r) for r in await self._all(sql, args)]
 
     async def job_nodes(
@@ -285,18 +289,20 @@ class Store:
     async def start_job(
         self,
         job_id: int,
-        parts: Sequence[tuple[str, list[int]]],
+        parts: Sequence[tuple[str, list[int], str]],
         master_addr: str,
         master_port: int,
         now: float,
         commands: Sequence[tuple[str, str, str, bytes]],
     ) -> None:
-        """Allocation, STARTING and the launch commands in one transaction."""
+        """Allocation, STARTING and the launch commands in one transaction.
+
+        `parts` are (host, GPUs, launch cmd_id) in node-rank order."""
         async with self._tx() as db:
             job = await self.job(job_id)
             if job.state not in (JobState.PENDING, JobState.REQUEUED):
                 raise StoreError(f"job {job_id} is {job.state}, not startable")
-            hosts = ", ".join(h for h, _ in parts)
+            hosts = ", ".join(p[0] for p in parts)
             await self._set_state(
                 db,
                 job,
@@ -311,19 +317,27 @@ class Store:
             )
             await db.execute("DELETE FROM job_nodes WHERE job_id = ?", (job_id,))
             await db.executemany(
-                "INSERT INTO job_nodes (job_id, node_rank, host, gpus) VALUES (?,?,?,?)",
-                [(job_id, rank, host, json.dumps(gpus)) for rank, (host, gpus) in enumerate(parts)],
+                "INSERT INTO job_nodes (job_id, node_rank, host, gpus, launch_id)"
+                " VALUES (?,?,?,?,?)",
+                [
+                    (job_id, rank, host, json.dumps(gpus), launch_id)
+                    for rank, (host, gpus, launch_id) in enumerate(parts)
+                ],
             )
             await self._add_commands(db, job_id, commands, now)
 
+    # An event names the Launch that began its run; one from an earlier run of a requeued
+    # job matches no row and changes nothing. An event without a launch id matches any run.
+    _THIS_RUN = "(? = '' OR launch_id = '' OR launch_id = ?)"
+
     async def node_started(
-        self, job_id: int, rank: int, pid: int, log_path: str, now: float
+        self, job_id: int, rank: int, launch_id: str, pid: int, log_path: str, now: float
     ) -> None:
         async with self._tx() as db:
             await db.execute(
                 "UPDATE job_nodes SET state = 'running', pid = ?, log_path = ?, started_ts = ?"
-                " WHERE job_id = ? AND node_rank = ? AND state = 'launching'",
-                (pid, log_path, now, job_id, rank),
+                f" WHERE job_id = ? AND node_rank = ? AND state = 'launching' AND {self._THIS_RUN}",
+                (pid, log_path, now, job_id, rank, launch_id, launch_id),
             )
 
     async def node_exited(
@@ -334,15 +348,24 @@ class Store:
         signal: int | None,
         reason: str,
         now: float,
+        launch_id: str = "",
     ) -> bool:
         """Records one node's end; False when it was already recorded (a repeated event)."""
         async with self._tx() as db:
             cur = await db.execute(
                 "UPDATE job_nodes SET state = 'exited', exit_code = ?, signal = ?, reason = ?,"
-                " exited_ts = ? WHERE job_id = ? AND node_rank = ? AND state != 'exited'",
-                (exit_code, signal, reason, now, job_id, rank),
+                " exited_ts = ? WHERE job_id = ? AND node_rank = ? AND state != 'exited'"
+                f" AND {self._THIS_RUN}",
+                (exit_code, signal, reason, now, job_id, rank, launch_id, launch_id),
             )
             return cur.rowcount > 0
+
+    async def update_reasons(self, reasons: Sequence[tuple[int, str]]) -> None:
+        """The main pending reason of many jobs, in one transaction."""
+        async with self._tx() as db:
+            await db.executemany(
+                "UPDATE jobs SET reason = ? WHERE id = ?", [(r, i) for i, r in reasons]
+            )
 
     # --- commands --------------------------------------------------------------------------
 
@@ -378,14 +401,19 @@ class Store:
                 "UPDATE commands SET attempts = attempts + 1 WHERE cmd_id = ?", (cmd_id,)
             )
 
-    async def ack_command(self, cmd_id: str, ok: bool, error: str, now: float) -> bool:
+    async def ack_command(self, cmd_id: str, ok: bool, error: str, now: float) -> str | None:
+        """Records the first ack of a command; returns its kind, or None for a repeat."""
         async with self._tx() as db:
             cur = await db.execute(
                 "UPDATE commands SET acked_ts = ?, ok = ?, error = ? WHERE cmd_id = ?"
                 " AND acked_ts IS NULL",
                 (now, int(ok), error, cmd_id),
             )
-            return cur.rowcount > 0
+            if cur.rowcount == 0:
+                return None
+            async with db.execute("SELECT kind FROM commands WHERE cmd_id = ?", (cmd_id,)) as c:
+                row = await c.fetchone()
+            return str(row[0]) if row else None
 
     async def drop_commands(self, job_id: int, kind: str, now: float) -> None:
         """Stops retrying a job's unacknowledged commands of one kind (launch after a cancel)."""

@@ -46,7 +46,12 @@ class BrokerConfig(_Section):
     def password(self) -> str | None:
         if not self.password_file:
             return None
-        return Path(self.password_file).read_text().strip()
+        try:
+            return Path(self.password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"[broker] password_file {self.password_file}: {exc.strerror}"
+            ) from None
 
 
 class ClusterConfig(_Section):

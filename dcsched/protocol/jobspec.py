@@ -236,6 +236,15 @@ def validate_spec(raw: Any) -> JobSpec:
     return spec
 
 
+def parse_dependencies(specs: list[str]) -> tuple[tuple[str, str], ...]:
+    """["afterok:12:13", "afterany:14"] as ((kind, job id), ...); the strings are valid."""
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        kind, *ids = spec.split(":")
+        out += [(kind, i) for i in ids]
+    return tuple(out)
+
+
 def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
     out: dict[str, Any] = msgspec.to_builtins(spec)
     return out

@@ -137,6 +137,8 @@ class JobStarted(Message, tag="job_started"):
     pid: int
     ts: float
     log_path: str = ""
+    # cmd_id of the Launch that began this run: tells a requeued job's runs apart
+    launch_id: str = ""
 
 
 class JobExited(Message, tag="job_exited"):
@@ -147,6 +149,7 @@ class JobExited(Message, tag="job_exited"):
     exit_code: int | None = None
     signal: int | None = None
     reason: str = ""  # "", "cancelled", "launch_failed", "lost"
+    launch_id: str = ""
 
 
 class GpuFault(Message, tag="gpu_fault"):
@@ -167,6 +170,8 @@ class LogChunk(Message, tag="log_chunk"):
     size: int  # the file's size when read
     data: str = ""
     error: str = ""
+    # where the next read should start: offset + the bytes `data` was decoded from
+    next_offset: int = -1
 
 
 Event = Ack | JobStarted | JobExited | GpuFault | LogChunk

@@ -13,6 +13,8 @@ import pytest
 
 from dcsched.client import Client
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
 
 @pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
 def test_demo_comes_up_and_stops_on_ctrl_c(tmp_path: Path, broker: str) -> None:
@@ -34,6 +36,7 @@ def test_demo_comes_up_and_stops_on_ctrl_c(tmp_path: Path, broker: str) -> None:
             broker,
         ],
         stdout=subprocess.PIPE,
+        start_new_session=True,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -59,8 +62,20 @@ def test_demo_comes_up_and_stops_on_ctrl_c(tmp_path: Path, broker: str) -> None:
         assert all(n["simulated"] and n["gpus"] == 3 for n in nodes)
         gpus = client.gpus()
         assert len(gpus) == 6 and all(g["util"] is not None for g in gpus)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+        job = client.submit(
+            {
+                "name": "sleeper",
+                "command": ["sleep.py", "600"],
+                "workdir": str(EXAMPLES),
+                "resources": {"gpus_per_node": 1},
+            }
+        )
+        while client.job(job)["state"] != "RUNNING":
+            assert time.monotonic() < deadline + 60
+            time.sleep(0.3)
+        # Ctrl-C in a terminal signals the whole foreground process group.
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 0
         rest = proc.stdout.read()
         assert "dcsched demo stopped" in rest
     finally:
@@ -69,7 +84,7 @@ def test_demo_comes_up_and_stops_on_ctrl_c(tmp_path: Path, broker: str) -> None:
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
-    # Nothing of the demo is left running.
+    # Nothing of the demo is left running: no broker, agent, runner, torchrun or worker.
     out = subprocess.run(
         ["pgrep", "-f", str(tmp_path)], check=False, capture_output=True, text=True
     )

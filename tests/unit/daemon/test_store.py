@@ -47,13 +47,17 @@ async def test_start_is_one_transaction_with_its_commands(tmp_path: Path) -> Non
     s = await Store.open(str(tmp_path / "s.db"))
     job = await s.add_job(**_job())
     cmds = [("c0", "h0", "launch", b"{}"), ("c1", "h1", "launch", b"{}")]
-    await s.start_job(job, [("h0", [0, 1]), ("h1", [0, 1])], "10.0.0.1", 29500, 101.0, cmds)
+    await s.start_job(
+        job, [("h0", [0, 1], "c0"), ("h1", [0, 1], "c1")], "10.0.0.1", 29500, 101.0, cmds
+    )
     got = await s.job(job)
     assert (got.state, got.master_port, got.start_ts) == ("STARTING", 29500, 101.0)
     assert [c.cmd_id for c in await s.unacked_commands()] == ["c0", "c1"]
     # Starting twice fails and changes nothing: the commands are not duplicated.
     with pytest.raises(StoreError):
-        await s.start_job(job, [("h0", [0, 1])], "x", 1, 102.0, [("c2", "h0", "launch", b"{}")])
+        await s.start_job(
+            job, [("h0", [0, 1], "c2")], "x", 1, 102.0, [("c2", "h0", "launch", b"{}")]
+        )
     assert len(await s.unacked_commands()) == 2
     assert await s.ack_command("c0", True, "", 103.0)
     assert not await s.ack_command("c0", True, "", 104.0)  # a repeated ack is ignored
@@ -64,8 +68,10 @@ async def test_start_is_one_transaction_with_its_commands(tmp_path: Path) -> Non
 async def test_node_exit_is_recorded_once(tmp_path: Path) -> None:
     s = await Store.open(str(tmp_path / "s.db"))
     job = await s.add_job(**_job())
-    await s.start_job(job, [("h0", [0])], "a", 1, 1.0, [])
-    assert await s.node_exited(job, 0, 3, None, "exit", 2.0)
+    await s.start_job(job, [("h0", [0], "run-1")], "a", 1, 1.0, [])
+    # An exit from another run of the job (before a requeue) is not this run's.
+    assert not await s.node_exited(job, 0, 1, None, "exit", 1.5, launch_id="run-0")
+    assert await s.node_exited(job, 0, 3, None, "exit", 2.0, launch_id="run-1")
     assert not await s.node_exited(job, 0, 0, None, "exit", 3.0)
     (part,) = await s.job_nodes(job)
     assert (part.state, part.exit_code) == ("exited", 3)
