@@ -41,10 +41,15 @@ class Broker:
         return f"mqtt://{self.host}:{self.port}"
 
 
-def start_mosquitto(workdir: Path, extra_conf: str = "") -> Broker:
+def _binary() -> str:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         pytest.fail("mosquitto is not installed: apt-get install mosquitto")
+    return binary
+
+
+def start_mosquitto(workdir: Path, extra_conf: str = "") -> Broker:
+    binary = _binary()
     port = free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(
@@ -58,6 +63,17 @@ def start_mosquitto(workdir: Path, extra_conf: str = "") -> Broker:
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     wait_port("127.0.0.1", port)
     return Broker("127.0.0.1", port, proc)
+
+
+def restart_mosquitto(broker: Broker, workdir: Path) -> None:
+    """Starts a stopped broker again on the same port with the same config."""
+    with (workdir / "mosquitto.log").open("ab") as log:
+        broker.proc = subprocess.Popen(
+            [_binary(), "-c", str(workdir / "mosquitto.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    wait_port(broker.host, broker.port)
 
 
 @pytest.fixture(scope="session")
