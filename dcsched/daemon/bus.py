@@ -32,7 +32,8 @@ class Bus:
         self.topics = Topics(cfg.topic_prefix)
         self.client_id = client_id
         self.on_telemetry = on_telemetry
-        self.inbox: asyncio.Queue[HostStatus | Event] = asyncio.Queue()
+        # Status and events for the daemon's events task; None tells it to stop.
+        self.inbox: asyncio.Queue[HostStatus | Event | None] = asyncio.Queue()
         self.telemetry = telemetry_codec()
         self.status = status_codec()
         self.events = event_codec()

@@ -108,6 +108,7 @@ class Daemon:
                 log.info("dcd ready: API on %s", self.config.daemon.socket)
                 await self.stop.wait()
                 notify("STOPPING=1")
+                self.bus.inbox.put_nowait(None)  # ends the events task after what is queued
         finally:
             for r in runners:
                 await r.cleanup()
@@ -141,16 +142,7 @@ class Daemon:
 
     async def _events(self) -> None:
         """Status and agent events, one at a time, in arrival order."""
-        inbox = self.bus.inbox
-        while not self.stop.is_set():
-            get = asyncio.ensure_future(inbox.get())
-            stop = asyncio.ensure_future(self.stop.wait())
-            await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if not get.done():
-                get.cancel()
-                break
-            msg = get.result()
+        while (msg := await self.bus.inbox.get()) is not None:
             try:
                 await self._handle(msg)
             except Exception:

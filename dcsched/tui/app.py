@@ -7,6 +7,7 @@ the network), posts each result as a message, and applies it to the visible view
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from collections.abc import Callable
@@ -124,6 +125,7 @@ class DctopApp(App[None]):
         clock: Callable[[], float] = time.time,
         theme: str = "textual-dark",
         target: str = "",
+        tune_gc: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
@@ -135,6 +137,7 @@ class DctopApp(App[None]):
         self.polls = 0
         self._polling = False
         self._wanted_theme = theme
+        self._tune_gc = tune_gc
         self.sub_title = target + ("  [read-only]" if readonly else "")
 
     # ------------------------------------------------------------ layout
@@ -208,6 +211,14 @@ class DctopApp(App[None]):
             snap = replace(snap, fairshare=prev.fairshare, fairshare_error=prev.fairshare_error)
         self.snapshot = snap
         self.polls += 1
+        if self.polls == 1 and self._tune_gc:
+            # A refresh at 1,000 GPUs allocates ~10^5 short-lived containers (rich
+            # segments, cells) that refcounting frees anyway; with the default thresholds
+            # the cyclic collector runs full passes over the whole widget tree mid-refresh
+            # (p90 twice the median, bench/tui.py). What exists now lives for the run.
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(50_000, 50, 1000)
         self.query_one("#banner", Banner).display = False
         self.query_one("#summary", Summary).show(summary(snap.cluster))
         self.current_view.refresh_from(snap)

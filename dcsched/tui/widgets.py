@@ -36,6 +36,9 @@ class LiveTable(DataTable[Text]):
         Binding("S", "reverse_sort", "Reverse", show=False, id="table.reverse"),
     ]
 
+    _batching = False  # class defaults: DataTable.__init__ already refreshes
+    _batched = False
+
     class Synced(Message):
         """Posted after each refresh applied (the benchmark waits for it)."""
 
