@@ -16,7 +16,7 @@ import msgspec
 MAX_TIME_LIMIT_S = 30 * 24 * 3600
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DEPENDENCY = re.compile(r"^(afterok|afterany|afternotok):\d+(:\d+)*$")
+_DEPENDENCY = re.compile(r"^(afterok|afterany|afternotok)(:\d{1,18})+$")
 
 
 class Resources(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
