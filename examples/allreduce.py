@@ -14,7 +14,9 @@ def main() -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if backend == "nccl" else "cpu"
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if backend == "nccl" else "cpu"
+    )
     t = torch.tensor([float(rank)], device=device)
     dist.all_reduce(t)
     total = int(t.item())
