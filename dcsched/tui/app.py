@@ -442,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         interval=args.interval,
         theme=f"textual-{args.theme}",
         target=str(Path(path)),
+        tune_gc=True,
     )
     app.run()
     return 0

@@ -344,22 +344,58 @@ def gpu_key(g: JSON) -> str:
     return f"{g.get('host')}/{g.get('index')}"
 
 
+_GPU_STATIC: dict[tuple[Any, ...], tuple[Cell, ...]] = {}
+
+
+def _gpu_static(g: JSON) -> tuple[Cell, ...]:
+    """The cells of a GPU that rarely change (host, index, model, job, user, health),
+    memoised: at 1,000 GPUs a refresh then builds only the four that move."""
+    raw = (
+        g.get("host", ""),
+        g.get("index"),
+        g.get("model"),
+        g.get("job_id"),
+        g.get("user"),
+        g.get("health"),
+    )
+    cells = _GPU_STATIC.get(raw)
+    if cells is None:
+        if len(_GPU_STATIC) > 50_000:
+            _GPU_STATIC.clear()
+        host, index, model, job, user, health = raw
+        h = str(health or "unknown")
+        cells = _GPU_STATIC[raw] = (
+            c(host),
+            c("" if index is None else index, key=index),
+            c(model or "N/A"),
+            c("" if job is None else job, key=job),
+            c(user or "", key=user),
+            Cell(h, "" if h == "ok" else "red1", h),
+        )
+    return cells
+
+
 def gpu_rows(gpus: Iterable[JSON]) -> Rows:
     rows: Rows = {}
     for g in gpus:
-        mem_used, mem_total = g.get("mem_used"), g.get("mem_total")
-        health = str(g.get("health") or "unknown")
-        rows[gpu_key(g)] = (
-            c(g.get("host", "")),
-            c(g.get("index", ""), key=g.get("index")),
-            c(g.get("model") or "N/A"),
-            Cell(pct(g.get("util")), util_style(g.get("util")), _num(g.get("util"))),
-            Cell(memory(mem_used, mem_total), "", _num(mem_used)),
-            Cell(celsius(g.get("temp_c")), "", _num(g.get("temp_c"))),
-            Cell(watts(g.get("power_w")), "", _num(g.get("power_w"))),
-            c("" if g.get("job_id") is None else g["job_id"], key=g.get("job_id")),
-            c(g.get("user") or "", key=g.get("user")),
-            Cell(health, "" if health == "ok" else "red1", health),
+        host, index, model, job, user, health = _gpu_static(g)
+        util, mem_used, temp, power = (
+            g.get("util"),
+            g.get("mem_used"),
+            g.get("temp_c"),
+            g.get("power_w"),
+        )
+        rows[f"{g.get('host')}/{g.get('index')}"] = (
+            host,
+            index,
+            model,
+            Cell(pct(util), util_style(util), _num(util)),
+            Cell(memory(mem_used, g.get("mem_total")), "", _num(mem_used)),
+            Cell(celsius(temp), "", _num(temp)),
+            Cell(watts(power), "", _num(power)),
+            job,
+            user,
+            health,
         )
     return rows
 
@@ -536,24 +572,22 @@ def _f(v: Any, fmt: str) -> str:
 
 
 def fairshare_rows(payload: JSON) -> Rows:
-    """Accounts, each followed by its users (indented), in the daemon's order."""
+    """Accounts, each followed by its users (indented), as `dcctl fairshare` lists them.
+    A row with an empty user is the account's own."""
     rows: Rows = {}
     accounts: dict[str, list[JSON]] = {}
     for r in payload.get("rows") or []:
         accounts.setdefault(str(r.get("account")), []).append(r)
     for account in sorted(accounts):
-        group = sorted(
-            accounts[account], key=lambda r: (r.get("user") is not None, r.get("user") or "")
-        )
+        group = sorted(accounts[account], key=lambda r: (bool(r.get("user")), r.get("user") or ""))
         for r in group:
-            user = r.get("user")
-            label = account if user is None else f"  └ {user}"
-            factor = _num(r.get("factor"))
+            user = r.get("user") or ""
+            label = f"  └ {user}" if user else account
+            factor = _num(r.get("fairshare"))
             bar = "█" * round((factor or 0.0) * 10)
-            style = "bold" if user is None else ""
-            rows[f"{account}/{user or ''}"] = (
-                Cell(label, style, f"{account}/{user or ''}"),
-                c(_f(r.get("shares"), ".0f"), key=_num(r.get("shares"))),
+            rows[f"{account}/{user}"] = (
+                Cell(label, "" if user else "bold", f"{account}/{user}"),
+                c(_f(r.get("raw_shares"), "g"), key=_num(r.get("raw_shares"))),
                 c(_f(r.get("norm_shares"), ".3f"), key=_num(r.get("norm_shares"))),
                 c(_f(r.get("raw_usage"), ",.0f"), key=_num(r.get("raw_usage"))),
                 c(_f(r.get("effective_usage"), ".3f"), key=_num(r.get("effective_usage"))),

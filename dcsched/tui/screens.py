@@ -448,27 +448,28 @@ HELP = """\
 [b]dctop[/b]: the cluster live, and the queue you can act on.
 
 [b]Views[/b]
-  1 Cluster   one row per node, one cell per GPU: ● allocated ○ free, colour = util
-  2 GPUs      every GPU; s / click a header sorts, / filters (host= model= job= user=)
-  3 Jobs      running and pending jobs; IDLE GPUs flags a running job that does nothing
-  4 Fair-share accounts and users: shares, usage, factor
-  5 History   finished jobs
-  :           command line: cluster, gpus, jobs, fairshare, history, job ID, node HOST,
-              theme dark|light, help, quit
+  1  Cluster     a row per node, a cell per GPU: ● allocated ○ free, colour = util
+  2  GPUs        every GPU; s or a header click sorts, S reverses; / filters
+                 (text, or host= model= job= user= state=), escape clears
+  3  Jobs        running and pending jobs; IDLE GPUs: a running job doing nothing
+  4  Fair-share  accounts and users: shares, usage, factor
+  5  History     finished jobs
+  :              command line: cluster gpus jobs fairshare history,
+                 job ID, node HOST, theme dark|light, help, quit
 
 [b]Details[/b]
-  enter       open the selected node or job (GPUs view: j opens the GPU's job)
-  escape      back
+  enter          the selected node or job (GPUs view: j opens the GPU's job)
+  escape         back
 
-[b]Actions[/b] (each asks first; off with --readonly)
-  c / h / r   cancel, hold, release the selected job
-  d / u       drain, resume the selected node
+[b]Actions[/b] (each asks first; all off with --readonly)
+  c / h / r      cancel, hold, release the selected job
+  d / u          drain, resume the selected node
 
 [b]Elsewhere[/b]
-  t           light / dark theme
-  ctrl+p      command palette
-  ?           this help
-  q           quit
+  t              light / dark theme
+  ctrl+p         command palette (views, jobs, nodes, theme)
+  ?              this help
+  q              quit
 """
 
 

@@ -4,28 +4,68 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Self
+from typing import Any, Self
 
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
 from textual.geometry import Region
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import CellKey, ColumnKey, RowDoesNotExist, RowKey
 
 from dcsched.tui.data import Cell, Column, Rows, sort_key
 
-
-def render_cell(cell: Cell) -> Text:
-    if cell.runs:
-        t = Text()
-        for text, style in cell.runs:
-            t.append(text, style)
-        return t
-    return Text(cell.text, style=cell.style)
+_STYLES: dict[str, Style] = {}
 
 
-class LiveTable(DataTable[Text]):
+def _style(name: str) -> Style:
+    style = _STYLES.get(name)
+    if style is None:
+        style = _STYLES[name] = Style.parse(name) if name else Style.null()
+    return style
+
+
+class FastCell:
+    """A one-line table cell that renders straight to segments: a DataTable re-renders
+    every visible cell after any update, and going through rich Text's wrapping and
+    justification for a few characters was most of a refresh at 1,000 GPUs."""
+
+    __slots__ = ("parts", "text")
+
+    def __init__(self, cell: Cell) -> None:
+        self.text = cell.text
+        runs = cell.runs or ((cell.text, cell.style),)
+        self.parts = [(text, _style(style)) for text, style in runs]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        used = 0
+        for text, style in self.parts:
+            if used >= width:
+                break
+            piece = text[: width - used]
+            used += len(piece)
+            yield Segment(piece, style)
+        if used < width:
+            yield Segment(" " * (width - used))
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(len(self.text), len(self.text))
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def render_cell(cell: Cell) -> FastCell:
+    return FastCell(cell)
+
+
+class LiveTable(DataTable[FastCell]):
     """A table fed whole keyed row sets every tick, applied as a diff: update_cell for the
     cells that changed, add_row / remove_row for rows that came or went, never clear().
     The selected row (by key) and the scroll position survive every refresh; a header
@@ -45,7 +85,9 @@ class LiveTable(DataTable[Text]):
     def __init__(self, columns: Sequence[Column], *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self.spec = list(columns)
-        self._cells: dict[str, tuple[Cell, ...]] = {}
+        self._cells: dict[str, tuple[Cell, ...]] = {}  # the latest rows
+        self._shown: dict[str, tuple[Cell, ...]] = {}  # what the table holds
+        self._cell_cache: dict[tuple[object, object], tuple[object, tuple[object, ...], Any]] = {}
         self._order: list[str] = []
         self.sort_column: str | None = None
         self.sort_reverse = False
@@ -75,31 +117,25 @@ class LiveTable(DataTable[Text]):
         return rows[self.cursor_row].key.value
 
     def sync(self, rows: Rows) -> None:
+        """Applies a whole new row set. Rows that came or went are added / removed at
+        once; changed cells are written with update_cell for the rows on screen (and a
+        margin), and for the others when they scroll into view: at 1,000 GPUs most of a
+        refresh's changes are to rows nobody sees, and each update_cell costs."""
         selected = self.selected_key
         old = self._cells
         gone = [k for k in old if k not in rows]
         for k in gone:
+            self._shown.pop(k, None)
+            for col in self.spec:
+                self._cell_cache.pop((RowKey(k), ColumnKey(col.key)), None)
             with contextlib.suppress(RowDoesNotExist):
                 self.remove_row(k)
         added = False
-        col_keys = [col.key for col in self.spec]
-        self._batching, self._batched = True, False
-        try:
-            for k, cells in rows.items():
-                prev = old.get(k)
-                if prev is None:
-                    self.add_row(*(render_cell(x) for x in cells), key=k)
-                    added = True
-                    continue
-                if prev == cells:
-                    continue
-                for ck, a, b in zip(col_keys, prev, cells, strict=True):
-                    if a != b:
-                        self.update_cell(k, ck, render_cell(b))
-        finally:
-            self._batching = False
-        if self._batched:
-            self.refresh()
+        for k, cells in rows.items():
+            if k not in self._shown:
+                self.add_row(*(render_cell(x) for x in cells), key=k)
+                self._shown[k] = cells
+                added = True
         self._cells = dict(rows)
         self._fit_columns()
         new_order = list(rows)
@@ -112,7 +148,86 @@ class LiveTable(DataTable[Text]):
             index = self.get_row_index(RowKey(selected))
             if index != self.cursor_row:
                 self.move_cursor(row=index, animate=False, scroll=False)
+        self.flush_visible()
         self.post_message(self.Synced())
+
+    #: rows above and below the view kept current too (scrolling a page shows no stale rows)
+    flush_margin = 10
+
+    def flush_visible(self) -> None:
+        """Writes the latest cells of the rows in view (plus a margin) into the table."""
+        if not self._cells:
+            return
+        margin = self.flush_margin
+        top = max(int(self.scroll_y) - margin, 0)
+        bottom = min(int(self.scroll_y) + self.size.height + margin, self.row_count)
+        col_keys = [col.key for col in self.spec]
+        self._batching, self._batched = True, False
+        try:
+            for index in range(top, bottom):
+                k = self._row_locations.get_key(index)
+                if k is None or k.value is None:
+                    continue
+                key = k.value
+                shown, latest = self._shown.get(key), self._cells.get(key)
+                if latest is None or shown is None or shown == latest:
+                    continue
+                for ck, a, b in zip(col_keys, shown, latest, strict=True):
+                    if a != b:
+                        self.update_cell(key, ck, render_cell(b))
+                self._shown[key] = latest
+        finally:
+            self._batching = False
+        if self._batched:
+            self.refresh()
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        self.flush_visible()
+
+    def on_resize(self) -> None:
+        self.flush_visible()
+
+    def _render_cell(
+        self,
+        row_index: int,
+        column_index: int,
+        base_style: Style,
+        width: int,
+        cursor: bool = False,
+        hover: bool = False,
+    ) -> list[list[Segment]]:
+        """DataTable caches a cell's rendering under a table-wide update count, so one
+        update_cell re-renders every visible cell. Keyed instead on the cell's own value
+        (held, so its identity cannot be reused) and everything else the rendering reads,
+        a refresh re-renders only the cells that changed."""
+        if row_index < 0 or column_index < 0:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        row_key = self._row_locations.get_key(row_index)
+        column_key = self._column_locations.get_key(column_index)
+        if row_key is None or column_key is None:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        value = self._data.get(row_key, {}).get(column_key)
+        context = (
+            row_index,
+            base_style,
+            width,
+            cursor,
+            hover,
+            self._show_hover_cursor,
+            self._pseudo_class_state,
+            self.cursor_type,
+            self.show_cursor,
+            self.app.theme,
+        )
+        cache_key = (row_key, column_key)
+        hit = self._cell_cache.get(cache_key)
+        if hit is not None and hit[0] is value and hit[1] == context:
+            cached: list[list[Segment]] = hit[2]
+            return cached
+        lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        self._cell_cache[cache_key] = (value, context, lines)
+        return lines
 
     def _fit_columns(self) -> None:
         """Column widths from the rows' text lengths (cheap), set explicitly: DataTable's
@@ -186,11 +301,21 @@ class Banner(Static):
     """The one-line notice on top: "daemon unreachable — retrying"."""
 
 
-class Summary(Static):
-    """The cluster header: nodes, GPUs, utilisation, power, jobs."""
+class Summary(Widget):
+    """The cluster header: nodes, GPUs, utilisation, power, jobs. One line of fixed
+    height, so a new text repaints it without a layout pass of the whole screen."""
+
+    def __init__(self, text: str = "", *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._text = Text(text)
+
+    def render(self) -> Text:
+        return self._text
 
     def show(self, runs: Sequence[tuple[str, str]]) -> None:
-        t = Text()
+        t = Text(no_wrap=True, overflow="ellipsis")
         for text, style in runs:
             t.append(text, style)
-        self.update(t)
+        if t != self._text:
+            self._text = t
+            self.refresh()

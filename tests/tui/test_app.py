@@ -306,3 +306,46 @@ async def test_gpu_filter_and_header_sort(fake: FakeDaemon) -> None:
         first = gpus.sort_column
         await pilot.press("s")
         assert gpus.sort_column != first
+
+
+async def test_rows_off_screen_are_written_when_they_scroll_into_view() -> None:
+    source = ChangingSource()
+    app = DctopApp(source, interval=0, clock=lambda: NOW)
+    async with app.run_test(size=(140, 12)) as pilot:
+        await polled(pilot, app)
+        await pilot.press("2")
+        gpus = table(app, "gpus")
+        gpus.flush_margin = 0  # only the rows in view are written at each refresh
+        source.tick += 1
+        await repoll(pilot, app)
+        # rows off screen get their new cells when they scroll into view
+        stale = [
+            r.key.value
+            for r in gpus.ordered_rows
+            if str(gpus.get_cell(r.key.value or "", "util"))
+            != gpus._cells[r.key.value or ""][3].text
+        ]
+        assert stale  # (12 lines high: some rows were not on screen)
+        gpus.scroll_end(animate=False)
+        await pilot.pause(0.1)
+        for row in gpus.ordered_rows:
+            key = row.key.value or ""
+            assert str(gpus.get_cell(key, "util")) == gpus._cells[key][3].text
+            assert str(gpus.get_cell(key, "power")) == gpus._cells[key][6].text
+
+
+async def test_command_palette_opens_views_jobs_and_nodes(fake: FakeDaemon) -> None:
+    app = make_app(fake)
+    async with app.run_test(size=SIZE) as pilot:
+        await polled(pilot, app)
+        await pilot.press("ctrl+p", *"View: Fair")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.current_view.id == "view-fairshare", what="fair-share")
+        await pilot.press("ctrl+p", *"Node sim-2")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, NodeDetailScreen), what="node")
+        await pilot.press("escape")
+        await pilot.press("colon", *"bogus", "enter")
+        assert any("unknown command" in n for n in notices(app))
