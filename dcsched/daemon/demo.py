@@ -151,12 +151,14 @@ async def run_demo(agents: int, gpus: int, folder: str | None, broker_kind: str)
 dcsched demo: broker {what}, daemon, {agents} agents x {gpus} simulated GPUs
 state and logs in {d}
 
-In another shell:
+Watch it live in another shell:
+    DCSCHED_SOCKET={sock} dctop
+
+and drive it from a third:
     export DCSCHED_SOCKET={sock}
     dcctl nodes
     dcsub {examples / "allreduce.toml"}
     dcctl queue
-    dctop
 
 Ctrl-C stops the demo (running jobs are cancelled first).
 """,
