@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 import msgspec
 
@@ -36,6 +37,9 @@ class CommandSender:
         self.wake = asyncio.Event()
         self._last_sent: dict[str, float] = {}
         self._logs: dict[str, asyncio.Future[LogChunk]] = {}
+        # Set by the daemon. An agent that is offline cannot receive (its session is clean):
+        # its commands wait, and go out when its status says online again.
+        self.offline: Callable[[str], bool] = lambda host: False
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -55,7 +59,7 @@ class CommandSender:
             del self._last_sent[cid]
         for cmd in pending:
             last = self._last_sent.get(cmd.cmd_id)
-            if last is not None and now - last < self.retry_s:
+            if (last is not None and now - last < self.retry_s) or self.offline(cmd.host):
                 continue
             payload = sign(_command.decode(cmd.payload), self.key)
             if await self.bus.publish(self.bus.topics.host(cmd.host, "cmd"), payload, qos=1):

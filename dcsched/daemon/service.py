@@ -53,6 +53,7 @@ class Daemon:
         self.sender = CommandSender(
             store, self.bus, load_key(config.cluster.key_file or None), dc.command_retry_s
         )
+        self.sender.offline = self._offline
         try:
             sched = SchedulerConfig.from_mapping(config.scheduler)
         except ValueError as exc:
@@ -116,6 +117,10 @@ class Daemon:
             await self.scheduling.usage.save()
             await self.store.close()
             log.info("dcd stopped")
+
+    def _offline(self, host: str) -> bool:
+        node = self.cluster.nodes.get(host)
+        return node is not None and not node.online
 
     async def _serve_api(self) -> web.AppRunner:
         path = self.config.daemon.socket

@@ -217,3 +217,22 @@ async def test_racing_cancels_answer_cleanly(
         assert len({x.cmd_id for x in _cancels(a1)}) == 1  # one cancel, not four
         await a1.exit(str(job), 0, None, signal=15, reason="cancelled")
         await until(lambda: _is(c, job, "CANCELLED"))
+
+
+async def test_commands_wait_for_an_offline_agent(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    conf = write_config(tmp_path, mosquitto, prefix, node_timeout_s=60.0)
+    async with running_daemon(conf) as d, ScriptedAgent(mosquitto, prefix, "n1") as a1:
+        c = Client(d.config.daemon.socket)
+        job = await api(c, "submit", {**SPEC, "resources": {"nodes": 1}})
+        await until(lambda: _launch(a1, job))
+        await a1.start(str(job), 0)
+        await until(lambda: _is(c, job, "RUNNING"))
+        await a1.publish_status("offline")
+        await until(lambda: not d.cluster.nodes["n1"].online)
+        await api(c, "job_action", job, "cancel")
+        await asyncio.sleep(1.5)  # three retry intervals
+        assert not _cancels(a1)
+        await a1.publish_status("online")
+        await until(lambda: _cancels(a1), what="the cancel once the agent is back")
