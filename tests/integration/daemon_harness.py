@@ -19,6 +19,7 @@ from dcsched.protocol.codec import CommandVerifier, encode
 from dcsched.protocol.config import load_config
 from dcsched.protocol.messages import (
     Ack,
+    Cancel,
     Command,
     GpuInfo,
     GpuSample,
@@ -26,6 +27,7 @@ from dcsched.protocol.messages import (
     JobExited,
     JobProcs,
     JobStarted,
+    Launch,
     Telemetry,
 )
 from dcsched.protocol.topics import Topics
@@ -228,3 +230,30 @@ async def until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "") 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or pred}")
         await asyncio.sleep(0.1)
+
+
+def launches(*agents: ScriptedAgent, job_id: int | None = None) -> list[Launch]:
+    """The launches the agents received, of one job or of all."""
+    return [
+        c
+        for a in agents
+        for c in a.commands
+        if isinstance(c, Launch) and (job_id is None or c.job_id == str(job_id))
+    ]
+
+
+def cancels(*agents: ScriptedAgent) -> list[Cancel]:
+    return [c for a in agents for c in a.commands if isinstance(c, Cancel)]
+
+
+async def state_is(client: Client, job_id: int, state: str) -> bool:
+    return bool((await api(client, "job", job_id))["state"] == state)
+
+
+async def run_on(agent: ScriptedAgent, client: Client, job_id: int) -> Launch:
+    """Waits for a one-node job's launch, reports it started, and waits for RUNNING."""
+    await until(lambda: launches(agent, job_id=job_id), what=f"launch of job {job_id}")
+    launch = launches(agent, job_id=job_id)[-1]
+    await agent.start(str(job_id), launch.node_rank)
+    await until(lambda: state_is(client, job_id, "RUNNING"), what=f"job {job_id} RUNNING")
+    return launch

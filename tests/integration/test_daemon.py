@@ -18,12 +18,15 @@ import pytest
 
 from dcsched.client import ApiError, Client
 from dcsched.daemon.service import Daemon
-from dcsched.protocol.messages import Cancel, Launch
 from tests.conftest import Broker, free_port
 from tests.integration.daemon_harness import (
     ScriptedAgent,
     api,
+    cancels,
+    launches,
+    run_on,
     running_daemon,
+    state_is,
     until,
     write_config,
 )
@@ -39,14 +42,6 @@ SPEC = {
 @pytest.fixture
 def prefix() -> str:
     return f"test-{uuid.uuid4().hex[:8]}"
-
-
-def launches(*agents: ScriptedAgent) -> list[Launch]:
-    return [c for a in agents for c in a.commands if isinstance(c, Launch)]
-
-
-async def _job_state(client: Client, job_id: int) -> str:
-    return str((await api(client, "job", job_id))["state"])
 
 
 async def test_two_node_job_runs_to_completed(
@@ -66,16 +61,16 @@ async def test_two_node_job_runs_to_completed(
         assert (l1.nnodes, l1.nproc_per_node, l1.gpus, l1.command) == (2, 2, [0, 1], ["train.py"])
         assert l1.master_port == l2.master_port
         assert l1.master_addr == l2.master_addr == "10.0.0.2"  # the rank-0 node's address
-        assert await _job_state(client, job_id) == "STARTING"
+        assert (await api(client, "job", job_id))["state"] == "STARTING"
         rank_of = {a: (l1.node_rank if l1 in launches(a) else l2.node_rank) for a in (a1, a2)}
         for a in (a1, a2):
             await a.start(str(job_id), rank_of[a])
-        await until(lambda: _is(client, job_id, "RUNNING"), what="RUNNING")
+        await until(lambda: state_is(client, job_id, "RUNNING"), what="RUNNING")
         nodes = await api(client, "nodes")
         assert {n["host"]: n["gpus_allocated"] for n in nodes} == {"n1": 2, "n2": 2}
         for a in (a1, a2):
             await a.exit(str(job_id), rank_of[a], 0)
-        await until(lambda: _is(client, job_id, "COMPLETED"), what="COMPLETED")
+        await until(lambda: state_is(client, job_id, "COMPLETED"), what="COMPLETED")
         job = await api(client, "job", job_id)
         assert job["exit_code"] == 0
         assert [e["state"] for e in job["events"]] == [
@@ -84,10 +79,6 @@ async def test_two_node_job_runs_to_completed(
             "RUNNING",
             "COMPLETED",
         ]
-
-
-async def _is(client: Client, job_id: int, state: str) -> bool:
-    return await _job_state(client, job_id) == state
 
 
 async def test_launch_is_resent_until_acknowledged(
@@ -108,7 +99,7 @@ async def test_launch_is_resent_until_acknowledged(
         sent = len(a1.commands)
         await asyncio.sleep(1.5)  # three retry intervals
         assert len(a1.commands) == sent  # an acknowledged command is not sent again
-        assert await _job_state(client, job_id) == "STARTING"
+        assert (await api(client, "job", job_id))["state"] == "STARTING"
 
 
 async def _no_unacked(d: Daemon) -> bool:
@@ -133,12 +124,12 @@ async def test_nonzero_exit_fails_the_job_and_stops_the_other_node(
         await by_rank[1].start(str(job_id), 1)
         await by_rank[1].exit(str(job_id), 1, 3)
         await until(
-            lambda: any(isinstance(c, Cancel) for c in by_rank[0].commands),
+            lambda: cancels(by_rank[0]),
             what="cancel to the surviving node",
         )
-        assert await _job_state(client, job_id) == "COMPLETING"
+        assert (await api(client, "job", job_id))["state"] == "COMPLETING"
         await by_rank[0].exit(str(job_id), 0, None, signal=15, reason="cancelled")
-        await until(lambda: _is(client, job_id, "FAILED"))
+        await until(lambda: state_is(client, job_id, "FAILED"))
         job = await api(client, "job", job_id)
         assert (job["exit_code"], job["signal"]) == (3, None)
 
@@ -163,7 +154,7 @@ async def test_bad_messages_are_dropped_and_the_daemon_keeps_its_jobs(
         )
         summary = await api(client, "cluster")
         assert summary["telemetry"]["dropped"]["events"] == {"invalid": 2}
-        assert await _job_state(client, job_id) == "PENDING"
+        assert (await api(client, "job", job_id))["state"] == "PENDING"
         # A big job waits for resources with a reason, like squeue.
         await until(lambda: _reason(client, job_id))
 
@@ -198,11 +189,9 @@ async def test_a_node_that_dies_fails_its_jobs_as_node_fail(
         client = Client(d.config.daemon.socket)
         async with ScriptedAgent(mosquitto, prefix, "n1") as a1:
             job_id = await api(client, "submit", {**SPEC, "resources": {"nodes": 1}})
-            await until(lambda: launches(a1))
-            await a1.start(str(job_id), 0)
-            await until(lambda: _is(client, job_id, "RUNNING"))
+            await run_on(a1, client, job_id)
             await a1.publish_status("offline")
-        await until(lambda: _is(client, job_id, "NODE_FAIL"), timeout=15)
+        await until(lambda: state_is(client, job_id, "NODE_FAIL"), timeout=15)
         (node,) = await api(client, "nodes")
         assert node["state"] == "down"
 
@@ -215,14 +204,12 @@ async def test_a_restarted_daemon_finishes_the_jobs_it_had(
         async with running_daemon(conf) as d:
             client = Client(d.config.daemon.socket)
             job_id = await api(client, "submit", {**SPEC, "resources": {"nodes": 1}})
-            await until(lambda: launches(a1))
-            await a1.start(str(job_id), 0)
-            await until(lambda: _is(client, job_id, "RUNNING"))
+            await run_on(a1, client, job_id)
         # The exit happens while the daemon is down; its persistent session keeps it queued.
         await a1.exit(str(job_id), 0, 0)
         async with running_daemon(conf) as d:
             client = Client(d.config.daemon.socket)
-            await until(lambda: _is(client, job_id, "COMPLETED"))
+            await until(lambda: state_is(client, job_id, "COMPLETED"))
             assert len(launches(a1)) == 1  # not launched again
 
 
@@ -264,9 +251,9 @@ async def test_only_the_owner_or_an_admin_may_cancel(mosquitto: Broker, prefix: 
             assert "belongs to root" in refused["error"]["message"]
             drain = await asyncio.to_thread(as_nobody, "/v1/nodes/x/drain")
             assert drain["error"]["code"] == "permission_denied"
-            assert await _job_state(client, job_id) == "PENDING"
+            assert (await api(client, "job", job_id))["state"] == "PENDING"
             await api(client, "job_action", job_id, "cancel")  # root owns it
-            assert await _job_state(client, job_id) == "CANCELLED"
+            assert (await api(client, "job", job_id))["state"] == "CANCELLED"
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

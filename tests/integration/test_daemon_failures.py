@@ -12,9 +12,19 @@ from typing import Any
 import pytest
 
 from dcsched.client import Client
-from dcsched.protocol.messages import Ack, Cancel, JobExited, Launch
+from dcsched.protocol.messages import Ack, JobExited, Launch
 from tests.conftest import Broker, restart_mosquitto, start_mosquitto
-from tests.integration.daemon_harness import ScriptedAgent, api, running_daemon, until, write_config
+from tests.integration.daemon_harness import (
+    ScriptedAgent,
+    api,
+    cancels,
+    launches,
+    run_on,
+    running_daemon,
+    state_is,
+    until,
+    write_config,
+)
 
 SPEC: dict[str, Any] = {
     "name": "t",
@@ -27,20 +37,6 @@ SPEC: dict[str, Any] = {
 @pytest.fixture
 def prefix() -> str:
     return f"fail-{uuid.uuid4().hex[:8]}"
-
-
-async def _is(c: Client, job_id: int, state: str) -> bool:
-    return str((await api(c, "job", job_id))["state"]) == state
-
-
-def _launch(agent: ScriptedAgent, job_id: int) -> Launch | None:
-    return next(
-        (x for x in agent.commands if isinstance(x, Launch) and x.job_id == str(job_id)), None
-    )
-
-
-def _cancels(agent: ScriptedAgent) -> list[Cancel]:
-    return [x for x in agent.commands if isinstance(x, Cancel)]
 
 
 @pytest.mark.parametrize("exit_first", [False, True])
@@ -56,9 +52,8 @@ async def test_a_refused_launch_fails_the_job_and_stops_the_other_node(
         await until(lambda: len(d.cluster.nodes) == 2)
         a2.auto_ack = False
         job = await api(c, "submit", SPEC)
-        await until(lambda: _launch(a1, job) and _launch(a2, job))
-        l1, l2 = _launch(a1, job), _launch(a2, job)
-        assert l1 is not None and l2 is not None
+        await until(lambda: launches(a1, job_id=job) and launches(a2, job_id=job))
+        (l1,), (l2,) = launches(a1, job_id=job), launches(a2, job_id=job)
         await a1.start(str(job), l1.node_rank)
         refusal = [
             Ack(host="n2", cmd_id=l2.cmd_id, job_id=str(job), ok=False, error="no workdir"),
@@ -73,9 +68,9 @@ async def test_a_refused_launch_fails_the_job_and_stops_the_other_node(
         ]
         for ev in reversed(refusal) if exit_first else refusal:
             await a2.event(ev)
-        await until(lambda: _cancels(a1), what="cancel to the node that did start")
+        await until(lambda: cancels(a1), what="cancel to the node that did start")
         await a1.exit(str(job), l1.node_rank, None, signal=15, reason="failed")
-        await until(lambda: _is(c, job, "FAILED"))
+        await until(lambda: state_is(c, job, "FAILED"))
 
 
 async def test_cancelling_a_job_whose_launch_never_arrived(
@@ -88,11 +83,11 @@ async def test_cancelling_a_job_whose_launch_never_arrived(
         c = Client(d.config.daemon.socket)
         a1.auto_ack = False
         job = await api(c, "submit", {**SPEC, "resources": {"nodes": 1}})
-        await until(lambda: _launch(a1, job))
+        await until(lambda: launches(a1, job_id=job))
         await api(c, "job_action", job, "cancel")
-        await until(lambda: _cancels(a1))
+        await until(lambda: cancels(a1))
         # Like dc-agent: a cancel for a job it does not run is acknowledged with a note.
-        cancel = _cancels(a1)[0]
+        cancel = cancels(a1)[0]
         await a1.event(
             Ack(
                 host="n1",
@@ -101,7 +96,7 @@ async def test_cancelling_a_job_whose_launch_never_arrived(
                 error=f"job {job} does not run on n1",
             )
         )
-        await until(lambda: _is(c, job, "CANCELLED"), what="CANCELLED, GPUs free")
+        await until(lambda: state_is(c, job, "CANCELLED"), what="CANCELLED, GPUs free")
         nodes = await api(c, "nodes")
         assert nodes[0]["gpus_allocated"] == 0
 
@@ -115,13 +110,9 @@ async def test_an_exit_from_an_earlier_run_does_not_end_the_requeued_job(
     ):
         c = Client(d.config.daemon.socket)
         job = await api(c, "submit", {**SPEC, "resources": {"nodes": 1}})
-        await until(lambda: _launch(a1, job))
-        first = _launch(a1, job)
-        assert first is not None
-        await a1.start(str(job), 0)
-        await until(lambda: _is(c, job, "RUNNING"))
+        first = await run_on(a1, c, job)
         await api(c, "job_action", job, "requeue")
-        await until(lambda: _cancels(a1))
+        await until(lambda: cancels(a1))
         old_exit = JobExited(
             host="n1",
             job_id=str(job),
@@ -137,7 +128,7 @@ async def test_an_exit_from_an_earlier_run_does_not_end_the_requeued_job(
         await a1.event(JobExited(**{**_fields(old_exit)}))  # delivered again, late
         await a1.event(old_exit)
         await asyncio.sleep(1.0)
-        assert await _is(c, job, "STARTING")
+        assert await state_is(c, job, "STARTING")
         await a1.event(
             JobExited(
                 host="n1",
@@ -148,7 +139,7 @@ async def test_an_exit_from_an_earlier_run_does_not_end_the_requeued_job(
                 launch_id=second.cmd_id,
             )
         )
-        await until(lambda: _is(c, job, "COMPLETED"))
+        await until(lambda: state_is(c, job, "COMPLETED"))
 
 
 def _fields(ev: JobExited) -> dict[str, Any]:
@@ -163,22 +154,20 @@ async def test_a_broker_outage_does_not_fail_running_jobs(tmp_path: Path, prefix
             c = Client(d.config.daemon.socket)
             async with ScriptedAgent(broker, prefix, "n1") as a1:
                 job = await api(c, "submit", {**SPEC, "resources": {"nodes": 1}})
-                await until(lambda: _launch(a1, job))
-                await a1.start(str(job), 0)
-                await until(lambda: _is(c, job, "RUNNING"))
+                await run_on(a1, c, job)
             broker.proc.kill()
             broker.proc.wait()
             await asyncio.sleep(3.0)  # three node timeouts without any broker
-            assert await _is(c, job, "RUNNING")
+            assert await state_is(c, job, "RUNNING")
             restart_mosquitto(broker, tmp_path)
             async with ScriptedAgent(broker, prefix, "n1") as a1:
                 a1.running.add(str(job))
                 await a1.publish_status()
                 await until(d.bus.connected.is_set, timeout=40, what="reconnect")
                 await asyncio.sleep(2.0)
-                assert await _is(c, job, "RUNNING")
+                assert await state_is(c, job, "RUNNING")
                 await a1.exit(str(job), 0, 0)
-                await until(lambda: _is(c, job, "COMPLETED"))
+                await until(lambda: state_is(c, job, "COMPLETED"))
     finally:
         broker.proc.kill()
         broker.proc.wait()
@@ -193,7 +182,7 @@ async def test_an_orphaned_job_on_a_node_is_stopped(
     ):
         a1.running.add("4242")  # a job this daemon never started on n1
         await a1.publish_status()
-        await until(lambda: [x for x in _cancels(a1) if x.job_id == "4242"], what="cancel")
+        await until(lambda: [x for x in cancels(a1) if x.job_id == "4242"], what="cancel")
         assert d.bus.connected.is_set()
 
 
@@ -206,17 +195,15 @@ async def test_racing_cancels_answer_cleanly(
     ):
         c = Client(d.config.daemon.socket)
         job = await api(c, "submit", {**SPEC, "resources": {"nodes": 1}})
-        await until(lambda: _launch(a1, job))
-        await a1.start(str(job), 0)
-        await until(lambda: _is(c, job, "RUNNING"))
+        await run_on(a1, c, job)
         results = await asyncio.gather(
             *(api(c, "job_action", job, "cancel") for _ in range(4)), return_exceptions=True
         )
         assert all(isinstance(r, dict) and r["state"] == "COMPLETING" for r in results), results
-        await until(lambda: len(_cancels(a1)) >= 1)
-        assert len({x.cmd_id for x in _cancels(a1)}) == 1  # one cancel, not four
+        await until(lambda: len(cancels(a1)) >= 1)
+        assert len({x.cmd_id for x in cancels(a1)}) == 1  # one cancel, not four
         await a1.exit(str(job), 0, None, signal=15, reason="cancelled")
-        await until(lambda: _is(c, job, "CANCELLED"))
+        await until(lambda: state_is(c, job, "CANCELLED"))
 
 
 async def test_commands_wait_for_an_offline_agent(
@@ -226,13 +213,11 @@ async def test_commands_wait_for_an_offline_agent(
     async with running_daemon(conf) as d, ScriptedAgent(mosquitto, prefix, "n1") as a1:
         c = Client(d.config.daemon.socket)
         job = await api(c, "submit", {**SPEC, "resources": {"nodes": 1}})
-        await until(lambda: _launch(a1, job))
-        await a1.start(str(job), 0)
-        await until(lambda: _is(c, job, "RUNNING"))
+        await run_on(a1, c, job)
         await a1.publish_status("offline")
         await until(lambda: not d.cluster.nodes["n1"].online)
         await api(c, "job_action", job, "cancel")
         await asyncio.sleep(1.5)  # three retry intervals
-        assert not _cancels(a1)
+        assert not cancels(a1)
         await a1.publish_status("online")
-        await until(lambda: _cancels(a1), what="the cancel once the agent is back")
+        await until(lambda: cancels(a1), what="the cancel once the agent is back")

@@ -14,9 +14,18 @@ import pytest
 
 from dcsched.cli import dcctl
 from dcsched.client import ApiError, Client
-from dcsched.protocol.messages import Cancel, Launch
 from tests.conftest import Broker
-from tests.integration.daemon_harness import ScriptedAgent, api, running_daemon, until, write_config
+from tests.integration.daemon_harness import (
+    ScriptedAgent,
+    api,
+    cancels,
+    launches,
+    run_on,
+    running_daemon,
+    state_is,
+    until,
+    write_config,
+)
 
 
 def _spec(name: str, gpus: int = 1, **kw: Any) -> dict[str, Any]:
@@ -34,24 +43,6 @@ def prefix() -> str:
     return f"sched-{uuid.uuid4().hex[:8]}"
 
 
-async def _state(c: Client, job_id: int) -> str:
-    return str((await api(c, "job", job_id))["state"])
-
-
-async def _is(c: Client, job_id: int, state: str) -> bool:
-    return await _state(c, job_id) == state
-
-
-def _launched(agent: ScriptedAgent, job_id: int) -> list[Launch]:
-    return [x for x in agent.commands if isinstance(x, Launch) and x.job_id == str(job_id)]
-
-
-async def _run(agent: ScriptedAgent, c: Client, job_id: int) -> None:
-    await until(lambda: _launched(agent, job_id), what=f"launch of {job_id}")
-    await agent.start(str(job_id), 0)
-    await until(lambda: _is(c, job_id, "RUNNING"), what=f"{job_id} RUNNING")
-
-
 def _dcctl(sock: str, *args: str) -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -67,9 +58,9 @@ async def test_hold_and_release(tmp_path: Path, mosquitto: Broker, prefix: str) 
         c = Client(d.config.daemon.socket)
         job = await api(c, "submit", _spec("held", hold=True))
         await until(lambda: _reason_is(c, job, "JobHeldUser"))
-        assert not _launched(a1, job)
+        assert not launches(a1, job_id=job)
         await api(c, "job_action", job, "release")
-        await until(lambda: _launched(a1, job), what="launch after release")
+        await until(lambda: launches(a1, job_id=job), what="launch after release")
         with pytest.raises(ApiError, match="not held"):
             await api(c, "job_action", job, "release")
 
@@ -87,14 +78,14 @@ async def test_dependencies_wait_and_report_the_impossible(
     ):
         c = Client(d.config.daemon.socket)
         first = await api(c, "submit", _spec("first"))
-        await _run(a1, c, first)
+        await run_on(a1, c, first)
         ok = await api(c, "submit", _spec("ok", dependency=[f"afterok:{first}"]))
         notok = await api(c, "submit", _spec("notok", dependency=[f"afternotok:{first}"]))
         await until(lambda: _reason_is(c, ok, "Dependency"))
-        assert not _launched(a1, ok)
+        assert not launches(a1, job_id=ok)
         await a1.exit(str(first), 0, 1)
-        await until(lambda: _is(c, first, "FAILED"))
-        await until(lambda: _launched(a1, notok), what="afternotok starts after a failure")
+        await until(lambda: state_is(c, first, "FAILED"))
+        await until(lambda: launches(a1, job_id=notok), what="afternotok starts after a failure")
         await until(lambda: _reason_is(c, ok, "DependencyNeverSatisfied"))
         why = await api(c, "explain", ok)
         assert "DependencyNeverSatisfied" in why["reasons"]
@@ -111,7 +102,7 @@ async def test_explain_lists_factors_and_every_reason(
     ):
         c = Client(d.config.daemon.socket)
         big = await api(c, "submit", _spec("big", gpus=2))
-        await _run(a1, c, big)
+        await run_on(a1, c, big)
         waiting = await api(c, "submit", _spec("waiting", gpus=2))
         await until(lambda: _reason_is(c, waiting, "Resources"))
         why = await api(c, "explain", waiting)
@@ -136,10 +127,10 @@ async def test_fairshare_charges_the_account_that_ran(
     ):
         c = Client(d.config.daemon.socket)
         job = await api(c, "submit", _spec("v", gpus=2, account="vision"))
-        await _run(a1, c, job)
+        await run_on(a1, c, job)
         await asyncio.sleep(1.5)
         await a1.exit(str(job), 0, 0)
-        await until(lambda: _is(c, job, "COMPLETED"))
+        await until(lambda: state_is(c, job, "COMPLETED"))
         d.scheduling.wake.set()
         await asyncio.sleep(1.0)
         rows = {(r["account"], r["user"]): r for r in (await api(c, "fairshare"))["rows"]}
@@ -161,12 +152,12 @@ async def test_requeue_puts_a_running_job_back_and_it_starts_again(
     ):
         c = Client(d.config.daemon.socket)
         job = await api(c, "submit", _spec("r"))
-        await _run(a1, c, job)
+        await run_on(a1, c, job)
         await api(c, "job_action", job, "requeue")
-        await until(lambda: [x for x in a1.commands if isinstance(x, Cancel)], what="cancel")
+        await until(lambda: cancels(a1), what="cancel")
         await a1.exit(str(job), 0, None, signal=15, reason="cancelled")
-        await until(lambda: len(_launched(a1, job)) == 2, what="second launch")
-        first, second = _launched(a1, job)
+        await until(lambda: len(launches(a1, job_id=job)) == 2, what="second launch")
+        first, second = launches(a1, job_id=job)
         assert first.cmd_id != second.cmd_id
         states = [e["state"] for e in (await api(c, "job", job))["events"]]
         assert states[-3:] == ["COMPLETING", "REQUEUED", "STARTING"]
@@ -182,11 +173,10 @@ async def test_a_higher_qos_preempts_a_preemptible_job(
     ):
         c = Client(d.config.daemon.socket)
         low = await api(c, "submit", _spec("low", gpus=2, preemptible=True))
-        await _run(a1, c, low)
+        await run_on(a1, c, low)
         high = await api(c, "submit", _spec("high", gpus=2, qos="high"))
-        cancels = lambda: [x for x in a1.commands if isinstance(x, Cancel)]  # noqa: E731
-        await until(cancels, what="preemption")
-        assert cancels()[0].grace_s == 1
+        await until(lambda: cancels(a1), what="preemption")
+        assert cancels(a1)[0].grace_s == 1
         await a1.exit(str(low), 0, None, signal=15, reason="cancelled")
-        await until(lambda: _launched(a1, high), what="high-QOS job starts")
-        assert await _state(c, low) in ("REQUEUED", "PENDING")
+        await until(lambda: launches(a1, job_id=high), what="high-QOS job starts")
+        assert (await api(c, "job", low))["state"] in ("REQUEUED", "PENDING")
