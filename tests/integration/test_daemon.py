@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import tempfile
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,6 @@ SPEC = {
     "workdir": "/tmp",
     "resources": {"nodes": 2, "gpus_per_node": 2, "time_limit": "10m"},
 }
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"test-{uuid.uuid4().hex[:8]}"
 
 
 async def test_two_node_job_runs_to_completed(

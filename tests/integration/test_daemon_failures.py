@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,6 @@ SPEC: dict[str, Any] = {
     "workdir": "/tmp",
     "resources": {"nodes": 2, "gpus_per_node": 2, "time_limit": "10m"},
 }
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"fail-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.mark.parametrize("exit_first", [False, True])

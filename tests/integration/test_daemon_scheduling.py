@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +35,6 @@ def _spec(name: str, gpus: int = 1, **kw: Any) -> dict[str, Any]:
         "resources": {"nodes": 1, "gpus_per_node": gpus, "time_limit": "1h"},
         **kw,
     }
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"sched-{uuid.uuid4().hex[:8]}"
 
 
 def _dcctl(sock: str, *args: str) -> str:
