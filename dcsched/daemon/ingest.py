@@ -8,7 +8,7 @@ and allocates little: at 2,000 host messages/s it is the daemon's hottest path.
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
 
 from dcsched.protocol.messages import GpuSample, Telemetry
@@ -62,7 +62,6 @@ class Ingest:
         self.hosts: dict[str, HostTelemetry] = {}
         self.received = 0
         self.stale = 0  # messages older than one already seen from the host
-        self.per_host: Counter[str] = Counter()
         self._accum: dict[tuple[str, int], _Accum] = {}
         # (host, job id) -> last monotonic time the job's processes were seen there
         self.job_seen: dict[tuple[str, str], float] = {}
@@ -70,7 +69,6 @@ class Ingest:
     def handle(self, msg: Telemetry) -> None:
         now = time.monotonic()
         self.received += 1
-        self.per_host[msg.host] += 1
         ht = self.hosts.get(msg.host)
         if ht is None:
             ht = self.hosts[msg.host] = HostTelemetry(msg, now)

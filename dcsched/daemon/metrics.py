@@ -43,14 +43,15 @@ class _Out:
 
 async def render(d: Daemon) -> str:
     o = _Out()
-    counts = await d.store_counts()
+    counts = await d.store.count_by_state()
+    alloc = await d.allocations()
     o.metric(
         "dcsched_jobs",
         "gauge",
         "Jobs by state.",
         (({"state": s.value}, counts.get(s.value, 0)) for s in JobState),
     )
-    nodes = await d.node_views()
+    nodes = await d.node_views(alloc)
     by_state: dict[str, int] = {}
     for n in nodes:
         by_state[n["state"]] = by_state.get(n["state"], 0) + 1
@@ -60,7 +61,7 @@ async def render(d: Daemon) -> str:
         "Nodes by scheduling state.",
         (({"state": s}, by_state.get(s, 0)) for s in ("up", "drained", "down")),
     )
-    gpus = await d.gpu_views()
+    gpus = await d.gpu_views(alloc)
     for name, key, help_ in (
         ("dcsched_gpu_utilization_percent", "util", "GPU utilisation."),
         ("dcsched_gpu_memory_used_bytes", "mem_used", "GPU memory used."),

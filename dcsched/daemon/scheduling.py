@@ -39,9 +39,7 @@ async def _no_preemption(job_id: int) -> None:
 class PassStats:
     passes: int = 0
     last_ms: float = 0.0
-    total_ms: float = 0.0
     last: Decisions = field(default_factory=Decisions)
-    last_snapshot: Snapshot | None = None
 
 
 class SchedulingLoop:
@@ -172,8 +170,7 @@ class SchedulingLoop:
         ms = (time.perf_counter() - t0) * 1000
         st = self.stats
         st.passes += 1
-        st.last_ms, st.total_ms = ms, st.total_ms + ms
-        st.last, st.last_snapshot = decisions, snap
+        st.last_ms, st.last = ms, decisions
         for job_id in decisions.preempt:
             await self.preempt(int(job_id))
         used_ports = {j.master_port for j in active if j.master_port}

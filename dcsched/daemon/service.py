@@ -34,6 +34,8 @@ from dcsched.scheduler import SchedulerConfig
 
 log = logging.getLogger("dcsched.daemon")
 TELEMETRY_KEEP_S = 7 * 24 * 3600
+# (host, GPU index) -> (job id, user) for every GPU a job holds
+Allocations = dict[tuple[str, int], tuple[int, str]]
 
 
 class Daemon:
@@ -219,9 +221,6 @@ class Daemon:
 
     # --- views for the API and metrics -----------------------------------------------------
 
-    async def store_counts(self) -> dict[str, int]:
-        return await self.store.count_by_state()
-
     async def set_drain(self, host: str, drained: bool, reason: str) -> None:
         try:
             await self.store.set_drain(host, drained, reason)
@@ -231,7 +230,7 @@ class Daemon:
         node.drained, node.drain_reason = drained, reason
         self.scheduling.wake.set()
 
-    async def _allocations(self) -> dict[tuple[str, int], tuple[int, str]]:
+    async def allocations(self) -> Allocations:
         """(host, gpu) -> (job id, user) for every GPU a job holds."""
         users = {j.id: j.user for j in await self.store.jobs(ACTIVE)}
         out = {}
@@ -241,8 +240,10 @@ class Daemon:
                     out[(p.host, g)] = (p.job_id, users[p.job_id])
         return out
 
-    async def node_views(self) -> list[dict[str, Any]]:
-        alloc = await self._allocations()
+    async def node_views(self, alloc: Allocations | None = None) -> list[dict[str, Any]]:
+        """Every node for the API; `alloc` saves a second store read for callers that have it."""
+        if alloc is None:
+            alloc = await self.allocations()
         out = []
         for node in sorted(self.cluster.nodes.values(), key=lambda n: n.host):
             st = node.status
@@ -278,8 +279,9 @@ class Daemon:
             )
         return out
 
-    async def gpu_views(self) -> list[dict[str, Any]]:
-        alloc = await self._allocations()
+    async def gpu_views(self, alloc: Allocations | None = None) -> list[dict[str, Any]]:
+        if alloc is None:
+            alloc = await self.allocations()
         out = []
         for node in sorted(self.cluster.nodes.values(), key=lambda n: n.host):
             ht = self.ingest.hosts.get(node.host)
@@ -310,11 +312,12 @@ class Daemon:
         return out
 
     async def cluster_summary(self) -> dict[str, Any]:
-        nodes = await self.node_views()
-        gpus = await self.gpu_views()
+        alloc = await self.allocations()
+        nodes = await self.node_views(alloc)
+        gpus = await self.gpu_views(alloc)
         utils = [g["util"] for g in gpus if g["util"] is not None]
         power = [g["power_w"] for g in gpus if g["power_w"] is not None]
-        counts = await self.store_counts()
+        counts = await self.store.count_by_state()
         return {
             "nodes": {
                 s: sum(1 for n in nodes if n["state"] == s) for s in ("up", "drained", "down")
@@ -333,6 +336,7 @@ class Daemon:
             },
             "telemetry": {
                 "messages": self.ingest.received,
+                "stale": self.ingest.stale,
                 "dropped": {k: dict(c.dropped) for k, c in self.bus.codecs().items()},
             },
         }

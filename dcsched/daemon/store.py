@@ -473,12 +473,6 @@ class Store:
             await db.executemany("INSERT INTO gpu_samples VALUES (?,?,?,?,?,?,?)", rows)
             await db.execute("DELETE FROM gpu_samples WHERE ts < ?", (keep_since,))
 
-    async def gpu_history(self, host: str, since: float) -> list[dict[str, Any]]:
-        rows = await self._all(
-            "SELECT * FROM gpu_samples WHERE host = ? AND ts >= ? ORDER BY ts", (host, since)
-        )
-        return [dict(r) for r in rows]
-
     async def get_kv(self, key: str) -> str | None:
         rows = await self._all("SELECT value FROM kv WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
