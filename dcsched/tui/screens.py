@@ -33,6 +33,16 @@ SPARK_WIDTH = 60
 LOG_LINES = 20
 
 
+def _titled_table(title: str, columns: tuple[str, ...]) -> Table:
+    """A borderless table with an underlined title, as the detail screens show them."""
+    t = Table(
+        box=None, padding=(0, 1), title=title, title_justify="left", title_style="bold underline"
+    )
+    for col in columns:
+        t.add_column(col)
+    return t
+
+
 def _kv(rows: list[tuple[str, Any]]) -> Table:
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold")
@@ -215,15 +225,10 @@ class JobDetailScreen(DetailScreen):
         parts = d.job.get("node_parts") or []
         if not parts:
             return Text("Allocation: none yet (the job has not started)", style="dim")
-        t = Table(
-            box=None,
-            padding=(0, 1),
-            title="Allocation and GPU utilisation history",
-            title_justify="left",
-            title_style="bold underline",
+        t = _titled_table(
+            "Allocation and GPU utilisation history",
+            ("rank", "host", "GPU", "state", "pid", "util", "history"),
         )
-        for col in ("rank", "host", "GPU", "state", "pid", "util", "history"):
-            t.add_column(col)
         for p in parts:
             host = str(p.get("host"))
             hist = d.histories.get(host)
@@ -333,15 +338,10 @@ class NodeDetailScreen(DetailScreen):
         ]
         self.query_one("#node-info", Static).update(_kv(info))
         hist = self.detail.history if self.detail else None
-        t = Table(
-            box=None,
-            padding=(0, 1),
-            title="GPUs: now, and history (last 300 samples)",
-            title_justify="left",
-            title_style="bold underline",
+        t = _titled_table(
+            "GPUs: now, and history (last 300 samples)",
+            ("GPU", "metric", "now", "history", "job", "user", "pids"),
         )
-        for col in ("GPU", "metric", "now", "history", "job", "user", "pids"):
-            t.add_column(col)
         for g in gpus:
             idx = g.get("index")
             mem_total = float(g.get("mem_total") or 1)
