@@ -107,7 +107,26 @@ class FetchLog(Message, tag="fetch_log"):
     max_bytes: int = 64 * 1024
 
 
-Command = Launch | Cancel | FetchLog
+class AckExit(Message, tag="ack_exit"):
+    """The daemon has journaled this exit: the agent may forget it. Until then the agent
+    publishes the exit again every `exit_resend_s` and after every reconnect (an end-to-end
+    ack: the broker having it is not enough, a broker crash loses what it held)."""
+
+    cmd_id: str
+    job_id: str
+    node_rank: int
+    launch_id: str = ""
+
+
+class QueryJob(Message, tag="query_job"):
+    """What does this host know of a job? Answered with a JobReport (never remembered, as
+    FetchLog). The daemon asks before it ever declares a job vanished from a node."""
+
+    cmd_id: str
+    job_id: str
+
+
+Command = Launch | Cancel | FetchLog | AckExit | QueryJob
 
 
 class SignedCommand(msgspec.Struct, kw_only=True, tag="signed", tag_field="type"):
@@ -128,6 +147,10 @@ class Ack(Message, tag="ack"):
     job_id: str
     ok: bool = True
     error: str = ""
+    # why a command was refused, for the daemon to act on: "" (see error), "port_in_use"
+    # (the rank-0 host could not bind the master port: retried with another port), "invalid"
+    # (the launch could never run here: the job fails at once)
+    code: str = ""
 
 
 class JobStarted(Message, tag="job_started"):
@@ -174,4 +197,15 @@ class LogChunk(Message, tag="log_chunk"):
     next_offset: int = -1
 
 
-Event = Ack | JobStarted | JobExited | GpuFault | LogChunk
+class JobReport(Message, tag="job_report"):
+    """The answer to QueryJob: the node ranks of the job running here, and the remembered
+    exits (latest per rank) of those that ended. A rank in neither is unknown here."""
+
+    host: str
+    cmd_id: str
+    job_id: str
+    running: list[int] = []
+    exits: list[JobExited] = []
+
+
+Event = Ack | JobStarted | JobExited | GpuFault | LogChunk | JobReport
