@@ -1,16 +1,116 @@
-"""Shared fixtures: a real Mosquitto per test session on a free port, with its own config."""
+"""Shared fixtures: a real Mosquitto per test session on a free port, with its own config;
+and the processes a test starts, none of which may outlive it.
+
+No process of a test run outlives it, however the test or the run ends:
+
+- `procs` (or `tracked_processes` for a wider scope) starts processes in sessions of their
+  own, with a tag in their environment that everything they start inherits (a daemon's
+  agents, a job's detached runner, torchrun's workers, each in a session of its own). Its
+  finalizer kills the sessions, then every tagged process, until none is left.
+- Tests that start processes use pytest-timeout's `signal` method with `func_only`: the
+  timeout raises in the test itself, so the finalizers run, and it cannot fire in the middle
+  of a finalizer. (The `thread` method ends the run with os._exit(1): no finalizer runs.)
+- If the run dies anyway (killed, os._exit), a guard process started at configure time
+  kills every process carrying this run's token, which all of them inherit.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from dcsched.daemon.children import Guard, sweep, tagged_pids
+
+RUN_VAR = "DCSCHED_TEST_RUN"
+TAG_VAR = "DCSCHED_TEST_TAG"
+# For tests that start processes: see the module's docstring. The timeout is the ini's.
+PROCESS_TIMEOUT = pytest.mark.timeout(method="signal", func_only=True)
+_RUN_GUARD = pytest.StashKey[Guard]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if RUN_VAR in os.environ:  # a pytest run inside a test: the outer run's guard covers it
+        return
+    token = uuid.uuid4().hex
+    os.environ[RUN_VAR] = token  # every process of the run inherits it
+    # The guard sweeps when this process exits, however it exits; it is not closed here.
+    config.stash[_RUN_GUARD] = Guard.start(token, var=RUN_VAR)
+
+
+@dataclass
+class Procs:
+    """What one test (or one fixture) starts, and everything that starts in turn."""
+
+    tag: str
+    started: list[subprocess.Popen[Any]] = field(default_factory=list)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "PYTHONUNBUFFERED": "1", **extra, TAG_VAR: self.tag}
+
+    def popen(
+        self, argv: Sequence[str], env: dict[str, str] | None = None, **kw: Any
+    ) -> subprocess.Popen[Any]:
+        """subprocess.Popen in a session of its own, tagged."""
+        kw.setdefault("start_new_session", True)
+        proc = subprocess.Popen(argv, env=self.env(**(env or {})), **kw)
+        self.started.append(proc)
+        return proc
+
+    def alive(self) -> list[int]:
+        """Every live process of ours, at any depth, however it was reparented."""
+        return tagged_pids(TAG_VAR, self.tag)
+
+    def wait_gone(self, timeout: float = 60.0) -> list[int]:
+        """Polls until no process of ours is left; what is left at the deadline."""
+        deadline = time.monotonic() + timeout
+        while (left := self.alive()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return left
+
+    def kill_all(self) -> list[int]:
+        """SIGKILLs the sessions we started, then every tagged process; returns the pids
+        that were still alive."""
+        left = self.alive()
+        for proc in self.started:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        left += sweep(TAG_VAR, self.tag)
+        for proc in self.started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+        return sorted(set(left))
+
+
+@contextlib.contextmanager
+def tracked_processes(name: str) -> Iterator[Procs]:
+    procs = Procs(f"{name}-{uuid.uuid4().hex[:12]}")
+    try:
+        yield procs
+    finally:
+        procs.kill_all()
+
+
+@pytest.fixture
+def procs(request: pytest.FixtureRequest) -> Iterator[Procs]:
+    """Starts processes for one test; none of them outlives it, pass or fail."""
+    with tracked_processes(request.node.name) as p:
+        yield p
 
 
 def free_port() -> int:

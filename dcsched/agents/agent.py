@@ -1,6 +1,10 @@
 """The agent's asyncio core: one MQTT connection (re-made with jittered backoff), telemetry,
 status, signed commands executed at most once, and events that survive a broker outage.
 
+A JobExited is acknowledged end to end: after the broker has it, it waits in the state file
+(`unacked`) and goes out again every `exit_resend_s` and after every reconnect until the
+daemon's AckExit names it, so a broker crash cannot lose it.
+
 Tasks: `jobs` watches job exits whether or not the broker is reachable; `bus` keeps the
 connection and, while connected, runs `receive`, `telemetry`, `status` and `outbox`.
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import signal
 import socket
@@ -21,13 +26,14 @@ import aiomqtt
 
 from dcsched.agents.errors import AgentError, LaunchError, StateError
 from dcsched.agents.gpu import GpuBackend, make_backend
-from dcsched.agents.launcher import ExitStatus, Launcher
+from dcsched.agents.launcher import ExitStatus, Launcher, valid_job_id
 from dcsched.agents.logs import read_chunk
-from dcsched.agents.state import CommandResult, JobRecord, StateStore, job_key
+from dcsched.agents.state import CommandResult, JobRecord, StateStore, exit_key, job_key
 from dcsched.protocol.codec import CommandVerifier, ProtocolError, encode, load_key
 from dcsched.protocol.config import Config
 from dcsched.protocol.messages import (
     Ack,
+    AckExit,
     Cancel,
     Command,
     FetchLog,
@@ -35,9 +41,11 @@ from dcsched.protocol.messages import (
     HostStatus,
     JobExited,
     JobProcs,
+    JobReport,
     JobStarted,
     Launch,
     Message,
+    QueryJob,
     Telemetry,
 )
 from dcsched.protocol.topics import Topics
@@ -80,7 +88,7 @@ class Agent:
         self.verifier = CommandVerifier(key)
         self.backend = backend or make_backend(cfg.agent, self.host)
         self.store = StateStore(cfg.agent.state_dir)
-        self.launcher = Launcher(cfg.agent.state_dir, cfg.agent.torchrun)
+        self.launcher = Launcher(cfg.agent.state_dir, cfg.agent.torchrun, host=self.host)
         self.identifier = identifier or f"dc-agent-{self.host}"
         self.dropped: Counter[str] = Counter()
         self.connected = asyncio.Event()
@@ -146,6 +154,11 @@ class Agent:
             log.info(
                 "%d event(s) from before the restart wait to be published",
                 len(self.store.state.outbox),
+            )
+        if self.store.state.unacked:
+            log.info(
+                "%d exit(s) from before the restart wait for the daemon's acknowledgement",
+                len(self.store.state.unacked),
             )
 
     def _own_address(self) -> str:
@@ -264,17 +277,44 @@ class Agent:
         await client.publish(self.topics.host(self.host, "events"), encode(ev), qos=1)
 
     async def _outbox(self, client: aiomqtt.Client) -> None:
-        """Durable events in order; each leaves the state file only once the broker has it."""
-        outbox = self.store.state.outbox
+        """Durable events in order; each leaves the outbox once the broker has it. An exit then
+        waits in `unacked`, sent again every exit_resend_s until the daemon's AckExit."""
+        loop = asyncio.get_running_loop()
+        st = self.store.state
+        resend_s = self.cfg.agent.exit_resend_s
+        # When each exit last went out on this connection: after a reconnect, all go out again.
+        sent: dict[tuple[str, int, str], float] = {}
         while True:
-            await self._outbox_dirty.wait()
             self._outbox_dirty.clear()
-            while outbox:
-                ev = outbox[0]
+            while st.outbox:
+                ev = st.outbox[0]
                 await self._publish_event(client, ev)
-                if outbox and outbox[0] is ev:
-                    outbox.pop(0)
+                if st.outbox and st.outbox[0] is ev:  # (an AckExit may have taken it meanwhile)
+                    st.outbox.pop(0)
+                    if isinstance(ev, JobExited):
+                        sent[exit_key(ev)] = loop.time()
+                        for old in self.store.keep_unacked(ev):
+                            log.warning(
+                                "job %s node %d: dropping its exit (launch %s), which the "
+                                "daemon never acknowledged: %d newer ones wait",
+                                old.job_id,
+                                old.node_rank,
+                                old.launch_id,
+                                len(st.unacked),
+                            )
                 self._save()
+            for ev in list(st.unacked):
+                key = exit_key(ev)
+                if loop.time() - sent.get(key, -math.inf) >= resend_s:
+                    await self._publish_event(client, ev)
+                    sent[key] = loop.time()
+            keys = {exit_key(ev) for ev in st.unacked}
+            sent = {k: t for k, t in sent.items() if k in keys}
+            timeout = min(sent.values(), default=math.inf) + resend_s - loop.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._outbox_dirty.wait(), None if timeout == math.inf else max(0.0, timeout)
+                )
 
     def _queue_event(self, ev: JobStarted | JobExited | GpuFault) -> None:
         if isinstance(ev, GpuFault):
@@ -360,12 +400,30 @@ class Agent:
     async def handle(self, client: aiomqtt.Client, cmd: Command) -> None:
         if isinstance(cmd, FetchLog):
             # Reading a log changes nothing: answered every time, not remembered.
-            path, _ = self.launcher.paths(cmd.job_id, cmd.node_rank)
-            if not path.resolve().is_relative_to(self.launcher.logs_dir.resolve()):
-                chunk = read_chunk(self.host, cmd, "/nonexistent")
-            else:
+            if valid_job_id(cmd.job_id):
+                path, _ = self.launcher.paths(cmd.job_id, cmd.node_rank)
                 chunk = await asyncio.to_thread(read_chunk, self.host, cmd, str(path))
+            else:
+                chunk = read_chunk(self.host, cmd, "/nonexistent")
             await self._publish_event(client, chunk)
+            return
+        if isinstance(cmd, QueryJob):
+            # As FetchLog: a question, answered every time.
+            running = sorted(r.node_rank for r in self.jobs.values() if r.job_id == cmd.job_id)
+            report = JobReport(
+                host=self.host,
+                cmd_id=cmd.cmd_id,
+                job_id=cmd.job_id,
+                running=running,
+                exits=self.store.last_exits(cmd.job_id),
+            )
+            await self._publish_event(client, report)
+            return
+        if isinstance(cmd, AckExit):
+            # Idempotent: neither remembered nor answered (the daemon sends one per exit it
+            # receives, and a resent exit is simply acknowledged again).
+            if self.store.ack_exit(cmd.job_id, cmd.node_rank, cmd.launch_id):
+                self._save()
             return
         prior = self.store.command(cmd.cmd_id)
         if prior is not None:
@@ -382,6 +440,7 @@ class Agent:
                 job_id=prior.job_id,
                 ok=prior.ok,
                 error=prior.error,
+                code=prior.code,
             ),
         )
 
@@ -397,20 +456,29 @@ class Agent:
         else:
             try:
                 rec = await asyncio.to_thread(self.launcher.start, cmd, self._gpu_indexes)
-            except LaunchError as exc:
-                log.warning("job %s node %d refused: %s", cmd.job_id, cmd.node_rank, exc)
-                result.ok, result.error = False, str(exc)
+            except Exception as exc:
+                if isinstance(exc, LaunchError):
+                    log.warning("job %s node %d refused: %s", cmd.job_id, cmd.node_rank, exc)
+                    result.error, result.code = str(exc), exc.code
+                else:
+                    # A bug, but the daemon still needs an answer, or it resends forever.
+                    log.exception("job %s node %d: launch failed", cmd.job_id, cmd.node_rank)
+                    result.error = f"the agent failed to launch the job: {exc!r}"
+                result.ok = False
                 self.store.remember_command(result)
-                self._queue_event(
-                    JobExited(
-                        host=self.host,
-                        job_id=cmd.job_id,
-                        node_rank=cmd.node_rank,
-                        ts=time.time(),
-                        reason="launch_failed",
-                        launch_id=cmd.cmd_id,
+                if result.code:
+                    self._save()  # a refusal: the Ack is the whole answer
+                else:
+                    self._queue_event(
+                        JobExited(
+                            host=self.host,
+                            job_id=cmd.job_id,
+                            node_rank=cmd.node_rank,
+                            ts=time.time(),
+                            reason="launch_failed",
+                            launch_id=cmd.cmd_id,
+                        )
                     )
-                )
                 return result
             self.jobs[key] = rec
             log.info(

@@ -3,11 +3,17 @@
 The runner detaches from the agent, so every job, launched by this agent process or by an
 earlier one, is watched the same way: through its status file and /proc. That is what lets
 a restarted agent re-adopt running jobs and still report their real exit codes.
+
+A job's files live in `logs/<job>/`, a folder only root (the agent) writes to: the agent
+creates each file afresh there, never through a symlink, and hands the job's user the log
+file alone (by fchown on its fd); the runner writes the status through an fd it inherits.
+So no name a user controls is ever followed as root.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pwd
@@ -17,6 +23,8 @@ import select
 import shlex
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -25,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from dcsched.agents import runner
-from dcsched.agents.errors import LaunchError
+from dcsched.agents.errors import INVALID, PORT_IN_USE, LaunchError
+from dcsched.agents.logs import open_no_follow
 from dcsched.agents.procs import TAG_VAR, ProcScanner, is_alive, kill_group, kill_pids, read_stat
 from dcsched.agents.state import JobRecord
 from dcsched.protocol.messages import Launch
@@ -73,12 +82,63 @@ def job_env(
     return env
 
 
+def valid_job_id(job_id: str) -> bool:
+    """A job id is a file name under logs/: no path, no dot-dot."""
+    return bool(_JOB_ID.match(job_id))
+
+
+def check_launch(launch: Launch, valid_gpus: set[int] | None = None) -> None:
+    """Refuses, with code INVALID, what could never run here; before anything is forked."""
+    if not valid_job_id(launch.job_id):
+        raise LaunchError(f"job id {launch.job_id!r} is not a safe file name", INVALID)
+    if not launch.command:
+        raise LaunchError("the job has no command", INVALID)
+    # exec() takes C strings: a NUL byte would raise deep inside subprocess.
+    texts = [(f"command argument {i}", a) for i, a in enumerate(launch.command)]
+    texts += [("workdir", launch.workdir), ("user", launch.user), ("[torchrun] python",
+              launch.python or ""), ("master address", launch.master_addr)]  # fmt: skip
+    for k, v in launch.env.items():
+        if not k or "=" in k or "\0" in k:
+            raise LaunchError(f"environment variable name {k!r} is not valid", INVALID)
+        texts.append((f"environment variable {k}", v))
+    for what, text in texts:
+        if "\0" in text:
+            raise LaunchError(f"the job's {what} contains a NUL byte", INVALID)
+    if not 0 < launch.master_port < 65536:
+        raise LaunchError(f"master port {launch.master_port} is not a TCP port", INVALID)
+    if valid_gpus is not None and (bad := sorted(set(launch.gpus) - valid_gpus)):
+        raise LaunchError(
+            f"GPUs {bad} do not exist on this host (it has {sorted(valid_gpus)})", INVALID
+        )
+
+
+def check_port_free(port: int, host: str) -> None:
+    """Binds the master port as torchrun's store will (every address, SO_REUSEADDR, IPv6
+    dual-stack where the host has IPv6), then lets it go: a port taken now fails the job's
+    rendezvous later, with an error nobody reads."""
+    families = [socket.AF_INET6, socket.AF_INET] if socket.has_ipv6 else [socket.AF_INET]
+    for family in families:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                s.bind(("::" if family == socket.AF_INET6 else "", port))
+            return
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise LaunchError(f"master port {port} is in use on {host}", PORT_IN_USE) from None
+            if family == families[-1]:
+                raise LaunchError(f"cannot bind master port {port} on {host}: {exc}") from None
+            # No IPv6 here: try IPv4 alone.
+
+
 def read_status_file(path: str) -> ExitStatus | None:
     try:
-        with open(path) as f:
+        with open_no_follow(path) as f:
             data: dict[str, Any] = json.load(f)
     except (OSError, ValueError):
-        return None
+        return None  # not there yet, or still empty: the job runs
     code, sig = data.get("exit_code"), data.get("signal")
     return ExitStatus(
         int(code) if code is not None else None, int(sig) if sig is not None else None
@@ -87,10 +147,15 @@ def read_status_file(path: str) -> ExitStatus | None:
 
 class Launcher:
     def __init__(
-        self, state_dir: str | Path, torchrun: str = "torchrun", runner_python: str = ""
+        self,
+        state_dir: str | Path,
+        torchrun: str = "torchrun",
+        runner_python: str = "",
+        host: str = "",
     ) -> None:
         self.logs_dir = Path(state_dir) / "logs"
         self.torchrun = torchrun
+        self.host = host or os.uname().nodename
         # Any Python 3.11+ runs the runner (standard library only); the job's user must be
         # able to execute it.
         self.runner_python = runner_python or sys.executable
@@ -104,47 +169,44 @@ class Launcher:
 
     def start(self, launch: Launch, valid_gpus: set[int] | None = None) -> JobRecord:
         """Starts the node part; blocks for the runner's start-up (tens of ms)."""
-        if not _JOB_ID.match(launch.job_id):
-            raise LaunchError(f"job id {launch.job_id!r} is not a safe file name")
-        if not launch.command:
-            raise LaunchError("the job has no command")
-        if valid_gpus is not None and (bad := sorted(set(launch.gpus) - valid_gpus)):
-            raise LaunchError(f"GPUs {bad} do not exist on this host (it has {sorted(valid_gpus)})")
+        check_launch(launch, valid_gpus)
         user, popen_user = self._user(launch.user)
         workdir = launch.workdir or (user.pw_dir if user else os.getcwd())
         if not os.path.isdir(workdir):
-            raise LaunchError(f"workdir {workdir} does not exist on this host")
+            raise LaunchError(f"workdir {workdir} does not exist on this host", INVALID)
         tag = secrets.token_hex(8)
         env = job_env(launch, dict(os.environ), tag, user)
         argv = torchrun_argv(launch, self.torchrun)
         if shutil.which(argv[0], path=env.get("PATH")) is None:
             hint = "[torchrun] python" if launch.python else "[agent] torchrun"
-            raise LaunchError(f"{argv[0]} not found on this host (see {hint})")
+            raise LaunchError(f"{argv[0]} not found on this host (see {hint})", INVALID)
+        if launch.node_rank == 0:
+            check_port_free(launch.master_port, self.host)
 
         log_path, status_path = self.paths(launch.job_id, launch.node_rank)
-        # The job's user writes its status file there: the folders must be traversable.
-        self.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        log_path.parent.mkdir(exist_ok=True)
-        for stale in (status_path, Path(runner.cancel_marker(str(status_path)))):
-            stale.unlink(missing_ok=True)
-        if popen_user:
-            os.chown(log_path.parent, popen_user["user"], popen_user["group"])
+        fds: list[int] = []
         read_fd, write_fd = os.pipe()
         try:
-            with open(log_path, "wb") as log:
-                if popen_user:
-                    os.fchown(log.fileno(), popen_user["user"], popen_user["group"])
-                log.write(f"[dcsched] {shlex.join(argv)}\n".encode())
-                log.flush()
-                # -I: the runner needs only the standard library, and the job's workdir or
-                # PYTHONPATH must not shadow it.
-                proc = subprocess.Popen(
-                    [self.runner_python, "-I", runner.__file__, "--status-file", str(status_path),
-                     "--ready-fd", str(write_fd), "--log-file", str(log_path), "--", *argv],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=workdir, env=env, start_new_session=True, pass_fds=(write_fd,),
-                    **popen_user,
-                )  # fmt: skip
+            dir_fd = self._job_dir(launch.job_id)
+            fds.append(dir_fd)
+            self._clear(dir_fd, Path(runner.cancel_marker(str(status_path))))
+            log_fd = self._create(dir_fd, log_path)
+            fds.append(log_fd)
+            status_fd = self._create(dir_fd, status_path)
+            fds.append(status_fd)
+            if popen_user:
+                os.fchown(log_fd, popen_user["user"], popen_user["group"])
+            os.write(log_fd, f"[dcsched] {shlex.join(argv)}\n".encode())
+            # -I: the runner needs only the standard library, and the job's workdir or
+            # PYTHONPATH must not shadow it.
+            proc = subprocess.Popen(
+                [self.runner_python, "-I", runner.__file__, "--status-file", str(status_path),
+                 "--status-fd", str(status_fd), "--ready-fd", str(write_fd),
+                 "--log-file", str(log_path), "--", *argv],
+                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+                cwd=workdir, env=env, start_new_session=True, pass_fds=(write_fd, status_fd),
+                **popen_user,
+            )  # fmt: skip
             os.close(write_fd)
             write_fd = -1
             try:
@@ -154,12 +216,16 @@ class Launcher:
                 proc.wait()
                 raise LaunchError("the job runner did not start in time") from None
             ready = _read_ready(read_fd, _START_TIMEOUT_S)
+        except ValueError as exc:  # what check_launch missed that exec() cannot take
+            raise LaunchError(f"the job cannot be started: {exc}", INVALID) from None
         except OSError as exc:
             raise LaunchError(f"cannot start the job: {exc}") from None
         finally:
             os.close(read_fd)
             if write_fd >= 0:
                 os.close(write_fd)
+            for fd in fds:
+                os.close(fd)
         if "error" in ready:
             raise LaunchError(str(ready["error"]))
         pid = int(ready["pid"])
@@ -179,6 +245,60 @@ class Launcher:
             started_ts=time.time(),
         )
 
+    def _job_dir(self, job_id: str) -> int:
+        """An fd of logs/<job>/, a folder of ours that nobody else may write to."""
+        self.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        path = self.logs_dir / job_id
+        logs_fd = os.open(self.logs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(job_id, 0o755, dir_fd=logs_fd)
+            try:
+                fd = os.open(
+                    job_id, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    dir_fd=logs_fd,
+                )  # fmt: skip
+            except OSError as exc:
+                raise _unexpected(path, "is not a folder", exc) from None
+        finally:
+            os.close(logs_fd)
+        st = os.fstat(fd)
+        me = os.geteuid()
+        if st.st_uid != me or st.st_mode & 0o022:
+            # An earlier agent version gave the folder to the job's user: take it back (what
+            # the user left in it is cleared or refused below, never followed).
+            try:
+                os.fchown(fd, me, os.getegid())
+                os.fchmod(fd, 0o755)
+            except OSError as exc:
+                os.close(fd)
+                raise _unexpected(path, "belongs to someone else", exc) from None
+        return fd
+
+    @staticmethod
+    def _clear(dir_fd: int, path: Path) -> None:
+        """Removes the file an earlier run left; refuses anything else (a symlink, a FIFO)."""
+        try:
+            st = os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise LaunchError(
+                f"{path} is {kind}, not a file this agent wrote: refusing to launch over it "
+                "(remove it)",
+                INVALID,
+            )
+        os.unlink(path.name, dir_fd=dir_fd)  # unlink never follows a link
+
+    def _create(self, dir_fd: int, path: Path) -> int:
+        self._clear(dir_fd, path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(path.name, flags, 0o644, dir_fd=dir_fd)
+        except FileExistsError as exc:
+            raise _unexpected(path, "appeared while the job was starting", exc) from None
+
     def _user(self, name: str) -> tuple[pwd.struct_passwd | None, dict[str, Any]]:
         """The job's user, and the Popen arguments that switch to it (none if it is us)."""
         if not name:
@@ -186,13 +306,15 @@ class Launcher:
         try:
             pw = pwd.getpwnam(name)
         except KeyError:
-            raise LaunchError(f"user {name!r} does not exist on this host") from None
+            raise LaunchError(f"user {name!r} does not exist on this host", INVALID) from None
         euid = os.geteuid()
         if pw.pw_uid == euid:
             return pw, {}
         if euid != 0:
             me = pwd.getpwuid(euid).pw_name
-            raise LaunchError(f"the agent runs as {me}, not root: it cannot start a job as {name}")
+            raise LaunchError(
+                f"the agent runs as {me}, not root: it cannot start a job as {name}", INVALID
+            )
         groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
         return pw, {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups}
 
@@ -217,7 +339,10 @@ class Launcher:
     def send_signal(self, rec: JobRecord, sig: int) -> None:
         """SIGTERM goes to the job's group (torchrun then stops its workers in order);
         SIGKILL goes to the group and to every process that carries the job's tag."""
-        Path(runner.cancel_marker(rec.status_file)).touch()
+        # Never through a link: the folder of a job from an earlier agent version is the user's.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        with contextlib.suppress(OSError):  # without it the child gets the signal twice
+            os.close(os.open(runner.cancel_marker(rec.status_file), flags, 0o644))
         kill_group(rec.pgid, sig)
         if sig == signal.SIGKILL:
             kill_pids(self.pids(rec), sig)
@@ -232,6 +357,12 @@ class Launcher:
         with contextlib.suppress(OSError):
             os.unlink(runner.cancel_marker(rec.status_file))
         return left
+
+
+def _unexpected(path: Path, what: str, exc: OSError) -> LaunchError:
+    return LaunchError(
+        f"{path} {what} ({exc.strerror or exc}): refusing to launch over it", INVALID
+    )
 
 
 def _read_ready(fd: int, timeout: float) -> dict[str, Any]:

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+from typing import BinaryIO
 
 from dcsched.protocol.messages import FetchLog, LogChunk
 
 # Leaves room under the protocol's payload limit for JSON escaping of the text.
 MAX_CHUNK = 96 * 1024
+
+
+def open_no_follow(path: str) -> BinaryIO:
+    """Opens a job's file for reading as root without following a symlink a user may have put
+    there, nor hanging on a FIFO: OSError(ELOOP) for a link, OSError(EINVAL) for not a file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise OSError(errno.EINVAL, "not a regular file")
+    return f
 
 
 def read_chunk(host: str, cmd: FetchLog, path: str) -> LogChunk:
@@ -21,7 +35,7 @@ def read_chunk(host: str, cmd: FetchLog, path: str) -> LogChunk:
         size=0,
     )
     try:
-        with open(path, "rb") as f:
+        with open_no_follow(path) as f:
             size = os.fstat(f.fileno()).st_size
             start = max(0, size - want) if cmd.offset < 0 else min(cmd.offset, size)
             f.seek(start)
@@ -30,7 +44,8 @@ def read_chunk(host: str, cmd: FetchLog, path: str) -> LogChunk:
         base.error = f"no log for job {cmd.job_id} node {cmd.node_rank} on {host}"
         return base
     except OSError as exc:
-        base.error = f"cannot read {path}: {exc.strerror}"
+        why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        base.error = f"cannot read {path}: {why}"
         return base
     if len(data) == want and want:
         data = _whole_characters(data)  # the rest of a split character comes next time

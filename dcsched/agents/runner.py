@@ -5,6 +5,10 @@ and writes the exit code or signal to the status file: for torchrun, which exits
 a worker fails, the failed worker's code from torchrun's report in the log. So an agent
 restarted while a job runs (and no longer its parent) still learns the real exit status.
 
+With `--status-fd N` it writes the status through that descriptor instead of by name: the
+agent opens the file in a folder only root writes to, so the job's user never needs a
+writable folder there (a user-owned folder is where symlinks aimed at root are planted).
+
 With `--ready-fd N` it first detaches (forks; the first process exits at once, so the agent
 never keeps a child of its own) and writes {"pid", "child_pid"} or {"error"} to fd N once
 ARGV has started. Standard library only: the agent also runs it as a script with `python -I`.
@@ -30,6 +34,16 @@ def write_json_atomic(path: str, data: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_fd(fd: int, data: dict[str, Any]) -> None:
+    """Writes into the empty file the agent made; a reader sees an empty file (still running)
+    or the whole JSON (one small write)."""
+    buf = json.dumps(data).encode()
+    done = 0
+    while done < len(buf):
+        done += os.pwrite(fd, buf[done:], done)
+    os.fsync(fd)
 
 
 def cancel_marker(status_file: str) -> str:
@@ -77,10 +91,18 @@ def _report(fd: int, data: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def run(cmd: list[str], status_file: str, ready_fd: int = -1, log_file: str = "") -> int:
+def run(
+    cmd: list[str], status_file: str, ready_fd: int = -1, log_file: str = "", status_fd: int = -1
+) -> int:
     child: subprocess.Popen[bytes] | None = None
     pending: list[int] = []
     marker = cancel_marker(status_file)
+
+    def write_status(data: dict[str, Any]) -> None:
+        if status_fd >= 0:
+            write_json_fd(status_fd, data)
+        else:
+            write_json_atomic(status_file, data)
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         if os.path.exists(marker):
@@ -97,20 +119,21 @@ def run(cmd: list[str], status_file: str, ready_fd: int = -1, log_file: str = ""
     except OSError as exc:
         msg = f"cannot start {cmd[0] if cmd else '(empty command)'}: {exc.strerror or exc}"
         print(f"[dcsched] {msg}", file=sys.stderr, flush=True)
-        write_json_atomic(status_file, {"exit_code": 127, "error": msg})
+        write_status({"exit_code": 127, "error": msg})
         _report(ready_fd, {"error": msg})
         return 127
     _report(ready_fd, {"pid": os.getpid(), "child_pid": child.pid})
     for signum in pending:
         child.send_signal(signum)
     rc = child.wait()
-    write_json_atomic(status_file, exit_status(rc, log_file))
+    write_status(exit_status(rc, log_file))
     return rc if rc >= 0 else 128 - rc
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dcsched.agents.runner")
     p.add_argument("--status-file", required=True)
+    p.add_argument("--status-fd", type=int, default=-1, help="write the status through this fd")
     p.add_argument("--ready-fd", type=int, default=-1)
     p.add_argument("--log-file", default="", help="the job's log, for torchrun's failure report")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -120,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("no command after --")
     if args.ready_fd >= 0 and os.fork() > 0:
         os._exit(0)  # the agent reaps this first process; the job runs under the fork
-    return run(cmd, args.status_file, args.ready_fd, args.log_file)
+    return run(cmd, args.status_file, args.ready_fd, args.log_file, args.status_fd)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 It holds what a restarted agent needs: the jobs it runs (to re-adopt them), the results of
 the commands it executed (so a repeated cmd_id is answered, never executed twice), the
-events not yet acknowledged by the broker (a JobExited must survive a broker outage and an
-agent restart), and the last exits (a late Cancel is answered with the job's JobExited).
+events the broker does not have yet, the exits the daemon has not acknowledged yet (a
+JobExited must survive a broker crash and an agent restart: it goes out again until an
+AckExit names it), and the last exits (a late Cancel or a QueryJob is answered with them).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dcsched.protocol.messages import GpuFault, JobExited, JobStarted
 
 MAX_COMMANDS = 5_000
 MAX_EXITED = 1_000
+# A daemon that never acknowledges must not grow the state file (and each resend) forever.
+MAX_UNACKED = 1_000
 STATE_VERSION = 1
 
 
@@ -47,6 +50,7 @@ class CommandResult(msgspec.Struct, kw_only=True):
     job_id: str
     ok: bool
     error: str = ""
+    code: str = ""  # Ack.code
 
 
 class AgentState(msgspec.Struct, kw_only=True):
@@ -54,6 +58,7 @@ class AgentState(msgspec.Struct, kw_only=True):
     jobs: dict[str, JobRecord] = {}
     commands: list[CommandResult] = []  # oldest first, bounded
     outbox: list[JobStarted | JobExited | GpuFault] = []  # in publishing order
+    unacked: list[JobExited] = []  # published, not yet acknowledged; oldest first, bounded
     exited: list[JobExited] = []  # the last exits, oldest first, bounded
 
 
@@ -116,6 +121,36 @@ class StateStore:
         self.state.exited.append(ev)
         del self.state.exited[: max(0, len(self.state.exited) - MAX_EXITED)]
 
+    def keep_unacked(self, ev: JobExited) -> list[JobExited]:
+        """Keeps a published exit until the daemon acknowledges it; returns those dropped to
+        stay within MAX_UNACKED (oldest first)."""
+        unacked = self.state.unacked
+        if any(exit_key(u) == exit_key(ev) for u in unacked):
+            return []
+        unacked.append(ev)
+        dropped = unacked[: max(0, len(unacked) - MAX_UNACKED)]
+        del unacked[: len(dropped)]
+        return dropped
+
+    def ack_exit(self, job_id: str, node_rank: int, launch_id: str = "") -> int:
+        """Forgets the exits an AckExit names, also one still waiting in the outbox (the daemon
+        has it already); an empty launch_id names every run. Returns how many were forgotten."""
+
+        def named(ev: object) -> bool:
+            return (
+                isinstance(ev, JobExited)
+                and ev.job_id == job_id
+                and ev.node_rank == node_rank
+                and (not launch_id or ev.launch_id == launch_id)
+            )
+
+        st = self.state
+        before = len(st.unacked) + len(st.outbox)
+        # In place: the publishing loop holds these lists.
+        st.unacked[:] = [e for e in st.unacked if not named(e)]
+        st.outbox[:] = [e for e in st.outbox if not named(e)]
+        return before - len(st.unacked) - len(st.outbox)
+
     def last_exits(self, job_id: str) -> list[JobExited]:
         """The latest exit of each node rank of a job that ran here."""
         latest: dict[int, JobExited] = {}
@@ -123,3 +158,8 @@ class StateStore:
             if ev.job_id == job_id:
                 latest[ev.node_rank] = ev
         return [latest[r] for r in sorted(latest)]
+
+
+def exit_key(ev: JobExited) -> tuple[str, int, str]:
+    """One run's exit: a run (launch_id) of a node part ends once."""
+    return ev.job_id, ev.node_rank, ev.launch_id

@@ -12,9 +12,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from aiohttp import web
 
-from dcsched import __version__
+from dcsched.daemon import lifecycle as lc
 from dcsched.daemon.errors import (
     Conflict,
     DaemonError,
@@ -26,8 +27,9 @@ from dcsched.daemon.errors import (
 from dcsched.daemon.jobs import Caller
 from dcsched.daemon.peercred import peer_uid, user_name
 from dcsched.daemon.states import ACTIVE, QUEUED, JobState, TransitionError
-from dcsched.daemon.store import Job, JobNode
-from dcsched.protocol.jobspec import JobSpecError, validate_spec
+from dcsched.daemon.store import StoreError
+from dcsched.protocol.codec import MAX_PAYLOAD
+from dcsched.protocol.jobspec import JobSpecError, spec_to_dict, validate_spec
 from dcsched.scheduler import explain, fairshare_report
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dcsched.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+_encoder = msgspec.json.Encoder()
 
 
 def _error(status: int, code: str, message: str, **details: Any) -> web.Response:
@@ -51,6 +54,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(exc.http_status, exc.code, exc.message, **exc.details)
     except TransitionError as exc:  # another request changed the job first
         return _error(409, "conflict", f"{exc}; it changed meanwhile, look again")
+    except StoreError as exc:
+        return _error(
+            503, "unavailable", f"the daemon cannot use its state store now ({exc}); try later"
+        )
+    except RecursionError:
+        return _error(400, "invalid_request", "the request body is nested too deeply")
     except web.HTTPException as exc:
         if exc.status >= 400:
             return _error(exc.status, "http_" + str(exc.status), exc.reason)
@@ -87,27 +96,43 @@ def _int_arg(text: str, what: str) -> int:
     return n
 
 
+def _json(body: Any, status: int = 200) -> web.Response:
+    # msgspec encodes the large listings several times faster than json.dumps.
+    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
+
+
+def _sse(kind: str, cursor: str, data: Any) -> bytes:
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+        cursor.encode(),
+        kind.encode(),
+        _encoder.encode(data),
+    )
+
+
+def _check_launchable(spec: dict[str, Any]) -> None:
+    """What an agent would refuse: a NUL byte (no exec or environment can carry one) and a
+    launch larger than the bus's message limit."""
+    for where, text in (
+        ("command", " ".join(spec.get("command", []))),
+        ("workdir", spec.get("workdir", "")),
+        *((f"env.{k}", f"{k}={v}") for k, v in spec.get("env", {}).items()),
+    ):
+        if "\x00" in text:
+            raise InvalidRequest(
+                f"{where} contains a NUL byte, which no process can be given; remove it",
+                problems=[{"key": where, "message": "contains a NUL byte", "hint": "remove it"}],
+            )
+    # A signed command carries its body in base64 (4/3 larger), inside the bus's limit.
+    size, limit = len(_encoder.encode(spec)), MAX_PAYLOAD * 3 // 4 - 4096
+    if size > limit:
+        raise InvalidRequest(
+            f"the job's command, env and settings take {size} bytes; the limit is {limit}"
+            " (put large settings in a file in the workdir)"
+        )
+
+
 def _job_id(request: web.Request) -> int:
     return _int_arg(request.match_info["job_id"], "job id (a number)")
-
-
-def job_view(d: Daemon, job: Job, parts: list[JobNode] | None = None) -> dict[str, Any]:
-    out = job.to_dict()
-    now = time.time()
-    info = d.scheduling.stats.last.pending.get(str(job.id))
-    if info is not None and job.state in QUEUED:
-        out["reasons"] = list(info.reasons)
-        out["priority"] = info.priority
-        out["est_start"] = info.est_start
-    if job.start_ts is not None:
-        out["elapsed_s"] = (job.end_ts or now) - job.start_ts
-    if parts is not None:
-        out["node_parts"] = [p.to_dict() for p in parts]
-        out["hosts"] = [p.host for p in parts]
-        if job.state in ACTIVE:
-            utils = [u for p in parts if (u := d.ingest.job_util(p.host, p.gpus)) is not None]
-            out["gpu_util"] = sum(utils) / len(utils) if utils else None
-    return out
 
 
 class Api:
@@ -134,12 +159,17 @@ class Api:
         r.add_post("/v1/nodes/{host}/resume", self.resume)
         r.add_get("/v1/gpus", self.gpus)
         r.add_get("/v1/cluster", self.cluster)
+        r.add_get("/v1/events", self.events)
         self.app = app
+        self.read = daemon.read
 
     async def health(self, request: web.Request) -> web.Response:
-        d = self.d
+        h = self.d.health()
+        if h["ok"]:
+            return web.json_response(h)
+        msg = "; ".join(h["problems"])
         return web.json_response(
-            {"ok": True, "version": __version__, "broker_connected": d.bus.connected.is_set()}
+            {**h, "error": {"code": "unavailable", "message": msg}}, status=503
         )
 
     async def whoami(self, request: web.Request) -> web.Response:
@@ -158,12 +188,13 @@ class Api:
                     {"key": p.key, "message": p.message, "hint": p.hint} for p in exc.problems
                 ],
             ) from None
+        _check_launchable(spec_to_dict(spec))
         job_id = await self.d.jobs.submit(spec, who)
         return web.json_response({"job_id": job_id}, status=201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         q = request.query
-        states: list[str] | None = None
+        states: list[str] = sorted(JobState.__members__)
         if "state" in q:
             states = [s.strip().upper() for s in q["state"].split(",") if s.strip()]
             bad = [s for s in states if s not in JobState.__members__]
@@ -174,39 +205,48 @@ class Api:
         elif q.get("all") not in ("1", "true"):
             states = sorted(QUEUED | ACTIVE)
         # Waiting and running jobs are all listed; finished ones only up to a limit.
-        limit = _int_arg(q["limit"], "limit") if "limit" in q else (None if states else 1000)
-        jobs = await self.d.store.jobs(states, user=q.get("user") or None, limit=limit)
-        parts: dict[int, list[JobNode]] = {}
-        for p in await self.d.store.job_nodes(states=("launching", "running")):
-            parts.setdefault(p.job_id, []).append(p)
-        return web.json_response({"jobs": [job_view(self.d, j, parts.get(j.id, [])) for j in jobs]})
+        limit = _int_arg(q["limit"], "limit") if "limit" in q else None
+        views = await self.read.list_jobs(set(states), q.get("user") or None, limit)
+        return _json({"jobs": views})
 
     async def show(self, request: web.Request) -> web.Response:
         job = await self.d.jobs.get(_job_id(request))
-        out = job_view(self.d, job, await self.d.store.job_nodes(job.id))
+        out = self.read.job_view(job)
         out["events"] = await self.d.store.job_events(job.id)
-        return web.json_response(out)
+        return _json(out)
+
+    async def _act(self, request: web.Request, action: str) -> web.Response:
+        who = caller(request)
+        jobs = self.d.jobs
+        ev: lc.Event
+        match action:
+            case "cancel":
+                ev = jobs.cancel_event(who)
+            case "hold":
+                ev = lc.Hold(who.user)
+            case "release":
+                ev = lc.Release(who.user)
+            case _:
+                ev = jobs.requeue_event(who)
+        job = await jobs.act(_job_id(request), who, ev)
+        return _json(self.read.job_view(job))
 
     async def cancel(self, request: web.Request) -> web.Response:
-        job = await self.d.jobs.cancel(_job_id(request), caller(request))
-        return web.json_response(job_view(self.d, job))
+        return await self._act(request, "cancel")
 
     async def hold(self, request: web.Request) -> web.Response:
-        job = await self.d.jobs.hold(_job_id(request), caller(request))
-        return web.json_response(job_view(self.d, job))
+        return await self._act(request, "hold")
 
     async def release(self, request: web.Request) -> web.Response:
-        job = await self.d.jobs.release(_job_id(request), caller(request))
-        return web.json_response(job_view(self.d, job))
+        return await self._act(request, "release")
 
     async def requeue(self, request: web.Request) -> web.Response:
-        job = await self.d.jobs.requeue(_job_id(request), caller(request))
-        return web.json_response(job_view(self.d, job))
+        return await self._act(request, "requeue")
 
     async def explain(self, request: web.Request) -> web.Response:
         job = await self.d.jobs.get(_job_id(request))
         now = time.time()
-        snap, _, _ = await self.d.scheduling.snapshot(now, accrue=False)
+        snap = self.d.scheduling.snapshot(now, accrue=False)
         try:
             why = explain(snap, now, str(job.id))
         except KeyError:
@@ -216,15 +256,15 @@ class Api:
             ) from None
         out = why.to_dict()
         out["job_state"] = job.state
-        return web.json_response(out)
+        return _json(out)
 
     async def fairshare(self, request: web.Request) -> web.Response:
         now = time.time()
-        snap, _, _ = await self.d.scheduling.snapshot(now, accrue=False)
+        snap = self.d.scheduling.snapshot(now, accrue=False)
         seen = {(j.account, j.user) for j in snap.pending}
         seen |= {(j.account, j.user) for j in snap.running}
         report = fairshare_report(snap.config, snap.usage, now, seen)
-        return web.json_response(report.to_dict())
+        return _json(report.to_dict())
 
     async def logs(self, request: web.Request) -> web.Response:
         job = await self.d.jobs.get(_job_id(request))
@@ -235,8 +275,8 @@ class Api:
             max_bytes = min(int(q.get("max_bytes", "65536")), 1024 * 1024)
         except ValueError:
             raise InvalidRequest("node, offset and max_bytes must be integers") from None
-        parts = await self.d.store.job_nodes(job.id)
-        part = next((p for p in parts if p.node_rank == rank), None)
+        parts = job.parts
+        part = next((p for p in parts if p.rank == rank), None)
         if part is None:
             if not parts:
                 raise NoSuchThing(f"job {job.id} has not started on any node yet ({job.state})")
@@ -265,7 +305,7 @@ class Api:
         )
 
     async def list_nodes(self, request: web.Request) -> web.Response:
-        return web.json_response({"nodes": await self.d.node_views()})
+        return _json({"nodes": self.read.node_views()})
 
     async def node_history(self, request: web.Request) -> web.Response:
         host = request.match_info["host"]
@@ -300,7 +340,42 @@ class Api:
         return web.json_response({"host": request.match_info["host"], "drained": False})
 
     async def gpus(self, request: web.Request) -> web.Response:
-        return web.json_response({"gpus": await self.d.gpu_views()})
+        return _json({"gpus": self.read.gpu_views()})
 
     async def cluster(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.d.cluster_summary())
+        return _json(self.read.cluster_summary())
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: every job and node change, from `?since=CURSOR` (or the
+        Last-Event-ID header) or from now. Each event's id is the cursor to resume from; a
+        `reset` event means the changes since the cursor are gone (a daemon restart, or too
+        far back): re-read everything, then follow on."""
+        hub = self.d.hub
+        cursor = request.query.get("since") or request.headers.get("Last-Event-ID") or ""
+        kinds = {k for k in request.query.get("kinds", "").split(",") if k}
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        if cursor:
+            backlog = hub.since(cursor)
+            if backlog is None:
+                await resp.write(_sse("reset", hub.cursor(), {"cursor": hub.cursor()}))
+                cursor = hub.cursor()
+        else:
+            cursor = hub.cursor()
+            await resp.write(_sse("hello", cursor, {"cursor": cursor}))
+        while not self.d.stop.is_set():
+            changes = hub.since(cursor)
+            if changes is None:  # fell behind the ring while writing
+                cursor = hub.cursor()
+                await resp.write(_sse("reset", cursor, {"cursor": cursor}))
+                continue
+            for ch in changes:
+                if not kinds or ch.kind in kinds:
+                    await resp.write(_sse(ch.kind, hub.cursor(ch.seq), ch.data))
+                cursor = hub.cursor(ch.seq)
+            if not changes:
+                await resp.write(b": keep-alive\n\n")
+                await hub.wait(15.0)
+        return resp

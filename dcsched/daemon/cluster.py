@@ -35,6 +35,10 @@ class Node:
     def gpu_type(self) -> str:
         return gpu_type_of(self.status.gpus[0].model) if self.status.gpus else ""
 
+    @property
+    def gpu_indexes(self) -> tuple[int, ...]:
+        return tuple(g.index for g in self.status.gpus)
+
 
 class Cluster:
     def __init__(self, ingest: Ingest, node_timeout_s: float) -> None:
@@ -62,6 +66,25 @@ class Cluster:
             st = msgspec.structs.replace(st, gpus=node.status.gpus, addr=node.status.addr)
         node.status, node.online, node.seen = st, online, time.monotonic()
         return changed
+
+    def gpu_type(self, host: str) -> str:
+        node = self.nodes.get(host)
+        return node.gpu_type if node else ""
+
+    def is_online(self, host: str) -> bool:
+        node = self.nodes.get(host)
+        return node is not None and node.online
+
+    def silent_for(self, host: str) -> float:
+        """Seconds since the host last said anything (status or telemetry). An agent that
+        went offline counts from its offline status: the host may be fine and its agent
+        restarting, so its jobs are given node_timeout_s before they are declared lost."""
+        node = self.nodes.get(host)
+        if node is None:
+            return float("inf")
+        silent = time.monotonic() - node.seen
+        age = self.ingest.age(host)
+        return silent if age is None else min(silent, age)
 
     def state(self, node: Node) -> str:
         """up | drained | down, as the scheduler sees it."""

@@ -1,7 +1,10 @@
-"""Commands to agents: stored first, then published signed, retried until acknowledged.
+"""Commands to agents: journaled first, then published signed, retried until acknowledged.
 
-A command is signed afresh on every send so that a retry is never refused as a replay;
-the agent executes each cmd_id at most once, so a retry is safe.
+The unacknowledged ones are kept in memory (loaded from the store at start-up) so that a
+retry round reads nothing from disk. A command is signed afresh on every send so that a
+retry is never refused as a replay; the agent executes each cmd_id at most once, so a retry
+is safe. Fire-and-forget commands (AckExit, QueryJob, FetchLog) are not journaled: each is
+asked again if its answer does not come.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import msgspec
 
 from dcsched.daemon.aio import wait_event
 from dcsched.daemon.bus import Bus
-from dcsched.daemon.store import Store
+from dcsched.daemon.store import CommandRow
 from dcsched.protocol.codec import encode, sign
 from dcsched.protocol.messages import Command, FetchLog, LogChunk
 
@@ -28,18 +31,41 @@ def new_cmd_id() -> str:
     return uuid.uuid4().hex
 
 
+def command_row(host: str, job_id: int, cmd: Command, now: float) -> CommandRow:
+    return CommandRow(cmd.cmd_id, host, job_id, type(cmd).__name__.lower(), encode(cmd), now)
+
+
 class CommandSender:
-    def __init__(self, store: Store, bus: Bus, key: bytes | None, retry_s: float) -> None:
-        self.store = store
+    def __init__(
+        self, bus: Bus, key: bytes | None, retry_s: float, offline: Callable[[str], bool]
+    ) -> None:
         self.bus = bus
         self.key = key
         self.retry_s = retry_s
+        # An agent that is offline cannot receive (its session is clean): its commands
+        # wait, and go out when its status says online again.
+        self.offline = offline
         self.wake = asyncio.Event()
+        self.pending: dict[str, CommandRow] = {}  # journaled, not yet acknowledged
         self._last_sent: dict[str, float] = {}
+        self._attempts: dict[str, int] = {}
         self._logs: dict[str, asyncio.Future[LogChunk]] = {}
-        # Set by the daemon. An agent that is offline cannot receive (its session is clean):
-        # its commands wait, and go out when its status says online again.
-        self.offline: Callable[[str], bool] = lambda host: False
+
+    def add(self, rows: list[CommandRow]) -> None:
+        """Commands the store has journaled: they go out now."""
+        for r in rows:
+            self.pending[r.cmd_id] = r
+        if rows:
+            self.wake.set()
+
+    def acked(self, cmd_id: str) -> CommandRow | None:
+        """The command an ack answers, or None for a repeated or unknown ack."""
+        self._last_sent.pop(cmd_id, None)
+        self._attempts.pop(cmd_id, None)
+        return self.pending.pop(cmd_id, None)
+
+    def unacked(self, job_id: int, kind: str) -> list[str]:
+        return [c.cmd_id for c in self.pending.values() if c.job_id == job_id and c.kind == kind]
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -53,26 +79,26 @@ class CommandSender:
 
     async def send_due(self) -> None:
         now = time.monotonic()
-        pending = await self.store.unacked_commands()
-        live = {c.cmd_id for c in pending}
-        for cid in [c for c in self._last_sent if c not in live]:
-            del self._last_sent[cid]
-        for cmd in pending:
+        for cmd in list(self.pending.values()):
             last = self._last_sent.get(cmd.cmd_id)
             if (last is not None and now - last < self.retry_s) or self.offline(cmd.host):
                 continue
             payload = sign(_command.decode(cmd.payload), self.key)
             if await self.bus.publish(self.bus.topics.host(cmd.host, "cmd"), payload, qos=1):
                 self._last_sent[cmd.cmd_id] = now
-                await self.store.command_sent(cmd.cmd_id)
-                if cmd.attempts >= 3 and cmd.attempts % 10 == 3:
+                n = self._attempts[cmd.cmd_id] = self._attempts.get(cmd.cmd_id, 0) + 1
+                if n >= 4 and n % 10 == 4:
                     log.warning(
                         "%s command %s to %s unacknowledged after %d sends",
                         cmd.kind,
                         cmd.cmd_id,
                         cmd.host,
-                        cmd.attempts + 1,
+                        n,
                     )
+
+    async def send_once(self, host: str, cmd: Command) -> bool:
+        """An idempotent command that is not journaled; False if the broker is not reached."""
+        return await self.bus.publish(self.bus.topics.host(host, "cmd"), sign(cmd, self.key))
 
     # Log fetches are interactive: not stored, answered within a deadline or not at all.
     async def fetch_log(
@@ -93,7 +119,7 @@ class CommandSender:
                 )
                 ids.append(cmd.cmd_id)
                 self._logs[cmd.cmd_id] = fut
-                await self.bus.publish(self.bus.topics.host(host, "cmd"), sign(cmd, self.key))
+                await self.send_once(host, cmd)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError
@@ -110,8 +136,3 @@ class CommandSender:
         fut = self._logs.get(chunk.cmd_id)
         if fut is not None and not fut.done():
             fut.set_result(chunk)
-
-
-def command_row(host: str, cmd: Command) -> tuple[str, str, str, bytes]:
-    kind = type(cmd).__name__.lower()
-    return (cmd.cmd_id, host, kind, encode(cmd))

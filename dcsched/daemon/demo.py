@@ -2,11 +2,20 @@
 
 The broker is mosquitto when it is on PATH, else amqtt embedded in this process. The daemon
 runs in this process; each agent is its own `dc-agent` process with simulated GPUs.
+
+Nothing of the demo outlives it. Ctrl-C, SIGTERM and SIGHUP (the terminal closed) all
+cancel the jobs and then stop the daemon, the agents and the broker, in that order. If the
+demo dies without that (SIGKILL, a crash), the kernel kills the broker and the agents
+(PR_SET_PDEATHSIG), and a guard process kills the jobs: a job's runner detaches from its
+agent on purpose, so only the token in every child's environment still finds it (see
+`dcsched.daemon.children`). The guard also sweeps after a clean stop, for a job whose cancel
+did not finish in time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -17,16 +26,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from dcsched.daemon.children import Guard, die_with_parent
+from dcsched.daemon.errors import DaemonError
 from dcsched.daemon.jobs import Caller
 from dcsched.daemon.service import Daemon
-from dcsched.daemon.states import ACTIVE
 from dcsched.protocol.config import load_config
 
 log = logging.getLogger("dcsched.demo")
+
+# Ctrl-C, `kill`, and the terminal going away: each stops the demo in order.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _free_port() -> int:
@@ -49,12 +63,28 @@ async def _wait_port(port: int, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.1)
 
 
-async def _spawn(argv: list[str], log: Path) -> asyncio.subprocess.Process:
-    """Starts a child in a session of its own: the terminal's Ctrl-C reaches only the demo,
-    which then stops everything in order (jobs, daemon, agents, broker)."""
+def _say(text: str) -> None:
+    """Prints, unless the terminal is gone (closed: EIO; a closed pipe: EPIPE): the demo
+    still has to stop everything after that."""
+    try:
+        print(text, flush=True)
+    except OSError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of the process)
+
+
+async def _spawn(argv: list[str], log: Path, env: Mapping[str, str]) -> asyncio.subprocess.Process:
+    """Starts a child in a session of its own: the terminal's Ctrl-C and hang-up reach only
+    the demo, which then stops everything in order (jobs, daemon, agents, broker). The
+    kernel kills the child if the demo dies without doing so."""
     with log.open("wb") as f:  # the child keeps its own copy of the file
         return await asyncio.create_subprocess_exec(
-            *argv, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(env),
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
 
 
@@ -68,7 +98,9 @@ async def _stop(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> None
         await proc.wait()
 
 
-async def _start_broker(stack: AsyncExitStack, kind: str, workdir: Path, port: int) -> str:
+async def _start_broker(
+    stack: AsyncExitStack, kind: str, workdir: Path, port: int, env: Mapping[str, str]
+) -> str:
     binary = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
     )
@@ -77,7 +109,7 @@ async def _start_broker(stack: AsyncExitStack, kind: str, workdir: Path, port: i
             raise SystemExit("dcd demo: --broker mosquitto, but mosquitto is not installed")
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        proc = await _spawn([binary, "-c", str(conf)], workdir / "mosquitto.log")
+        proc = await _spawn([binary, "-c", str(conf)], workdir / "mosquitto.log", env)
         stack.push_async_callback(_stop, proc)
         await _wait_port(port)
         return f"mosquitto {port}"
@@ -125,29 +157,57 @@ def _write_configs(d: Path, port: int, agents: int, gpus: int) -> tuple[Path, li
 async def run_demo(agents: int, gpus: int, folder: str | None, broker_kind: str) -> int:
     d = Path(folder or tempfile.mkdtemp(prefix="dcsched-demo-")).resolve()
     d.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    quit_demo = asyncio.Event()
+    for sig in STOP_SIGNALS:
+        # The first signal cancels the jobs, while the daemon still hears their exits.
+        loop.add_signal_handler(sig, quit_demo.set)
+    # First of all, so that whatever starts after it is covered.
+    with (d / "guard.log").open("wb") as guard_log:
+        guard = Guard.start(secrets.token_hex(16), guard_log)
+    try:
+        await _run(d, agents, gpus, broker_kind, guard.env(), quit_demo)
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+        # Everything was stopped in order: the guard finds nothing, unless a job's cancel
+        # did not finish in time.
+        await asyncio.to_thread(guard.close)
+    _say("dcsched demo stopped")
+    return 0
+
+
+async def _run(
+    d: Path,
+    agents: int,
+    gpus: int,
+    broker_kind: str,
+    env: Mapping[str, str],
+    quit_demo: asyncio.Event,
+) -> None:
     port = _free_port()
-    async with AsyncExitStack() as stack:
-        what = await _start_broker(stack, broker_kind, d, port)
+    async with AsyncExitStack() as stack:  # stops in the reverse order of the starts
+        what = await _start_broker(stack, broker_kind, d, port, env)
         daemon_conf, agent_confs = _write_configs(d, port, agents, gpus)
         daemon = await Daemon.open(load_config(str(daemon_conf)))
-        loop = asyncio.get_running_loop()
-        quit_demo = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            # Ctrl-C first cancels the jobs, while the daemon still hears their exits.
-            loop.add_signal_handler(sig, quit_demo.set)
-        procs = [
-            await _spawn(
-                [sys.executable, "-m", "dcsched.agents.main", "run", "--config", str(conf)],
-                d / f"{conf.stem}.log",
-            )
-            for conf in agent_confs
-        ]
+        for conf in agent_confs:
+            argv = [sys.executable, "-m", "dcsched.agents.main", "run", "--config", str(conf)]
+            stack.push_async_callback(_stop, await _spawn(argv, d / f"{conf.stem}.log", env))
         run = asyncio.create_task(daemon.run(), name="dcd")
-        await daemon.ready.wait()
-        sock = daemon.config.daemon.socket
-        examples = Path(__file__).resolve().parents[2] / "examples"
-        print(
-            f"""
+        stack.push_async_callback(_stop_daemon, daemon, run)
+        quitting = asyncio.create_task(quit_demo.wait())
+        stack.callback(quitting.cancel)
+        ready = asyncio.create_task(daemon.ready.wait())
+        stack.callback(ready.cancel)
+        await asyncio.wait({ready, quitting, run}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done() and not quitting.done() and not run.done():
+            _say(_banner(d, what, agents, gpus, daemon.config.daemon.socket))
+            await asyncio.wait({quitting, run}, return_when=asyncio.FIRST_COMPLETED)
+
+
+def _banner(d: Path, what: str, agents: int, gpus: int, sock: str) -> str:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    return f"""
 dcsched demo: broker {what}, daemon, {agents} agents x {gpus} simulated GPUs
 state and logs in {d}
 
@@ -161,27 +221,26 @@ and drive it from a third:
     dcctl queue
 
 Ctrl-C stops the demo (running jobs are cancelled first).
-""",
-            flush=True,
-        )
+"""
+
+
+async def _stop_daemon(daemon: Daemon, run: asyncio.Task[None]) -> None:
+    """Jobs first, while the agents and the daemon still run to hear their exits."""
+    if not run.done():
         try:
-            await quit_demo.wait()
-        finally:
             await _cancel_all(daemon)
-            daemon.stop.set()
-            await run
-            await asyncio.gather(*(_stop(p) for p in procs))
-    print("dcsched demo stopped", flush=True)
-    return 0
+        except Exception:
+            log.exception("cancelling the jobs failed; the guard will kill what is left")
+    daemon.stop.set()
+    await run
 
 
 async def _cancel_all(daemon: Daemon, timeout: float = 15.0) -> None:
     """Jobs must not outlive the demo: cancel them and wait for their nodes to report."""
     root = Caller(os.getuid(), "demo", admin=True)
-    active = await daemon.store.jobs(ACTIVE)
-    for job in active:
-        await daemon.jobs.cancel(job.id, root)
+    for job_id in list(daemon.model.running):
+        with contextlib.suppress(DaemonError):
+            await daemon.jobs.act(job_id, root, daemon.jobs.cancel_event(root))
     deadline = time.monotonic() + timeout
-    while active and time.monotonic() < deadline:
+    while daemon.model.running and time.monotonic() < deadline:  # noqa: ASYNC110 - a dict
         await asyncio.sleep(0.5)
-        active = await daemon.store.jobs(ACTIVE)

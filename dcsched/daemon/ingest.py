@@ -63,8 +63,6 @@ class Ingest:
         self.received = 0
         self.stale = 0  # messages older than one already seen from the host
         self._accum: dict[tuple[str, int], _Accum] = {}
-        # (host, job id) -> last monotonic time the job's processes were seen there
-        self.job_seen: dict[tuple[str, str], float] = {}
 
     def handle(self, msg: Telemetry) -> None:
         now = time.monotonic()
@@ -86,8 +84,6 @@ class Ingest:
             if acc is None:
                 acc = self._accum[key] = _Accum()
             acc.add(s)
-        for j in msg.jobs:
-            self.job_seen[(msg.host, j.job_id)] = now
 
     def drain_rows(
         self, ts: float

@@ -1,10 +1,13 @@
-"""Job lifecycle: submit, cancel, hold/release/requeue, agent events, time limits, lost nodes.
+"""The executor around the pure lifecycle: events in, `lifecycle.apply`, the outcome journaled
+in one store transaction, then installed in memory, then its effects carried out (commands
+sent, the scheduler woken, the change fed to `/v1/events`).
 
-Every state change is one store transaction; what a job will end as while its nodes are
-still stopping is kept in `ending`, so a daemon restart in the middle loses nothing.
-Every entry point that changes a job holds one lock and reads the job afresh under it: the
-API, the agents' events, the periodic checks and the scheduler's preemptions run as
-separate tasks and would otherwise act on each other's stale copies.
+Nothing goes out before the store has it, so a crash at any point replays cleanly. One lock
+keeps the read-apply-commit-install of one step from interleaving with another's; new
+submissions need no lock and are committed in groups. When the store cannot be written
+(disk full, read-only) every entry point raises `StoreError`: the API answers 503 with the
+reason, and the daemon's event loop keeps the agent's message and retries it until the disk
+takes it (nothing is dropped).
 """
 
 from __future__ import annotations
@@ -12,22 +15,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from dcsched.daemon.bus import Bus
+from dcsched.daemon import lifecycle as lc
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender, command_row, new_cmd_id
-from dcsched.daemon.errors import Conflict, InvalidRequest, NoSuchThing, PermissionDenied
-from dcsched.daemon.ingest import Ingest
-from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState
-from dcsched.daemon.store import Job, NotFound, Store
+from dcsched.daemon.errors import (
+    Conflict,
+    InvalidRequest,
+    NoSuchThing,
+    PermissionDenied,
+    Unavailable,
+)
+from dcsched.daemon.events import EventHub
+from dcsched.daemon.model import Model
+from dcsched.daemon.states import TERMINAL
+from dcsched.daemon.store import Batch, NewJob, NotFound, Store, StoreError
 from dcsched.protocol.jobspec import JobSpec, parse_dependencies, spec_to_dict
-from dcsched.protocol.messages import Ack, Cancel, JobExited, JobStarted
+from dcsched.protocol.messages import (
+    Ack,
+    AckExit,
+    Cancel,
+    JobExited,
+    JobReport,
+    JobStarted,
+    Launch,
+    QueryJob,
+)
 from dcsched.scheduler import SchedulerConfig
 
 log = logging.getLogger("dcsched.jobs")
-S = JobState
+T = TypeVar("T")
+S = lc.S
+PORT_AVOID_S = 600.0  # a master port found taken on a host is not offered there again for this
+QUERY_EVERY_S = 5.0  # how often an unanswered QueryJob is asked again
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,41 +60,120 @@ class Caller:
     admin: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Timing:
+    cancel_grace_s: float
+    preempt_grace_s: float
+    node_timeout_s: float
+
+
 class JobManager:
     def __init__(
         self,
         store: Store,
+        model: Model,
         sender: CommandSender,
-        bus: Bus,
         cluster: Cluster,
-        ingest: Ingest,
+        hub: EventHub,
         config: SchedulerConfig,
-        cancel_grace_s: float,
-        node_timeout_s: float,
+        timing: Timing,
         wake_scheduler: Callable[[], None],
     ) -> None:
         self.store = store
-        self.config = config
+        self.model = model
         self.sender = sender
-        self.bus = bus
         self.cluster = cluster
-        self.ingest = ingest
-        self.cancel_grace_s = cancel_grace_s
-        self.node_timeout_s = node_timeout_s
+        self.hub = hub
+        self.config = config
+        self.timing = timing
         self.wake_scheduler = wake_scheduler
+        self.storage_error = ""  # why the store cannot be written now; "" when it can
+        self.avoid_ports: dict[tuple[str, int], float] = {}  # (host, port) -> until (monotonic)
+        self._queries: dict[tuple[str, int], float] = {}  # (host, job) -> last asked (monotonic)
         self._lock = asyncio.Lock()
+        self._submits: list[tuple[NewJob, asyncio.Future[int]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
-    async def get(self, job_id: int) -> Job:
+    # --- reads ------------------------------------------------------------------------------
+
+    async def get(self, job_id: int) -> lc.Job:
+        job = self.model.jobs.get(job_id)
+        if job is not None:
+            return job
         try:
             return await self.store.job(job_id)
         except NotFound:
             raise NoSuchThing(f"no job {job_id}; `dcctl queue --all` lists jobs") from None
 
-    def _may_act(self, caller: Caller, job: Job) -> None:
-        if not caller.admin and caller.uid != job.uid:
-            raise PermissionDenied(
-                f"job {job.id} belongs to {job.user}; only its owner or an admin may change it"
+    # --- submissions ------------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec, caller: Caller) -> int:
+        self._writable()
+        await self._check_submission(spec)
+        state = S.HELD if spec.hold else S.PENDING
+        new = NewJob(
+            name=spec.name,
+            user=caller.user,
+            uid=caller.uid,
+            account=spec.account,
+            qos=spec.qos,
+            nice=spec.nice,
+            state=state,
+            spec=spec_to_dict(spec),
+            nodes=spec.resources.nodes,
+            gpus_per_node=spec.resources.gpus_per_node,
+            gpu_type=spec.resources.gpu_type,
+            time_limit_s=spec.time_limit_s,
+            submit_ts=time.time(),
+            detail=f"submitted by {caller.user}",
+        )
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._submits.append((new, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_submits(), name="submits")
+        job_id = await fut
+        log.info("job %d %r submitted by %s", job_id, spec.name, caller.user)
+        return job_id
+
+    async def _flush_submits(self) -> None:
+        """Group commit: every submission that arrived meanwhile goes in one transaction."""
+        while self._submits:
+            await asyncio.sleep(0)  # let the submissions already on their way join this batch
+            batch, self._submits = self._submits, []
+            try:
+                ids = await self._journal_new([n for n, _ in batch])
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), job_id in zip(batch, ids, strict=True):
+                if not fut.done():
+                    fut.set_result(job_id)
+
+    async def _journal_new(self, new: list[NewJob]) -> list[int]:
+        ids = await self._guard(self.store.add_jobs(new))
+        for n, job_id in zip(new, ids, strict=True):
+            job = lc.Job(
+                id=job_id,
+                name=n.name,
+                user=n.user,
+                uid=n.uid,
+                account=n.account,
+                qos=n.qos,
+                nice=n.nice,
+                state=n.state,
+                spec=n.spec,
+                nodes=n.nodes,
+                gpus_per_node=n.gpus_per_node,
+                gpu_type=n.gpu_type,
+                time_limit_s=n.time_limit_s,
+                submit_ts=n.submit_ts,
             )
+            self.model.install(job, None)
+            self.hub.publish("job", _change(job))
+        self.wake_scheduler()
+        return ids
 
     async def _check_submission(self, spec: JobSpec) -> None:
         cfg = self.config
@@ -86,332 +188,302 @@ class JobManager:
                 + ", ".join(sorted({"normal", *cfg.qos}))
             )
         deps = {int(i) for _, i in parse_dependencies(spec.dependency)}
-        missing = sorted(deps - set(await self.store.job_states(deps)))
-        if missing:
-            raise InvalidRequest(f"dependency on job {missing[0]}, which does not exist")
+        unknown = deps - self.model.jobs.keys() - self.model.finished_deps.keys()
+        if unknown:
+            found = await self._guard(self.store.job_states(unknown))
+            missing = sorted(unknown - found.keys())
+            if missing:
+                raise InvalidRequest(f"dependency on job {missing[0]}, which does not exist")
+            self.model.finished_deps.update({i: s for i, s in found.items() if s in TERMINAL})
 
-    async def submit(self, spec: JobSpec, caller: Caller) -> int:
-        await self._check_submission(spec)
-        job_id = await self.store.add_job(
-            name=spec.name,
-            user=caller.user,
-            uid=caller.uid,
-            account=spec.account,
-            qos=spec.qos,
-            nice=spec.nice,
-            spec=spec_to_dict(spec),
-            nodes=spec.resources.nodes,
-            gpus_per_node=spec.resources.gpus_per_node,
-            gpu_type=spec.resources.gpu_type,
-            time_limit_s=spec.time_limit_s,
-            now=time.time(),
-            held=spec.hold,
-        )
-        log.info("job %d %r submitted by %s", job_id, spec.name, caller.user)
-        self.wake_scheduler()
-        return job_id
+    # --- user actions -----------------------------------------------------------------------
 
-    # --- user actions ----------------------------------------------------------------------
-
-    async def cancel(self, job_id: int, caller: Caller) -> Job:
-        async with self._lock:
-            job = await self.get(job_id)
-            self._may_act(caller, job)
-            if job.state in TERMINAL:
-                raise Conflict(f"it has already ended ({job.state})")
-            if job.state == S.COMPLETING and job.ending == S.CANCELLED:
-                return job
-            if job.state in QUEUED:
-                job = await self.store.transition(
-                    job_id, S.CANCELLED, time.time(), f"cancelled by {caller.user}"
-                )
-                self.wake_scheduler()
-                return job
-            return await self._stop(job, S.CANCELLED, f"cancelled by {caller.user}")
-
-    async def hold(self, job_id: int, caller: Caller) -> Job:
-        async with self._lock:
-            job = await self.get(job_id)
-            self._may_act(caller, job)
-            if job.state == S.HELD:
-                return job
-            if job.state not in (S.PENDING, S.REQUEUED):
-                raise Conflict(f"it is {job.state}; only a pending job can be held")
-            return await self.store.transition(
-                job_id, S.HELD, time.time(), f"held by {caller.user}"
+    def _may_act(self, caller: Caller, job: lc.Job) -> None:
+        if not caller.admin and caller.uid != job.uid:
+            raise PermissionDenied(
+                f"job {job.id} belongs to {job.user}; only its owner or an admin may change it"
             )
 
-    async def release(self, job_id: int, caller: Caller) -> Job:
+    async def act(self, job_id: int, caller: Caller, ev: lc.Event) -> lc.Job:
+        """A user's cancel, hold, release or requeue."""
+        self._writable()
         async with self._lock:
-            job = await self.get(job_id)
+            job = self.model.jobs.get(job_id)
+            if job is None:
+                job = await self.get(job_id)  # finished, or not there at all
             self._may_act(caller, job)
-            if job.state != S.HELD:
-                raise Conflict(f"it is {job.state}, not held")
-            job = await self.store.transition(
-                job_id, S.PENDING, time.time(), f"released by {caller.user}"
-            )
-        self.wake_scheduler()
-        return job
+            try:
+                out = lc.apply(job, ev, time.time())
+            except lc.Refused as exc:
+                raise Conflict(str(exc)) from None
+            await self._commit([(job, out)])
+            return out.job
 
-    async def requeue(self, job_id: int, caller: Caller) -> Job:
-        """Stops a running job and puts it back in the queue (Slurm's scontrol requeue)."""
-        async with self._lock:
-            job = await self.get(job_id)
-            self._may_act(caller, job)
-            if job.state not in (S.STARTING, S.RUNNING):
-                raise Conflict(f"it is {job.state}; only a running job can be requeued")
-            return await self._stop(job, S.REQUEUED, f"requeued by {caller.user}")
+    def cancel_event(self, caller: Caller) -> lc.Cancel:
+        return lc.Cancel(caller.user, self.timing.cancel_grace_s)
 
-    async def preempt(self, job_id: int) -> None:
-        async with self._lock:
-            job = await self.store.job(job_id)
-            if job.state in (S.STARTING, S.RUNNING):
-                log.info("preempting job %d", job_id)
-                await self._stop(
-                    job,
-                    S.REQUEUED,
-                    "preempted by a higher QOS",
-                    grace_s=self.config.preempt_grace_s,
-                )
+    def requeue_event(self, caller: Caller) -> lc.Requeue:
+        return lc.Requeue(f"requeued by {caller.user}", self.timing.cancel_grace_s)
 
-    async def _stop(
-        self,
-        job: Job,
-        final: JobState,
-        detail: str,
-        exit_code: int | None = None,
-        signal: int | None = None,
-        grace_s: float | None = None,
-    ) -> Job:
-        """Moves an active job to COMPLETING and tells every node still running to stop."""
-        now = time.time()
-        if job.state == S.COMPLETING:
-            # A failure already on its way out stays a failure.
-            if job.ending in (S.FAILED, S.NODE_FAIL, S.TIMEOUT) and final in (
-                S.CANCELLED,
-                S.REQUEUED,
-            ):
-                return job
-            await self.store.update_job(job.id, ending=final)
-        else:
-            fields: dict[str, object] = {"ending": final}
-            if exit_code is not None or signal is not None:
-                fields.update(exit_code=exit_code, signal=signal)
-            await self.store.transition(job.id, S.COMPLETING, now, detail, **fields)
-        await self.store.drop_commands(job.id, "launch", now)
-        rows = [
-            command_row(
-                p.host,
-                Cancel(
-                    cmd_id=new_cmd_id(),
-                    job_id=str(job.id),
-                    grace_s=self.cancel_grace_s if grace_s is None else grace_s,
-                    reason=final.lower(),
-                ),
-            )
-            for p in await self.store.job_nodes(job.id)
-            if p.state != "exited"
-        ]
-        if rows:
-            await self.store.add_commands(job.id, rows, now)
-            self.sender.wake.set()
-        return await self._maybe_finish(job.id)
+    async def preempt(self, job_ids: Iterable[int]) -> None:
+        ev = lc.Requeue("preempted by a higher QOS", self.timing.preempt_grace_s, True)
+        await self._apply_many([(i, ev) for i in job_ids])
 
-    # --- agent events ----------------------------------------------------------------------
+    async def start(self, starts: list[tuple[int, lc.Start]]) -> None:
+        """The scheduler's starts of one pass, journaled together."""
+        await self._apply_many(starts)
+
+    # --- agents' messages -------------------------------------------------------------------
 
     async def on_ack(self, ack: Ack) -> None:
-        job_id = _int(ack.job_id)
         async with self._lock:
-            kind = await self.store.ack_command(ack.cmd_id, ack.ok, ack.error, time.time())
-            if kind is None or job_id is None:
-                return
-            if kind == "cancel" and ack.error:
-                # The agent never ran it (a launch that never arrived): nothing will exit.
-                await self._never_started(job_id, ack.host, "cancelled before it started")
-            elif not ack.ok and kind == "launch":
-                log.warning("host %s refused to launch job %s: %s", ack.host, ack.job_id, ack.error)
-                await self._launch_failed(job_id, ack.host, ack.error)
-
-    async def _never_started(self, job_id: int, host: str, why: str) -> None:
-        for p in await self.store.job_nodes(job_id):
-            if p.host == host and p.state == "launching":
-                await self.store.node_exited(job_id, p.node_rank, None, None, why, time.time())
-        await self._maybe_finish(job_id)
-
-    async def _launch_failed(self, job_id: int, host: str, error: str) -> None:
-        await self._never_started(job_id, host, f"launch refused: {error}")
-        job = await self.store.job(job_id)
-        if job.state in (S.STARTING, S.RUNNING):
-            await self.store.update_job(job_id, reason=f"launch refused on {host}: {error}")
-            await self._stop(job, S.FAILED, f"launch refused on {host}")
+            cmd = self.sender.pending.get(ack.cmd_id)
+            if cmd is None:
+                return  # a repeat, or the answer to a command dropped meanwhile
+            batch = Batch(acks=[(ack.cmd_id, ack.ok, ack.error or ack.code, time.time())])
+            ev: lc.Event | None = None
+            if cmd.kind == "launch" and not ack.ok:
+                log.warning("host %s refused to launch job %s: %s", ack.host, cmd.job_id, ack.error)
+                ev = lc.LaunchRefused(ack.host, ack.cmd_id, ack.error or ack.code, ack.code)
+            elif cmd.kind == "cancel" and ack.error:
+                # The agent runs nothing of it and remembers no exit: never started, or gone.
+                ev = lc.NotRunning(ack.host, f"vanished from {ack.host} ({ack.error})")
+            pairs = []
+            job = self.model.jobs.get(cmd.job_id)
+            if ev is not None and job is not None:
+                pairs.append((job, lc.apply(job, ev, time.time())))
+            await self._commit(pairs, batch)
+            self.sender.acked(ack.cmd_id)
 
     async def on_started(self, ev: JobStarted) -> None:
         job_id = _int(ev.job_id)
-        if job_id is None:
-            return
-        async with self._lock:
-            now = time.time()
-            await self.store.node_started(
-                job_id, ev.node_rank, ev.launch_id, ev.pid, ev.log_path, now
+        if job_id is not None:
+            await self._apply_many(
+                [(job_id, lc.Started(ev.host, ev.node_rank, ev.launch_id, ev.pid, ev.log_path))]
             )
-            job = await self.store.job(job_id)
-            parts = await self.store.job_nodes(job_id)
-            if job.state == S.STARTING and all(p.state == "running" for p in parts):
-                await self.store.transition(
-                    job_id, S.RUNNING, now, "torchrun started on every node"
-                )
 
     async def on_exited(self, ev: JobExited) -> None:
         job_id = _int(ev.job_id)
+        step = lc.Exited(ev.host, ev.node_rank, ev.launch_id, ev.exit_code, ev.signal, ev.reason)
+        if job_id is None or job_id not in self.model.jobs:
+            # Finished long ago, or unknown: nothing changes, but the agent may forget it.
+            await self._ack_exit(ev.host, ev.job_id, step)
+            return
+        await self._apply_many([(job_id, step)])
+
+    async def on_report(self, rep: JobReport) -> None:
+        """The answer to a QueryJob: each part the host no longer runs gets its exit, or is
+        declared vanished only now that the host has said it knows nothing of it."""
+        job_id = _int(rep.job_id)
         if job_id is None:
             return
-        async with self._lock:
-            try:
-                job = await self.store.job(job_id)
-            except NotFound:
-                return
-            reason = ev.reason or ("exit" if ev.signal is None else "signal")
-            first = await self.store.node_exited(
-                job_id, ev.node_rank, ev.exit_code, ev.signal, reason, time.time(), ev.launch_id
-            )
-            failed = (
-                ev.exit_code not in (0, None)
-                or ev.signal is not None
-                or ev.reason in ("lost", "launch_failed")
-            )
-            if first and failed and job.state in (S.STARTING, S.RUNNING):
-                if ev.reason == "launch_failed":
-                    await self._launch_failed(job_id, ev.host, "see the agent's log")
-                    return
-                what = (
-                    f"signal {ev.signal}" if ev.signal is not None else f"exit code {ev.exit_code}"
-                )
-                await self._stop(
-                    job,
-                    S.FAILED,
-                    f"node {ev.node_rank} ({ev.host}) ended with {what}",
-                    exit_code=ev.exit_code,
-                    signal=ev.signal,
-                )
-            else:
-                # A repeated event still gets here: it may finish a job a race left behind.
-                await self._maybe_finish(job_id)
+        self._queries.pop((rep.host, job_id), None)
+        for ex in rep.exits:
+            await self.on_exited(ex)
+        job = self.model.jobs.get(job_id)
+        if job is None:
+            return
+        known = set(rep.running) | {e.node_rank for e in rep.exits}
+        gone = [p for p in job.parts if p.host == rep.host and p.live and p.rank not in known]
+        if any(p.state == "running" for p in gone):
+            why = f"vanished from {rep.host} (its agent has no record of it)"
+            await self._apply_many([(job_id, lc.NotRunning(rep.host, why))])
 
-    async def _maybe_finish(self, job_id: int) -> Job:
-        """When every node has exited, the job gets its final state and frees its GPUs."""
-        job = await self.store.job(job_id)
-        if job.state not in ACTIVE:
-            return job
-        parts = await self.store.job_nodes(job_id)
-        if not parts or any(p.state != "exited" for p in parts):
-            return job
-        if job.ending:
-            final = JobState(job.ending)
-        elif all(p.exit_code == 0 for p in parts):
-            final = S.COMPLETED
-        else:
-            final = S.FAILED
-        fields: dict[str, object] = {}
-        if final == S.REQUEUED:
-            # Back in the queue: it starts afresh, with new nodes, port and commands.
-            fields = {
-                "ending": "",
-                "exit_code": None,
-                "signal": None,
-                "master_addr": None,
-                "master_port": None,
-            }
-        elif job.exit_code is None and job.signal is None:
-            bad = next((p for p in parts if p.exit_code != 0), parts[0])
-            fields = {"exit_code": bad.exit_code, "signal": bad.signal}
-        job = await self.store.transition(job_id, final, time.time(), "all nodes exited", **fields)
-        for p in parts:
-            self.ingest.job_seen.pop((p.host, str(job_id)), None)
-        log.info("job %d %s", job_id, final)
-        self.wake_scheduler()
-        return job
+    async def on_status(self, host: str, online: bool, running: list[str]) -> None:
+        """An agent's status: ask about jobs it no longer lists, stop those it should not run."""
+        if not online:
+            return  # offline is not lost: its jobs wait for it for node_timeout_s
+        check = lc.reconcile_host(host, self.model.jobs_on(host), running)
+        for job_id in check.query:
+            await self._query(host, job_id)
+        if check.orphans:
+            await self._stop_orphans(host, check.orphans)
 
-    async def reconcile(self, host: str, running: list[str]) -> None:
-        """An agent reports job processes: stop any that this daemon does not run there
-        (a job that ended while the node was cut off, or one from a lost daemon state)."""
-        if not running:
+    async def _query(self, host: str, job_id: int) -> None:
+        now = time.monotonic()
+        if now - self._queries.get((host, job_id), -QUERY_EVERY_S) < QUERY_EVERY_S:
+            return
+        if await self.sender.send_once(host, QueryJob(cmd_id=new_cmd_id(), job_id=str(job_id))):
+            self._queries[(host, job_id)] = now
+
+    async def _stop_orphans(self, host: str, job_ids: tuple[str, ...]) -> None:
+        rows = []
+        for jid in job_ids:
+            num = _int(jid)
+            if num is None:
+                continue
+            if any(
+                c.host == host and c.job_id == num and c.kind == "cancel"
+                for c in self.sender.pending.values()
+            ):
+                continue  # already being stopped
+            log.warning("host %s runs job %s, which is not running there: stopping it", host, jid)
+            cancel = Cancel(
+                cmd_id=new_cmd_id(), job_id=jid, grace_s=self.timing.cancel_grace_s, reason="orphan"
+            )
+            rows.append(command_row(host, num, cancel, time.time()))
+        if rows:
+            async with self._lock:
+                await self._commit([], Batch(commands=rows))
+
+    # --- time --------------------------------------------------------------------------------
+
+    async def check(self, judge_silence: bool) -> None:
+        """Time limits, COMPLETING jobs with every node exited, nodes silent past the timeout,
+        and jobs a host no longer lists (asked about again until answered)."""
+        now_mono = time.monotonic()
+        for key, until in list(self.avoid_ports.items()):
+            if until < now_mono:
+                del self.avoid_ports[key]
+        steps: list[tuple[int, lc.Event]] = [(i, lc.Tick()) for i in list(self.model.running)]
+        if judge_silence:
+            for host in list(self.model.on_host):
+                silent = self.cluster.silent_for(host)
+                if silent > self.timing.node_timeout_s:
+                    why = f"node silent for {silent:.0f} s"
+                    steps += [(j.id, lc.NodeLost(host, why)) for j in self.model.jobs_on(host)]
+        await self._apply_many(steps)
+        for host, job_id in list(self._queries):
+            job = self.model.jobs.get(job_id)
+            if job is None or not any(p.host == host and p.live for p in job.parts):
+                self._queries.pop((host, job_id), None)
+            elif self.cluster.is_online(host):
+                await self._query(host, job_id)
+        if self.storage_error:
+            await self._guard(self.store.probe())
+
+    # --- the step ------------------------------------------------------------------------------
+
+    async def _apply_many(self, steps: Sequence[tuple[int, lc.Event]]) -> None:
+        if not steps:
             return
         async with self._lock:
-            live = {
-                str(p.job_id)
-                for p in await self.store.job_nodes(states=("launching", "running"))
-                if p.host == host
-            }
-            for job_id in running:
-                jid = _int(job_id)
-                if job_id in live or jid is None:
+            now = time.time()
+            current: dict[int, lc.Job] = {}
+            outcomes: dict[int, tuple[lc.Job, lc.Outcome]] = {}
+            for job_id, ev in steps:
+                job = current.get(job_id) or self.model.jobs.get(job_id)
+                if job is None:
                     continue
-                log.warning(
-                    "host %s runs job %s, which is not running there: stopping it", host, job_id
-                )
-                cancel = Cancel(
-                    cmd_id=new_cmd_id(),
-                    job_id=job_id,
-                    grace_s=self.cancel_grace_s,
-                    reason="orphan",
-                )
-                await self.store.add_commands(jid, [command_row(host, cancel)], time.time())
-                self.sender.wake.set()
+                try:
+                    out = lc.apply(job, ev, now)
+                except lc.Refused as exc:
+                    log.info("job %d: %s ignored: %s", job_id, type(ev).__name__, exc)
+                    continue
+                first = outcomes.get(job_id)
+                if first is not None:  # two steps on one job: one outcome, all effects
+                    out.effects[:0] = first[1].effects
+                    out.history[:0] = first[1].history
+                    outcomes[job_id] = (first[0], out)
+                else:
+                    outcomes[job_id] = (job, out)
+                current[job_id] = out.job
+            await self._commit(list(outcomes.values()))
 
-    # --- periodic checks -------------------------------------------------------------------
-
-    async def check(self) -> None:
-        """Time limits, jobs on nodes that went down or lost track of them, and jobs a race
-        left in COMPLETING with every node exited."""
+    async def _commit(
+        self, outcomes: list[tuple[lc.Job, lc.Outcome]], batch: Batch | None = None
+    ) -> None:
+        """Journals the outcomes (and `batch`) in one transaction, then installs and acts."""
+        batch = batch or Batch()
         now = time.time()
-        mono = time.monotonic()
-        # Liveness is judged from the broker: while the daemon's own link is down, or just
-        # back, every node looks silent, and that must not fail their jobs.
-        judge = self.bus.connected.is_set() and mono - self.bus.connected_at > self.node_timeout_s
-        for (host, job_id), seen in list(self.ingest.job_seen.items()):
-            if mono - seen > 10 * self.node_timeout_s:
-                del self.ingest.job_seen[(host, job_id)]
-        for listed in await self.store.jobs(ACTIVE):
-            async with self._lock:
-                job = await self.store.job(listed.id)
-                if job.state not in ACTIVE:
-                    continue
-                if job.state == S.COMPLETING:
-                    if judge:  # a node that died while stopping will never report
-                        await self._check_nodes(job, now, mono)
-                    await self._maybe_finish(job.id)
-                    continue
-                if job.start_ts is not None and now > job.start_ts + job.time_limit_s:
-                    log.info("job %d reached its time limit of %d s", job.id, job.time_limit_s)
-                    await self._stop(job, S.TIMEOUT, f"time limit {job.time_limit_s} s reached")
-                    continue
-                if judge:
-                    await self._check_nodes(job, now, mono)
-
-    async def _check_nodes(self, job: Job, now: float, mono: float) -> None:
-        for p in await self.store.job_nodes(job.id):
-            if p.state == "exited":
+        dropped: list[str] = []
+        for old, out in outcomes:
+            new = out.job
+            if new == old and not out.effects:
                 continue
-            node = self.cluster.nodes.get(p.host)
-            if node is None or self.cluster.state(node) == "down":
-                await self._node_lost(job, p.node_rank, p.host, "node down")
-                return
-            seen = self.ingest.job_seen.get((p.host, str(job.id)))
-            silent = seen is None or mono - seen > 2 * self.node_timeout_s
-            if (
-                p.state == "running"
-                and p.started_ts is not None
-                and silent
-                and (now - p.started_ts > 2 * self.node_timeout_s)
-            ):
-                await self._node_lost(job, p.node_rank, p.host, "job vanished from node")
-                return
+            if new != old:
+                batch.jobs.append(new)
+                if new.parts != old.parts:
+                    batch.parts_changed.add(new.id)
+                batch.history += [(new.id, now, st, why) for st, why in out.history]
+            rows = []
+            for eff in out.effects:
+                if isinstance(eff, lc.SendLaunch):
+                    rows.append(command_row(eff.part.host, new.id, _launch(new, eff.part), now))
+                elif isinstance(eff, lc.SendCancel):
+                    grace = self.timing.cancel_grace_s if eff.grace_s is None else eff.grace_s
+                    cancel = Cancel(
+                        cmd_id=new_cmd_id(), job_id=str(new.id), grace_s=grace, reason=eff.reason
+                    )
+                    rows.append(command_row(eff.host, new.id, cancel, now))
+                elif isinstance(eff, lc.DropLaunches):
+                    for cid in self.sender.unacked(new.id, "launch"):
+                        batch.acks.append((cid, False, "superseded", now))
+                        dropped.append(cid)
+            batch.commands += rows
+        await self._guard(self.store.commit(batch))
+        # Journaled: now memory, then the world.
+        for cid in dropped:
+            self.sender.acked(cid)
+        wake = False
+        for old, out in outcomes:
+            if out.job != old:
+                self.model.install(out.job, old)
+                self.hub.publish("job", _change(out.job))
+                if out.history:
+                    log.info("job %d %s: %s", out.job.id, out.job.state, out.history[-1][1])
+            for eff in out.effects:
+                if isinstance(eff, lc.WakeScheduler):
+                    wake = True
+                elif isinstance(eff, lc.AckExit):
+                    await self._ack_exit(eff.host, str(out.job.id), eff)
+                elif isinstance(eff, lc.AvoidPort):
+                    self.avoid_ports[(eff.host, eff.port)] = time.monotonic() + PORT_AVOID_S
+        self.sender.add(batch.commands)
+        if wake:
+            self.wake_scheduler()
 
-    async def _node_lost(self, job: Job, rank: int, host: str, why: str) -> None:
-        log.warning("job %d: %s (%s)", job.id, why, host)
-        await self.store.node_exited(job.id, rank, None, None, why, time.time())
-        if job.state != S.COMPLETING:
-            await self._stop(job, S.NODE_FAIL, f"{why}: {host}")
+    async def _ack_exit(self, host: str, job_id: str, ex: lc.Exited | lc.AckExit) -> None:
+        await self.sender.send_once(
+            host,
+            AckExit(cmd_id=new_cmd_id(), job_id=job_id, node_rank=ex.rank, launch_id=ex.launch_id),
+        )
+
+    # --- storage health ------------------------------------------------------------------------
+
+    def _writable(self) -> None:
+        if self.storage_error:
+            raise Unavailable(
+                f"the daemon cannot write its state ({self.storage_error}); nothing was changed."
+                " Free space or fix the state directory's permissions; it recovers by itself"
+            )
+
+    async def _guard(self, work: Awaitable[T]) -> T:
+        """Awaits a store call, keeping `storage_error` true to what the disk does."""
+        try:
+            result = await work
+        except StoreError as exc:
+            if self.storage_error != str(exc):
+                log.error("the state store cannot be written: %s", exc)
+            self.storage_error = str(exc) or type(exc).__name__
+            raise
+        if self.storage_error:
+            log.warning("the state store can be written again")
+            self.storage_error = ""
+        return result
+
+
+def _launch(job: lc.Job, part: lc.Part) -> Launch:
+    spec = job.spec
+    return Launch(
+        cmd_id=part.launch_id,
+        job_id=str(job.id),
+        node_rank=part.rank,
+        nnodes=len(job.parts),
+        nproc_per_node=spec["torchrun"].get("nproc_per_node") or job.gpus_per_node,
+        master_addr=job.master_addr or "",
+        master_port=job.master_port or 0,
+        gpus=list(part.gpus),
+        command=list(spec["command"]),
+        workdir=spec.get("workdir", ""),
+        env=dict(spec.get("env", {})),
+        user=job.user,
+        python=spec["torchrun"].get("python"),
+    )
+
+
+def _change(job: lc.Job) -> dict[str, object]:
+    return {"id": job.id, "state": job.state, "reason": job.reason, "user": job.user}
 
 
 def _int(text: str) -> int | None:

@@ -10,7 +10,7 @@ from aiohttp import web
 from dcsched.daemon.states import JobState
 
 if TYPE_CHECKING:
-    from dcsched.daemon.service import Daemon
+    from dcsched.daemon.readmodel import ReadModel
 
 
 def _labels(**kv: object) -> str:
@@ -41,17 +41,17 @@ class _Out:
                 self.lines.append(f"{name}{_labels(**labels)} {value}")
 
 
-async def render(d: Daemon) -> str:
+def render(d: ReadModel) -> str:
     o = _Out()
-    counts = await d.store.count_by_state()
-    alloc = await d.allocations()
+    counts = d.counts()
+    alloc = d.model.allocations()
     o.metric(
         "dcsched_jobs",
         "gauge",
         "Jobs by state.",
         (({"state": s.value}, counts.get(s.value, 0)) for s in JobState),
     )
-    nodes = await d.node_views(alloc)
+    nodes = d.node_views(alloc)
     by_state: dict[str, int] = {}
     for n in nodes:
         by_state[n["state"]] = by_state.get(n["state"], 0) + 1
@@ -61,7 +61,7 @@ async def render(d: Daemon) -> str:
         "Nodes by scheduling state.",
         (({"state": s}, by_state.get(s, 0)) for s in ("up", "drained", "down")),
     )
-    gpus = await d.gpu_views(alloc)
+    gpus = d.gpu_views(alloc)
     for name, key, help_ in (
         ("dcsched_gpu_utilization_percent", "util", "GPU utilisation."),
         ("dcsched_gpu_memory_used_bytes", "mem_used", "GPU memory used."),
@@ -111,13 +111,25 @@ async def render(d: Daemon) -> str:
         "Duration of the last decide().",
         [({}, st.last_ms / 1000)],
     )
+    o.metric(
+        "dcsched_scheduler_pass_total_seconds",
+        "gauge",
+        "Duration of the last whole pass: snapshot, decide() and applying its decisions.",
+        [({}, st.last_total_ms / 1000)],
+    )
+    o.metric(
+        "dcsched_store_writable",
+        "gauge",
+        "1 while the state store can be written.",
+        [({}, int(not d.jobs.storage_error))],
+    )
     return "\n".join(o.lines) + "\n"
 
 
-def metrics_app(d: Daemon) -> web.Application:
+def metrics_app(d: ReadModel) -> web.Application:
     async def handler(request: web.Request) -> web.Response:
         return web.Response(
-            text=await render(d),
+            text=render(d),
             content_type="text/plain",
             charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff"},

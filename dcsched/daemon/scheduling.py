@@ -1,68 +1,57 @@
-"""The scheduling loop: a snapshot of the store and the nodes, one decide(), and the starts
-written back (allocation, STARTING and launch commands in one transaction per job)."""
+"""The scheduling loop: a snapshot built from memory (no store read, no spec parsing: the
+model keeps each job's scheduler view), one decide(), and the starts and preemptions handed
+to the job manager, which journals them before any launch goes out."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from dcsched.daemon import lifecycle as lc
 from dcsched.daemon.aio import wait_event
 from dcsched.daemon.cluster import Cluster
-from dcsched.daemon.commands import CommandSender, command_row, new_cmd_id
-from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState
-from dcsched.daemon.store import Job, JobNode, Store, StoreError
+from dcsched.daemon.commands import new_cmd_id
+from dcsched.daemon.jobs import JobManager
+from dcsched.daemon.model import Model
+from dcsched.daemon.store import StoreError
 from dcsched.daemon.usage import UsageTracker
-from dcsched.protocol.jobspec import parse_dependencies
-from dcsched.protocol.messages import Launch
-from dcsched.scheduler import (
-    Decisions,
-    JobRequest,
-    NodeView,
-    RunningJob,
-    SchedulerConfig,
-    Snapshot,
-    decay,
-    decide,
-)
+from dcsched.scheduler import Decisions, NodeView, SchedulerConfig, Snapshot, decay, decide
 
 log = logging.getLogger("dcsched.scheduling")
-
-
-async def _no_preemption(job_id: int) -> None:
-    log.warning("job %d should be preempted, but no job manager is attached", job_id)
 
 
 @dataclass(slots=True)
 class PassStats:
     passes: int = 0
-    last_ms: float = 0.0
+    last_ms: float = 0.0  # decide() alone
+    last_total_ms: float = 0.0  # snapshot + decide + apply
     last: Decisions = field(default_factory=Decisions)
 
 
 class SchedulingLoop:
     def __init__(
         self,
-        store: Store,
+        model: Model,
         cluster: Cluster,
-        sender: CommandSender,
+        jobs: JobManager,
+        usage: UsageTracker,
         config: SchedulerConfig,
         ports: range,
         interval_s: float,
+        wake: asyncio.Event,
     ) -> None:
-        self.store = store
+        self.model = model
         self.cluster = cluster
-        self.sender = sender
+        self.jobs = jobs
+        self.usage = usage
         self.config = config
         self.ports = ports
         self.interval_s = interval_s
-        self.wake = asyncio.Event()
+        self.wake = wake  # set by the job manager when a job arrives or GPUs free up
         self.stats = PassStats()
-        self.usage = UsageTracker(store, config)
-        # Set by the job manager: stops a running job and puts it back in the queue.
-        self.preempt: Callable[[int], Awaitable[object]] = _no_preemption
+        self.reasons: dict[int, str] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -71,163 +60,98 @@ class SchedulingLoop:
             await asyncio.sleep(0.05)  # coalesce a burst of submits into one pass
             try:
                 await self.run_pass()
+            except StoreError as exc:
+                log.warning("scheduling pass not applied: %s", exc)
             except Exception:
                 log.exception("scheduling pass failed; the next one retries")
 
-    async def snapshot(
-        self, now: float, accrue: bool = True
-    ) -> tuple[Snapshot, dict[int, Job], list[Job]]:
+    def snapshot(self, now: float, accrue: bool = True) -> Snapshot:
         """What decide() sees. Only the scheduling pass accrues fair-share usage; readers
         (explain, fairshare) see it decayed to now without charging anything twice."""
-        queued = await self.store.jobs(QUEUED)
-        active = await self.store.jobs(ACTIVE)
-        parts_by_job: dict[int, list[JobNode]] = {}
-        for p in await self.store.job_nodes(states=("launching", "running")):
-            parts_by_job.setdefault(p.job_id, []).append(p)
-        busy: dict[str, set[int]] = {}
-        running = []
-        for job in active:
-            parts = parts_by_job.get(job.id, [])
-            for p in parts:
-                busy.setdefault(p.host, set()).update(p.gpus)
-            first = self.cluster.nodes.get(parts[0].host) if parts else None
-            running.append(
-                RunningJob(
-                    job_id=str(job.id),
-                    user=job.user,
-                    account=job.account,
-                    start_ts=job.start_ts or job.submit_ts,
-                    time_limit_s=job.time_limit_s,
-                    allocation=tuple((p.host, tuple(p.gpus)) for p in parts),
-                    qos=job.qos,
-                    preemptible=bool(job.spec.get("preemptible")),
-                    gpu_type=first.gpu_type if first else "",
-                    terminating=job.state == JobState.COMPLETING,
-                )
-            )
+        m = self.model
+        running = tuple(m.running.values())
+        busy = m.busy_gpus()
         # GPUs that an agent reports in use by a job this daemon does not run there (an
         # orphan being stopped) are not free either.
-        live = {(p.host, str(p.job_id)) for ps in parts_by_job.values() for p in ps}
         for host, ht in self.cluster.ingest.hosts.items():
+            ours = m.on_host.get(host, set())
             for jp in ht.latest.jobs:
-                if (host, jp.job_id) not in live:
+                if not jp.job_id.isdigit() or int(jp.job_id) not in ours:
                     busy.setdefault(host, set()).update(jp.gpus)
         nodes = []
         for node in self.cluster.nodes.values():
-            gpus = tuple(g.index for g in node.status.gpus)
+            gpus = node.gpu_indexes
+            taken = busy.get(node.host)
             nodes.append(
                 NodeView(
                     name=node.host,
                     gpu_type=node.gpu_type,
                     gpus=gpus,
-                    free=frozenset(gpus) - busy.get(node.host, set()),
+                    free=frozenset(gpus).difference(taken) if taken else frozenset(gpus),
                     state=self.cluster.state(node),
                     unhealthy=self.cluster.unhealthy(node.host),
                 )
             )
-        pending = tuple(
-            JobRequest(
-                job_id=str(j.id),
-                user=j.user,
-                account=j.account,
-                submit_ts=j.submit_ts,
-                nodes=j.nodes,
-                gpus_per_node=j.gpus_per_node,
-                time_limit_s=j.time_limit_s,
-                qos=j.qos,
-                gpu_type=j.gpu_type,
-                nice=j.nice,
-                held=j.state == JobState.HELD,
-                depends=parse_dependencies(j.spec.get("dependency", [])),
-                preemptible=bool(j.spec.get("preemptible")),
-            )
-            for j in sorted(queued, key=lambda j: j.id)
-        )
-        wanted = {int(dep) for job in pending for _, dep in job.depends}
+        pending = tuple(m.requests[i] for i in sorted(m.requests))
         finished = {
-            str(k): v for k, v in (await self.store.job_states(wanted)).items() if v in TERMINAL
+            dep: m.finished_deps[int(dep)]
+            for job in pending
+            for _, dep in job.depends
+            if dep.isdigit() and int(dep) in m.finished_deps
         }
         usage = (
-            await self.usage.accrue(tuple(running), now)
+            self.usage.accrue(running, m.take_ended(), now)
             if accrue
             else decay(self.usage.usage, now, self.config.half_life_s)
         )
-        snap = Snapshot(
+        return Snapshot(
             nodes=tuple(nodes),
             pending=pending,
-            running=tuple(running),
+            running=running,
             config=self.config,
             usage=usage,
             finished=finished,
         )
-        return snap, {j.id: j for j in queued}, active
 
     async def run_pass(self) -> Decisions:
+        t_start = time.perf_counter()
         now = time.time()
-        snap, queued, active = await self.snapshot(now)
+        snap = self.snapshot(now)
         t0 = time.perf_counter()
         decisions = decide(snap, now)
-        ms = (time.perf_counter() - t0) * 1000
         st = self.stats
         st.passes += 1
-        st.last_ms, st.last = ms, decisions
-        for job_id in decisions.preempt:
-            await self.preempt(int(job_id))
-        used_ports = {j.master_port for j in active if j.master_port}
+        st.last_ms, st.last = (time.perf_counter() - t0) * 1000, decisions
+        if decisions.preempt:
+            await self.jobs.preempt(int(j) for j in decisions.preempt)
+        used = self.model.used_ports()
+        starts = []
         for start in decisions.starts:
-            job = queued[int(start.job_id)]
-            port = next((p for p in self.ports if p not in used_ports), None)
-            if port is None:
-                log.warning("no free master port in the configured range; job %d waits", job.id)
-                break
-            used_ports.add(port)
-            await self._start(job, start.allocation, port)
-        changed = []
-        for job_id, info in decisions.pending.items():
-            waiting = queued.get(int(job_id))
-            reason = info.reasons[0] if info.reasons else ""
-            if waiting is not None and waiting.reason != reason:
-                changed.append((waiting.id, reason))
-        if changed:
-            await self.store.update_reasons(changed)
-        return decisions
-
-    async def _start(
-        self, job: Job, allocation: tuple[tuple[str, tuple[int, ...]], ...], port: int
-    ) -> None:
-        first = self.cluster.nodes[allocation[0][0]]
-        master = first.status.addr or first.host
-        spec = job.spec
-        rows = []
-        parts: list[tuple[str, list[int], str]] = []
-        for rank, (host, gpus) in enumerate(allocation):
-            launch = Launch(
-                cmd_id=new_cmd_id(),
-                job_id=str(job.id),
-                node_rank=rank,
-                nnodes=len(allocation),
-                nproc_per_node=spec["torchrun"].get("nproc_per_node") or job.gpus_per_node,
-                master_addr=master,
-                master_port=port,
-                gpus=list(gpus),
-                command=list(spec["command"]),
-                workdir=spec.get("workdir", ""),
-                env=dict(spec.get("env", {})),
-                user=job.user,
-                python=spec["torchrun"].get("python"),
+            job_id = int(start.job_id)
+            if job_id not in self.model.requests:
+                continue  # cancelled or held while decide() ran
+            first = self.cluster.nodes[start.allocation[0][0]]
+            port = next(
+                (
+                    p
+                    for p in self.ports
+                    if p not in used and (first.host, p) not in self.jobs.avoid_ports
+                ),
+                None,
             )
-            rows.append(command_row(host, launch))
-            parts.append((host, list(gpus), launch.cmd_id))
-        try:
-            await self.store.start_job(job.id, parts, master, port, time.time(), rows)
-        except StoreError as exc:
-            log.info("job %d not started: %s", job.id, exc)
-            return
-        log.info(
-            "job %d starting on %s (master %s:%d)",
-            job.id,
-            ", ".join(h for h, _ in allocation),
-            master,
-            port,
-        )
-        self.sender.wake.set()
+            if port is None:
+                log.warning("no free master port in the configured range; job %d waits", job_id)
+                break
+            used.add(port)
+            parts = tuple(
+                lc.Part(rank=r, host=h, gpus=tuple(g), launch_id=new_cmd_id())
+                for r, (h, g) in enumerate(start.allocation)
+            )
+            starts.append((job_id, lc.Start(parts, first.status.addr or first.host, port)))
+        await self.jobs.start(starts)
+        self.reasons = {
+            int(i): info.reasons[0] if info.reasons else "" for i, info in decisions.pending.items()
+        }
+        await self.usage.save_if_due(now)
+        st.last_total_ms = (time.perf_counter() - t_start) * 1000
+        return decisions

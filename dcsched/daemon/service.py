@@ -14,28 +14,41 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from dcsched import __version__
 from dcsched.daemon.aio import wait_event
 from dcsched.daemon.api import Api
 from dcsched.daemon.bus import Bus
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender
 from dcsched.daemon.errors import NoSuchThing
+from dcsched.daemon.events import EventHub
 from dcsched.daemon.ingest import Ingest
-from dcsched.daemon.jobs import JobManager
+from dcsched.daemon.jobs import JobManager, Timing
 from dcsched.daemon.metrics import metrics_app
+from dcsched.daemon.model import Model
+from dcsched.daemon.readmodel import ReadModel
 from dcsched.daemon.scheduling import SchedulingLoop
 from dcsched.daemon.sdnotify import notify, watchdog_interval
-from dcsched.daemon.states import ACTIVE
-from dcsched.daemon.store import NotFound, Store
+from dcsched.daemon.states import TERMINAL
+from dcsched.daemon.store import NotFound, Store, StoreError
+from dcsched.daemon.usage import UsageTracker
 from dcsched.protocol.codec import load_key
 from dcsched.protocol.config import Config, ConfigError
-from dcsched.protocol.messages import Ack, GpuFault, HostStatus, JobExited, JobStarted, LogChunk
+from dcsched.protocol.jobspec import parse_dependencies
+from dcsched.protocol.messages import (
+    Ack,
+    Event,
+    GpuFault,
+    HostStatus,
+    JobExited,
+    JobReport,
+    JobStarted,
+    LogChunk,
+)
 from dcsched.scheduler import SchedulerConfig
 
 log = logging.getLogger("dcsched.daemon")
 TELEMETRY_KEEP_S = 7 * 24 * 3600
-# (host, GPU index) -> (job id, user) for every GPU a job holds
-Allocations = dict[tuple[str, int], tuple[int, str]]
 
 
 class Daemon:
@@ -47,34 +60,47 @@ class Daemon:
         self.ready = asyncio.Event()
         self.ingest = Ingest()
         self.cluster = Cluster(self.ingest, dc.node_timeout_s)
+        self.model = Model(self.cluster.gpu_type)
+        self.hub = EventHub()
         # One persistent MQTT session per daemon and topic prefix.
         client_id = (
             f"dcd-{socket.gethostname()}-{zlib.crc32(config.broker.topic_prefix.encode()):08x}"
         )
         self.bus = Bus(config.broker, client_id, self.ingest.handle)
         self.sender = CommandSender(
-            store, self.bus, load_key(config.cluster.key_file or None), dc.command_retry_s
+            self.bus,
+            load_key(config.cluster.key_file or None),
+            dc.command_retry_s,
+            lambda host: not self.cluster.is_online(host),
         )
-        self.sender.offline = self._offline
         try:
             sched = SchedulerConfig.from_mapping(config.scheduler)
         except ValueError as exc:
             raise ConfigError(f"{config.path}: {exc} (see docs/scheduler.md)") from None
-        self.scheduling = SchedulingLoop(
-            store, self.cluster, self.sender, sched, dc.ports(), dc.pass_interval_s
-        )
+        wake = asyncio.Event()
         self.jobs = JobManager(
             store,
+            self.model,
             self.sender,
-            self.bus,
             self.cluster,
-            self.ingest,
+            self.hub,
             sched,
-            dc.cancel_grace_s,
-            dc.node_timeout_s,
-            self.scheduling.wake.set,
+            Timing(dc.cancel_grace_s, sched.preempt_grace_s, dc.node_timeout_s),
+            wake.set,
         )
-        self.scheduling.preempt = self.jobs.preempt
+        self.scheduling = SchedulingLoop(
+            self.model,
+            self.cluster,
+            self.jobs,
+            UsageTracker(store, sched),
+            sched,
+            dc.ports(),
+            dc.pass_interval_s,
+            wake,
+        )
+        self.read = ReadModel(
+            store, self.model, self.cluster, self.ingest, self.jobs, self.scheduling, self.bus
+        )
         self.api = Api(self)
 
     @classmethod
@@ -83,13 +109,20 @@ class Daemon:
         store = await Store.open(os.path.join(config.daemon.state_dir, "dcsched.db"))
         try:
             d = cls(config, store)
+            await d.scheduling.usage.load()
+            for n in await store.nodes():
+                # Offline until the broker replays the agent's retained status.
+                d.cluster.load(n.host, n.status, False, n.drained, n.drain_reason)
+            live = await store.live_jobs()
+            deps = {
+                int(i) for j in live for _, i in parse_dependencies(j.spec.get("dependency", []))
+            }
+            finished = {i: s for i, s in (await store.job_states(deps)).items() if s in TERMINAL}
+            d.model.load(live, await store.count_by_state(), finished)
+            d.sender.add(await store.unacked_commands())
         except BaseException:
             await store.close()
             raise
-        await d.scheduling.usage.load()
-        for n in await store.nodes():
-            # Offline until the broker replays the agent's retained status.
-            d.cluster.load(n.host, n.status, False, n.drained, n.drain_reason)
         return d
 
     async def run(self) -> None:
@@ -115,14 +148,31 @@ class Daemon:
         finally:
             for r in runners:
                 await r.cleanup()
-            await self._flush_once()
-            await self.scheduling.usage.save()
+            # A full disk must not keep the daemon from stopping: these are best effort.
+            for what, work in (
+                ("telemetry", self._flush_once()),
+                ("fair-share usage", self.scheduling.usage.save()),
+            ):
+                try:
+                    await asyncio.wait_for(work, 5.0)
+                except (StoreError, TimeoutError) as exc:
+                    log.warning("%s not saved at stop: %s", what, exc or "timed out")
             await self.store.close()
             log.info("dcd stopped")
 
-    def _offline(self, host: str) -> bool:
-        node = self.cluster.nodes.get(host)
-        return node is not None and not node.online
+    def health(self) -> dict[str, Any]:
+        problems = []
+        if self.jobs.storage_error:
+            problems.append(f"state store not writable: {self.jobs.storage_error}")
+        if not self.bus.connected.is_set():
+            problems.append("not connected to the broker")
+        return {
+            "ok": not problems,
+            "problems": problems,
+            "version": __version__,
+            "broker_connected": self.bus.connected.is_set(),
+            "storage_ok": not self.jobs.storage_error,
+        }
 
     async def _serve_api(self) -> web.AppRunner:
         path = self.config.daemon.socket
@@ -139,7 +189,7 @@ class Daemon:
 
     async def _serve_metrics(self) -> web.AppRunner:
         host, _, port = self.config.daemon.metrics_listen.rpartition(":")
-        runner = web.AppRunner(metrics_app(self), access_log=None)
+        runner = web.AppRunner(metrics_app(self.read), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
         return runner
@@ -148,20 +198,26 @@ class Daemon:
         return await wait_event(self.stop, seconds)
 
     async def _events(self) -> None:
-        """Status and agent events, one at a time, in arrival order."""
+        """Status and agent events, one at a time, in arrival order. A message the store
+        cannot journal now is kept and retried (with the ones behind it waiting) until it
+        can: an exit is never dropped because the disk was full."""
         while (msg := await self.bus.inbox.get()) is not None:
-            try:
-                await self._handle(msg)
-            except Exception:
-                log.exception(
-                    "handling %s from %s failed; dropped",
-                    type(msg).__name__,
-                    getattr(msg, "host", "?"),
-                )
+            while True:
+                try:
+                    await self._handle(msg)
+                except StoreError:
+                    if await self._until_stopped(1.0):
+                        return
+                    continue
+                except Exception:
+                    log.exception(
+                        "handling %s from %s failed; dropped",
+                        type(msg).__name__,
+                        getattr(msg, "host", "?"),
+                    )
+                break
 
-    async def _handle(
-        self, msg: HostStatus | Ack | JobStarted | JobExited | GpuFault | LogChunk
-    ) -> None:
+    async def _handle(self, msg: HostStatus | Event) -> None:
         match msg:
             case HostStatus():
                 changed = self.cluster.on_status(msg)
@@ -173,13 +229,16 @@ class Daemon:
                     log.info("node %s is %s", msg.host, msg.state)
                     self.scheduling.wake.set()
                     self.sender.wake.set()
-                await self.jobs.reconcile(msg.host, msg.running_jobs)
+                    self.hub.publish("node", {"host": msg.host, "state": msg.state})
+                await self.jobs.on_status(msg.host, node.online, msg.running_jobs)
             case Ack():
                 await self.jobs.on_ack(msg)
             case JobStarted():
                 await self.jobs.on_started(msg)
             case JobExited():
                 await self.jobs.on_exited(msg)
+            case JobReport():
+                await self.jobs.on_report(msg)
             case LogChunk():
                 self.sender.on_log_chunk(msg)
             case GpuFault():
@@ -191,12 +250,20 @@ class Daemon:
                     msg.code,
                     msg.detail,
                 )
+                self.hub.publish("node", {"host": msg.host, "gpu_fault": msg.gpu_index})
                 self.scheduling.wake.set()
 
     async def _periodic(self) -> None:
+        timeout = self.config.daemon.node_timeout_s
         while not await self._until_stopped(1.0):
+            # Liveness is judged from the broker: while the daemon's own link is down, or
+            # just back, every node looks silent, and that must not fail their jobs.
+            bus = self.bus
+            judge = bus.connected.is_set() and time.monotonic() - bus.connected_at > timeout
             try:
-                await self.jobs.check()
+                await self.jobs.check(judge)
+            except StoreError:
+                pass  # said in the log and in /v1/health; retried next round
             except Exception:
                 log.exception("periodic job check failed")
 
@@ -209,6 +276,8 @@ class Daemon:
         while not await self._until_stopped(self.config.daemon.telemetry_flush_s):
             try:
                 await self._flush_once()
+            except StoreError as exc:
+                log.warning("telemetry samples not saved: %s", exc)
             except Exception:
                 log.exception("telemetry flush failed")
 
@@ -219,8 +288,6 @@ class Daemon:
         while not await self._until_stopped(interval):
             notify("WATCHDOG=1")
 
-    # --- views for the API and metrics -----------------------------------------------------
-
     async def set_drain(self, host: str, drained: bool, reason: str) -> None:
         try:
             await self.store.set_drain(host, drained, reason)
@@ -228,118 +295,8 @@ class Daemon:
             raise NoSuchThing(f"no node {host!r}; `dcctl nodes` lists the nodes") from None
         node = self.cluster.nodes[host]
         node.drained, node.drain_reason = drained, reason
+        self.hub.publish("node", {"host": host, "drained": drained, "reason": reason})
         self.scheduling.wake.set()
-
-    async def allocations(self) -> Allocations:
-        """(host, gpu) -> (job id, user) for every GPU a job holds."""
-        users = {j.id: j.user for j in await self.store.jobs(ACTIVE)}
-        out = {}
-        for p in await self.store.job_nodes(states=("launching", "running")):
-            if p.job_id in users:
-                for g in p.gpus:
-                    out[(p.host, g)] = (p.job_id, users[p.job_id])
-        return out
-
-    async def node_views(self, alloc: Allocations | None = None) -> list[dict[str, Any]]:
-        """Every node for the API; `alloc` saves a second store read for callers that have it."""
-        if alloc is None:
-            alloc = await self.allocations()
-        out = []
-        for node in sorted(self.cluster.nodes.values(), key=lambda n: n.host):
-            st = node.status
-            n_alloc = sum(1 for g in st.gpus if (node.host, g.index) in alloc)
-            ht = self.ingest.hosts.get(node.host)
-            utils = [s.util for s in ht.latest.gpus if s.util is not None] if ht else []
-            out.append(
-                {
-                    "host": node.host,
-                    "state": self.cluster.state(node),
-                    "online": node.online,
-                    "drained": node.drained,
-                    "drain_reason": node.drain_reason,
-                    "addr": st.addr,
-                    "gpu_type": node.gpu_type,
-                    "gpus": len(st.gpus),
-                    "gpus_allocated": n_alloc,
-                    "model": st.gpus[0].model if st.gpus else "",
-                    "simulated": st.simulated,
-                    "backend": st.backend,
-                    "agent_version": st.agent_version,
-                    "driver": st.driver,
-                    "jobs": sorted(
-                        {
-                            alloc[(node.host, g.index)][0]
-                            for g in st.gpus
-                            if (node.host, g.index) in alloc
-                        }
-                    ),
-                    "mean_util": sum(utils) / len(utils) if utils else None,
-                    "telemetry_age_s": self.ingest.age(node.host),
-                }
-            )
-        return out
-
-    async def gpu_views(self, alloc: Allocations | None = None) -> list[dict[str, Any]]:
-        if alloc is None:
-            alloc = await self.allocations()
-        out = []
-        for node in sorted(self.cluster.nodes.values(), key=lambda n: n.host):
-            ht = self.ingest.hosts.get(node.host)
-            samples = {s.index: s for s in ht.latest.gpus} if ht else {}
-            for g in node.status.gpus:
-                s = samples.get(g.index)
-                job = alloc.get((node.host, g.index))
-                out.append(
-                    {
-                        "host": node.host,
-                        "index": g.index,
-                        "uuid": g.uuid,
-                        "model": g.model,
-                        "util": s.util if s else None,
-                        "mem_used": s.mem_used if s else None,
-                        "mem_total": (s.mem_total if s and s.mem_total else g.mem_total),
-                        "temp_c": s.temp_c if s else None,
-                        "power_w": s.power_w if s else None,
-                        "sm_clock_mhz": s.sm_clock_mhz if s else None,
-                        "energy_j": s.energy_j if s else None,
-                        "health": s.health if s else "unknown",
-                        "pids": s.pids if s else [],
-                        "job_id": job[0] if job else None,
-                        "user": job[1] if job else None,
-                        "node_state": self.cluster.state(node),
-                    }
-                )
-        return out
-
-    async def cluster_summary(self) -> dict[str, Any]:
-        alloc = await self.allocations()
-        nodes = await self.node_views(alloc)
-        gpus = await self.gpu_views(alloc)
-        utils = [g["util"] for g in gpus if g["util"] is not None]
-        power = [g["power_w"] for g in gpus if g["power_w"] is not None]
-        counts = await self.store.count_by_state()
-        return {
-            "nodes": {
-                s: sum(1 for n in nodes if n["state"] == s) for s in ("up", "drained", "down")
-            },
-            "gpus": {
-                "total": len(gpus),
-                "allocated": sum(1 for g in gpus if g["job_id"] is not None),
-                "idle": sum(1 for g in gpus if g["job_id"] is None),
-            },
-            "mean_util": sum(utils) / len(utils) if utils else None,
-            "power_w": sum(power) if power else None,
-            "jobs": counts,
-            "scheduler": {
-                "passes": self.scheduling.stats.passes,
-                "last_pass_ms": self.scheduling.stats.last_ms,
-            },
-            "telemetry": {
-                "messages": self.ingest.received,
-                "stale": self.ingest.stale,
-                "dropped": {k: dict(c.dropped) for k, c in self.bus.codecs().items()},
-            },
-        }
 
 
 def _answers(path: str) -> bool:

@@ -1,26 +1,50 @@
-"""The only module that writes SQL. SQLite in WAL mode; one transaction per state change."""
+"""The journal: the only module that writes SQL. SQLite in WAL mode on one connection that
+lives in one thread; every call is one transaction run there, so the event loop never waits
+on the disk and a batch of changes costs one hop and one commit.
+
+The daemon's live state is in memory (`model.py`); the store is what survives a restart
+and where finished jobs are read from (by id, or newest first with a limit).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
-
-from dcsched.daemon.states import TERMINAL, JobState, check_transition
+from dcsched.daemon.lifecycle import Job, Part
+from dcsched.daemon.states import TERMINAL
 
 log = logging.getLogger("dcsched.store")
+T = TypeVar("T")
+
+_JOB_COLS = [f.name for f in dataclasses.fields(Job) if f.name != "parts"]
+_PART_COLS = [
+    "job_id",
+    "node_rank",
+    "host",
+    "gpus",
+    "state",
+    "pid",
+    "exit_code",
+    "signal",
+    "reason",
+    "log_path",
+    "started_ts",
+    "exited_ts",
+    "launch_id",
+]
 
 
 class StoreError(Exception):
-    pass
+    """The store cannot be read or written (disk full, read-only, I/O error)."""
 
 
 class NotFound(StoreError):
@@ -28,8 +52,7 @@ class NotFound(StoreError):
 
 
 @dataclass(slots=True)
-class Job:
-    id: int
+class NewJob:
     name: str
     user: str
     uid: int
@@ -37,53 +60,37 @@ class Job:
     qos: str
     nice: int
     state: str
-    reason: str
     spec: dict[str, Any]
     nodes: int
     gpus_per_node: int
     gpu_type: str | None
     time_limit_s: int
     submit_ts: float
-    start_ts: float | None
-    end_ts: float | None
-    exit_code: int | None
-    signal: int | None
-    master_addr: str | None
-    master_port: int | None
-    ending: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    detail: str
 
 
 @dataclass(slots=True)
-class JobNode:
-    job_id: int
-    node_rank: int
-    host: str
-    gpus: list[int]
-    state: str
-    pid: int | None
-    exit_code: int | None
-    signal: int | None
-    reason: str
-    log_path: str
-    started_ts: float | None
-    exited_ts: float | None
-    launch_id: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(slots=True)
-class PendingCommand:
+class CommandRow:
     cmd_id: str
     host: str
     job_id: int
     kind: str
-    payload: bytes
-    attempts: int
+    payload: bytes  # the unsigned command; signed afresh on each send
+    created_ts: float
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one step of the daemon changes, committed together or not at all."""
+
+    jobs: list[Job] = field(default_factory=list)
+    parts_changed: set[int] = field(default_factory=set)  # ids of `jobs` whose parts changed
+    history: list[tuple[int, float, str, str]] = field(default_factory=list)
+    commands: list[CommandRow] = field(default_factory=list)
+    acks: list[tuple[str, bool, str, float]] = field(default_factory=list)  # cmd, ok, error, ts
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs or self.history or self.commands or self.acks)
 
 
 @dataclass(slots=True)
@@ -105,153 +112,234 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: sqlite3.Row, parts: tuple[Part, ...] = ()) -> Job:
     d = dict(row)
     d["spec"] = json.loads(d["spec"])
-    return Job(**d)
+    return Job(**d, parts=parts)
 
 
-def _node_part(row: sqlite3.Row) -> JobNode:
-    d = dict(row)
-    d["gpus"] = json.loads(d["gpus"])
-    return JobNode(**d)
+def _part(row: sqlite3.Row) -> Part:
+    return Part(
+        rank=row["node_rank"],
+        host=row["host"],
+        gpus=tuple(json.loads(row["gpus"])),
+        launch_id=row["launch_id"],
+        state=row["state"],
+        pid=row["pid"],
+        exit_code=row["exit_code"],
+        signal=row["signal"],
+        reason=row["reason"],
+        log_path=row["log_path"],
+        started_ts=row["started_ts"],
+        exited_ts=row["exited_ts"],
+    )
+
+
+def _job_values(job: Job) -> tuple[Any, ...]:
+    d = job.to_dict()
+    d["spec"] = json.dumps(job.spec)
+    return tuple(d[c] for c in _JOB_COLS)
 
 
 class Store:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, pool: ThreadPoolExecutor) -> None:
         self._db = db
-        self._lock = asyncio.Lock()
+        self._pool = pool
 
     @classmethod
     async def open(cls, path: str) -> Store:
-        db = await aiosqlite.connect(path, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await db.execute("PRAGMA busy_timeout=5000")
-        store = cls(db)
-        await store._migrate()
-        return store
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+        def connect() -> sqlite3.Connection:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=5000")
+            _migrate(db)
+            return db
+
+        loop = asyncio.get_running_loop()
+        try:
+            db = await loop.run_in_executor(pool, connect)
+        except sqlite3.Error as exc:
+            pool.shutdown(wait=False)
+            raise StoreError(f"{path}: {exc}") from None
+        return cls(db, pool)
 
     async def close(self) -> None:
-        await self._db.close()
+        try:
+            await self._run(lambda db: db.close())
+        finally:
+            self._pool.shutdown(wait=False)
 
-    async def _migrate(self) -> None:
-        async with self._db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        current = int(row[0]) if row else 0
-        for version, sql in _migrations():
-            if version <= current:
-                continue
-            log.info("applying schema migration %04d", version)
-            await self._db.executescript(
-                f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version={version};\nCOMMIT;"
-            )
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, self._db)
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        # One connection serves every task: the lock keeps their transactions apart.
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+    async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run(db: sqlite3.Connection) -> T:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-                await self._db.execute("COMMIT")
+                out = fn(db)
+                db.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:
-                    await self._db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
+            return out
+
+        return await self._run(run)
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        return await self._run(lambda db: db.execute(sql, args).fetchall())
 
-    # --- jobs ------------------------------------------------------------------------------
+    # --- writes ------------------------------------------------------------------------------
 
-    async def add_job(
-        self,
-        *,
-        name: str,
-        user: str,
-        uid: int,
-        account: str,
-        qos: str,
-        nice: int,
-        spec: dict[str, Any],
-        nodes: int,
-        gpus_per_node: int,
-        gpu_type: str | None,
-        time_limit_s: int,
-        now: float,
-        held: bool,
-    ) -> int:
-        state = JobState.HELD if held else JobState.PENDING
-        async with self._tx() as db:
-            cur = await db.execute(
-                "INSERT INTO jobs (name, user, uid, account, qos, nice, state, spec, nodes,"
-                " gpus_per_node, gpu_type, time_limit_s, submit_ts)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    name,
-                    user,
-                    uid,
-                    account,
-                    qos,
-                    nice,
-                    state,
-                    json.dumps(spec),
-                    nodes,
-                    gpus_per_node,
-                    gpu_type,
-                    time_limit_s,
-                    now,
-                ),
-            )
-            job_id = int(cur.lastrowid or 0)
-            await db.execute(
+    async def add_jobs(self, new: Sequence[NewJob]) -> list[int]:
+        """Many submissions in one transaction (group commit); their ids in order."""
+
+        def run(db: sqlite3.Connection) -> list[int]:
+            ids = []
+            for n in new:
+                cur = db.execute(
+                    "INSERT INTO jobs (name, user, uid, account, qos, nice, state, spec, nodes,"
+                    " gpus_per_node, gpu_type, time_limit_s, submit_ts)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        n.name,
+                        n.user,
+                        n.uid,
+                        n.account,
+                        n.qos,
+                        n.nice,
+                        n.state,
+                        json.dumps(n.spec),
+                        n.nodes,
+                        n.gpus_per_node,
+                        n.gpu_type,
+                        n.time_limit_s,
+                        n.submit_ts,
+                    ),
+                )
+                ids.append(int(cur.lastrowid or 0))
+            db.executemany(
                 "INSERT INTO job_events (job_id, ts, state, detail) VALUES (?,?,?,?)",
-                (job_id, now, state, f"submitted by {user}"),
+                [(i, n.submit_ts, n.state, n.detail) for i, n in zip(ids, new, strict=True)],
             )
-        return job_id
+            return ids
+
+        return await self._tx(run)
+
+    async def commit(self, batch: Batch) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            sets = ", ".join(f"{c} = ?" for c in _JOB_COLS[1:])
+            db.executemany(
+                f"UPDATE jobs SET {sets} WHERE id = ?",
+                [(*_job_values(j)[1:], j.id) for j in batch.jobs],
+            )
+            changed = [j for j in batch.jobs if j.id in batch.parts_changed]
+            if changed:
+                db.executemany("DELETE FROM job_nodes WHERE job_id = ?", [(j.id,) for j in changed])
+                db.executemany(
+                    f"INSERT INTO job_nodes ({', '.join(_PART_COLS)})"
+                    f" VALUES ({','.join('?' * len(_PART_COLS))})",
+                    [
+                        (
+                            j.id,
+                            p.rank,
+                            p.host,
+                            json.dumps(list(p.gpus)),
+                            p.state,
+                            p.pid,
+                            p.exit_code,
+                            p.signal,
+                            p.reason,
+                            p.log_path,
+                            p.started_ts,
+                            p.exited_ts,
+                            p.launch_id,
+                        )
+                        for j in changed
+                        for p in j.parts
+                    ],
+                )
+            db.executemany(
+                "INSERT INTO job_events (job_id, ts, state, detail) VALUES (?,?,?,?)",
+                batch.history,
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO commands (cmd_id, host, job_id, kind, payload, created_ts)"
+                " VALUES (?,?,?,?,?,?)",
+                [
+                    (c.cmd_id, c.host, c.job_id, c.kind, c.payload, c.created_ts)
+                    for c in batch.commands
+                ],
+            )
+            db.executemany(
+                "UPDATE commands SET acked_ts = ?, ok = ?, error = ? WHERE cmd_id = ?"
+                " AND acked_ts IS NULL",
+                [(ts, int(ok), err, cid) for cid, ok, err, ts in batch.acks],
+            )
+
+        if batch:
+            await self._tx(run)
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    async def live_jobs(self) -> list[Job]:
+        """Every job that is not finished, with its node parts: the model at start-up."""
+        terminal = sorted(TERMINAL)
+        marks = ",".join("?" * len(terminal))
+
+        def run(db: sqlite3.Connection) -> list[Job]:
+            rows = db.execute(
+                f"SELECT * FROM jobs WHERE state NOT IN ({marks}) ORDER BY id", terminal
+            ).fetchall()
+            parts: dict[int, list[Part]] = {}
+            for r in db.execute(
+                "SELECT * FROM job_nodes WHERE job_id IN"
+                f" (SELECT id FROM jobs WHERE state NOT IN ({marks}))"
+                " ORDER BY job_id, node_rank",
+                terminal,
+            ):
+                parts.setdefault(r["job_id"], []).append(_part(r))
+            return [_job(r, tuple(parts.get(r["id"], ()))) for r in rows]
+
+        return await self._run(run)
 
     async def job(self, job_id: int) -> Job:
-        rows = await self._all("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        if not rows:
-            raise NotFound(f"no job {job_id}")
-        return _job(rows[0])
+        def run(db: sqlite3.Connection) -> Job | None:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            parts = db.execute(
+                "SELECT * FROM job_nodes WHERE job_id = ? ORDER BY node_rank", (job_id,)
+            ).fetchall()
+            return _job(row, tuple(_part(p) for p in parts))
 
-    async def jobs(
-        self, states: Iterable[str] | None = None, user: str | None = None, limit: int | None = None
-    ) -> list[Job]:
-        sql, args = "SELECT * FROM jobs WHERE 1=1", list[Any]()
-        if states is not None:
-            st = list(states)
-            sql += f" AND state IN ({','.join('?' * len(st))})"
-            args += st
+        job = await self._run(run)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    async def finished_jobs(self, states: Iterable[str], user: str | None, limit: int) -> list[Job]:
+        """Finished jobs, newest first (by id, the primary key), at most `limit`."""
+        st = sorted(set(states) & TERMINAL)
+        if not st or limit <= 0:
+            return []
+        sql = f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(st))})"
+        args: list[Any] = list(st)
         if user:
             sql += " AND user = ?"
             args.append(user)
-        sql += " ORDER BY id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
         return [_job(r) for r in await self._all(sql, args)]
-
-    async def job_nodes(
-        self,
-        job_id: int | None = None,
-        states: Iterable[str] | None = None,
-    ) -> list[JobNode]:
-        sql, args = "SELECT * FROM job_nodes WHERE 1=1", list[Any]()
-        if job_id is not None:
-            sql += " AND job_id = ?"
-            args.append(job_id)
-        if states is not None:
-            st = list(states)
-            sql += f" AND state IN ({','.join('?' * len(st))})"
-            args += st
-        sql += " ORDER BY job_id, node_rank"
-        return [_node_part(r) for r in await self._all(sql, args)]
 
     async def job_events(self, job_id: int) -> list[dict[str, Any]]:
         rows = await self._all(
@@ -259,192 +347,51 @@ class Store:
         )
         return [dict(r) for r in rows]
 
-    async def _set_state(
-        self, db: aiosqlite.Connection, job: Job, new: str, now: float, detail: str, **fields: Any
-    ) -> None:
-        check_transition(job.id, job.state, new)
-        cols = {"state": new, **fields}
-        if new in TERMINAL:
-            cols.setdefault("end_ts", now)
-        sets = ", ".join(f"{k} = ?" for k in cols)
-        await db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*cols.values(), job.id))
-        await db.execute(
-            "INSERT INTO job_events (job_id, ts, state, detail) VALUES (?,?,?,?)",
-            (job.id, now, new, detail),
-        )
+    async def count_by_state(self) -> dict[str, int]:
+        rows = await self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        return {r[0]: int(r[1]) for r in rows}
 
-    async def transition(
-        self, job_id: int, new: str, now: float, detail: str = "", **fields: Any
-    ) -> Job:
-        async with self._tx() as db:
-            job = await self.job(job_id)
-            await self._set_state(db, job, new, now, detail, **fields)
-        return await self.job(job_id)
-
-    async def update_job(self, job_id: int, **fields: Any) -> None:
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        async with self._tx() as db:
-            await db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
-
-    async def start_job(
-        self,
-        job_id: int,
-        parts: Sequence[tuple[str, list[int], str]],
-        master_addr: str,
-        master_port: int,
-        now: float,
-        commands: Sequence[tuple[str, str, str, bytes]],
-    ) -> None:
-        """Allocation, STARTING and the launch commands in one transaction.
-
-        `parts` are (host, GPUs, launch cmd_id) in node-rank order."""
-        async with self._tx() as db:
-            job = await self.job(job_id)
-            if job.state not in (JobState.PENDING, JobState.REQUEUED):
-                raise StoreError(f"job {job_id} is {job.state}, not startable")
-            hosts = ", ".join(p[0] for p in parts)
-            await self._set_state(
-                db,
-                job,
-                JobState.STARTING,
-                now,
-                f"allocated {hosts}",
-                start_ts=now,
-                master_addr=master_addr,
-                master_port=master_port,
-                reason="",
-                ending="",
-            )
-            await db.execute("DELETE FROM job_nodes WHERE job_id = ?", (job_id,))
-            await db.executemany(
-                "INSERT INTO job_nodes (job_id, node_rank, host, gpus, launch_id)"
-                " VALUES (?,?,?,?,?)",
-                [
-                    (job_id, rank, host, json.dumps(gpus), launch_id)
-                    for rank, (host, gpus, launch_id) in enumerate(parts)
-                ],
-            )
-            await self._add_commands(db, job_id, commands, now)
-
-    # An event names the Launch that began its run; one from an earlier run of a requeued
-    # job matches no row and changes nothing. An event without a launch id matches any run.
-    _THIS_RUN = "(? = '' OR launch_id = '' OR launch_id = ?)"
-
-    async def node_started(
-        self, job_id: int, rank: int, launch_id: str, pid: int, log_path: str, now: float
-    ) -> None:
-        async with self._tx() as db:
-            await db.execute(
-                "UPDATE job_nodes SET state = 'running', pid = ?, log_path = ?, started_ts = ?"
-                f" WHERE job_id = ? AND node_rank = ? AND state = 'launching' AND {self._THIS_RUN}",
-                (pid, log_path, now, job_id, rank, launch_id, launch_id),
-            )
-
-    async def node_exited(
-        self,
-        job_id: int,
-        rank: int,
-        exit_code: int | None,
-        signal: int | None,
-        reason: str,
-        now: float,
-        launch_id: str = "",
-    ) -> bool:
-        """Records one node's end; False when it was already recorded (a repeated event)."""
-        async with self._tx() as db:
-            cur = await db.execute(
-                "UPDATE job_nodes SET state = 'exited', exit_code = ?, signal = ?, reason = ?,"
-                " exited_ts = ? WHERE job_id = ? AND node_rank = ? AND state != 'exited'"
-                f" AND {self._THIS_RUN}",
-                (exit_code, signal, reason, now, job_id, rank, launch_id, launch_id),
-            )
-            return cur.rowcount > 0
-
-    async def update_reasons(self, reasons: Sequence[tuple[int, str]]) -> None:
-        """The main pending reason of many jobs, in one transaction."""
-        async with self._tx() as db:
-            await db.executemany(
-                "UPDATE jobs SET reason = ? WHERE id = ?", [(r, i) for i, r in reasons]
-            )
-
-    # --- commands --------------------------------------------------------------------------
-
-    @staticmethod
-    async def _add_commands(
-        db: aiosqlite.Connection,
-        job_id: int,
-        commands: Sequence[tuple[str, str, str, bytes]],
-        now: float,
-    ) -> None:
-        await db.executemany(
-            "INSERT INTO commands (cmd_id, host, job_id, kind, payload, created_ts)"
-            " VALUES (?,?,?,?,?,?)",
-            [(cid, host, job_id, kind, payload, now) for cid, host, kind, payload in commands],
-        )
-
-    async def add_commands(
-        self, job_id: int, commands: Sequence[tuple[str, str, str, bytes]], now: float
-    ) -> None:
-        async with self._tx() as db:
-            await self._add_commands(db, job_id, commands, now)
-
-    async def unacked_commands(self) -> list[PendingCommand]:
+    async def job_states(self, ids: Iterable[int]) -> dict[int, str]:
+        wanted = list(ids)
+        if not wanted:
+            return {}
         rows = await self._all(
-            "SELECT cmd_id, host, job_id, kind, payload, attempts FROM commands"
+            f"SELECT id, state FROM jobs WHERE id IN ({','.join('?' * len(wanted))})", wanted
+        )
+        return {int(r[0]): str(r[1]) for r in rows}
+
+    async def unacked_commands(self) -> list[CommandRow]:
+        rows = await self._all(
+            "SELECT cmd_id, host, job_id, kind, payload, created_ts FROM commands"
             " WHERE acked_ts IS NULL ORDER BY created_ts"
         )
-        return [PendingCommand(**dict(r)) for r in rows]
+        return [CommandRow(**dict(r)) for r in rows]
 
-    async def command_sent(self, cmd_id: str) -> None:
-        async with self._tx() as db:
-            await db.execute(
-                "UPDATE commands SET attempts = attempts + 1 WHERE cmd_id = ?", (cmd_id,)
-            )
-
-    async def ack_command(self, cmd_id: str, ok: bool, error: str, now: float) -> str | None:
-        """Records the first ack of a command; returns its kind, or None for a repeat."""
-        async with self._tx() as db:
-            cur = await db.execute(
-                "UPDATE commands SET acked_ts = ?, ok = ?, error = ? WHERE cmd_id = ?"
-                " AND acked_ts IS NULL",
-                (now, int(ok), error, cmd_id),
-            )
-            if cur.rowcount == 0:
-                return None
-            async with db.execute("SELECT kind FROM commands WHERE cmd_id = ?", (cmd_id,)) as c:
-                row = await c.fetchone()
-            return str(row[0]) if row else None
-
-    async def drop_commands(self, job_id: int, kind: str, now: float) -> None:
-        """Stops retrying a job's unacknowledged commands of one kind (launch after a cancel)."""
-        async with self._tx() as db:
-            await db.execute(
-                "UPDATE commands SET acked_ts = ?, ok = 0, error = 'superseded' WHERE job_id = ?"
-                " AND kind = ? AND acked_ts IS NULL",
-                (now, job_id, kind),
-            )
-
-    # --- nodes -----------------------------------------------------------------------------
+    # --- nodes -------------------------------------------------------------------------------
 
     async def upsert_node(
         self, host: str, online: bool, status: dict[str, Any], now: float
     ) -> None:
-        async with self._tx() as db:
-            await db.execute(
+        await self._tx(
+            lambda db: db.execute(
                 "INSERT INTO nodes (host, online, status, updated_ts) VALUES (?,?,?,?)"
                 " ON CONFLICT(host) DO UPDATE SET online = excluded.online,"
                 " status = excluded.status, updated_ts = excluded.updated_ts",
                 (host, int(online), json.dumps(status), now),
             )
+        )
 
     async def set_drain(self, host: str, drained: bool, reason: str) -> None:
-        async with self._tx() as db:
-            cur = await db.execute(
-                "UPDATE nodes SET drained = ?, drain_reason = ? WHERE host = ?",
-                (int(drained), reason if drained else "", host),
+        rows = await self._tx(
+            lambda db: (
+                db.execute(
+                    "UPDATE nodes SET drained = ?, drain_reason = ? WHERE host = ?",
+                    (int(drained), reason if drained else "", host),
+                ).rowcount
             )
-            if cur.rowcount == 0:
-                raise NotFound(f"no node {host!r}")
+        )
+        if rows == 0:
+            raise NotFound(f"no node {host!r}")
 
     async def nodes(self) -> list[NodeRow]:
         rows = await self._all("SELECT * FROM nodes ORDER BY host")
@@ -460,7 +407,7 @@ class Store:
             for r in rows
         ]
 
-    # --- telemetry and key/value -----------------------------------------------------------
+    # --- telemetry and key/value ---------------------------------------------------------------
 
     async def add_gpu_samples(
         self,
@@ -469,37 +416,35 @@ class Store:
         ],
         keep_since: float,
     ) -> None:
-        async with self._tx() as db:
-            await db.executemany("INSERT INTO gpu_samples VALUES (?,?,?,?,?,?,?)", rows)
-            await db.execute("DELETE FROM gpu_samples WHERE ts < ?", (keep_since,))
+        def run(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT INTO gpu_samples VALUES (?,?,?,?,?,?,?)", rows)
+            db.execute("DELETE FROM gpu_samples WHERE ts < ?", (keep_since,))
+
+        await self._tx(run)
 
     async def get_kv(self, key: str) -> str | None:
         rows = await self._all("SELECT value FROM kv WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
 
     async def set_kv(self, key: str, value: str) -> None:
-        async with self._tx() as db:
-            await db.execute(
+        await self._tx(
+            lambda db: db.execute(
                 "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key)"
                 " DO UPDATE SET value = excluded.value",
                 (key, value),
             )
-
-    async def count_by_state(self) -> dict[str, int]:
-        rows = await self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-        return {r[0]: int(r[1]) for r in rows}
-
-    async def jobs_ended_since(self, ts: float) -> list[Job]:
-        rows = await self._all(
-            "SELECT * FROM jobs WHERE end_ts > ? AND start_ts IS NOT NULL", (ts,)
         )
-        return [_job(r) for r in rows]
 
-    async def job_states(self, ids: Iterable[int]) -> dict[int, str]:
-        wanted = list(ids)
-        if not wanted:
-            return {}
-        rows = await self._all(
-            f"SELECT id, state FROM jobs WHERE id IN ({','.join('?' * len(wanted))})", wanted
-        )
-        return {int(r[0]): str(r[1]) for r in rows}
+    async def probe(self) -> None:
+        """A write that changes nothing visible: can the store be written again?"""
+        await self.set_kv("probe", "ok")
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    row = db.execute("PRAGMA user_version").fetchone()
+    current = int(row[0]) if row else 0
+    for version, sql in _migrations():
+        if version <= current:
+            continue
+        log.info("applying schema migration %04d", version)
+        db.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version={version};\nCOMMIT;")

@@ -7,7 +7,8 @@ import json
 import logging
 import time
 
-from dcsched.daemon.store import Job, Store
+from dcsched.daemon.model import Ended
+from dcsched.daemon.store import Store, StoreError
 from dcsched.scheduler import RunningJob, SchedulerConfig, Usage, accrue, charge
 
 log = logging.getLogger("dcsched.usage")
@@ -31,25 +32,26 @@ class UsageTracker:
         except ValueError as exc:
             log.error("stored fair-share usage unreadable (%s); starting from zero", exc)
 
-    async def accrue(self, running: tuple[RunningJob, ...], now: float) -> Usage:
-        """Charges running jobs up to now and jobs that ended since the last accrual."""
-        since = self.usage.ts
+    def accrue(self, running: tuple[RunningJob, ...], ended: list[Ended], now: float) -> Usage:
+        """Charges running jobs up to now and the jobs that ended since the last accrual."""
         usage = self.usage
-        for job in await self.store.jobs_ended_since(since):
-            usage = self._charge_ended(usage, job, since)
+        since = usage.ts
+        for job in ended:
+            seconds = job.end_ts - max(job.start_ts, since)
+            if seconds > 0:
+                gpu_s = seconds * job.gpus * self.config.bill(job.gpu_type)
+                usage = charge(
+                    usage, usage.ts, job.account, job.user, gpu_s, self.config.half_life_s
+                )
         self.usage = accrue(usage, running, now, self.config)
-        if now - self._saved > SAVE_EVERY_S:
-            await self.save()
         return self.usage
 
-    def _charge_ended(self, usage: Usage, job: Job, since: float) -> Usage:
-        assert job.start_ts is not None and job.end_ts is not None
-        seconds = job.end_ts - max(job.start_ts, since)
-        if seconds <= 0:
-            return usage
-        bill = self.config.bill(job.gpu_type or "")
-        gpu_s = seconds * job.nodes * job.gpus_per_node * bill
-        return charge(usage, usage.ts, job.account, job.user, gpu_s, self.config.half_life_s)
+    async def save_if_due(self, now: float) -> None:
+        if now - self._saved > SAVE_EVERY_S:
+            try:
+                await self.save()
+            except StoreError as exc:
+                log.warning("fair-share usage not saved: %s", exc)
 
     async def save(self) -> None:
         await self.store.set_kv(KEY, json.dumps(self.usage.to_dict()))

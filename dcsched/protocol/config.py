@@ -95,6 +95,8 @@ class AgentConfig(_Section):
     advertise_addr: str = ""  # address other nodes reach this one on; "" = the hostname's
     state_dir: str = "/var/lib/dcsched-agent"
     torchrun: str = "torchrun"
+    # An exit goes out again this often until the daemon's AckExit (and after every reconnect).
+    exit_resend_s: float = 10.0
 
     def host_name(self) -> str:
         return self.host or os.uname().nodename

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Broker
+from tests.conftest import PROCESS_TIMEOUT, Broker, Procs, tracked_processes
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, PROCESS_TIMEOUT]
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = Path(__file__).resolve().parent / "jobs"
 
@@ -28,7 +28,7 @@ JOBS = Path(__file__).resolve().parent / "jobs"
 class Cluster:
     dir: Path
     socket: str
-    procs: list[subprocess.Popen[bytes]]
+    procs: Procs  # the daemon, the agents, and through them every job
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         prog = {"dcsub": "dcsched.cli.dcsub", "dcctl": "dcsched.cli.dcctl"}[args[0]]
@@ -74,7 +74,13 @@ def _job_toml(
 
 @pytest.fixture(scope="module")
 def cluster(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    d = tmp_path_factory.mktemp("e2e")
+    # Whatever happens, no daemon, agent or job process outlives the module: see
+    # tests/conftest.py.
+    with tracked_processes("e2e") as procs:
+        yield from _cluster(mosquitto, tmp_path_factory.mktemp("e2e"), procs)
+
+
+def _cluster(mosquitto: Broker, d: Path, procs: Procs) -> Iterator[Cluster]:
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
     key = d / "cluster.key"
     key.write_text(uuid.uuid4().hex * 2)
@@ -90,11 +96,10 @@ def cluster(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iter
         # Other clusters on this machine (a demo, a parallel run) must not share master ports.
         f'port_range = "{port}-{port + 99}"\n'
     )
-    procs = []
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    started = []
     with (d / "dcd.log").open("wb") as log:
-        procs.append(
-            subprocess.Popen(
+        started.append(
+            procs.popen(
                 [
                     sys.executable,
                     "-m",
@@ -105,7 +110,6 @@ def cluster(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
             )
         )
     for i in (1, 2):
@@ -116,16 +120,15 @@ def cluster(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iter
             f'torchrun = "{torchrun}"\n'
         )
         with (d / f"agent{i}.log").open("wb") as log:
-            procs.append(
-                subprocess.Popen(
+            started.append(
+                procs.popen(
                     [sys.executable, "-m", "dcsched.agents.main", "run", "--config", str(conf)],
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=env,
                 )
             )
     c = Cluster(d, str(d / "dcd.sock"), procs)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         out = c.cli("dcctl", "nodes", "--json", check=False)
         if (
@@ -139,19 +142,16 @@ def cluster(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iter
         time.sleep(0.3)
     yield c
     # Agents leave jobs running when they stop (to re-adopt them): cancel what is left first.
+    # (tracked_processes kills whatever this leaves, also when it fails.)
     active = [j["id"] for j in json.loads(c.cli("dcctl", "queue", "--json").stdout)["jobs"]]
     if active:
         c.cli("dcctl", "cancel", *map(str, active), check=False)
         for job_id in active:
             c.wait(job_id, {"CANCELLED", "COMPLETED", "FAILED", "TIMEOUT", "NODE_FAIL"}, 60)
-    for p in procs:
+    for p in started:
         p.terminate()
-    for p in procs:
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    for p in started:
+        p.wait(15)
 
 
 def _alive(pid: int) -> bool:
@@ -196,7 +196,7 @@ def test_two_nodes_all_reduce_their_ranks(cluster: Cluster) -> None:
             "allreduce", [str(ROOT / "examples" / "allreduce.py"), str(out)], nodes=2, gpus=2
         ),
     )
-    follow = subprocess.Popen(
+    follow = cluster.procs.popen(
         [
             sys.executable,
             "-m",

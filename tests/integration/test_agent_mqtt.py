@@ -1,5 +1,6 @@
 """dc-agent against a real Mosquitto: status and will, telemetry, signed commands, real torchrun,
-re-adoption across an agent restart, and events kept through a broker outage.
+re-adoption across an agent restart, events kept through a broker outage, and exits resent
+through a broker crash until the daemon acknowledges them.
 
 Each test has its own topic prefix on the session's broker.
 """
@@ -26,9 +27,18 @@ from dcsched.agents import agent as agent_mod
 from dcsched.agents.agent import Agent
 from dcsched.protocol.codec import event_codec, sign, status_codec, telemetry_codec
 from dcsched.protocol.config import load_config
-from dcsched.protocol.messages import Ack, Command, JobExited, JobStarted, Launch
+from dcsched.protocol.messages import (
+    Ack,
+    AckExit,
+    Command,
+    JobExited,
+    JobReport,
+    JobStarted,
+    Launch,
+    QueryJob,
+)
 from dcsched.protocol.topics import Topics
-from tests.conftest import Broker, free_port
+from tests.conftest import Broker, free_port, restart_mosquitto, start_mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,6 +53,7 @@ def agent_config(
     torchrun: str = "",
     interval_s: float = 0.5,
     sim_gpus: int = 2,
+    exit_resend_s: float = 10.0,
 ) -> Path:
     path = d / f"{host}.toml"
     path.write_text(
@@ -50,6 +61,7 @@ def agent_config(
         f'[cluster]\nkey_file = "{key_file}"\n'
         f'[agent]\nhost = "{host}"\nbackend = "sim"\nsim_gpus = {sim_gpus}\n'
         f'interval_s = {interval_s}\nstate_dir = "{d / (host + "-state")}"\n'
+        f"exit_resend_s = {exit_resend_s}\n"
         f'torchrun = "{torchrun or Path(sys.executable).with_name("torchrun")}"\n'
     )
     return path
@@ -73,6 +85,16 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> in
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+async def until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or pred}")
 
 
 class Bus:
@@ -121,13 +143,7 @@ class Bus:
         await self._client.publish(self.topics.host(self.host, "cmd"), sign(cmd, key), qos=1)
 
     async def until(self, pred: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = pred()
-            if value:
-                return value
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what or pred}")
+        return await until(pred, timeout, what)
 
     def event(self, kind: type, **match: Any) -> Any:
         for e in self.events:
@@ -213,7 +229,7 @@ def fake_torchrun(tmp_path: Path) -> str:
 def _launch(job_id: str, command: list[str], workdir: Path, **kw: Any) -> Launch:
     base: dict[str, Any] = dict(
         cmd_id=f"launch-{job_id}", job_id=job_id, node_rank=0, nnodes=1, nproc_per_node=1,
-        master_addr="127.0.0.1", master_port=29500, gpus=[0], command=command,
+        master_addr="127.0.0.1", master_port=free_port(), gpus=[0], command=command,
         workdir=str(workdir),
     )  # fmt: skip
     base.update(kw)
@@ -395,3 +411,52 @@ async def test_job_exit_is_kept_through_a_broker_outage(
         assert exited.exit_code == 4
         await bus.until(lambda: not agent.store.state.outbox, what="outbox drained")
     await proxy.cut()
+
+
+async def test_an_exit_is_resent_through_a_broker_crash_until_acknowledged(
+    tmp_path: Path, prefix: str, fake_torchrun: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_mod, "backoff_delay", lambda attempt: 0.2)
+    broker = start_mosquitto(tmp_path)  # this test's own: it crashes it
+    conf = agent_config(
+        tmp_path, broker.url, prefix, "n1", torchrun=fake_torchrun, exit_resend_s=0.3
+    )
+    agent = Agent(load_config(str(conf)))
+    job = _launch("ack", [sys.executable, "-c", "import sys; sys.exit(4)"], tmp_path)
+    topics = Topics(prefix)
+    try:
+        async with running_agent(agent):
+            await until(agent.connected.is_set, what="connected")
+            # Nobody listens to events yet: the broker takes the exit and drops it.
+            async with aiomqtt.Client(broker.host, broker.port) as sender:
+                await sender.publish(topics.host("n1", "cmd"), sign(job, None), qos=1)
+            await until(
+                lambda: agent.store.state.unacked and not agent.store.state.outbox,
+                what="exit published, not acknowledged",
+            )
+            (ev,) = agent.store.state.unacked
+            # The broker crashes (it held nothing on disk) and comes back.
+            broker.proc.kill()
+            broker.proc.wait(10)
+            await until(lambda: not agent.connected.is_set(), what="disconnected")
+            restart_mosquitto(broker, tmp_path)
+            async with Bus(broker, prefix, "n1") as bus:
+                await bus.until(
+                    lambda: bus.events.count(ev) >= 2, timeout=30, what="exit resent twice"
+                )
+                assert (ev.exit_code, ev.launch_id) == (4, job.cmd_id)
+                await bus.send(
+                    AckExit(cmd_id="a1", job_id="ack", node_rank=0, launch_id=job.cmd_id), None
+                )
+                await bus.until(lambda: not agent.store.state.unacked, what="acknowledged")
+                state = json.loads((tmp_path / "n1-state" / "jobs.json").read_text())
+                assert state["unacked"] == []
+                assert not [e for e in bus.events if isinstance(e, Ack) and e.cmd_id == "a1"]
+                # The daemon may still ask what became of the job.
+                await bus.send(QueryJob(cmd_id="q1", job_id="ack"), None)
+                report = await bus.until(lambda: bus.event(JobReport, cmd_id="q1"), what="report")
+                assert report.running == [] and report.exits == [ev]
+    finally:
+        if broker.proc.poll() is None:
+            broker.proc.terminate()
+            broker.proc.wait(10)

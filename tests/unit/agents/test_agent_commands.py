@@ -2,70 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
+import re
 import signal
-import types
-from collections.abc import AsyncIterator, Callable
+import socket
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
-from dcsched.agents.agent import BACKOFF_MAX_S, Agent, backoff_delay
+from dcsched.agents.agent import BACKOFF_MAX_S, backoff_delay
+from dcsched.agents.errors import INVALID, PORT_IN_USE
 from dcsched.agents.procs import is_alive
-from dcsched.protocol.codec import event_codec, sign
-from dcsched.protocol.config import ClusterConfig, Config
-from dcsched.protocol.messages import Ack, Cancel, FetchLog, JobExited, JobStarted, Launch
-from tests.unit.agents.helpers import launch, py
-
-KEY = b"k" * 32
-
-
-class FakeClient:
-    def __init__(self, payloads: list[bytes] | None = None) -> None:
-        self.published: list[tuple[str, bytes, int, bool]] = []
-        self._payloads = payloads or []
-
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int = 0,
-        retain: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        self.published.append((topic, payload, qos, retain))
-
-    @property
-    async def messages(self) -> AsyncIterator[Any]:
-        for p in self._payloads:
-            yield types.SimpleNamespace(topic="t", payload=p)
-
-    def events(self) -> list[Any]:
-        codec = event_codec()
-        return [codec.decode(p) for t, p, _, _ in self.published if t.endswith("/events")]
-
-
-def make_agent(cfg: Config, tmp_path: Path, key: bool = False) -> Agent:
-    if key:
-        (tmp_path / "key").write_bytes(KEY)
-        cfg = msgspec.structs.replace(cfg, cluster=ClusterConfig(key_file=str(tmp_path / "key")))
-    return Agent(cfg)
-
-
-async def until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():  # noqa: ASYNC110 - polls a file, not an event
-            await asyncio.sleep(0.05)
-
-
-async def wait_jobs_done(agent: Agent, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while agent.jobs:
-            await agent.check_jobs()
-            await asyncio.sleep(0.05)
+from dcsched.protocol.codec import sign
+from dcsched.protocol.config import Config
+from dcsched.protocol.messages import (
+    Ack,
+    Cancel,
+    FetchLog,
+    JobExited,
+    JobReport,
+    JobStarted,
+    Launch,
+    QueryJob,
+)
+from tests.unit.agents.helpers import KEY, FakeClient, launch, make_agent, py, until, wait_jobs_done
 
 
 def launches(tmp_path: Path) -> int:
@@ -149,17 +110,103 @@ async def test_cancel_with_grace_lets_the_job_stop(tmp_path: Path, agent_config:
     assert (exited.reason, exited.signal) == ("timeout", signal.SIGTERM)
 
 
-async def test_a_refused_launch_is_acked_with_the_reason(
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"workdir": "/nonexistent"}, "workdir /nonexistent does not exist"),
+        ({"command": ["echo", "a\0b"]}, "command argument 1 contains a NUL byte"),
+        ({"env": {"X": "a\0b"}}, "environment variable X contains a NUL byte"),
+        ({"env": {"X\0": "a"}}, "environment variable name"),
+        ({"workdir": "/tmp\0x"}, "workdir contains a NUL byte"),
+        ({"user": "a\0b"}, "user contains a NUL byte"),
+        ({"user": "no-such-user-xyz"}, "user 'no-such-user-xyz' does not exist"),
+        ({"gpus": [9]}, r"GPUs \[9\] do not exist"),
+    ],
+)
+async def test_a_launch_that_cannot_run_here_is_refused_as_invalid_every_time(
+    tmp_path: Path, agent_config: Config, kw: dict[str, Any], message: str
+) -> None:
+    agent = make_agent(agent_config, tmp_path)
+    client = FakeClient()
+    cmd = launch(tmp_path, **{"command": ["true"], **kw})
+    await agent.handle(client, cmd)  # type: ignore[arg-type]
+    (ack,) = client.events()
+    assert isinstance(ack, Ack) and not ack.ok and ack.code == INVALID
+    assert re.search(message, ack.error)
+    # The Ack is the whole answer: no launch_failed exit besides it, nothing started.
+    assert agent.store.state.outbox == [] and not agent.jobs and launches(tmp_path) == 0
+    # A retry (the daemon missed the Ack) is answered the same, also after a restart.
+    await agent.handle(client, cmd)  # type: ignore[arg-type]
+    again = make_agent(agent_config, tmp_path)
+    again.store.load()
+    await again.handle(client, cmd)  # type: ignore[arg-type]
+    assert client.events() == [ack, ack, ack]
+
+
+async def test_another_launch_failure_is_answered_and_ends_the_node_part(
+    tmp_path: Path, agent_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = make_agent(agent_config, tmp_path)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(agent.launcher, "start", broken)
+    client = FakeClient()
+    await agent.handle(client, launch(tmp_path, ["true"]))  # type: ignore[arg-type]
+    (ack,) = client.events()
+    assert isinstance(ack, Ack) and not ack.ok and ack.code == "" and "a bug" in ack.error
+    (exited,) = agent.store.state.outbox
+    assert isinstance(exited, JobExited) and exited.reason == "launch_failed"
+    assert exited.launch_id == "c1"
+
+
+async def test_rank_0_refuses_a_master_port_in_use(tmp_path: Path, agent_config: Config) -> None:
+    agent = make_agent(agent_config, tmp_path)
+    client = FakeClient()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        cmd = launch(tmp_path, ["true"], master_port=port)
+        await agent.handle(client, cmd)  # type: ignore[arg-type]
+        await agent.handle(client, cmd)  # type: ignore[arg-type]
+        ack = client.events()[0]
+        assert isinstance(ack, Ack) and not ack.ok and ack.code == PORT_IN_USE
+        assert ack.error == f"master port {port} is in use on unit"
+        assert client.events() == [ack, ack]  # remembered under its cmd_id
+        assert agent.store.state.outbox == [] and launches(tmp_path) == 0
+        # Another rank does not serve the port: it launches.
+        rank1 = launch(tmp_path, ["true"], cmd_id="c2", node_rank=1, nnodes=2, master_port=port)
+        await agent.handle(client, rank1)  # type: ignore[arg-type]
+        assert client.events()[-1].ok
+    # The daemon retries with another port.
+    await agent.handle(client, launch(tmp_path, ["true"], cmd_id="c3"))  # type: ignore[arg-type]
+    assert client.events()[-1].ok and client.events()[-1].cmd_id == "c3"
+    await wait_jobs_done(agent)
+
+
+async def test_query_job_reports_running_ranks_and_last_exits(
     tmp_path: Path, agent_config: Config
 ) -> None:
     agent = make_agent(agent_config, tmp_path)
     client = FakeClient()
-    await agent.handle(client, launch(tmp_path, ["true"], workdir="/nonexistent"))  # type: ignore[arg-type]
-    (ack,) = client.events()
-    assert isinstance(ack, Ack) and not ack.ok and "workdir /nonexistent" in ack.error
-    exited = agent.store.state.outbox[-1]
-    assert isinstance(exited, JobExited) and exited.reason == "launch_failed"
-    assert not agent.jobs
+    await agent.handle(client, launch(tmp_path, ["true"], node_rank=1, nnodes=3))  # type: ignore[arg-type]
+    await wait_jobs_done(agent)
+    await agent.handle(client, launch(tmp_path, ["sleep", "30"], cmd_id="c2", nnodes=3))  # type: ignore[arg-type]
+    await agent.handle(client, QueryJob(cmd_id="q1", job_id="j1"))  # type: ignore[arg-type]
+    report = client.events()[-1]
+    assert isinstance(report, JobReport) and report.host == "unit" and report.cmd_id == "q1"
+    assert report.running == [0]
+    (ex,) = report.exits
+    assert (ex.node_rank, ex.exit_code, ex.launch_id) == (1, 0, "c1")
+    # A question is answered every time, and never remembered.
+    await agent.handle(client, QueryJob(cmd_id="q1", job_id="j1"))  # type: ignore[arg-type]
+    assert client.events()[-1] == report and agent.store.command("q1") is None
+    await agent.handle(client, QueryJob(cmd_id="q2", job_id="other"))  # type: ignore[arg-type]
+    assert client.events()[-1] == JobReport(host="unit", cmd_id="q2", job_id="other")
+    await agent.handle(client, Cancel(cmd_id="c3", job_id="j1", grace_s=2))  # type: ignore[arg-type]
+    await wait_jobs_done(agent)
 
 
 async def test_unsigned_or_forged_commands_are_dropped(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dcsched.agents import runner
-from dcsched.agents.errors import LaunchError
+from dcsched.agents.errors import INVALID, LaunchError
 from dcsched.agents.launcher import ExitStatus, Launcher, job_env, torchrun_argv
 from dcsched.agents.procs import TAG_VAR, is_alive
 from dcsched.agents.state import JobRecord, StateStore
@@ -70,7 +70,8 @@ def test_launch_runs_in_workdir_with_env_and_reports_exit_code(
         "os.environ['DCSCHED_JOB_ID'], os.getpgid(0) != os.getpid(), flush=True); "
         "print(sys.stdin.read() == '', flush=True); sys.exit(3)"
     )
-    rec = launcher.start(launch(tmp_path, py(code), gpus=[1, 3]))
+    ln = launch(tmp_path, py(code), gpus=[1, 3])
+    rec = launcher.start(ln)
     assert rec.pgid != os.getpgid(0) and rec.child_pid > 0
     status = wait_exit(launcher, rec)
     assert status == ExitStatus(3, None)
@@ -80,7 +81,7 @@ def test_launch_runs_in_workdir_with_env_and_reports_exit_code(
     assert f"{tmp_path} 1,3 j1 True" in text and "True\n" in text
     args = (tmp_path / "torchrun.args").read_text().split("\n")
     assert args == ["--nnodes", "1", "--nproc-per-node", "1", "--node-rank", "0",
-                    "--master-addr", "127.0.0.1", "--master-port", "29500"]  # fmt: skip
+                    "--master-addr", "127.0.0.1", "--master-port", str(ln.master_port)]  # fmt: skip
 
 
 def test_signal_death_is_reported_as_signal(tmp_path: Path, agent_config: Config) -> None:
@@ -98,6 +99,13 @@ def test_signal_death_is_reported_as_signal(tmp_path: Path, agent_config: Config
         ({"gpus": [0, 7]}, r"GPUs \[7\] do not exist"),
         ({"command": []}, "no command"),
         ({"python": "/nonexistent/python"}, "/nonexistent/python not found"),
+        ({"command": ["echo", "a\0b"]}, "command argument 1 contains a NUL byte"),
+        ({"env": {"A\0": "x"}}, "environment variable name 'A.*' is not valid"),
+        ({"env": {"A=B": "x"}}, "environment variable name 'A=B' is not valid"),
+        ({"env": {"A": "x\0"}}, "environment variable A contains a NUL byte"),
+        ({"workdir": "/tmp\0"}, "workdir contains a NUL byte"),
+        ({"user": "root\0"}, "user contains a NUL byte"),
+        ({"master_port": 70000}, "master port 70000 is not a TCP port"),
     ],
 )
 def test_refusals_are_clear(
@@ -107,8 +115,10 @@ def test_refusals_are_clear(
     ln = launch(tmp_path, ["true"])
     for k, v in kw.items():
         setattr(ln, k, v)
-    with pytest.raises(LaunchError, match=message):
+    with pytest.raises(LaunchError, match=message) as info:
         launcher.start(ln, valid_gpus={0, 1, 2, 3})
+    assert info.value.code == INVALID
+    assert not (Path(agent_config.agent.state_dir) / "logs" / "j1").exists()  # nothing made
 
 
 def test_missing_torchrun_is_refused(tmp_path: Path) -> None:
@@ -121,8 +131,9 @@ def test_missing_torchrun_is_refused(tmp_path: Path) -> None:
 def test_another_user_is_refused_when_not_root(tmp_path: Path, agent_config: Config) -> None:
     launcher = Launcher(agent_config.agent.state_dir, agent_config.agent.torchrun)
     other = "root" if pwd.getpwuid(os.geteuid()).pw_name != "root" else "nobody"
-    with pytest.raises(LaunchError, match="not root"):
+    with pytest.raises(LaunchError, match="not root") as info:
         launcher.start(launch(tmp_path, ["true"], user=other))
+    assert info.value.code == INVALID
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")

@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dcsched.daemon.states import TRANSITIONS, JobState, TransitionError
-from dcsched.daemon.store import Store, StoreError
+from dcsched.daemon.lifecycle import Part
+from dcsched.daemon.states import TRANSITIONS, JobState
+from dcsched.daemon.store import Batch, CommandRow, NewJob, NotFound, Store, StoreError
 
 S = JobState
 
 
-def _job(**kw: Any) -> dict[str, Any]:
+def _new(**kw: Any) -> NewJob:
     base: dict[str, Any] = dict(
         name="j",
         user="alice",
@@ -19,77 +21,70 @@ def _job(**kw: Any) -> dict[str, Any]:
         account="a",
         qos="normal",
         nice=0,
+        state="PENDING",
         spec={"command": ["x"]},
         nodes=2,
         gpus_per_node=2,
         gpu_type=None,
         time_limit_s=60,
-        now=100.0,
-        held=False,
+        submit_ts=100.0,
+        detail="submitted by alice",
     )
     base.update(kw)
-    return base
+    return NewJob(**base)
 
 
 async def test_jobs_survive_a_reopen_of_the_file(tmp_path: Path) -> None:
     db = str(tmp_path / "s.db")
     s = await Store.open(db)
-    a = await s.add_job(**_job())
-    b = await s.add_job(**_job(held=True))
+    a, b = await s.add_jobs([_new(), _new(state="HELD")])
     await s.close()
     s = await Store.open(db)  # migrations are not re-applied
-    assert [(j.id, j.state) for j in await s.jobs()] == [(b, "HELD"), (a, "PENDING")]
+    assert [(j.id, j.state) for j in await s.live_jobs()] == [(a, "PENDING"), (b, "HELD")]
     assert (tmp_path / "s.db-wal").exists()
     await s.close()
 
 
-async def test_start_is_one_transaction_with_its_commands(tmp_path: Path) -> None:
+async def test_a_batch_is_one_transaction(tmp_path: Path) -> None:
     s = await Store.open(str(tmp_path / "s.db"))
-    job = await s.add_job(**_job())
-    cmds = [("c0", "h0", "launch", b"{}"), ("c1", "h1", "launch", b"{}")]
-    await s.start_job(
-        job, [("h0", [0, 1], "c0"), ("h1", [0, 1], "c1")], "10.0.0.1", 29500, 101.0, cmds
-    )
-    got = await s.job(job)
-    assert (got.state, got.master_port, got.start_ts) == ("STARTING", 29500, 101.0)
-    assert [c.cmd_id for c in await s.unacked_commands()] == ["c0", "c1"]
-    # Starting twice fails and changes nothing: the commands are not duplicated.
+    (job_id,) = await s.add_jobs([_new()])
+    job = (await s.live_jobs())[0]
+    parts = (Part(0, "h0", (0, 1), "c0"), Part(1, "h1", (0, 1), "c1"))
+    started = dataclasses.replace(job, state="STARTING", parts=parts, master_port=29500)
+    cmds = [CommandRow(f"c{i}", f"h{i}", job_id, "launch", b"{}", 1.0) for i in range(2)]
+    # A batch that fails half-way (a duplicate history id here) leaves nothing behind.
+    bad = Batch(jobs=[started], parts_changed={job_id}, commands=cmds)
+    bad.history = [(job_id, 1.0, "STARTING", "x"), (job_id, 1.0, "STARTING", None)]  # type: ignore[list-item]
     with pytest.raises(StoreError):
-        await s.start_job(
-            job, [("h0", [0, 1], "c2")], "x", 1, 102.0, [("c2", "h0", "launch", b"{}")]
-        )
-    assert len(await s.unacked_commands()) == 2
-    assert await s.ack_command("c0", True, "", 103.0)
-    assert not await s.ack_command("c0", True, "", 104.0)  # a repeated ack is ignored
+        await s.commit(bad)
+    assert (await s.job(job_id)).state == "PENDING"
+    assert await s.unacked_commands() == []
+    ok = Batch(jobs=[started], parts_changed={job_id}, commands=cmds)
+    ok.history = [(job_id, 1.0, "STARTING", "allocated h0, h1")]
+    await s.commit(ok)
+    got = await s.job(job_id)
+    assert (got.state, got.master_port, got.parts) == ("STARTING", 29500, parts)
+    assert [c.cmd_id for c in await s.unacked_commands()] == ["c0", "c1"]
+    await s.commit(Batch(acks=[("c0", True, "", 2.0)]))
     assert [c.cmd_id for c in await s.unacked_commands()] == ["c1"]
+    events = await s.job_events(job_id)
+    assert [e["state"] for e in events] == ["PENDING", "STARTING"]
     await s.close()
 
 
-async def test_node_exit_is_recorded_once(tmp_path: Path) -> None:
+async def test_finished_jobs_are_read_newest_first_with_a_limit(tmp_path: Path) -> None:
     s = await Store.open(str(tmp_path / "s.db"))
-    job = await s.add_job(**_job())
-    await s.start_job(job, [("h0", [0], "run-1")], "a", 1, 1.0, [])
-    # An exit from another run of the job (before a requeue) is not this run's.
-    assert not await s.node_exited(job, 0, 1, None, "exit", 1.5, launch_id="run-0")
-    assert await s.node_exited(job, 0, 3, None, "exit", 2.0, launch_id="run-1")
-    assert not await s.node_exited(job, 0, 0, None, "exit", 3.0)
-    (part,) = await s.job_nodes(job)
-    assert (part.state, part.exit_code) == ("exited", 3)
-    await s.close()
-
-
-async def test_illegal_transitions_are_refused_and_leave_the_row_alone(tmp_path: Path) -> None:
-    s = await Store.open(str(tmp_path / "s.db"))
-    job = await s.add_job(**_job())
-    with pytest.raises(TransitionError):
-        await s.transition(job, S.COMPLETED, 2.0)
-    assert (await s.job(job)).state == "PENDING"
-    done = await s.transition(job, S.CANCELLED, 2.0, "by test")
-    assert done.end_ts == 2.0
-    with pytest.raises(TransitionError):
-        await s.transition(job, S.PENDING, 3.0)
-    events = await s.job_events(job)
-    assert [e["state"] for e in events] == ["PENDING", "CANCELLED"]
+    ids = await s.add_jobs([_new(state="PENDING") for _ in range(5)])
+    jobs = {j.id: j for j in await s.live_jobs()}
+    done = [dataclasses.replace(jobs[i], state="COMPLETED", end_ts=9.0) for i in ids[:4]]
+    await s.commit(Batch(jobs=done))
+    got = await s.finished_jobs({"COMPLETED", "PENDING"}, None, 3)
+    assert [j.id for j in got] == list(reversed(ids[1:4]))
+    assert await s.finished_jobs({"COMPLETED"}, "bob", 10) == []
+    assert [j.id for j in await s.live_jobs()] == [ids[4]]
+    assert (await s.count_by_state()) == {"COMPLETED": 4, "PENDING": 1}
+    with pytest.raises(NotFound):
+        await s.job(999)
     await s.close()
 
 

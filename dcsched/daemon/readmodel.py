@@ -1,0 +1,190 @@
+"""The one read model behind the API and `/metrics`: views of jobs, nodes, GPUs and the
+cluster, built from memory (the model, the node inventory, the latest telemetry). Only
+finished jobs come from the store, by id or newest first with a limit.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from dcsched.daemon.bus import Bus
+from dcsched.daemon.cluster import Cluster
+from dcsched.daemon.ingest import Ingest
+from dcsched.daemon.jobs import JobManager
+from dcsched.daemon.lifecycle import Job
+from dcsched.daemon.model import Model
+from dcsched.daemon.scheduling import SchedulingLoop
+from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL
+from dcsched.daemon.store import Store
+
+# (host, GPU index) -> (job id, user) for every GPU a job holds
+Allocations = dict[tuple[str, int], tuple[int, str]]
+
+
+class ReadModel:
+    def __init__(
+        self,
+        store: Store,
+        model: Model,
+        cluster: Cluster,
+        ingest: Ingest,
+        jobs: JobManager,
+        scheduling: SchedulingLoop,
+        bus: Bus,
+    ) -> None:
+        self.store = store
+        self.model = model
+        self.cluster = cluster
+        self.ingest = ingest
+        self.jobs = jobs
+        self.scheduling = scheduling
+        self.bus = bus
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    def job_view(self, job: Job, detail: bool = True) -> dict[str, Any]:
+        out = job.to_dict()
+        if not detail:
+            del out["spec"]
+        now = time.time()
+        if job.state in QUEUED:
+            info = self.scheduling.stats.last.pending.get(str(job.id))
+            if info is not None:
+                out["reasons"] = list(info.reasons)
+                out["priority"] = info.priority
+                out["est_start"] = info.est_start
+            out["reason"] = job.reason or self.scheduling.reasons.get(job.id, "")
+        if job.start_ts is not None:
+            out["elapsed_s"] = (job.end_ts or now) - job.start_ts
+        parts = [p for p in job.parts if p.live] if job.state in ACTIVE else list(job.parts)
+        out["node_parts"] = [p.to_dict() for p in (job.parts if detail else parts)]
+        out["hosts"] = [p.host for p in parts]
+        if job.state in ACTIVE:
+            utils = [
+                u for p in parts if (u := self.ingest.job_util(p.host, list(p.gpus))) is not None
+            ]
+            out["gpu_util"] = sum(utils) / len(utils) if utils else None
+        return out
+
+    async def list_jobs(
+        self, states: set[str], user: str | None, limit: int | None
+    ) -> list[dict[str, Any]]:
+        """Live jobs from memory (all of them), finished ones from the store (newest first,
+        up to `limit`); newest first overall."""
+        live = [
+            self.job_view(j, detail=False)
+            for i in sorted(self.model.jobs, reverse=True)
+            if (j := self.model.jobs[i]).state in states and (not user or j.user == user)
+        ]
+        done = states & TERMINAL
+        if done:
+            n = 1000 if limit is None else limit
+            live += [
+                self.job_view(j, detail=False)
+                for j in await self.store.finished_jobs(done, user, n)
+            ]
+            live.sort(key=lambda v: -int(v["id"]))
+        return live if limit is None else live[:limit]
+
+    def counts(self) -> dict[str, int]:
+        return {s: n for s, n in self.model.counts.items() if n}
+
+    # --- nodes and GPUs ------------------------------------------------------------------------
+
+    def node_views(self, alloc: Allocations | None = None) -> list[dict[str, Any]]:
+        if alloc is None:
+            alloc = self.model.allocations()
+        out = []
+        for node in sorted(self.cluster.nodes.values(), key=lambda n: n.host):
+            st = node.status
+            held = [alloc[k] for g in st.gpus if (k := (node.host, g.index)) in alloc]
+            ht = self.ingest.hosts.get(node.host)
+            utils = [s.util for s in ht.latest.gpus if s.util is not None] if ht else []
+            out.append(
+                {
+                    "host": node.host,
+                    "state": self.cluster.state(node),
+                    "online": node.online,
+                    "drained": node.drained,
+                    "drain_reason": node.drain_reason,
+                    "addr": st.addr,
+                    "gpu_type": node.gpu_type,
+                    "gpus": len(st.gpus),
+                    "gpus_allocated": len(held),
+                    "model": st.gpus[0].model if st.gpus else "",
+                    "simulated": st.simulated,
+                    "backend": st.backend,
+                    "agent_version": st.agent_version,
+                    "driver": st.driver,
+                    "jobs": sorted({j for j, _ in held}),
+                    "mean_util": sum(utils) / len(utils) if utils else None,
+                    "telemetry_age_s": self.ingest.age(node.host),
+                }
+            )
+        return out
+
+    def gpu_views(self, alloc: Allocations | None = None) -> list[dict[str, Any]]:
+        if alloc is None:
+            alloc = self.model.allocations()
+        out = []
+        for node in sorted(self.cluster.nodes.values(), key=lambda n: n.host):
+            ht = self.ingest.hosts.get(node.host)
+            samples = {s.index: s for s in ht.latest.gpus} if ht else {}
+            node_state = self.cluster.state(node)
+            for g in node.status.gpus:
+                s = samples.get(g.index)
+                job = alloc.get((node.host, g.index))
+                out.append(
+                    {
+                        "host": node.host,
+                        "index": g.index,
+                        "uuid": g.uuid,
+                        "model": g.model,
+                        "util": s.util if s else None,
+                        "mem_used": s.mem_used if s else None,
+                        "mem_total": (s.mem_total if s and s.mem_total else g.mem_total),
+                        "temp_c": s.temp_c if s else None,
+                        "power_w": s.power_w if s else None,
+                        "sm_clock_mhz": s.sm_clock_mhz if s else None,
+                        "energy_j": s.energy_j if s else None,
+                        "health": s.health if s else "unknown",
+                        "pids": s.pids if s else [],
+                        "job_id": job[0] if job else None,
+                        "user": job[1] if job else None,
+                        "node_state": node_state,
+                    }
+                )
+        return out
+
+    def cluster_summary(self) -> dict[str, Any]:
+        alloc = self.model.allocations()
+        nodes = self.node_views(alloc)
+        gpus = self.gpu_views(alloc)
+        utils = [g["util"] for g in gpus if g["util"] is not None]
+        power = [g["power_w"] for g in gpus if g["power_w"] is not None]
+        st = self.scheduling.stats
+        return {
+            "nodes": {
+                s: sum(1 for n in nodes if n["state"] == s) for s in ("up", "drained", "down")
+            },
+            "gpus": {
+                "total": len(gpus),
+                "allocated": sum(1 for g in gpus if g["job_id"] is not None),
+                "idle": sum(1 for g in gpus if g["job_id"] is None),
+            },
+            "mean_util": sum(utils) / len(utils) if utils else None,
+            "power_w": sum(power) if power else None,
+            "jobs": self.counts(),
+            "scheduler": {
+                "passes": st.passes,
+                "last_pass_ms": st.last_ms,
+                "last_pass_total_ms": st.last_total_ms,
+            },
+            "telemetry": {
+                "messages": self.ingest.received,
+                "stale": self.ingest.stale,
+                "dropped": {k: dict(c.dropped) for k, c in self.bus.codecs().items()},
+            },
+            "storage": {"ok": not self.jobs.storage_error, "error": self.jobs.storage_error},
+        }
