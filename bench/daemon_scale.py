@@ -1094,11 +1094,14 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             _log(f"steady state {'reached' if reached else 'NOT reached'}: {out['steady_state']}")
 
         pass_seen: dict[int, float] = {}  # pass number -> last_pass_ms, all observed
+        pass_total: dict[int, float] = {}  # pass number -> last_pass_total_ms, when reported
 
         def observe(summary: dict[str, Any]) -> None:
             sch = summary.get("scheduler", {})
             if "passes" in sch:
                 pass_seen[int(sch["passes"])] = float(sch["last_pass_ms"])
+                if "last_pass_total_ms" in sch:  # a daemon that times its whole pass
+                    pass_total[int(sch["passes"])] = float(sch["last_pass_total_ms"])
 
         queued_ids: list[int] = []
         with _phase("list_jobs", out):
@@ -1229,6 +1232,15 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         decide = list(pass_seen.values())
         trig = sp.get("trigger_to_pass_ms", {})
         upper = round(trig["p50"] - 50.0, 1) if trig.get("n") else None
+        total = list(pass_total.values())
+        if total:
+            sp["whole_pass_ms"] = {
+                "n": len(total),
+                "p50": round(_pct(total, 50), 1),
+                "p99": round(_pct(total, 99), 1),
+                "max": round(max(total), 1),
+                "what": "the daemon's scheduler.last_pass_total_ms per distinct pass seen",
+            }
         sp.update(
             {
                 "decide_ms": {
@@ -1254,7 +1266,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     " its p50 - 50 ms, an upper bound of snapshot + decide()."
                 ),
                 "target": "whole pass p50 <= 100 ms",
-                "met": _met(upper, 100),
+                "met": _met(_pct(total, 50) if total else upper, 100),
                 "decide_met": _met(_pct(decide, 50) if decide else None, 100),
             }
         )

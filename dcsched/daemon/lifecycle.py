@@ -79,9 +79,11 @@ class Job:
     parts: tuple[Part, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        del d["parts"]
-        return d
+        """Every field but the parts (the API's job row)."""
+        return {name: getattr(self, name) for name in _JOB_FIELDS}
+
+
+_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job) if f.name != "parts")
 
 
 # --- events ------------------------------------------------------------------------------------

@@ -116,8 +116,15 @@ class Model:
                         out[(p.host, g)] = (job.id, job.user)
         return out
 
-    def used_ports(self) -> set[int]:
-        return {self.jobs[i].master_port or 0 for i in self.running} - {0}
+    def used_ports(self) -> set[tuple[str, int]]:
+        """(rank-0 host, master port) of every active job: a port is taken only where the
+        job's master listens, so the range is per host, not per cluster."""
+        out = set()
+        for i in self.running:
+            job = self.jobs[i]
+            if job.master_port and job.parts:
+                out.add((job.parts[0].host, job.master_port))
+        return out
 
     def take_ended(self) -> list[Ended]:
         out, self.ended = self.ended, []

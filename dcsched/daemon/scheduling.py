@@ -131,18 +131,15 @@ class SchedulingLoop:
             if job_id not in self.model.requests:
                 continue  # cancelled or held while decide() ran
             first = self.cluster.nodes[start.allocation[0][0]]
+            avoid = self.jobs.avoid_ports
             port = next(
-                (
-                    p
-                    for p in self.ports
-                    if p not in used and (first.host, p) not in self.jobs.avoid_ports
-                ),
+                (p for p in self.ports if (h := (first.host, p)) not in used and h not in avoid),
                 None,
             )
             if port is None:
-                log.warning("no free master port in the configured range; job %d waits", job_id)
-                break
-            used.add(port)
+                log.warning("no free master port on %s; job %d waits", first.host, job_id)
+                continue
+            used.add((first.host, port))
             parts = tuple(
                 lc.Part(rank=r, host=h, gpus=tuple(g), launch_id=new_cmd_id())
                 for r, (h, g) in enumerate(start.allocation)
