@@ -250,6 +250,8 @@ class JobManager:
                 ev = lc.NotRunning(ack.host, f"vanished from {ack.host} ({ack.error})")
             pairs = []
             job = self.model.jobs.get(cmd.job_id)
+            if job is not None and (job.start_ts or 0) > cmd.created_ts:
+                ev = None  # the answer to a cancel of an earlier run: says nothing of this one
             if ev is not None and job is not None:
                 pairs.append((job, lc.apply(job, ev, time.time())))
             await self._commit(pairs, batch)
@@ -410,6 +412,12 @@ class JobManager:
                     for cid in self.sender.unacked(new.id, "launch"):
                         batch.acks.append((cid, False, "superseded", now))
                         dropped.append(cid)
+            if new.state != old.state and not new.parts:
+                # The run is over (back in the queue, or ended before it started): a late
+                # answer to one of its cancels must not touch the next run.
+                for cid in self.sender.unacked(new.id, "cancel"):
+                    batch.acks.append((cid, False, "superseded", now))
+                    dropped.append(cid)
             batch.commands += rows
         await self._guard(self.store.commit(batch))
         # Journaled: now memory, then the world.

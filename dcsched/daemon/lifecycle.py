@@ -333,7 +333,7 @@ def _cancel(out: Outcome, ev: Cancel, now: float) -> None:
         _move(out, S.CANCELLED, now, why, reason=why)
         out.effects.append(WakeScheduler())
     else:
-        _stop(out, S.CANCELLED, why, now, ev.grace_s)
+        _stop(out, S.CANCELLED, why, now, ev.grace_s, reason=why)
 
 
 def _stop(
@@ -392,6 +392,7 @@ def _maybe_finish(out: Outcome, now: float) -> None:
             now,
             "all nodes exited; back in the queue",
             ending="",
+            reason="",
             exit_code=None,
             signal=None,
             master_addr=None,
@@ -451,7 +452,9 @@ def _launch_refused(out: Outcome, ev: LaunchRefused, now: float) -> None:
 
 
 def _not_running(out: Outcome, ev: NotRunning, now: float) -> None:
-    never = _close_parts(
+    # A launching part is closed only once its launch has been dropped (COMPLETING): before
+    # that the launch is still being sent, and its own answer settles the part.
+    never = out.job.state == S.COMPLETING and _close_parts(
         out,
         lambda p: p.host == ev.host and p.state == "launching",
         "never started",
