@@ -57,7 +57,9 @@ class SchedulingLoop:
         while not stop.is_set():
             await wait_event(self.wake, self.interval_s)
             self.wake.clear()
-            await asyncio.sleep(0.05)  # coalesce a burst of submits into one pass
+            # Coalesce a burst of submits into one pass, and under a steady stream of
+            # events keep passes to at most half of the loop's time.
+            await asyncio.sleep(max(0.05, self.stats.last_total_ms / 1000))
             try:
                 await self.run_pass()
             except StoreError as exc:
@@ -118,7 +120,9 @@ class SchedulingLoop:
         now = time.time()
         snap = self.snapshot(now)
         t0 = time.perf_counter()
-        decisions = decide(snap, now)
+        # decide() is pure and reads only the snapshot: in a worker thread the event loop
+        # keeps answering the API and the agents while it runs.
+        decisions = await asyncio.to_thread(decide, snap, now)
         st = self.stats
         st.passes += 1
         st.last_ms, st.last = (time.perf_counter() - t0) * 1000, decisions
