@@ -42,15 +42,18 @@ if _prctl is not None:  # variadic in C: pass full-width arguments
     _prctl.restype = ctypes.c_int
 
 
-def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
-    """A preexec_fn: the child gets `sig` when the parent dies.
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A preexec_fn: the child gets `sig` when the parent dies (None where there is no
+    prctl: not Linux).
 
     The kernel sends it when the *thread* that forked the child exits, so start such
-    children from the main thread (asyncio's subprocess functions do, from the loop).
-    Everything it calls is looked up here, before the fork: the child only calls it.
+    children from the main thread (asyncio's subprocess functions do, from the loop). It
+    is also cleared when the child changes its user or group: a child that drops root
+    privileges is no longer tied. Everything it calls is looked up here, before the fork:
+    the child only calls it.
     """
     if _prctl is None:
-        raise OSError("prctl is not available: children cannot be tied to their parent")
+        return None
     parent = os.getpid()
     prctl, getppid, kill, getpid = _prctl, os.getppid, os.kill, os.getpid
 
@@ -82,7 +85,9 @@ def tagged_pids(var: str, value: str) -> list[int]:
     """Live processes whose environment holds var=value (other users' processes are
     unreadable unless we are root, and skipped)."""
     item = f"{var}={value}".encode()
-    me, found = os.getpid(), []
+    me, found = os.getpid(), list[int]()
+    if not os.path.isdir("/proc"):
+        return found
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
             continue

@@ -87,17 +87,15 @@ class Cluster:
         return silent if age is None else min(silent, age)
 
     def state(self, node: Node) -> str:
-        """up | drained | down, as the scheduler sees it."""
+        """up | drained | joining | down, as the scheduler sees it (it places jobs on "up"
+        nodes only). A node is up once its status *and* its first telemetry have arrived:
+        until then it is "joining" (its GPUs have no readings yet)."""
         if not node.online:
             return "down"
-        age = self.ingest.age(node.host)
-        last = (
-            min(age, time.monotonic() - node.seen)
-            if age is not None
-            else (time.monotonic() - node.seen)
-        )
-        if last > self.node_timeout_s:
+        if self.silent_for(node.host) > self.node_timeout_s:
             return "down"
+        if self.ingest.age(node.host) is None:
+            return "joining"
         return "drained" if node.drained else "up"
 
     def unhealthy(self, host: str) -> frozenset[int]:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -108,7 +109,12 @@ async def _start_broker(
         if binary is None:
             raise SystemExit("dcd demo: --broker mosquitto, but mosquitto is not installed")
         conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        # Started as root, mosquitto switches to its own user unless told to stay: and a
+        # change of user clears the parent-death signal that ties it to the demo.
+        me = pwd.getpwuid(os.getuid()).pw_name
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser {me}\n"
+        )
         proc = await _spawn([binary, "-c", str(conf)], workdir / "mosquitto.log", env)
         stack.push_async_callback(_stop, proc)
         await _wait_port(port)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from dcsched.daemon import lifecycle as lc
 from dcsched.daemon.cluster import Cluster
@@ -32,7 +31,7 @@ from dcsched.daemon.errors import (
 from dcsched.daemon.events import EventHub
 from dcsched.daemon.model import Model
 from dcsched.daemon.states import TERMINAL
-from dcsched.daemon.store import Batch, NewJob, NotFound, Store, StoreError
+from dcsched.daemon.store import Batch, NewJob, NotFound, Store
 from dcsched.protocol.jobspec import JobSpec, parse_dependencies, spec_to_dict
 from dcsched.protocol.messages import (
     Ack,
@@ -47,7 +46,6 @@ from dcsched.protocol.messages import (
 from dcsched.scheduler import SchedulerConfig
 
 log = logging.getLogger("dcsched.jobs")
-T = TypeVar("T")
 S = lc.S
 PORT_AVOID_S = 600.0  # a master port found taken on a host is not offered there again for this
 QUERY_EVERY_S = 5.0  # how often an unanswered QueryJob is asked again
@@ -87,7 +85,6 @@ class JobManager:
         self.config = config
         self.timing = timing
         self.wake_scheduler = wake_scheduler
-        self.storage_error = ""  # why the store cannot be written now; "" when it can
         self.avoid_ports: dict[tuple[str, int], float] = {}  # (host, port) -> until (monotonic)
         self._queries: dict[tuple[str, int], float] = {}  # (host, job) -> last asked (monotonic)
         self._lock = asyncio.Lock()
@@ -152,7 +149,7 @@ class JobManager:
                     fut.set_result(job_id)
 
     async def _journal_new(self, new: list[NewJob]) -> list[int]:
-        ids = await self._guard(self.store.add_jobs(new))
+        ids = await self.store.add_jobs(new)
         for n, job_id in zip(new, ids, strict=True):
             job = lc.Job(
                 id=job_id,
@@ -190,7 +187,7 @@ class JobManager:
         deps = {int(i) for _, i in parse_dependencies(spec.dependency)}
         unknown = deps - self.model.jobs.keys() - self.model.finished_deps.keys()
         if unknown:
-            found = await self._guard(self.store.job_states(unknown))
+            found = await self.store.job_states(unknown)
             missing = sorted(unknown - found.keys())
             if missing:
                 raise InvalidRequest(f"dependency on job {missing[0]}, which does not exist")
@@ -352,7 +349,7 @@ class JobManager:
             elif self.cluster.is_online(host):
                 await self._query(host, job_id)
         if self.storage_error:
-            await self._guard(self.store.probe())
+            await self.store.probe()  # recovers by itself once the disk takes writes again
 
     # --- the step ------------------------------------------------------------------------------
 
@@ -419,7 +416,7 @@ class JobManager:
                     batch.acks.append((cid, False, "superseded", now))
                     dropped.append(cid)
             batch.commands += rows
-        await self._guard(self.store.commit(batch))
+        await self.store.commit(batch)
         # Journaled: now memory, then the world.
         for cid in dropped:
             self.sender.acked(cid)
@@ -449,26 +446,17 @@ class JobManager:
 
     # --- storage health ------------------------------------------------------------------------
 
+    @property
+    def storage_error(self) -> str:
+        """Why the store cannot be written now; "" when it can."""
+        return self.store.write_error
+
     def _writable(self) -> None:
         if self.storage_error:
             raise Unavailable(
                 f"the daemon cannot write its state ({self.storage_error}); nothing was changed."
                 " Free space or fix the state directory's permissions; it recovers by itself"
             )
-
-    async def _guard(self, work: Awaitable[T]) -> T:
-        """Awaits a store call, keeping `storage_error` true to what the disk does."""
-        try:
-            result = await work
-        except StoreError as exc:
-            if self.storage_error != str(exc):
-                log.error("the state store cannot be written: %s", exc)
-            self.storage_error = str(exc) or type(exc).__name__
-            raise
-        if self.storage_error:
-            log.warning("the state store can be written again")
-            self.storage_error = ""
-        return result
 
 
 def _launch(job: lc.Job, part: lc.Part) -> Launch:

@@ -59,7 +59,7 @@ def render(d: ReadModel) -> str:
         "dcsched_nodes",
         "gauge",
         "Nodes by scheduling state.",
-        (({"state": s}, by_state.get(s, 0)) for s in ("up", "drained", "down")),
+        (({"state": s}, by_state.get(s, 0)) for s in ("up", "drained", "joining", "down")),
     )
     gpus = d.gpu_views(alloc)
     for name, key, help_ in (

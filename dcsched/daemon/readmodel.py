@@ -177,7 +177,8 @@ class ReadModel:
         st = self.scheduling.stats
         return {
             "nodes": {
-                s: sum(1 for n in nodes if n["state"] == s) for s in ("up", "drained", "down")
+                s: sum(1 for n in nodes if n["state"] == s)
+                for s in ("up", "drained", "joining", "down")
             },
             "gpus": {
                 "total": len(gpus),

@@ -145,6 +145,8 @@ class Store:
     def __init__(self, db: sqlite3.Connection, pool: ThreadPoolExecutor) -> None:
         self._db = db
         self._pool = pool
+        # Why the last write failed ("" once one succeeds): /v1/health and the API's 503s.
+        self.write_error = ""
 
     @classmethod
     async def open(cls, path: str) -> Store:
@@ -193,7 +195,17 @@ class Store:
                 raise
             return out
 
-        return await self._run(run)
+        try:
+            out = await self._run(run)
+        except StoreError as exc:
+            if self.write_error != str(exc):
+                log.error("the state store cannot be written: %s", exc)
+            self.write_error = str(exc) or "write failed"
+            raise
+        if self.write_error:
+            log.warning("the state store can be written again")
+            self.write_error = ""
+        return out
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return await self._run(lambda db: db.execute(sql, args).fetchall())

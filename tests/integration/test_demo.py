@@ -191,6 +191,8 @@ def test_a_killed_demo_leaves_no_broker_agent_or_job_behind(procs: Procs, tmp_pa
     kinds = demo.processes(procs)
     assert {"broker", "agent", "runner", "worker"} <= kinds.keys(), kinds
     job_pids = kinds["runner"] + kinds["worker"]
+    # A broker that switched to another user would have lost its parent-death signal.
+    assert all(os.stat(f"/proc/{pid}").st_uid == os.getuid() for pid in kinds["broker"])
     demo.proc.kill()  # no handler runs: the kernel and the guard must do it all
     assert demo.proc.wait(30) == -signal.SIGKILL
     left = procs.wait_gone()
