@@ -334,7 +334,13 @@ class JobManager:
         for key, until in list(self.avoid_ports.items()):
             if until < now_mono:
                 del self.avoid_ports[key]
-        steps: list[tuple[int, lc.Event]] = [(i, lc.Tick()) for i in list(self.model.running)]
+        now = time.time()
+        steps: list[tuple[int, lc.Event]] = [
+            (j.id, lc.Tick())
+            for i in list(self.model.running)
+            if (j := self.model.jobs[i]).state == S.COMPLETING
+            or (j.start_ts is not None and now > j.start_ts + j.time_limit_s)
+        ]
         if judge_silence:
             for host in list(self.model.on_host):
                 silent = self.cluster.silent_for(host)

@@ -181,6 +181,7 @@ def util_style(v: Any) -> str:
 STATE_STYLE = {
     "up": "green3",
     "drained": "yellow3",
+    "joining": "cyan",
     "down": "red1",
     "RUNNING": "green3",
     "STARTING": "cyan",
@@ -257,6 +258,7 @@ def summary(cluster: JSON) -> list[tuple[str, str]]:
         (f"{n.get('up', 0)} up", "green3"),
         (f" {n.get('drained', 0)} drained", "yellow3" if n.get("drained") else ""),
         (f" {n.get('down', 0)} down", "red1" if n.get("down") else ""),
+        *([(f" {n['joining']} joining", "cyan")] if n.get("joining") else []),
         (" │ GPUs ", "bold"),
         (f"{g.get('allocated', 0)}/{g.get('total', 0)} allocated, {g.get('idle', 0)} idle", ""),
         (" │ Util ", "bold"),
