@@ -5,6 +5,7 @@ Every error is JSON: {"error": {"code": ..., "message": ...}} with a message a p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -365,7 +366,14 @@ class Api:
         else:
             cursor = hub.cursor()
             await resp.write(_sse("hello", cursor, {"cursor": cursor}))
+        with contextlib.suppress(ConnectionError):  # the client went away
+            await self._follow(resp, cursor, kinds)
+        return resp
+
+    async def _follow(self, resp: web.StreamResponse, cursor: str, kinds: set[str]) -> None:
+        hub = self.d.hub
         while not self.d.stop.is_set():
+            new = hub.waiter()
             changes = hub.since(cursor)
             if changes is None:  # fell behind the ring while writing
                 cursor = hub.cursor()
@@ -377,5 +385,4 @@ class Api:
                 cursor = hub.cursor(ch.seq)
             if not changes:
                 await resp.write(b": keep-alive\n\n")
-                await hub.wait(15.0)
-        return resp
+                await hub.wait(new, 15.0)

@@ -58,7 +58,11 @@ class EventHub:
         start = seq + 1 - self._ring[0].seq
         return [self._ring[i] for i in range(start, len(self._ring))]
 
-    async def wait(self, timeout: float) -> None:
-        event = self._new
+    def waiter(self) -> asyncio.Event:
+        """Set at the next publish: take it before reading, so no change slips between."""
+        return self._new
+
+    @staticmethod
+    async def wait(event: asyncio.Event, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)

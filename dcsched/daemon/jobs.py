@@ -90,6 +90,7 @@ class JobManager:
         self._lock = asyncio.Lock()
         self._submits: list[tuple[NewJob, asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -255,14 +256,14 @@ class JobManager:
             self.sender.acked(ack.cmd_id)
 
     async def on_started(self, ev: JobStarted) -> None:
-        job_id = _int(ev.job_id)
+        job_id = job_number(ev.job_id)
         if job_id is not None:
             await self._apply_many(
                 [(job_id, lc.Started(ev.host, ev.node_rank, ev.launch_id, ev.pid, ev.log_path))]
             )
 
     async def on_exited(self, ev: JobExited) -> None:
-        job_id = _int(ev.job_id)
+        job_id = job_number(ev.job_id)
         step = lc.Exited(ev.host, ev.node_rank, ev.launch_id, ev.exit_code, ev.signal, ev.reason)
         if job_id is None or job_id not in self.model.jobs:
             # Finished long ago, or unknown: nothing changes, but the agent may forget it.
@@ -273,16 +274,17 @@ class JobManager:
     async def on_report(self, rep: JobReport) -> None:
         """The answer to a QueryJob: each part the host no longer runs gets its exit, or is
         declared vanished only now that the host has said it knows nothing of it."""
-        job_id = _int(rep.job_id)
+        job_id = job_number(rep.job_id)
         if job_id is None:
             return
         self._queries.pop((rep.host, job_id), None)
         for ex in rep.exits:
-            await self.on_exited(ex)
+            if ex.host == rep.host and ex.job_id == rep.job_id:  # a host speaks for itself
+                await self.on_exited(ex)
         job = self.model.jobs.get(job_id)
         if job is None:
             return
-        known = set(rep.running) | {e.node_rank for e in rep.exits}
+        known = set(rep.running) | {e.node_rank for e in rep.exits if e.host == rep.host}
         gone = [p for p in job.parts if p.host == rep.host and p.live and p.rank not in known]
         if any(p.state == "running" for p in gone):
             why = f"vanished from {rep.host} (its agent has no record of it)"
@@ -308,7 +310,7 @@ class JobManager:
     async def _stop_orphans(self, host: str, job_ids: tuple[str, ...]) -> None:
         rows = []
         for jid in job_ids:
-            num = _int(jid)
+            num = job_number(jid)
             if num is None:
                 continue
             if any(
@@ -323,6 +325,9 @@ class JobManager:
             rows.append(command_row(host, num, cancel, time.time()))
         if rows:
             async with self._lock:
+                # Decided before the lock: a job started there meanwhile is no orphan.
+                live = {str(j.id) for j in self.model.jobs_on(host)}
+                rows = [r for r in rows if str(r.job_id) not in live]
                 await self._commit([], Batch(commands=rows))
 
     # --- time --------------------------------------------------------------------------------
@@ -415,9 +420,9 @@ class JobManager:
                     for cid in self.sender.unacked(new.id, "launch"):
                         batch.acks.append((cid, False, "superseded", now))
                         dropped.append(cid)
-            if new.state != old.state and not new.parts:
-                # The run is over (back in the queue, or ended before it started): a late
-                # answer to one of its cancels must not touch the next run.
+            if new.state != old.state and (not new.parts or new.state == S.STARTING):
+                # The run is over (back in the queue, or ended before it started), or a new
+                # one begins: a late cancel, or a late answer to one, must not touch it.
                 for cid in self.sender.unacked(new.id, "cancel"):
                     batch.acks.append((cid, False, "superseded", now))
                     dropped.append(cid)
@@ -437,7 +442,10 @@ class JobManager:
                 if isinstance(eff, lc.WakeScheduler):
                     wake = True
                 elif isinstance(eff, lc.AckExit):
-                    await self._ack_exit(eff.host, str(out.job.id), eff)
+                    # Not awaited here: a broker round trip must not hold the job lock.
+                    task = asyncio.create_task(self._ack_exit(eff.host, str(out.job.id), eff))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
                 elif isinstance(eff, lc.AvoidPort):
                     self.avoid_ports[(eff.host, eff.port)] = time.monotonic() + PORT_AVOID_S
         self.sender.add(batch.commands)
@@ -488,8 +496,8 @@ def _change(job: lc.Job) -> dict[str, object]:
     return {"id": job.id, "state": job.state, "reason": job.reason, "user": job.user}
 
 
-def _int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
+def job_number(text: str) -> int | None:
+    """A job id from an agent's message, or None when it cannot be one of ours."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
         return None
+    return int(text)

@@ -359,7 +359,8 @@ def _stop(
             S.REQUEUED,
         ):
             return
-        out.job = dataclasses.replace(job, ending=final)
+        out.job = dataclasses.replace(job, ending=final, reason=reason or job.reason)
+        out.history.append((S.COMPLETING, why))
     else:
         fields: dict[str, Any] = {"ending": final}
         if reason is not None:

@@ -13,7 +13,7 @@ from dcsched.daemon import lifecycle as lc
 from dcsched.daemon.aio import wait_event
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import new_cmd_id
-from dcsched.daemon.jobs import JobManager
+from dcsched.daemon.jobs import JobManager, job_number
 from dcsched.daemon.model import Model
 from dcsched.daemon.store import StoreError
 from dcsched.daemon.usage import UsageTracker
@@ -78,7 +78,7 @@ class SchedulingLoop:
         for host, ht in self.cluster.ingest.hosts.items():
             ours = m.on_host.get(host, set())
             for jp in ht.latest.jobs:
-                if not jp.job_id.isdigit() or int(jp.job_id) not in ours:
+                if job_number(jp.job_id) not in ours:
                     busy.setdefault(host, set()).update(jp.gpus)
         nodes = []
         for node in self.cluster.nodes.values():
@@ -96,10 +96,10 @@ class SchedulingLoop:
             )
         pending = tuple(m.requests[i] for i in sorted(m.requests))
         finished = {
-            dep: m.finished_deps[int(dep)]
+            dep: m.finished_deps[job_number(dep) or 0]
             for job in pending
             for _, dep in job.depends
-            if dep.isdigit() and int(dep) in m.finished_deps
+            if job_number(dep) in m.finished_deps
         }
         usage = (
             self.usage.accrue(running, m.take_ended(), now)

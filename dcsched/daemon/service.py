@@ -146,8 +146,6 @@ class Daemon:
                 notify("STOPPING=1")
                 self.bus.inbox.put_nowait(None)  # ends the events task after what is queued
         finally:
-            for r in runners:
-                await r.cleanup()
             # A full disk must not keep the daemon from stopping: these are best effort.
             for what, work in (
                 ("telemetry", self._flush_once()),
@@ -157,6 +155,8 @@ class Daemon:
                     await asyncio.wait_for(work, 5.0)
                 except (StoreError, TimeoutError) as exc:
                     log.warning("%s not saved at stop: %s", what, exc or "timed out")
+            for r in runners:
+                await r.cleanup()
             await self.store.close()
             log.info("dcd stopped")
 
@@ -181,7 +181,7 @@ class Daemon:
             if _answers(path):
                 raise ConfigError(f"another dcd is serving on {path}; stop it first")
             os.unlink(path)  # a stale socket from a crashed run
-        runner = web.AppRunner(self.api.app, access_log=None)
+        runner = web.AppRunner(self.api.app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         await web.UnixSite(runner, path).start()
         os.chmod(path, self.config.daemon.socket_mode)
@@ -189,7 +189,7 @@ class Daemon:
 
     async def _serve_metrics(self) -> web.AppRunner:
         host, _, port = self.config.daemon.metrics_listen.rpartition(":")
-        runner = web.AppRunner(metrics_app(self.read), access_log=None)
+        runner = web.AppRunner(metrics_app(self.read), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
         return runner
