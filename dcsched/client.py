@@ -3,11 +3,23 @@ dcctl and dctop. Stdlib only, so the CLI works on any host with the base install
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import http.client
 import json
+import re
 import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlencode
+
+# The daemon writes a keep-alive comment at least this often on an idle event stream.
+KEEPALIVE_S = 15.0
 
 
 class ClientError(Exception):
@@ -40,18 +52,55 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = s
 
 
+def _with_query(path: str, query: dict[str, Any] | None) -> str:
+    q = {k: v for k, v in (query or {}).items() if v is not None}
+    return path + "?" + urlencode(q) if q else path
+
+
+def _payload(status: int, raw: bytes) -> Any:
+    """The JSON of an answer; an ApiError for an error status."""
+    try:
+        payload = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        raise ClientError(f"the daemon answered {status} with non-JSON data") from None
+    if status >= 400:
+        err = payload.get("error", {}) if isinstance(payload, dict) else {}
+        if not isinstance(err, dict):
+            err = {}
+        details = {k: v for k, v in err.items() if k not in ("code", "message")}
+        raise ApiError(
+            status,
+            str(err.get("code", "error")),
+            str(err.get("message", f"HTTP {status}")),
+            details,
+        )
+    return payload
+
+
 class Client:
     def __init__(self, socket_path: str, timeout: float = 15.0) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
 
+    def _unreachable(self, exc: OSError) -> DaemonUnreachable:
+        """The one error, with a message a person can act on, for a daemon not there."""
+        if isinstance(exc, FileNotFoundError):
+            return DaemonUnreachable(
+                f"no daemon socket at {self.socket_path}; is dcd running? (--socket, "
+                "DCSCHED_SOCKET or the config's [daemon] socket pick another)"
+            )
+        if isinstance(exc, ConnectionRefusedError | PermissionError):
+            return DaemonUnreachable(f"cannot connect to {self.socket_path}: {exc.strerror}")
+        if isinstance(exc, TimeoutError):
+            return DaemonUnreachable(
+                f"the daemon at {self.socket_path} did not answer in {self.timeout:.0f} s"
+            )
+        return DaemonUnreachable(f"{self.socket_path}: {exc}")
+
     def request(
         self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
     ) -> Any:
-        if query:
-            q = {k: v for k, v in query.items() if v is not None}
-            if q:
-                path += "?" + urlencode(q)
+        path = _with_query(path, query)
         conn = _UnixConnection(self.socket_path, self.timeout)
         try:
             data = None if body is None else json.dumps(body).encode()
@@ -59,37 +108,11 @@ class Client:
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
-        except FileNotFoundError:
-            raise DaemonUnreachable(
-                f"no daemon socket at {self.socket_path}; is dcd running? (--socket, "
-                "DCSCHED_SOCKET or the config's [daemon] socket pick another)"
-            ) from None
-        except (ConnectionRefusedError, PermissionError) as exc:
-            raise DaemonUnreachable(
-                f"cannot connect to {self.socket_path}: {exc.strerror}"
-            ) from None
-        except TimeoutError:
-            raise DaemonUnreachable(
-                f"the daemon at {self.socket_path} did not answer in {self.timeout:.0f} s"
-            ) from None
         except OSError as exc:
-            raise DaemonUnreachable(f"{self.socket_path}: {exc}") from None
+            raise self._unreachable(exc) from None
         finally:
             conn.close()
-        try:
-            payload = json.loads(raw) if raw else {}
-        except json.JSONDecodeError:
-            raise ClientError(f"the daemon answered {resp.status} with non-JSON data") from None
-        if resp.status >= 400:
-            err = payload.get("error", {}) if isinstance(payload, dict) else {}
-            details = {k: v for k, v in err.items() if k not in ("code", "message")}
-            raise ApiError(
-                resp.status,
-                str(err.get("code", "error")),
-                str(err.get("message", f"HTTP {resp.status}")),
-                details,
-            )
-        return payload
+        return _payload(resp.status, raw)
 
     # Named calls, so that callers never spell paths.
     def health(self) -> dict[str, Any]:
@@ -142,3 +165,250 @@ class Client:
 
     def cluster(self) -> dict[str, Any]:
         return dict(self.request("GET", "/v1/cluster"))
+
+    def events(
+        self,
+        since: str | None = None,
+        kinds: str | Iterable[str] | None = None,
+        timeout: float | None = None,
+    ) -> EventStream:
+        """Job and node changes as they happen (`GET /v1/events`), for as long as it is
+        iterated. A dropped connection is reopened from the last cursor seen, after a short
+        backoff; `timeout` (default: the client's) is how long the daemon may be gone before
+        the stream gives up with DaemonUnreachable. The first connection is not retried: a
+        daemon not there is reported at once, and an older daemon without the stream
+        answers ApiError 404 at the first event. `close()` ends it, from any thread."""
+        return EventStream(self, since, kinds, self.timeout if timeout is None else timeout)
+
+
+# --- server-sent events ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One event of `/v1/events`: `job`, `node`, `hello` (the first, when no cursor was
+    given) or `reset` (the changes since the cursor are gone: re-read everything)."""
+
+    kind: str
+    cursor: str  # resume after this event with `since=cursor`
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "cursor": self.cursor, "data": self.data}
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+class SSEParser:
+    """Incremental parser of a text/event-stream (the WHATWG rules): feed it bytes as they
+    arrive, in chunks split anywhere, and it returns the events completed so far. Lines end
+    in LF, CRLF or CR; `:` lines are comments; `data` lines join with newlines; the `id`
+    persists from one event to the next (it is the cursor); `retry` is kept; an event
+    without data is not dispatched. Data that is a JSON object is the event's data; other
+    JSON is {"value": ...}, and text that is not JSON {"text": ...}."""
+
+    def __init__(self, last_id: str = "") -> None:
+        self.last_id = last_id
+        self.retry_ms: int | None = None
+        self.comments = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._started = False
+        self._line = ""  # the incomplete last line
+        self._after_cr = False  # a chunk ended in CR: an LF first in the next is the same end
+        self._kind = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes | str) -> list[StreamEvent]:
+        text = self._decoder.decode(chunk) if isinstance(chunk, bytes) else chunk
+        if not text:
+            return []
+        if not self._started:
+            self._started = True
+            text = text.removeprefix("\ufeff")
+        if self._after_cr and text.startswith("\n"):
+            text = text[1:]
+        self._after_cr = text.endswith("\r")
+        *lines, self._line = _LINE_END.split(self._line + text)
+        out = []
+        for line in lines:
+            ev = self._line_done(line)
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    def _line_done(self, line: str) -> StreamEvent | None:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            self.comments += 1
+            return None
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            self._kind = value
+        elif name == "data":
+            self._data.append(value)
+        elif name == "id":
+            if "\0" not in value:
+                self.last_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self.retry_ms = int(value)
+        return None
+
+    def _dispatch(self) -> StreamEvent | None:
+        kind, data = self._kind or "message", self._data
+        self._kind, self._data = "", []
+        if not data:
+            return None
+        text = "\n".join(data)
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return StreamEvent(kind, self.last_id, {"text": text})
+        return StreamEvent(
+            kind, self.last_id, value if isinstance(value, dict) else {"value": value}
+        )
+
+
+class EventStream:
+    """The iterator `Client.events` returns; see there. `cursor` is the last cursor seen."""
+
+    BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+    def __init__(
+        self,
+        client: Client,
+        since: str | None,
+        kinds: str | Iterable[str] | None,
+        timeout: float,
+    ) -> None:
+        self.client = client
+        self.cursor = since or ""
+        if kinds is not None and not isinstance(kinds, str):
+            kinds = ",".join(kinds)
+        self.kinds = kinds or None
+        self.timeout = timeout
+        self._pending: deque[StreamEvent] = deque()
+        self._conn: _UnixConnection | None = None
+        self._resp: http.client.HTTPResponse | None = None
+        self._parser = SSEParser(self.cursor)
+        self._connected_once = False
+        self._down_since: float | None = None  # when the connection was lost
+        self._tries = 0
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        return self
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Ends the stream; an iteration blocked in another thread stops."""
+        self._closing.set()
+        with self._lock:
+            conn, self._conn, self._resp = self._conn, None, None
+        if conn is not None:
+            if conn.sock is not None:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read
+            conn.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closing.is_set()
+
+    def __next__(self) -> StreamEvent:
+        while True:
+            if self._pending:
+                return self._pending.popleft()
+            if self._closing.is_set():
+                raise StopIteration
+            resp = self._resp or self._open()
+            if resp is None:
+                continue  # it backed off; try again
+            try:
+                chunk = resp.read1(65536)
+            except (OSError, http.client.HTTPException, ValueError, AttributeError):
+                chunk = b""  # AttributeError: closed under us by close()
+            if not chunk:
+                self._lost()
+                continue
+            self._down_since, self._tries = None, 0
+            self._pending.extend(self._parser.feed(chunk))
+            # Resume after what was parsed: the events pending are given out all the same.
+            self.cursor = self._parser.last_id
+
+    def _open(self) -> http.client.HTTPResponse | None:
+        """Connects; None after a failed reconnection and its backoff."""
+        c = self.client
+        path = _with_query("/v1/events", {"since": self.cursor or None, "kinds": self.kinds})
+        # Idle streams carry a keep-alive every KEEPALIVE_S: a longer silence is a dead one.
+        conn = _UnixConnection(c.socket_path, KEEPALIVE_S + c.timeout)
+        try:
+            conn.request("GET", path, headers={"Accept": "text/event-stream"})
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            err = (
+                c._unreachable(exc)
+                if isinstance(exc, OSError)
+                else DaemonUnreachable(f"{c.socket_path}: {exc}")
+            )
+            if not self._connected_once:
+                raise err from None
+            self._backoff(err)
+            return None
+        if resp.status >= 400:
+            raw = resp.read()
+            conn.close()
+            _payload(resp.status, raw)
+        ctype = resp.getheader("Content-Type", "")
+        if not ctype.startswith("text/event-stream"):
+            conn.close()
+            raise ClientError(f"the daemon answered /v1/events with {ctype!r}, not events")
+        with self._lock:
+            if self._closing.is_set():
+                conn.close()
+                return None
+            self._conn, self._resp = conn, resp
+        self._connected_once = True
+        # A new connection starts a new event, but the cursor goes on.
+        self._parser = SSEParser(self.cursor)
+        return resp
+
+    def _lost(self) -> None:
+        with self._lock:
+            conn, self._conn, self._resp = self._conn, None, None
+        if conn is not None:
+            conn.close()
+        if self._closing.is_set():
+            return
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        if self._tries:  # it dropped again at once: back off before the next try
+            self._backoff(None)
+        self._tries += 1
+
+    def _backoff(self, err: DaemonUnreachable | None) -> None:
+        """Waits before the next connection; raises when the daemon has been gone too long."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        gone = now - self._down_since
+        if gone >= self.timeout:
+            raise DaemonUnreachable(
+                f"{err or 'the event stream keeps dropping'} "
+                f"(the event stream has been down for {gone:.0f} s)"
+            )
+        delay = self.BACKOFF_S[min(self._tries, len(self.BACKOFF_S) - 1)]
+        self._tries += 1
+        self._closing.wait(min(delay, self.timeout - gone))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import threading
 import time
 from typing import Any
 
@@ -17,9 +19,10 @@ from dcsched.cli.common import (
     table,
     timestamp,
 )
-from dcsched.client import ApiError, Client
+from dcsched.client import ApiError, Client, ClientError, EventStream, StreamEvent
 
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+EVENT_KINDS = ("job", "node")
 
 
 def _exit(job: dict[str, Any]) -> str:
@@ -283,31 +286,182 @@ def _node_action(c: Client, a: argparse.Namespace, action: str) -> int:
     return 0
 
 
-def _wait_for_start(c: Client, job_id: str) -> bool:
+def event_line(ev: StreamEvent, now: float | None = None) -> str | None:
+    """One human line for an event of `/v1/events`; None for those not worth a line."""
+    d = ev.data
+    when = time.strftime("%H:%M:%S", time.localtime(now))
+    if ev.kind == "job":
+        line = f"job {d.get('id', '?')}  {d.get('state', '?')}"
+        if d.get("reason"):
+            line += f"  {d['reason']}"
+    elif ev.kind == "node":
+        host = d.get("host", "?")
+        if "state" in d:
+            line = f"node {host} {d['state']}"
+        elif "gpu_fault" in d:
+            line = f"node {host} GPU {d['gpu_fault']} fault"
+        elif "drained" in d:
+            line = f"node {host} " + ("drained" if d["drained"] else "resumed")
+            if d["drained"] and d.get("reason"):
+                line += f" ({d['reason']})"
+        else:
+            rest = " ".join(f"{k}={v}" for k, v in sorted(d.items()) if k != "host")
+            line = f"node {host} {rest}".rstrip()
+    elif ev.kind == "reset":
+        line = "reset  changes were missed: `dcctl queue --all` and `dcctl nodes` show them"
+    elif ev.kind == "hello":
+        return None
+    else:
+        line = f"{ev.kind} {json.dumps(d, sort_keys=True)}"
+    return f"{when}  {line}"
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in EVENT_KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown kind {bad[0]!r}; kinds are " + ", ".join(EVENT_KINDS)
+            if bad
+            else "name at least one kind: " + ", ".join(EVENT_KINDS)
+        )
+    return kinds
+
+
+def cmd_events(c: Client, a: argparse.Namespace) -> int:
+    """Changes as they happen (like `scontrol listen`), until Ctrl-C."""
+    try:
+        with c.events(since=a.since, kinds=a.kinds) as stream:
+            for ev in stream:
+                if a.json:
+                    print(json.dumps(ev.to_dict(), sort_keys=True), flush=True)
+                elif (line := event_line(ev)) is not None:
+                    print(line, flush=True)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+class _JobWatch:
+    """One job's state changes, from the event stream read in a thread: `dcctl logs -f`
+    wakes on them instead of polling the job."""
+
+    def __init__(self, stream: EventStream) -> None:
+        self.stream = stream
+        self.job_id = ""  # set once the job has been read
+        self.state = ""  # the last state the stream gave; "" before any
+        self.gen = 0  # counts the wake-ups: a change of the job, a reset, the stream's end
+        self.error: ClientError | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="events", daemon=True)
+
+    @classmethod
+    def open(cls, c: Client) -> _JobWatch | None:
+        """None when the daemon has no event stream (an older one answers 404)."""
+        stream = c.events(kinds="job", timeout=max(c.timeout, 30.0))
+        try:
+            next(stream)  # the hello: from here on no change is missed
+        except ApiError as exc:
+            stream.close()
+            if exc.status == 404:
+                return None
+            raise
+        except BaseException:
+            stream.close()
+            raise
+        watch = cls(stream)
+        watch._thread.start()
+        return watch
+
+    def _run(self) -> None:
+        try:
+            for ev in self.stream:
+                # Until the job is known (its id as the daemon spells it), every job wakes.
+                ours = ev.kind == "job" and str(ev.data.get("id")) == self.job_id
+                if ev.kind == "job" and self.job_id and not ours:
+                    continue
+                with self._cond:
+                    if ours:
+                        self.state = str(ev.data.get("state", ""))
+                    self.gen += 1
+                    self._cond.notify_all()
+        except ClientError as exc:
+            self.error = exc
+        finally:
+            with self._cond:
+                self.gen += 1
+                self._cond.notify_all()
+
+    @property
+    def live(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    def wait(self, seen: int, timeout: float) -> None:
+        """Until something happened after `seen` (a `gen`), or `timeout`."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.gen != seen, timeout)
+
+    def close(self) -> None:
+        self.stream.close()
+        self._thread.join(5.0)
+
+
+def _pause(watch: _JobWatch | None, seen: int, timeout: float) -> None:
+    if watch is not None and watch.live:
+        watch.wait(seen, timeout)
+    else:
+        time.sleep(min(timeout, 1.0))  # polling: no event stream, or it was lost
+
+
+def _wait_for_start(c: Client, job_id: str, watch: _JobWatch | None) -> bool:
     """With -f, a job that has not started yet is waited for, like `tail -F`; False when
-    it ended without ever starting."""
+    it ended without ever starting. With the event stream, the job is read again when its
+    state changes; without it, every second."""
     while True:
+        seen = watch.gen if watch else 0
         job = c.job(job_id)
+        if watch is not None:
+            watch.job_id = str(job["id"])
         if job.get("node_parts"):
             return True
         if job["state"] in ENDED:
             print(f"dcctl: job {job_id} ended ({job['state']}) without starting", file=sys.stderr)
             return False
-        time.sleep(1.0)
+        _pause(watch, seen, 30.0)
 
 
 def cmd_logs(c: Client, a: argparse.Namespace) -> int:
-    if a.follow and not _wait_for_start(c, a.job):
+    if not a.follow:
+        chunk = c.logs(a.job, node=a.node, offset=-1, max_bytes=a.bytes)
+        sys.stdout.write(chunk["data"])
+        sys.stdout.flush()
+        return 0
+    watch = _JobWatch.open(c)
+    try:
+        return _follow_logs(c, a, watch)
+    finally:
+        if watch is not None:
+            watch.close()
+
+
+def _follow_logs(c: Client, a: argparse.Namespace, watch: _JobWatch | None) -> int:
+    if not _wait_for_start(c, a.job, watch):
         return 1
     chunk = c.logs(a.job, node=a.node, offset=-1, max_bytes=a.bytes)
     sys.stdout.write(chunk["data"])
     sys.stdout.flush()
     offset = chunk["size"]
     step = 1024 * 1024
-    while a.follow:
-        done = chunk.get("done")
+    while True:
+        # The log is fetched every second; the job's end (from the stream) ends the wait.
+        seen = watch.gen if watch else 0
+        done = chunk.get("done") or (watch is not None and watch.ended)
         if not done:
-            time.sleep(1.0)
+            _pause(watch, seen, 1.0)
         chunk = c.logs(a.job, node=a.node, offset=offset, max_bytes=step)
         if chunk["data"]:
             sys.stdout.write(chunk["data"])
@@ -315,7 +469,6 @@ def cmd_logs(c: Client, a: argparse.Namespace) -> int:
         offset = chunk["next_offset"]
         if done and offset >= chunk["size"]:
             return 0  # the job ended and everything it wrote has been printed
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--node", type=int, default=0, help="node rank (default 0)")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     lg.add_argument("--bytes", type=int, default=64 * 1024, help="how much of the tail (64 KiB)")
+    ev = add("events", "job and node changes as they happen, until Ctrl-C (like scontrol listen)")
+    ev.add_argument("--since", metavar="CURSOR", help="resume after this cursor (from --json)")
+    ev.add_argument(
+        "--kinds", type=_kinds, metavar="KINDS", help="only these, comma-separated: job,node"
+    )
     return p
 
 
@@ -383,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _node_action(c, args, args.cmd)
             case "logs":
                 return cmd_logs(c, args)
+            case "events":
+                return cmd_events(c, args)
         return 2
 
     return run_cli("dcctl", go)

@@ -207,8 +207,8 @@ class Api:
             states = sorted(QUEUED | ACTIVE)
         # Waiting and running jobs are all listed; finished ones only up to a limit.
         limit = _int_arg(q["limit"], "limit") if "limit" in q else None
-        views = await self.read.list_jobs(set(states), q.get("user") or None, limit)
-        return _json({"jobs": views})
+        body = await self.read.list_jobs(set(states), q.get("user") or None, limit)
+        return web.Response(body=body, content_type="application/json")
 
     async def show(self, request: web.Request) -> web.Response:
         job = await self.d.jobs.get(_job_id(request))
@@ -247,7 +247,7 @@ class Api:
     async def explain(self, request: web.Request) -> web.Response:
         job = await self.d.jobs.get(_job_id(request))
         now = time.time()
-        snap = self.d.scheduling.snapshot(now, accrue=False)
+        snap = self.d.scheduling.recent_snapshot(now, str(job.id))
         try:
             why = explain(snap, now, str(job.id))
         except KeyError:
@@ -261,7 +261,7 @@ class Api:
 
     async def fairshare(self, request: web.Request) -> web.Response:
         now = time.time()
-        snap = self.d.scheduling.snapshot(now, accrue=False)
+        snap = self.d.scheduling.recent_snapshot(now)
         seen = {(j.account, j.user) for j in snap.pending}
         seen |= {(j.account, j.user) for j in snap.running}
         report = fairshare_report(snap.config, snap.usage, now, seen)

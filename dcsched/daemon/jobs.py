@@ -186,7 +186,10 @@ class JobManager:
                 + ", ".join(sorted({"normal", *cfg.qos}))
             )
         deps = {int(i) for _, i in parse_dependencies(spec.dependency)}
-        unknown = deps - self.model.jobs.keys() - self.model.finished_deps.keys()
+        # Membership tests, not set differences: `deps - keys()` would walk every live job.
+        unknown = {
+            i for i in deps if i not in self.model.jobs and i not in self.model.finished_deps
+        }
         if unknown:
             found = await self.store.job_states(unknown)
             missing = sorted(unknown - found.keys())

@@ -40,6 +40,7 @@ class Model:
         self.finished_deps: dict[int, str] = {}
         self.ended: list[Ended] = []
         self._gpu_type = host_gpu_type
+        self._depended: set[int] = set()  # ids that some queued job depends on
 
     def load(self, jobs: Iterable[Job], counts: dict[str, int], deps: dict[int, str]) -> None:
         self.counts.update(counts)
@@ -54,7 +55,8 @@ class Model:
             self._unindex(old)
         self.counts[job.state] = self.counts.get(job.state, 0) + 1
         if job.state in TERMINAL:
-            self.finished_deps[job.id] = job.state
+            if job.id in self._depended:
+                self.finished_deps[job.id] = job.state
             if old is not None and old.start_ts is not None and job.state != old.state:
                 self.ended.append(
                     Ended(
@@ -75,7 +77,8 @@ class Model:
             if p.live:
                 self.on_host.setdefault(p.host, set()).add(job.id)
         if job.state in QUEUED:
-            self.requests[job.id] = _request(job)
+            req = self.requests[job.id] = _request(job)
+            self._depended.update(int(i) for _, i in req.depends)
         elif job.state in ACTIVE:
             self.running[job.id] = _running(job, self.running_gpu_type(job))
 

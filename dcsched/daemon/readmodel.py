@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
+
 from dcsched.daemon.bus import Bus
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.ingest import Ingest
@@ -18,6 +20,7 @@ from dcsched.daemon.scheduling import SchedulingLoop
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL
 from dcsched.daemon.store import Store
 
+_encode = msgspec.json.Encoder().encode
 # (host, GPU index) -> (job id, user) for every GPU a job holds
 Allocations = dict[tuple[str, int], tuple[int, str]]
 
@@ -41,6 +44,7 @@ class ReadModel:
         self.scheduling = scheduling
         self.bus = bus
         self._rows: dict[int, tuple[Job, dict[str, Any]]] = {}
+        self._encoded: dict[int, tuple[Job, int, bytes]] = {}
 
     # --- jobs ----------------------------------------------------------------------------------
 
@@ -78,25 +82,37 @@ class ReadModel:
             out["gpu_util"] = sum(utils) / len(utils) if utils else None
         return out
 
-    async def list_jobs(
-        self, states: set[str], user: str | None, limit: int | None
-    ) -> list[dict[str, Any]]:
-        """Live jobs from memory (all of them), finished ones from the store (newest first,
-        up to `limit`); newest first overall."""
+    async def list_jobs(self, states: set[str], user: str | None, limit: int | None) -> bytes:
+        """`{"jobs": [...]}` as JSON: live jobs from memory (all of them), finished ones from
+        the store (newest first, up to `limit`); newest first overall."""
         live = [
-            self.job_view(j, detail=False)
+            (i, j)
             for i in sorted(self.model.jobs, reverse=True)
             if (j := self.model.jobs[i]).state in states and (not user or j.user == user)
         ]
         done = states & TERMINAL
         if done:
             n = 1000 if limit is None else limit
-            live += [
-                self.job_view(j, detail=False)
-                for j in await self.store.finished_jobs(done, user, n)
-            ]
-            live.sort(key=lambda v: -int(v["id"]))
-        return live if limit is None else live[:limit]
+            live += [(j.id, j) for j in await self.store.finished_jobs(done, user, n)]
+            live.sort(key=lambda ij: -ij[0])
+        if limit is not None:
+            live = live[:limit]
+        return b'{"jobs":[' + b",".join(self._row(j) for _, j in live) + b"]}"
+
+    def _row(self, job: Job) -> bytes:
+        """A job's listing row, encoded. A waiting job's row changes only when the job or the
+        scheduler's reasons do (once per pass), so it is encoded once per pass, not per read."""
+        if job.state not in QUEUED:
+            return _encode(self.job_view(job, detail=False))
+        passes = self.scheduling.stats.passes
+        hit = self._encoded.get(job.id)
+        if hit is not None and hit[0] is job and hit[1] == passes:
+            return hit[2]
+        row = _encode(self.job_view(job, detail=False))
+        self._encoded[job.id] = (job, passes, row)
+        if len(self._encoded) > 2 * len(self.model.jobs) + 10_000:
+            self._encoded = {i: v for i, v in self._encoded.items() if i in self.model.jobs}
+        return row
 
     def counts(self) -> dict[str, int]:
         return {s: n for s, n in self.model.counts.items() if n}

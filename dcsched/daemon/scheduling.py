@@ -52,14 +52,15 @@ class SchedulingLoop:
         self.wake = wake  # set by the job manager when a job arrives or GPUs free up
         self.stats = PassStats()
         self.reasons: dict[int, str] = {}
+        self._last: tuple[float, Snapshot] | None = None  # the last pass's snapshot
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await wait_event(self.wake, self.interval_s)
             self.wake.clear()
             # Coalesce a burst of submits into one pass, and under a steady stream of
-            # events keep passes to at most half of the loop's time.
-            await asyncio.sleep(max(0.05, self.stats.last_total_ms / 1000))
+            # events keep passes to at most a third of the time (Slurm's sched_min_interval).
+            await asyncio.sleep(max(0.05, 2 * self.stats.last_total_ms / 1000))
             try:
                 await self.run_pass()
             except StoreError as exc:
@@ -115,10 +116,26 @@ class SchedulingLoop:
             finished=finished,
         )
 
+    def recent_snapshot(self, now: float, job_id: str | None = None) -> Snapshot:
+        """For readers (explain, fairshare): the last pass's snapshot while it is under a
+        second old and holds `job_id`, else a fresh one. Building one for 10,000 jobs on
+        every request would cost more than the request."""
+        last = self._last
+        if last is not None and time.monotonic() - last[0] < 1.0:
+            snap = last[1]
+            if (
+                job_id is None
+                or any(j.job_id == job_id for j in snap.pending)
+                or any(j.job_id == job_id for j in snap.running)
+            ):
+                return snap
+        return self.snapshot(now, accrue=False)
+
     async def run_pass(self) -> Decisions:
         t_start = time.perf_counter()
         now = time.time()
         snap = self.snapshot(now)
+        self._last = (time.monotonic(), snap)
         t0 = time.perf_counter()
         # decide() is pure and reads only the snapshot: in a worker thread the event loop
         # keeps answering the API and the agents while it runs.
