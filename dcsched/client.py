@@ -293,6 +293,8 @@ class EventStream:
         self._pending: deque[StreamEvent] = deque()
         self._conn: _UnixConnection | None = None
         self._resp: http.client.HTTPResponse | None = None
+        # The socket itself: the connection lets go of it when the response will close it.
+        self._sock: socket.socket | None = None
         self._parser = SSEParser(self.cursor)
         self._connected_once = False
         self._down_since: float | None = None  # when the connection was lost
@@ -314,13 +316,19 @@ class EventStream:
     def close(self) -> None:
         """Ends the stream; an iteration blocked in another thread stops."""
         self._closing.set()
+        self._release()
+
+    def _release(self) -> None:
         with self._lock:
-            conn, self._conn, self._resp = self._conn, None, None
-        if conn is not None:
-            if conn.sock is not None:
-                with contextlib.suppress(OSError):
-                    conn.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read
-            conn.close()
+            conn, resp, sock = self._conn, self._resp, self._sock
+            self._conn, self._resp, self._sock = None, None, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a read blocked in another thread
+        for closing in (resp, conn):
+            if closing is not None:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    closing.close()
 
     @property
     def closed(self) -> bool:
@@ -355,6 +363,7 @@ class EventStream:
         conn = _UnixConnection(c.socket_path, KEEPALIVE_S + c.timeout)
         try:
             conn.request("GET", path, headers={"Accept": "text/event-stream"})
+            sock = conn.sock
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
@@ -377,19 +386,17 @@ class EventStream:
             raise ClientError(f"the daemon answered /v1/events with {ctype!r}, not events")
         with self._lock:
             if self._closing.is_set():
+                resp.close()
                 conn.close()
                 return None
-            self._conn, self._resp = conn, resp
+            self._conn, self._resp, self._sock = conn, resp, sock
         self._connected_once = True
         # A new connection starts a new event, but the cursor goes on.
         self._parser = SSEParser(self.cursor)
         return resp
 
     def _lost(self) -> None:
-        with self._lock:
-            conn, self._conn, self._resp = self._conn, None, None
-        if conn is not None:
-            conn.close()
+        self._release()
         if self._closing.is_set():
             return
         if self._down_since is None:

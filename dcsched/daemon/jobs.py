@@ -13,6 +13,7 @@ takes it (nothing is dropped).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,7 +32,7 @@ from dcsched.daemon.errors import (
 from dcsched.daemon.events import EventHub
 from dcsched.daemon.model import Model
 from dcsched.daemon.states import TERMINAL
-from dcsched.daemon.store import Batch, NewJob, NotFound, Store
+from dcsched.daemon.store import Batch, NotFound, Store
 from dcsched.protocol.jobspec import JobSpec, parse_dependencies, spec_to_dict
 from dcsched.protocol.messages import (
     Ack,
@@ -88,7 +89,7 @@ class JobManager:
         self.avoid_ports: dict[tuple[str, int], float] = {}  # (host, port) -> until (monotonic)
         self._queries: dict[tuple[str, int], float] = {}  # (host, job) -> last asked (monotonic)
         self._lock = asyncio.Lock()
-        self._submits: list[tuple[NewJob, asyncio.Future[int]]] = []
+        self._submits: list[tuple[lc.Job, asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -108,25 +109,24 @@ class JobManager:
     async def submit(self, spec: JobSpec, caller: Caller) -> int:
         self._writable()
         await self._check_submission(spec)
-        state = S.HELD if spec.hold else S.PENDING
-        new = NewJob(
+        job = lc.Job(
+            id=0,  # given by the store
             name=spec.name,
             user=caller.user,
             uid=caller.uid,
             account=spec.account,
             qos=spec.qos,
             nice=spec.nice,
-            state=state,
+            state=S.HELD if spec.hold else S.PENDING,
             spec=spec_to_dict(spec),
             nodes=spec.resources.nodes,
             gpus_per_node=spec.resources.gpus_per_node,
             gpu_type=spec.resources.gpu_type,
             time_limit_s=spec.time_limit_s,
             submit_ts=time.time(),
-            detail=f"submitted by {caller.user}",
         )
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._submits.append((new, fut))
+        self._submits.append((job, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_submits(), name="submits")
         job_id = await fut
@@ -149,25 +149,10 @@ class JobManager:
                 if not fut.done():
                     fut.set_result(job_id)
 
-    async def _journal_new(self, new: list[NewJob]) -> list[int]:
-        ids = await self.store.add_jobs(new)
-        for n, job_id in zip(new, ids, strict=True):
-            job = lc.Job(
-                id=job_id,
-                name=n.name,
-                user=n.user,
-                uid=n.uid,
-                account=n.account,
-                qos=n.qos,
-                nice=n.nice,
-                state=n.state,
-                spec=n.spec,
-                nodes=n.nodes,
-                gpus_per_node=n.gpus_per_node,
-                gpu_type=n.gpu_type,
-                time_limit_s=n.time_limit_s,
-                submit_ts=n.submit_ts,
-            )
+    async def _journal_new(self, new: list[lc.Job]) -> list[int]:
+        ids = await self.store.add_jobs([(j, f"submitted by {j.user}") for j in new])
+        for job_id, unnumbered in zip(ids, new, strict=True):
+            job = dataclasses.replace(unnumbered, id=job_id)
             self.model.install(job, None)
             self.hub.publish("job", _change(job))
         self.wake_scheduler()

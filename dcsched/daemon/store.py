@@ -52,24 +52,6 @@ class NotFound(StoreError):
 
 
 @dataclass(slots=True)
-class NewJob:
-    name: str
-    user: str
-    uid: int
-    account: str
-    qos: str
-    nice: int
-    state: str
-    spec: dict[str, Any]
-    nodes: int
-    gpus_per_node: int
-    gpu_type: str | None
-    time_limit_s: int
-    submit_ts: float
-    detail: str
-
-
-@dataclass(slots=True)
 class CommandRow:
     cmd_id: str
     host: str
@@ -212,36 +194,26 @@ class Store:
 
     # --- writes ------------------------------------------------------------------------------
 
-    async def add_jobs(self, new: Sequence[NewJob]) -> list[int]:
-        """Many submissions in one transaction (group commit); their ids in order."""
+    async def add_jobs(self, new: Sequence[tuple[Job, str]]) -> list[int]:
+        """Many submissions (each a job without its id, and why) in one transaction (group
+        commit); their ids in order."""
+        cols = [c for c in _JOB_COLS if c != "id"]
 
         def run(db: sqlite3.Connection) -> list[int]:
             ids = []
-            for n in new:
+            for job, _ in new:
+                values = _job_values(job)[1:]
                 cur = db.execute(
-                    "INSERT INTO jobs (name, user, uid, account, qos, nice, state, spec, nodes,"
-                    " gpus_per_node, gpu_type, time_limit_s, submit_ts)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        n.name,
-                        n.user,
-                        n.uid,
-                        n.account,
-                        n.qos,
-                        n.nice,
-                        n.state,
-                        json.dumps(n.spec),
-                        n.nodes,
-                        n.gpus_per_node,
-                        n.gpu_type,
-                        n.time_limit_s,
-                        n.submit_ts,
-                    ),
+                    f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                    values,
                 )
                 ids.append(int(cur.lastrowid or 0))
             db.executemany(
                 "INSERT INTO job_events (job_id, ts, state, detail) VALUES (?,?,?,?)",
-                [(i, n.submit_ts, n.state, n.detail) for i, n in zip(ids, new, strict=True)],
+                [
+                    (i, job.submit_ts, job.state, why)
+                    for i, (job, why) in zip(ids, new, strict=True)
+                ],
             )
             return ids
 

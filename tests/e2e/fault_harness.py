@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from dcsched.client import Client, _UnixConnection
 from tests.conftest import Procs, free_port, wait_port
+from tests.e2e.cli import run_cli
 
 T = TypeVar("T")
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
@@ -261,17 +262,7 @@ class Rig:
         return until(reached, timeout, f"job {job_id} to be {states}", every=0.25)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        prog = {"dcsub": "dcsched.cli.dcsub", "dcctl": "dcsched.cli.dcctl"}[args[0]]
-        out = subprocess.run(
-            [sys.executable, "-m", prog, "--socket", self.socket, *args[1:]],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if check and out.returncode != 0:
-            raise AssertionError(f"{args} failed ({out.returncode}): {out.stderr}")
-        return out
+        return run_cli(self.socket, *args, check=check)
 
     def logs(self) -> str:
         """The tails of every log, for an assertion's message."""

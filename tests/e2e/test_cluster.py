@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PROCESS_TIMEOUT, Broker, Procs, tracked_processes
+from tests.e2e.cli import run_cli
 
 pytestmark = [pytest.mark.e2e, PROCESS_TIMEOUT]
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,17 +32,7 @@ class Cluster:
     procs: Procs  # the daemon, the agents, and through them every job
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        prog = {"dcsub": "dcsched.cli.dcsub", "dcctl": "dcsched.cli.dcctl"}[args[0]]
-        out = subprocess.run(
-            [sys.executable, "-m", prog, "--socket", self.socket, *args[1:]],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if check and out.returncode != 0:
-            raise AssertionError(f"{args} failed ({out.returncode}): {out.stderr}")
-        return out
+        return run_cli(self.socket, *args, check=check)
 
     def job(self, job_id: int) -> dict[str, Any]:
         return dict(json.loads(self.cli("dcctl", "show", str(job_id), "--json").stdout))

@@ -6,15 +6,16 @@ from typing import Any
 
 import pytest
 
-from dcsched.daemon.lifecycle import Part
+from dcsched.daemon.lifecycle import Job, Part
 from dcsched.daemon.states import TRANSITIONS, JobState
-from dcsched.daemon.store import Batch, CommandRow, NewJob, NotFound, Store, StoreError
+from dcsched.daemon.store import Batch, CommandRow, NotFound, Store, StoreError
 
 S = JobState
 
 
-def _new(**kw: Any) -> NewJob:
+def _new(**kw: Any) -> tuple[Job, str]:
     base: dict[str, Any] = dict(
+        id=0,
         name="j",
         user="alice",
         uid=1000,
@@ -28,10 +29,9 @@ def _new(**kw: Any) -> NewJob:
         gpu_type=None,
         time_limit_s=60,
         submit_ts=100.0,
-        detail="submitted by alice",
     )
     base.update(kw)
-    return NewJob(**base)
+    return Job(**base), "submitted by alice"
 
 
 async def test_jobs_survive_a_reopen_of_the_file(tmp_path: Path) -> None:
