@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dcsched.cli.dcctl import event_line
+from dcsched.cli.dcctl import _JobWatch, event_line
 from dcsched.client import ApiError, Client, DaemonUnreachable, SSEParser, StreamEvent
 
 
@@ -193,17 +193,21 @@ def test_no_daemon_at_first_is_reported_at_once(sock_path: Path) -> None:
     assert time.monotonic() - t0 < 5
 
 
+NOT_FOUND = b'{"error": {"code": "http_404", "message": "Not Found"}}'
+ANSWER_404 = (
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(NOT_FOUND), NOT_FOUND)
+)
+
+
 def test_an_older_daemon_answers_404(sock_path: Path) -> None:
-    body = b'{"error": {"code": "http_404", "message": "Not Found"}}'
-    answer = (
-        b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-    )
-    fake = FakeDaemon(sock_path, lambda n, line: answer)
+    fake = FakeDaemon(sock_path, lambda n, line: ANSWER_404)
     try:
         with pytest.raises(ApiError) as err:
             next(Client(str(sock_path)).events())
         assert err.value.status == 404
+        # `dcctl logs -f` then polls the job as before.
+        assert _JobWatch.open(Client(str(sock_path))) is None
     finally:
         fake.close()
 
