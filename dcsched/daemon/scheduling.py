@@ -137,9 +137,9 @@ class SchedulingLoop:
         snap = self.snapshot(now)
         self._last = (time.monotonic(), snap)
         t0 = time.perf_counter()
-        # decide() is pure and reads only the snapshot: in a worker thread the event loop
-        # keeps answering the API and the agents while it runs.
-        decisions = await asyncio.to_thread(decide, snap, now)
+        # In the event loop, not a worker thread: decide() is pure Python, and sharing the
+        # GIL with the loop made a pass five times slower (measured in bench/daemon_scale.py).
+        decisions = decide(snap, now)
         st = self.stats
         st.passes += 1
         st.last_ms, st.last = (time.perf_counter() - t0) * 1000, decisions
