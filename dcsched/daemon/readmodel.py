@@ -185,22 +185,30 @@ class ReadModel:
         return out
 
     def cluster_summary(self) -> dict[str, Any]:
+        # Polled every second by every dctop: counted in one walk, no per-GPU views.
         alloc = self.model.allocations()
-        nodes = self.node_views(alloc)
-        gpus = self.gpu_views(alloc)
-        utils = [g["util"] for g in gpus if g["util"] is not None]
-        power = [g["power_w"] for g in gpus if g["power_w"] is not None]
+        states = {"up": 0, "drained": 0, "joining": 0, "down": 0}
+        total = allocated = 0
+        utils: list[float] = []
+        power: list[float] = []
+        for node in self.cluster.nodes.values():
+            state = self.cluster.state(node)
+            states[state] = states.get(state, 0) + 1
+            ht = self.ingest.hosts.get(node.host)
+            samples = {s.index: s for s in ht.latest.gpus} if ht else {}
+            for g in node.status.gpus:
+                total += 1
+                allocated += (node.host, g.index) in alloc
+                sample = samples.get(g.index)
+                if sample is not None:
+                    if sample.util is not None:
+                        utils.append(sample.util)
+                    if sample.power_w is not None:
+                        power.append(sample.power_w)
         st = self.scheduling.stats
         return {
-            "nodes": {
-                s: sum(1 for n in nodes if n["state"] == s)
-                for s in ("up", "drained", "joining", "down")
-            },
-            "gpus": {
-                "total": len(gpus),
-                "allocated": sum(1 for g in gpus if g["job_id"] is not None),
-                "idle": sum(1 for g in gpus if g["job_id"] is None),
-            },
+            "nodes": states,
+            "gpus": {"total": total, "allocated": allocated, "idle": total - allocated},
             "mean_util": sum(utils) / len(utils) if utils else None,
             "power_w": sum(power) if power else None,
             "jobs": self.counts(),
