@@ -35,6 +35,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import pwd
 import random
 import shutil
 import signal
@@ -937,6 +938,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         (d / "mosquitto.conf").write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
             "max_queued_messages 200000\n"
+            # Started as root, mosquitto changes to its own user unless told to stay, and
+            # that clears the parent-death signal that takes it down with the bench.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
         )
         mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         procs.start("mosquitto", [mosq, "-c", str(d / "mosquitto.conf")], d / "mosquitto.log")
