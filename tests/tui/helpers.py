@@ -24,8 +24,10 @@ async def wait_for(
 
 
 async def polled(pilot: Pilot[None], app: DctopApp) -> None:
-    """Waits for the first poll to land."""
+    """Waits for the first poll to land and the main screen to be mounted (under load the
+    first poll can land before the screen is pushed)."""
     await wait_for(pilot, lambda: app.polls >= 1, what="the first poll")
+    await wait_for(pilot, lambda: bool(app.screen.query("#banner")), what="the main screen")
     await pilot.pause()
 
 

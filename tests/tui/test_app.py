@@ -231,6 +231,7 @@ async def test_lost_daemon_shows_a_banner_and_recovers(fake: FakeDaemon) -> None
 async def test_no_socket_at_all_is_unreachable(tmp_path: Path) -> None:
     app = DctopApp(Client(str(tmp_path / "nothing.sock")), interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: bool(app.screen.query("#banner")), what="the main screen")
         banner = app.query_one("#banner", Banner)
         await wait_for(pilot, lambda: banner.display, what="the banner")
         assert "no daemon socket" in str(banner.render())
