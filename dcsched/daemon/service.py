@@ -58,6 +58,7 @@ class Daemon:
         dc = config.daemon
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
+        self._unsettled: set[str] = set()  # hosts whose status change the store lacks
         self.ingest = Ingest()
         self.cluster = Cluster(self.ingest, dc.node_timeout_s)
         self.model = Model(self.cluster.gpu_type)
@@ -220,11 +221,15 @@ class Daemon:
     async def _handle(self, msg: HostStatus | Event) -> None:
         match msg:
             case HostStatus():
-                changed = self.cluster.on_status(msg)
+                # A change is announced once the store has it; if the write fails, the retry
+                # of this message must still announce it (memory already has the change).
+                changed = self.cluster.on_status(msg) or msg.host in self._unsettled
+                self._unsettled.add(msg.host)
                 node = self.cluster.nodes[msg.host]
                 await self.store.upsert_node(
                     msg.host, node.online, msgspec.to_builtins(node.status), time.time()
                 )
+                self._unsettled.discard(msg.host)
                 if changed:
                     log.info("node %s is %s", msg.host, msg.state)
                     self.scheduling.wake.set()

@@ -51,6 +51,12 @@ class NotFound(StoreError):
     pass
 
 
+class StoreRejected(Exception):
+    """SQLite refused the data itself (a constraint, an integer too large): retrying the
+    same write cannot help, so this is not a StoreError (which is retried until the disk
+    takes it) but a bug or a bad message to log and drop."""
+
+
 @dataclass(slots=True)
 class CommandRow:
     cmd_id: str
@@ -162,8 +168,10 @@ class Store:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, fn, self._db)
-        except sqlite3.Error as exc:
+        except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error, locked
             raise StoreError(str(exc)) from exc
+        except (sqlite3.Error, OverflowError, UnicodeEncodeError) as exc:
+            raise StoreRejected(f"{type(exc).__name__}: {exc}") from exc
 
     async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def run(db: sqlite3.Connection) -> T:

@@ -8,7 +8,7 @@ import pytest
 
 from dcsched.daemon.lifecycle import Job, Part
 from dcsched.daemon.states import TRANSITIONS, JobState
-from dcsched.daemon.store import Batch, CommandRow, NotFound, Store, StoreError
+from dcsched.daemon.store import Batch, CommandRow, NotFound, Store, StoreRejected
 
 S = JobState
 
@@ -55,7 +55,7 @@ async def test_a_batch_is_one_transaction(tmp_path: Path) -> None:
     # A batch that fails half-way (a duplicate history id here) leaves nothing behind.
     bad = Batch(jobs=[started], parts_changed={job_id}, commands=cmds)
     bad.history = [(job_id, 1.0, "STARTING", "x"), (job_id, 1.0, "STARTING", None)]  # type: ignore[list-item]
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreRejected):  # bad data: not retried like a full disk
         await s.commit(bad)
     assert (await s.job(job_id)).state == "PENDING"
     assert await s.unacked_commands() == []
