@@ -224,8 +224,10 @@ class JobManager:
     async def on_ack(self, ack: Ack) -> None:
         async with self._lock:
             cmd = self.sender.pending.get(ack.cmd_id)
-            if cmd is None:
-                return  # a repeat, or the answer to a command dropped meanwhile
+            if cmd is None or cmd.host != ack.host:
+                # A repeat, the answer to a command dropped meanwhile, or a host answering
+                # for another: a host speaks only for itself.
+                return
             batch = Batch(acks=[(ack.cmd_id, ack.ok, ack.error or ack.code, time.time())])
             ev: lc.Event | None = None
             if cmd.kind == "launch" and not ack.ok:
@@ -272,7 +274,12 @@ class JobManager:
         job = self.model.jobs.get(job_id)
         if job is None:
             return
-        known = set(rep.running) | {e.node_rank for e in rep.exits if e.host == rep.host}
+        this_run = {(p.rank, p.launch_id) for p in job.parts}
+        known = set(rep.running) | {
+            e.node_rank
+            for e in rep.exits
+            if e.host == rep.host and (not e.launch_id or (e.node_rank, e.launch_id) in this_run)
+        }
         gone = [p for p in job.parts if p.host == rep.host and p.live and p.rank not in known]
         if any(p.state == "running" for p in gone):
             why = f"vanished from {rep.host} (its agent has no record of it)"
