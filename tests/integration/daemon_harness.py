@@ -127,9 +127,13 @@ class ScriptedAgent:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Cancel until they are gone: on Python 3.11 a wait_for inside aiomqtt's publish can
+        # swallow a cancellation that races its acknowledgement, and the task runs on.
+        pending = set(self._tasks)
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         assert self._client is not None
         await self._client.__aexit__(None, None, None)
 
