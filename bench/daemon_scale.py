@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import http.client
 import json
 import math
 import multiprocessing as mp
@@ -57,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/daemon_scale.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from dcsched.client import Client  # noqa: E402
+from dcsched.client import Client, UnixConnection  # noqa: E402
 from dcsched.protocol.jobspec import spec_to_dict, validate_spec  # noqa: E402
 
 PREFIX = "bench-scale/v1"
@@ -143,22 +142,10 @@ def _met(value: float | None, limit: float, higher_is_better: bool = False) -> b
 # --- raw HTTP over the Unix socket (timed to the last byte, not to JSON parsing) -------------
 
 
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.unix_path)
-        self.sock = s
-
-
 def _call(sock: str, method: str, path: str, timeout: float = 120.0) -> tuple[int, bytes, float]:
     """(status, body, seconds) of one request on a fresh connection, as dcctl makes it."""
     t0 = time.perf_counter()
-    conn = _UnixHTTP(sock, timeout)
+    conn = UnixConnection(sock, timeout)
     try:
         conn.request(method, path)
         resp = conn.getresponse()

@@ -36,7 +36,9 @@ class ApiError(ClientError):
         self.status, self.code, self.message, self.details = status, code, message, details
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over the daemon's Unix socket (for the client, the benchmarks and tests)."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self.unix_path = path
@@ -101,7 +103,7 @@ class Client:
         self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
     ) -> Any:
         path = _with_query(path, query)
-        conn = _UnixConnection(self.socket_path, self.timeout)
+        conn = UnixConnection(self.socket_path, self.timeout)
         try:
             data = None if body is None else json.dumps(body).encode()
             headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -291,7 +293,7 @@ class EventStream:
         self.kinds = kinds or None
         self.timeout = timeout
         self._pending: deque[StreamEvent] = deque()
-        self._conn: _UnixConnection | None = None
+        self._conn: UnixConnection | None = None
         self._resp: http.client.HTTPResponse | None = None
         # The socket itself: the connection lets go of it when the response will close it.
         self._sock: socket.socket | None = None
@@ -360,7 +362,7 @@ class EventStream:
         c = self.client
         path = _with_query("/v1/events", {"since": self.cursor or None, "kinds": self.kinds})
         # Idle streams carry a keep-alive every KEEPALIVE_S: a longer silence is a dead one.
-        conn = _UnixConnection(c.socket_path, KEEPALIVE_S + c.timeout)
+        conn = UnixConnection(c.socket_path, KEEPALIVE_S + c.timeout)
         try:
             conn.request("GET", path, headers={"Accept": "text/event-stream"})
             sock = conn.sock

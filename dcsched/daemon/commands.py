@@ -64,8 +64,8 @@ class CommandSender:
         self._attempts.pop(cmd_id, None)
         return self.pending.pop(cmd_id, None)
 
-    def unacked(self, job_id: int, kind: str) -> list[str]:
-        return [c.cmd_id for c in self.pending.values() if c.job_id == job_id and c.kind == kind]
+    def unacked(self, job_id: int, kind: str) -> list[CommandRow]:
+        return [c for c in self.pending.values() if c.job_id == job_id and c.kind == kind]
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -32,7 +32,7 @@ from dcsched.daemon.errors import (
 from dcsched.daemon.events import EventHub
 from dcsched.daemon.model import Model
 from dcsched.daemon.states import TERMINAL
-from dcsched.daemon.store import Batch, NotFound, Store
+from dcsched.daemon.store import Batch, CommandRow, NotFound, Store
 from dcsched.protocol.jobspec import JobSpec, parse_dependencies, spec_to_dict
 from dcsched.protocol.messages import (
     Ack,
@@ -194,9 +194,7 @@ class JobManager:
         """A user's cancel, hold, release or requeue."""
         self._writable()
         async with self._lock:
-            job = self.model.jobs.get(job_id)
-            if job is None:
-                job = await self.get(job_id)  # finished, or not there at all
+            job = await self.get(job_id)
             self._may_act(caller, job)
             try:
                 out = lc.apply(job, ev, time.time())
@@ -308,10 +306,7 @@ class JobManager:
             num = job_number(jid)
             if num is None:
                 continue
-            if any(
-                c.host == host and c.job_id == num and c.kind == "cancel"
-                for c in self.sender.pending.values()
-            ):
+            if any(c.host == host for c in self.sender.unacked(num, "cancel")):
                 continue  # already being stopped
             log.warning("host %s runs job %s, which is not running there: stopping it", host, jid)
             cancel = Cancel(
@@ -391,7 +386,7 @@ class JobManager:
         """Journals the outcomes (and `batch`) in one transaction, then installs and acts."""
         batch = batch or Batch()
         now = time.time()
-        dropped: list[str] = []
+        superseded: list[CommandRow] = []  # stop resending these: journaled as acked
         for old, out in outcomes:
             new = out.job
             if new == old and not out.effects:
@@ -412,20 +407,17 @@ class JobManager:
                     )
                     rows.append(command_row(eff.host, new.id, cancel, now))
                 elif isinstance(eff, lc.DropLaunches):
-                    for cid in self.sender.unacked(new.id, "launch"):
-                        batch.acks.append((cid, False, "superseded", now))
-                        dropped.append(cid)
+                    superseded += self.sender.unacked(new.id, "launch")
             if new.state != old.state and (not new.parts or new.state == S.STARTING):
                 # The run is over (back in the queue, or ended before it started), or a new
                 # one begins: a late cancel, or a late answer to one, must not touch it.
-                for cid in self.sender.unacked(new.id, "cancel"):
-                    batch.acks.append((cid, False, "superseded", now))
-                    dropped.append(cid)
+                superseded += self.sender.unacked(new.id, "cancel")
             batch.commands += rows
+        batch.acks += [(c.cmd_id, False, "superseded", now) for c in superseded]
         await self.store.commit(batch)
         # Journaled: now memory, then the world.
-        for cid in dropped:
-            self.sender.acked(cid)
+        for c in superseded:
+            self.sender.acked(c.cmd_id)
         wake = False
         for old, out in outcomes:
             if out.job != old:

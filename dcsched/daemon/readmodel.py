@@ -43,25 +43,14 @@ class ReadModel:
         self.jobs = jobs
         self.scheduling = scheduling
         self.bus = bus
-        self._rows: dict[int, tuple[Job, dict[str, Any]]] = {}
         self._encoded: dict[int, tuple[Job, int, bytes]] = {}
 
     # --- jobs ----------------------------------------------------------------------------------
 
     def job_view(self, job: Job, detail: bool = True) -> dict[str, Any]:
-        if detail:
-            out = job.to_dict()
-        else:
-            # Listings are read often and jobs change rarely: the row of an unchanged job
-            # (the same frozen object) is built once.
-            cached = self._rows.get(job.id)
-            if cached is None or cached[0] is not job:
-                row = job.to_dict()
-                del row["spec"]
-                cached = self._rows[job.id] = (job, row)
-                if len(self._rows) > 4 * len(self.model.jobs) + 10_000:
-                    self._rows.clear()
-            out = dict(cached[1])
+        out = job.to_dict()
+        if not detail:
+            del out["spec"]
         now = time.time()
         if job.state in QUEUED:
             info = self.scheduling.stats.last.pending.get(str(job.id))

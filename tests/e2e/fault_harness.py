@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dcsched.client import Client, _UnixConnection
+from dcsched.client import Client, UnixConnection
 from tests.conftest import Procs, free_port, wait_port
 from tests.e2e.cli import run_cli
 
@@ -216,7 +216,7 @@ class Rig:
 
     def raw(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
         """(status, JSON body) of one request, whatever the status."""
-        conn = _UnixConnection(self.socket, 20.0)
+        conn = UnixConnection(self.socket, 20.0)
         try:
             data = None if body is None else json.dumps(body).encode()
             headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -298,7 +298,7 @@ class EventStream:
     """`GET /v1/events` over the Unix socket, read by a thread into a queue."""
 
     def __init__(self, socket_path: str, query: str = "") -> None:
-        self.conn = _UnixConnection(socket_path, 60.0)
+        self.conn = UnixConnection(socket_path, 60.0)
         self.conn.request("GET", "/v1/events" + (f"?{query}" if query else ""))
         self.resp = self.conn.getresponse()
         assert self.resp.status == 200, self.resp.status
