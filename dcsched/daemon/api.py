@@ -31,7 +31,7 @@ from dcsched.daemon.states import ACTIVE, QUEUED, JobState, TransitionError
 from dcsched.daemon.store import StoreError
 from dcsched.protocol.codec import MAX_PAYLOAD
 from dcsched.protocol.jobspec import JobSpecError, spec_to_dict, validate_spec
-from dcsched.scheduler import explain, fairshare_report
+from dcsched.scheduler import explain_pass, fairshare_report
 
 if TYPE_CHECKING:
     from dcsched.daemon.service import Daemon
@@ -246,10 +246,9 @@ class Api:
 
     async def explain(self, request: web.Request) -> web.Response:
         job = await self.d.jobs.get(_job_id(request))
-        now = time.time()
-        snap = self.d.scheduling.recent_snapshot(now, str(job.id))
+        done = self.d.scheduling.recent_pass(time.time(), str(job.id))
         try:
-            why = explain(snap, now, str(job.id))
+            why = explain_pass(done, str(job.id))
         except KeyError:
             raise Conflict(
                 f"job {job.id} is {job.state}: only a pending or running job has "

@@ -17,7 +17,7 @@ from dcsched.daemon.jobs import JobManager, job_number
 from dcsched.daemon.model import Model
 from dcsched.daemon.store import StoreError
 from dcsched.daemon.usage import UsageTracker
-from dcsched.scheduler import Decisions, NodeView, SchedulerConfig, Snapshot, decay, decide
+from dcsched.scheduler import Decisions, NodeView, Pass, SchedulerConfig, Snapshot, decay
 
 log = logging.getLogger("dcsched.scheduling")
 
@@ -52,7 +52,8 @@ class SchedulingLoop:
         self.wake = wake  # set by the job manager when a job arrives or GPUs free up
         self.stats = PassStats()
         self.reasons: dict[int, str] = {}
-        self._last: tuple[float, Snapshot] | None = None  # the last pass's snapshot
+        self._last: tuple[float, Pass] | None = None  # the last pass, for readers
+        self._read: tuple[float, Snapshot] | None = None  # a snapshot built for a reader
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -116,30 +117,42 @@ class SchedulingLoop:
             finished=finished,
         )
 
-    def recent_snapshot(self, now: float, job_id: str | None = None) -> Snapshot:
-        """For readers (explain, fairshare): the last pass's snapshot while it is under a
-        second old and holds `job_id`, else a fresh one. Building one for 10,000 jobs on
-        every request would cost more than the request."""
+    def recent_pass(self, now: float, job_id: str) -> Pass:
+        """For explain: the last pass while it is under a second old and saw `job_id`, else
+        a fresh one (kept for the next reader). Running one over 10,000 jobs on every
+        request would cost more than the request."""
+        done = self._fresh()
+        if done is None or not (
+            job_id in done.priority or any(r.job_id == job_id for r in done.snapshot.running)
+        ):
+            done = Pass(self.snapshot(now, accrue=False), now).run()
+            self._last = (time.monotonic(), done)
+        return done
+
+    def recent_snapshot(self, now: float) -> Snapshot:
+        """For fairshare: the last pass's snapshot, or a reader's, while under a second old."""
+        done = self._fresh()
+        if done is not None:
+            return done.snapshot
+        snap = self._read
+        if snap is None or time.monotonic() - snap[0] >= 1.0:
+            snap = self._read = (time.monotonic(), self.snapshot(now, accrue=False))
+        return snap[1]
+
+    def _fresh(self) -> Pass | None:
         last = self._last
-        if last is not None and time.monotonic() - last[0] < 1.0:
-            snap = last[1]
-            if (
-                job_id is None
-                or any(j.job_id == job_id for j in snap.pending)
-                or any(j.job_id == job_id for j in snap.running)
-            ):
-                return snap
-        return self.snapshot(now, accrue=False)
+        return last[1] if last is not None and time.monotonic() - last[0] < 1.0 else None
 
     async def run_pass(self) -> Decisions:
         t_start = time.perf_counter()
         now = time.time()
         snap = self.snapshot(now)
-        self._last = (time.monotonic(), snap)
         t0 = time.perf_counter()
         # In the event loop, not a worker thread: decide() is pure Python, and sharing the
         # GIL with the loop made a pass five times slower (measured in bench/daemon_scale.py).
-        decisions = decide(snap, now)
+        done = Pass(snap, now).run()
+        self._last = (time.monotonic(), done)
+        decisions = done.decisions()
         st = self.stats
         st.passes += 1
         st.last_ms, st.last = (time.perf_counter() - t0) * 1000, decisions

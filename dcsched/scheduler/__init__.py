@@ -1,8 +1,8 @@
 """The scheduling policy core: pure functions over plain data (no I/O, no asyncio)."""
 
 from dcsched.scheduler.config import AccountConfig, Limits, QosLevel, SchedulerConfig, Weights
-from dcsched.scheduler.decide import decide
-from dcsched.scheduler.explain import Explanation, explain
+from dcsched.scheduler.decide import Pass, decide
+from dcsched.scheduler.explain import Explanation, explain, explain_pass
 from dcsched.scheduler.fairshare import (
     FairshareReport,
     FairshareRow,
@@ -36,6 +36,7 @@ __all__ = [
     "Limits",
     "NodePart",
     "NodeView",
+    "Pass",
     "PendingInfo",
     "QosLevel",
     "Reservation",
@@ -50,5 +51,6 @@ __all__ = [
     "decay",
     "decide",
     "explain",
+    "explain_pass",
     "fairshare_report",
 ]

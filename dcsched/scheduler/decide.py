@@ -33,12 +33,12 @@ from dcsched.scheduler.sort import sort_jobs
 
 
 class Pass:
-    """One scheduling pass; `explain_job` also gets every reason and an estimate."""
+    """One scheduling pass. Once run, it is also the record `explain` reads: the priority
+    order, every job's reasons and what the pass left of the cluster and its timeline."""
 
-    def __init__(self, snapshot: Snapshot, now: float, explain_job: str | None = None) -> None:
+    def __init__(self, snapshot: Snapshot, now: float) -> None:
         self.snapshot = snapshot
         self.now = now
-        self.explain_job = explain_job
         self.config = snapshot.config
         self.cluster = Cluster(snapshot.nodes)
         self.limits = filters.LimitState.build(self.config, snapshot.running)
@@ -72,10 +72,6 @@ class Pass:
             self.priority[job.job_id] = prio
             reasons = check.reasons(job)
             if reasons:
-                if job.job_id == self.explain_job and not cluster.can_fit_now(
-                    job.nodes, job.gpus_per_node, job.gpu_type
-                ):
-                    reasons.append(filters.RESOURCES)
                 self.pending[job.job_id] = PendingInfo(tuple(reasons), prio, None)
                 continue
             if blocked:
@@ -91,8 +87,8 @@ class Pass:
             est: float | None = None
             if policy == "fifo":
                 blocked = True
-            elif default and (reserved < depth or job.job_id == self.explain_job):
-                est = self.reserve(job, hold=reserved < depth)
+            elif default and reserved < depth:
+                est = self.reserve(job)
                 reserved += 1
             self.pending[job.job_id] = PendingInfo((reason,), prio, est)
         return self
@@ -117,11 +113,11 @@ class Pass:
         self.limits.add(job.account, job.user, job.qos, job.gpus)
         self.starts.append(Start(job.job_id, tuple(parts)))
 
-    def reserve(self, job: JobRequest, *, hold: bool) -> float | None:
+    def reserve(self, job: JobRequest) -> float | None:
         timeline = self.timeline()
         types = self.cluster.types_for(job.gpu_type)
         slot = timeline.reserve(job, types)
-        if hold and (slot is None or slot.start > self.now):
+        if slot is None or slot.start > self.now:
             p = preempt.plan(
                 job, self.cluster, self.snapshot.running, self.config, set(self.preempt)
             )
@@ -133,10 +129,9 @@ class Pass:
                 slot = Slot(self.now, p.nodes)
         if slot is None:
             return None
-        if hold:
-            timeline.hold(job, slot)
-            names = tuple((self.cluster.views[n].name, job.gpus_per_node) for n in slot.nodes)
-            self.reservations.append(Reservation(job.job_id, slot.start, names))
+        timeline.hold(job, slot)
+        names = tuple((self.cluster.views[n].name, job.gpus_per_node) for n in slot.nodes)
+        self.reservations.append(Reservation(job.job_id, slot.start, names))
         return slot.start
 
     def decisions(self) -> Decisions:

@@ -1,8 +1,9 @@
 """explain(snapshot, now, job_id): why a job waits, as JSON-friendly plain data.
 
-It runs the same pass as `decide` (so the answer is what the scheduler does), asking it to
-collect every reason for the one job and to estimate its start even below the backfill
-depth.
+It reads a finished scheduling pass (so the answer is what the scheduler decided, and the
+daemon answers from its last pass without running another, as Slurm's reasons come from its
+last pass). Against what that pass left of the cluster it adds "Resources" to a job held
+back by other reasons, and estimates a start for a job below the backfill depth.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dcsched.scheduler import filter as filters
 from dcsched.scheduler.decide import Pass
 from dcsched.scheduler.model import Snapshot
 from dcsched.scheduler.sort import Factor, factors
@@ -53,20 +55,34 @@ class Explanation:
 
 def explain(snapshot: Snapshot, now: float, job_id: str) -> Explanation:
     """Every factor and weight, every reason and the estimated start; KeyError if unknown."""
+    return explain_pass(Pass(snapshot, now).run(), job_id)
+
+
+def explain_pass(done: Pass, job_id: str) -> Explanation:
+    """`explain` from a pass that has run; KeyError if the pass did not see the job."""
+    snapshot, now = done.snapshot, done.now
     policy = snapshot.config.policy
-    job = next((j for j in snapshot.pending if j.job_id == job_id), None)
-    if job is None:
+    prio = done.priority.get(job_id)
+    if prio is None:
         if any(r.job_id == job_id for r in snapshot.running):
             return Explanation(job_id, "running", policy, 0.0, (), (), None, 0, 0)
         raise KeyError(job_id)
-    done = Pass(snapshot, now, explain_job=job_id).run()
+    job = next(j for j in snapshot.pending if j.job_id == job_id)
     rank = list(done.priority).index(job_id) + 1  # filled in priority order
     facts = factors(snapshot, now, job)
-    prio = done.priority[job_id]
     n = len(snapshot.pending)
-    if any(s.job_id == job_id for s in done.starts):
+    info = done.pending.get(job_id)
+    if info is None:
         return Explanation(job_id, "starting", policy, prio, facts, (), now, rank, n)
-    info = done.pending[job_id]
+    reasons, est = info.reasons, info.est_start
+    waits_for_gpus = reasons in ((filters.RESOURCES,), (filters.PRIORITY,))
+    if not waits_for_gpus and not done.cluster.can_fit_now(
+        job.nodes, job.gpus_per_node, job.gpu_type
+    ):
+        reasons += (filters.RESOURCES,)
+    if est is None and waits_for_gpus and policy == "default":
+        slot = done.timeline().reserve(job, done.cluster.types_for(job.gpu_type))
+        est = None if slot is None else slot.start
     held = next((r.nodes for r in done.reservations if r.job_id == job_id), ())
     return Explanation(
         job_id,
@@ -74,8 +90,8 @@ def explain(snapshot: Snapshot, now: float, job_id: str) -> Explanation:
         policy,
         prio,
         facts,
-        info.reasons,
-        info.est_start,
+        reasons,
+        est,
         rank,
         n,
         held,
