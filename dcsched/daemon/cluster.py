@@ -30,14 +30,17 @@ class Node:
     drained: bool = False
     drain_reason: str = ""
     seen: float = field(default_factory=time.monotonic)  # last status or telemetry
+    # Derived from the status once per status, not per scheduling pass.
+    gpu_type: str = field(init=False)
+    gpu_indexes: tuple[int, ...] = field(init=False)
 
-    @property
-    def gpu_type(self) -> str:
-        return gpu_type_of(self.status.gpus[0].model) if self.status.gpus else ""
+    def __post_init__(self) -> None:
+        self.set_status(self.status)
 
-    @property
-    def gpu_indexes(self) -> tuple[int, ...]:
-        return tuple(g.index for g in self.status.gpus)
+    def set_status(self, st: HostStatus) -> None:
+        self.status = st
+        self.gpu_type = gpu_type_of(st.gpus[0].model) if st.gpus else ""
+        self.gpu_indexes = tuple(g.index for g in st.gpus)
 
 
 class Cluster:
@@ -64,7 +67,8 @@ class Cluster:
         if st.state == "offline":
             # The will carries no inventory: keep what the node last told.
             st = msgspec.structs.replace(st, gpus=node.status.gpus, addr=node.status.addr)
-        node.status, node.online, node.seen = st, online, time.monotonic()
+        node.set_status(st)
+        node.online, node.seen = online, time.monotonic()
         return changed
 
     def gpu_type(self, host: str) -> str:

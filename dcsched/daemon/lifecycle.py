@@ -46,7 +46,8 @@ class Part:
         return self.state != "exited"
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        # Field by field: dataclasses.asdict deep-copies, and listings call this per job.
+        d = {name: getattr(self, name) for name in _PART_FIELDS}
         d["node_rank"] = d.pop("rank")
         d["gpus"] = list(self.gpus)
         return d
@@ -83,6 +84,7 @@ class Job:
         return {name: getattr(self, name) for name in _JOB_FIELDS}
 
 
+_PART_FIELDS = tuple(f.name for f in dataclasses.fields(Part))
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job) if f.name != "parts")
 
 

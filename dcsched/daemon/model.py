@@ -8,7 +8,7 @@ when the job changes, never per pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from dcsched.daemon.lifecycle import Job
@@ -41,6 +41,7 @@ class Model:
         self.ended: list[Ended] = []
         self._gpu_type = host_gpu_type
         self._depended: set[int] = set()  # ids that some queued job depends on
+        self._alloc: dict[tuple[str, int], tuple[int, str]] | None = None
 
     def load(self, jobs: Iterable[Job], counts: dict[str, int], deps: dict[int, str]) -> None:
         self.counts.update(counts)
@@ -50,6 +51,8 @@ class Model:
 
     def install(self, job: Job, old: Job | None) -> None:
         """The journaled new state of a job (old=None for a new one)."""
+        if job.parts or (old is not None and old.parts):
+            self._alloc = None
         if old is not None:
             self.counts[old.state] -= 1
             self._unindex(old)
@@ -108,16 +111,19 @@ class Model:
                     out.setdefault(p.host, set()).update(p.gpus)
         return out
 
-    def allocations(self) -> dict[tuple[str, int], tuple[int, str]]:
-        """(host, GPU) -> (job id, user) for every GPU a live part holds."""
-        out = {}
-        for job_id in self.running:
-            job = self.jobs[job_id]
-            for p in job.parts:
-                if p.live:
-                    for g in p.gpus:
-                        out[(p.host, g)] = (job.id, job.user)
-        return out
+    def allocations(self) -> Mapping[tuple[str, int], tuple[int, str]]:
+        """(host, GPU) -> (job id, user) for every GPU a live part holds. Built again only
+        after a change of parts: every dctop asks for it every second."""
+        if self._alloc is None:
+            out = {}
+            for job_id in self.running:
+                job = self.jobs[job_id]
+                for p in job.parts:
+                    if p.live:
+                        for g in p.gpus:
+                            out[(p.host, g)] = (job.id, job.user)
+            self._alloc = out
+        return self._alloc
 
     def used_ports(self) -> set[tuple[str, int]]:
         """(rank-0 host, master port) of every active job: a port is taken only where the

@@ -6,6 +6,7 @@ finished jobs come from the store, by id or newest first with a limit.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -14,7 +15,7 @@ from dcsched.daemon.bus import Bus
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.ingest import Ingest
 from dcsched.daemon.jobs import JobManager
-from dcsched.daemon.lifecycle import Job
+from dcsched.daemon.lifecycle import Job, Part
 from dcsched.daemon.model import Model
 from dcsched.daemon.scheduling import SchedulingLoop
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL
@@ -22,7 +23,7 @@ from dcsched.daemon.store import Store
 
 _encode = msgspec.json.Encoder().encode
 # (host, GPU index) -> (job id, user) for every GPU a job holds
-Allocations = dict[tuple[str, int], tuple[int, str]]
+Allocations = Mapping[tuple[str, int], tuple[int, str]]
 
 
 class ReadModel:
@@ -48,10 +49,15 @@ class ReadModel:
     # --- jobs ----------------------------------------------------------------------------------
 
     def job_view(self, job: Job, detail: bool = True) -> dict[str, Any]:
+        out = self._fixed_view(job, detail)
+        out.update(self._moving_view(job))
+        return out
+
+    def _fixed_view(self, job: Job, detail: bool) -> dict[str, Any]:
+        """What changes only when the job (or, while it waits, the scheduler's pass) does."""
         out = job.to_dict()
         if not detail:
             del out["spec"]
-        now = time.time()
         if job.state in QUEUED:
             info = self.scheduling.stats.last.pending.get(str(job.id))
             if info is not None:
@@ -59,17 +65,28 @@ class ReadModel:
                 out["priority"] = info.priority
                 out["est_start"] = info.est_start
             out["reason"] = job.reason or self.scheduling.reasons.get(job.id, "")
-        if job.start_ts is not None:
-            out["elapsed_s"] = (job.end_ts or now) - job.start_ts
-        parts = [p for p in job.parts if p.live] if job.state in ACTIVE else list(job.parts)
+        parts = self._parts(job)
         out["node_parts"] = [p.to_dict() for p in (job.parts if detail else parts)]
         out["hosts"] = [p.host for p in parts]
+        return out
+
+    def _moving_view(self, job: Job) -> dict[str, Any]:
+        """What changes with the clock and the telemetry."""
+        out: dict[str, Any] = {}
+        if job.start_ts is not None:
+            out["elapsed_s"] = (job.end_ts or time.time()) - job.start_ts
         if job.state in ACTIVE:
             utils = [
-                u for p in parts if (u := self.ingest.job_util(p.host, list(p.gpus))) is not None
+                u
+                for p in self._parts(job)
+                if (u := self.ingest.job_util(p.host, list(p.gpus))) is not None
             ]
             out["gpu_util"] = sum(utils) / len(utils) if utils else None
         return out
+
+    @staticmethod
+    def _parts(job: Job) -> list[Part]:
+        return [p for p in job.parts if p.live] if job.state in ACTIVE else list(job.parts)
 
     async def list_jobs(self, states: set[str], user: str | None, limit: int | None) -> bytes:
         """`{"jobs": [...]}` as JSON: live jobs from memory (all of them), finished ones from
@@ -89,19 +106,22 @@ class ReadModel:
         return b'{"jobs":[' + b",".join(self._row(j) for _, j in live) + b"]}"
 
     def _row(self, job: Job) -> bytes:
-        """A job's listing row, encoded. A waiting job's row changes only when the job or the
-        scheduler's reasons do (once per pass), so it is encoded once per pass, not per read."""
-        if job.state not in QUEUED:
+        """A job's listing row, encoded. Its fixed part is encoded once per change of the
+        job (and, while it waits, once per pass for the scheduler's reasons), not per read;
+        a running job's elapsed time and utilisation are appended to it."""
+        if job.state in TERMINAL:
             return _encode(self.job_view(job, detail=False))
-        passes = self.scheduling.stats.passes
+        stamp = self.scheduling.stats.passes if job.state in QUEUED else -1
         hit = self._encoded.get(job.id)
-        if hit is not None and hit[0] is job and hit[1] == passes:
-            return hit[2]
-        row = _encode(self.job_view(job, detail=False))
-        self._encoded[job.id] = (job, passes, row)
-        if len(self._encoded) > 2 * len(self.model.jobs) + 10_000:
-            self._encoded = {i: v for i, v in self._encoded.items() if i in self.model.jobs}
-        return row
+        if hit is not None and hit[0] is job and hit[1] == stamp:
+            fixed = hit[2]
+        else:
+            fixed = _encode(self._fixed_view(job, detail=False))
+            self._encoded[job.id] = (job, stamp, fixed)
+            if len(self._encoded) > 2 * len(self.model.jobs) + 10_000:
+                self._encoded = {i: v for i, v in self._encoded.items() if i in self.model.jobs}
+        moving = self._moving_view(job)
+        return fixed[:-1] + b"," + _encode(moving)[1:] if moving else fixed
 
     def counts(self) -> dict[str, int]:
         return {s: n for s, n in self.model.counts.items() if n}

@@ -16,6 +16,8 @@ to all three. "Does not fit" is a normal outcome with a reason, never an excepti
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from dcsched.scheduler import filter as filters
 from dcsched.scheduler import preempt
 from dcsched.scheduler.model import (
@@ -61,6 +63,14 @@ class Pass:
         return self._timeline
 
     def run(self) -> Pass:
+        for _ in self.steps():
+            pass
+        return self
+
+    def steps(self) -> Iterator[None]:
+        """The pass, yielding after each job: a caller that shares its thread (the daemon's
+        event loop) can pause between jobs. The snapshot is immutable, so a pause changes
+        nothing here; what changed meanwhile is the caller's to check."""
         policy = self.config.policy
         default = policy == "default"
         depth = self.config.backfill_depth if default else 0
@@ -69,6 +79,7 @@ class Pass:
         blocked = False
         reserved = 0
         for prio, job in sort_jobs(snapshot, self.now):
+            yield
             self.priority[job.job_id] = prio
             reasons = check.reasons(job)
             if reasons:
@@ -91,7 +102,6 @@ class Pass:
                 est = self.reserve(job)
                 reserved += 1
             self.pending[job.job_id] = PendingInfo((reason,), prio, est)
-        return self
 
     def place(self, job: JobRequest, end: float) -> list[int] | None:
         """Node indices for the job now; nodes with reservations only if it backfills."""
