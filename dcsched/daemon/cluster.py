@@ -102,6 +102,11 @@ class Cluster:
             return "joining"
         return "drained" if node.drained else "up"
 
+    def reported_jobs(self, host: str) -> list[str] | None:
+        """The jobs the host's latest telemetry says it runs; None before any telemetry."""
+        ht = self.ingest.hosts.get(host)
+        return None if ht is None else [jp.job_id for jp in ht.latest.jobs]
+
     def unhealthy(self, host: str) -> frozenset[int]:
         ht = self.ingest.hosts.get(host)
         if ht is None:

@@ -86,8 +86,11 @@ class JobManager:
         self.config = config
         self.timing = timing
         self.wake_scheduler = wake_scheduler
-        self.avoid_ports: dict[tuple[str, int], float] = {}  # (host, port) -> until (monotonic)
+        self.avoid_ports: dict[tuple[str, int], float] = {}  # (addr, port) -> until (monotonic)
         self._queries: dict[tuple[str, int], float] = {}  # (host, job) -> last asked (monotonic)
+        # Hosts declared lost whose agent has not been heard again: when it is (a hung agent
+        # resumes, a network heals), what it still runs of their jobs is orphaned.
+        self._lost: set[str] = set()
         self._lock = asyncio.Lock()
         self._submits: list[tuple[lc.Job, asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -342,7 +345,14 @@ class JobManager:
                 if silent > self.timing.node_timeout_s:
                     why = f"node silent for {silent:.0f} s"
                     steps += [(j.id, lc.NodeLost(host, why)) for j in self.model.jobs_on(host)]
+                    self._lost.add(host)
         await self._apply_many(steps)
+        for host in list(self._lost):
+            reported = self.cluster.reported_jobs(host)
+            if reported is not None and self.cluster.silent_for(host) < self.timing.node_timeout_s:
+                self._lost.discard(host)
+                log.warning("host %s is heard again after it was declared lost", host)
+                await self.on_status(host, True, reported)
         for host, job_id in list(self._queries):
             job = self.model.jobs.get(job_id)
             if job is None or not any(p.host == host and p.live for p in job.parts):
@@ -434,7 +444,7 @@ class JobManager:
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
                 elif isinstance(eff, lc.AvoidPort):
-                    self.avoid_ports[(eff.host, eff.port)] = time.monotonic() + PORT_AVOID_S
+                    self.avoid_ports[(eff.addr, eff.port)] = time.monotonic() + PORT_AVOID_S
         self.sender.add(batch.commands)
         if wake:
             self.wake_scheduler()

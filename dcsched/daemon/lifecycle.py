@@ -216,7 +216,9 @@ class AckExit:
 
 @dataclass(frozen=True, slots=True)
 class AvoidPort:
-    host: str
+    """Keep the scheduler off a master port for a while: something else listens there."""
+
+    addr: str  # the master's address: agents that share one share its ports
     port: int
 
 
@@ -446,7 +448,7 @@ def _launch_refused(out: Outcome, ev: LaunchRefused, now: float) -> None:
         _maybe_finish(out, now)
         return
     if ev.code == RETRY_PORT and job.master_port is not None:
-        out.effects.append(AvoidPort(ev.host, job.master_port))
+        out.effects.append(AvoidPort(job.master_addr or ev.host, job.master_port))
         why = f"master port {job.master_port} is in use on {ev.host}; retrying with another"
         _stop(out, S.REQUEUED, why, now)
     else:

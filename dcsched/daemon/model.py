@@ -126,13 +126,14 @@ class Model:
         return self._alloc
 
     def used_ports(self) -> set[tuple[str, int]]:
-        """(rank-0 host, master port) of every active job: a port is taken only where the
-        job's master listens, so the range is per host, not per cluster."""
+        """(master address, port) of every active job: a port is taken only where the job's
+        master listens, so the range is per address, not per cluster (and agents that share
+        an address, as on a one-machine demo, share it)."""
         out = set()
         for i in self.running:
             job = self.jobs[i]
-            if job.master_port and job.parts:
-                out.add((job.parts[0].host, job.master_port))
+            if job.master_port and job.master_addr:
+                out.add((job.master_addr, job.master_port))
         return out
 
     def take_ended(self) -> list[Ended]:

@@ -178,20 +178,20 @@ class SchedulingLoop:
             if job_id not in self.model.requests:
                 continue  # cancelled or held while decide() ran
             first = self.cluster.nodes[start.allocation[0][0]]
+            addr = first.status.addr or first.host
             avoid = self.jobs.avoid_ports
             port = next(
-                (p for p in self.ports if (h := (first.host, p)) not in used and h not in avoid),
-                None,
+                (p for p in self.ports if (k := (addr, p)) not in used and k not in avoid), None
             )
             if port is None:
-                log.warning("no free master port on %s; job %d waits", first.host, job_id)
+                log.warning("no free master port on %s; job %d waits", addr, job_id)
                 continue
-            used.add((first.host, port))
+            used.add((addr, port))
             parts = tuple(
                 lc.Part(rank=r, host=h, gpus=tuple(g), launch_id=new_cmd_id())
                 for r, (h, g) in enumerate(start.allocation)
             )
-            starts.append((job_id, lc.Start(parts, first.status.addr or first.host, port)))
+            starts.append((job_id, lc.Start(parts, addr, port)))
         await self.jobs.start(starts)
         self.reasons = {
             int(i): info.reasons[0] if info.reasons else "" for i, info in decisions.pending.items()

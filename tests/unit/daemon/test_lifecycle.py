@@ -137,7 +137,7 @@ def name(eff: lc.Effect) -> str:
         case lc.AckExit():
             return f"AckExit:{eff.host}:{eff.launch_id}"
         case lc.AvoidPort():
-            return f"AvoidPort:{eff.host}:{eff.port}"
+            return f"AvoidPort:{eff.addr}:{eff.port}"
     return type(eff).__name__
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from dcsched.client import ApiError
 from tests.conftest import PROCESS_TIMEOUT, Procs
-from tests.e2e.fault_harness import ENDED, EventStream, Rig, alive, until
+from tests.faults.harness import ENDED, EventStream, Rig, alive, until
 
 pytestmark = [pytest.mark.e2e, PROCESS_TIMEOUT]
 
