@@ -48,6 +48,7 @@ _AUDITED_WITH_CHANGE = frozenset(
     + [("POST", f"/v1/nodes/{{host}}/{a}") for a in ("drain", "resume")]
 )
 _encoder = msgspec.json.Encoder()
+_decode_body = msgspec.json.Decoder().decode
 MAX_AUDIT_ROWS = 10_000
 # Audit names of the calls; any other route is named by its method and path.
 _ACTIONS = {
@@ -136,10 +137,15 @@ def caller(request: web.Request) -> Caller:
 
 
 async def _json_body(request: web.Request) -> Any:
+    # msgspec, not json: it refuses what no later step could store or pass on (NaN,
+    # Infinity, lone surrogates); too deep a nesting raises RecursionError (400 above).
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not JSON: {exc}") from None
+        return _decode_body(await request.read())
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(
+            f"the request body is not JSON: {exc} (send UTF-8 JSON without NaN, Infinity"
+            " or lone \\u surrogate escapes)"
+        ) from None
 
 
 def _int_arg(text: str, what: str) -> int:

@@ -66,6 +66,8 @@ class Codec(Generic[T]):
             msg = self._decoder.decode(payload)
         except msgspec.DecodeError as exc:
             raise DecodeError("invalid", str(exc)) from None
+        except RecursionError:
+            raise DecodeError("invalid", "nested too deeply") from None
         version = getattr(msg, "v", PROTOCOL_VERSION)
         if version != PROTOCOL_VERSION:
             raise DecodeError("version", f"v={version}, this side speaks v={PROTOCOL_VERSION}")
