@@ -27,6 +27,7 @@ from dcsched.daemon.errors import (
     Unavailable,
 )
 from dcsched.daemon.jobs import Caller
+from dcsched.daemon.openapi import openapi
 from dcsched.daemon.peercred import peer_uid, user_name
 from dcsched.daemon.privacy import public_view
 from dcsched.daemon.states import ACTIVE, QUEUED, JobState, TransitionError
@@ -231,11 +232,13 @@ class Api:
         r.add_post("/v1/nodes/{host}/resume", self.resume)
         r.add_get("/v1/nodes/{host}/drains", self.drain_history)
         r.add_get("/v1/audit", self.audit)
+        r.add_get("/v1/openapi.json", self.openapi)
         r.add_get("/v1/gpus", self.gpus)
         r.add_get("/v1/cluster", self.cluster)
         r.add_get("/v1/events", self.events)
         self.app = app
         self.read = daemon.read
+        self._openapi = _encoder.encode(openapi())
 
     async def health(self, request: web.Request) -> web.Response:
         h = self.d.health()
@@ -245,6 +248,9 @@ class Api:
         return web.json_response(
             {**h, "error": {"code": "unavailable", "message": msg}}, status=503
         )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
 
     async def whoami(self, request: web.Request) -> web.Response:
         c = caller(request)
