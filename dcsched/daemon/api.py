@@ -106,7 +106,7 @@ def _audit_row(request: web.Request, resp: web.StreamResponse) -> AuditRow:
         with contextlib.suppress(ValueError, AttributeError, TypeError):
             detail = str(json.loads(resp.body)["error"]["message"])
     result = "ok" if resp.status < 400 else "refused" if resp.status < 500 else "failed"
-    status = resp.status
+    status, detail = resp.status, detail[:2000]  # a refused job can list many problems
     return AuditRow(time.time(), who.uid, who.user, action, target[:200], result, status, detail)
 
 

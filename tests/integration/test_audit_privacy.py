@@ -144,8 +144,13 @@ async def test_drain_and_resume_keep_who_when_and_why(
         with pytest.raises(ApiError) as err:
             await api(client, "node_action", "ghost", "drain")
         assert err.value.status == 404
-        actions = [(e["action"], e["target"], e["result"]) for e in await api(client, "audit")]
+        with pytest.raises(ApiError):
+            await api(client, "submit", {"name": "x", "command": ["a"], "nodez": 1})
+        entries = await api(client, "audit")
+        assert "unknown key 'nodez'" in entries[0]["detail"]
+        actions = [(e["action"], e["target"], e["result"]) for e in entries]
         assert actions == [
+            ("submit", "", "refused"),
             ("drain", "node ghost", "refused"),
             ("drain", "node n1", "ok"),
             ("resume", "node n1", "ok"),
