@@ -140,8 +140,9 @@ class CommandVerifier:
     def verify(self, payload: bytes, now: float | None = None) -> Command:
         env = self._envelope.decode(payload)
         if self.key is not None:
+            # As bytes: compare_digest raises TypeError on a str with non-ASCII characters.
             if not env.mac or not hmac.compare_digest(
-                env.mac, _mac(self.key, env.ts, env.nonce, env.body)
+                env.mac.encode(), _mac(self.key, env.ts, env.nonce, env.body).encode()
             ):
                 raise SignatureError("bad or missing signature")
             t = time.time() if now is None else now
