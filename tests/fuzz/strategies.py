@@ -36,6 +36,7 @@ _scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.sampled_from([2**63, 2**64 - 1, -(2**63) - 1])  # past what SQLite stores
     | st.floats(allow_nan=False)
     | st.text(max_size=30)
 )
