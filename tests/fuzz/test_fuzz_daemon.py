@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from dcsched.client import Client, UnixConnection
 from dcsched.daemon.bus import _own
+from dcsched.daemon.events import EventHub
 from dcsched.daemon.service import Daemon
 from dcsched.protocol.codec import encode
 from dcsched.protocol.messages import Ack, Telemetry
@@ -212,3 +213,15 @@ async def test_a_message_naming_another_host_than_its_topic_is_counted(
         dropped = (await api(client, "cluster"))["telemetry"]["dropped"]
         assert dropped["status"] == {"wrong_host": 1} and dropped["events"] == {"wrong_host": 1}
         assert "ghost" not in d.cluster.nodes
+
+
+@FUZZ
+@given(st.one_of(nasty_text, st.integers().map(str), st.integers().map(lambda n: f"E-{n}")))
+def test_any_event_cursor_resumes_or_resets(cursor: str) -> None:
+    hub = EventHub(ring=4)
+    hub.epoch = "E"
+    for i in range(10):
+        hub.publish("job", {"id": i})
+    out = hub.since(cursor)
+    if out:  # what follows the cursor, in order, to the newest; else [] (up to date) or None
+        assert [c.seq for c in out] == list(range(out[0].seq, 11))
