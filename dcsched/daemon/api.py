@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from dcsched.daemon import audit
 from dcsched.daemon import lifecycle as lc
 from dcsched.daemon.errors import (
     Conflict,
@@ -42,12 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dcsched.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
-# Calls whose audit row, when they succeed, is written in the transaction of their change.
-_AUDITED_WITH_CHANGE = frozenset(
-    [("POST", "/v1/jobs")]
-    + [("POST", f"/v1/jobs/{{job_id}}/{a}") for a in ("cancel", "hold", "release", "requeue")]
-    + [("POST", f"/v1/nodes/{{host}}/{a}") for a in ("drain", "resume")]
-)
 _encoder = msgspec.json.Encoder()
 _decode_body = msgspec.json.Decoder().decode
 MAX_AUDIT_ROWS = 10_000
@@ -115,12 +110,15 @@ async def _audit(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every state-changing call and every refusal goes into the audit log. A call that
     changed something wrote its row with the change; the rest are queued and written in
     the background, so a refusal is answered without waiting for a commit."""
-    resp = await handler(request)
-    route = request.match_info.route.resource
-    if route is None:
+    token = audit.track()
+    try:
+        resp = await handler(request)
+    finally:
+        with_change = audit.written(token)
+    if request.match_info.route.resource is None:
         return resp  # no such route at all
-    if resp.status < 400 and (request.method, route.canonical) in _AUDITED_WITH_CHANGE:
-        return resp  # written with its change
+    if with_change and resp.status < 400:
+        return resp
     if request.method in ("GET", "HEAD", "OPTIONS") and resp.status != 403:
         return resp  # reads are not audited, refused reads are
     request.app[DAEMON].audit.record(_audit_row(request, resp))

@@ -1,7 +1,9 @@
 """The audit log's writer for calls that have no transaction of their own to ride in.
 
 A call that changes jobs or nodes writes its audit row in the same transaction as the change
-(`Batch.audit`, `Store.add_jobs(audited=True)`, `Store.set_drain`). Refusals change nothing:
+(`Batch.audit`, `Store.add_jobs(audited=True)`, `Store.set_drain`) and says so with
+`written_with_change()`; any other call that succeeds, and every refusal, is recorded by the
+API's middleware through `AuditLog.record`. Refusals change nothing:
 their rows are queued here and written in groups by a background task, so that a refused
 request is answered at once and never waits on a commit of its own. Rows the store cannot
 take now are kept (up to a bound) and written with the next group.
@@ -10,12 +12,34 @@ take now are kept (up to a bound) and written with the next group.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 
 from dcsched.daemon.store import AuditRow, Store, StoreError, StoreRejected
 
 log = logging.getLogger("dcsched.audit")
 MAX_PENDING = 10_000  # rows kept while the store cannot be written; the oldest go first
+
+# Set in the task serving a request once its audit row was committed with its change, so
+# that the API's audit middleware does not write a second one.
+_with_change: contextvars.ContextVar[bool] = contextvars.ContextVar("audited", default=False)
+
+
+def written_with_change() -> None:
+    """The current request's audit row went into the transaction of its change."""
+    _with_change.set(True)
+
+
+def track() -> contextvars.Token[bool]:
+    """Starts a request: nothing written with a change yet."""
+    return _with_change.set(False)
+
+
+def written(token: contextvars.Token[bool]) -> bool:
+    """Ends a request started with `track`: was its row written with its change?"""
+    done = _with_change.get()
+    _with_change.reset(token)
+    return done
 
 
 class AuditLog:

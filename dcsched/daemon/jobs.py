@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from dcsched.daemon import lifecycle as lc
+from dcsched.daemon.audit import written_with_change
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender, command_row, new_cmd_id
 from dcsched.daemon.errors import (
@@ -134,6 +135,7 @@ class JobManager:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_submits(), name="submits")
         job_id = await fut
+        written_with_change()  # the group commit wrote its audit row
         log.info("job %d %r submitted by %s", job_id, spec.name, caller.user)
         return job_id
 
@@ -217,6 +219,7 @@ class JobManager:
                 f"{job.state} -> {out.job.state}",
             )
             await self._commit([(job, out)], Batch(audit=[row]))
+            written_with_change()
             return out.job
 
     def cancel_event(self, caller: Caller) -> lc.Cancel:

@@ -17,7 +17,7 @@ from aiohttp import web
 from dcsched import __version__
 from dcsched.daemon.aio import wait_event
 from dcsched.daemon.api import Api
-from dcsched.daemon.audit import AuditLog
+from dcsched.daemon.audit import AuditLog, written_with_change
 from dcsched.daemon.bus import Bus
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender
@@ -304,6 +304,8 @@ class Daemon:
             await self.store.set_drain(host, drained, reason, by, audit)
         except NotFound:
             raise NoSuchThing(f"no node {host!r}; `dcctl nodes` lists the nodes") from None
+        if audit is not None:
+            written_with_change()
         node = self.cluster.nodes[host]
         node.drained, node.drain_reason = drained, reason if drained else ""
         self.hub.publish("node", {"host": host, "drained": drained, "reason": reason})
