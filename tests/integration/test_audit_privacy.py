@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from dcsched.cli import dcctl
 from dcsched.client import ApiError, Client
 from dcsched.daemon.service import Daemon
 from tests.conftest import Broker
@@ -125,7 +126,7 @@ async def test_others_see_the_queue_not_secrets_and_every_refusal_is_audited(
 
 
 async def test_drain_and_resume_keep_who_when_and_why(
-    tmp_path: Path, mosquitto: Broker, prefix: str
+    tmp_path: Path, mosquitto: Broker, prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     conf = write_config(tmp_path, mosquitto, prefix)
     async with running_daemon(conf) as d, ScriptedAgent(mosquitto, prefix, "n1"):
@@ -156,3 +157,14 @@ async def test_drain_and_resume_keep_who_when_and_why(
             ("resume", "node n1", "ok"),
             ("drain", "node n1", "ok"),
         ]
+
+        # The same through dcctl.
+        sock = ["--socket", d.config.daemon.socket]
+        capsys.readouterr()
+        assert await asyncio.to_thread(dcctl.main, [*sock, "show-node", "n1"]) == 0
+        shown = capsys.readouterr().out
+        assert "Reason = by root" in shown and "fan replaced" in shown
+        assert await asyncio.to_thread(dcctl.main, [*sock, "audit", "--since", "1h"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 1 + len(entries)
+        assert lines[-1].split()[1:4] == ["root", "submit", "refused"]
