@@ -150,8 +150,22 @@ class Client:
         return list(self.request("GET", "/v1/nodes")["nodes"])
 
     def node_action(self, host: str, action: str, reason: str = "") -> dict[str, Any]:
-        body = {"reason": reason} if action == "drain" else None
+        body = {"reason": reason} if reason or action == "drain" else None
         return dict(self.request("POST", f"/v1/nodes/{quote(host)}/{action}", body))
+
+    def drain_history(self, host: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/nodes/{quote(host)}/drains"))
+
+    def audit(
+        self,
+        user: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Audit entries, newest first (an admin's query may name any user)."""
+        q = {"user": user, "since": since, "limit": limit, "before": before}
+        return list(self.request("GET", "/v1/audit", query=q)["entries"])
 
     def node_history(self, host: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/nodes/{quote(host)}/history"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import threading
@@ -20,6 +21,7 @@ from dcsched.cli.common import (
     timestamp,
 )
 from dcsched.client import ApiError, Client, ClientError, EventStream, StreamEvent
+from dcsched.protocol.jobspec import parse_duration
 
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
 EVENT_KINDS = ("job", "node")
@@ -104,9 +106,11 @@ def cmd_show(c: Client, a: argparse.Namespace) -> int:
         ("StartTime", timestamp(job.get("start_ts"))),
         ("EndTime", timestamp(job.get("end_ts"))),
         ("Master", f"{job['master_addr']}:{job['master_port']}" if job.get("master_addr") else ""),
-        ("Command", " ".join(spec["command"])),
-        ("WorkDir", spec.get("workdir", "")),
     ]
+    if job.get("hidden"):
+        lines.append(("Hidden", ", ".join(job["hidden"]) + " (only its owner or an admin sees)"))
+    else:
+        lines += [("Command", " ".join(spec["command"])), ("WorkDir", spec.get("workdir", ""))]
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         print(f"{k.rjust(width)} = {v}")
@@ -274,6 +278,80 @@ def cmd_gpus(c: Client, a: argparse.Namespace) -> int:
             ("HOST", "GPU", "MODEL", "UTIL", "MEM", "TEMP", "POWER", "JOB", "USER", "HEALTH"), rows
         )
     )
+    return 0
+
+
+def cmd_show_node(c: Client, a: argparse.Namespace) -> int:
+    node = next((n for n in c.nodes() if n["host"] == a.host), None)
+    if node is None:
+        print(f"dcctl: no node {a.host!r}; `dcctl nodes` lists the nodes", file=sys.stderr)
+        return 1
+    drains = c.drain_history(a.host)["history"]
+    if a.json:
+        print_json({**node, "drain_history": drains})
+        return 0
+    lines = [
+        ("Host", node["host"]),
+        ("State", node["state"] + (" (simulated)" if node["simulated"] else "")),
+        ("Reason", node["drain_reason"]),
+        ("Addr", node["addr"]),
+        ("GPUs", f"{node['gpus']} x {node['model']} ({node['gpus_allocated']} allocated)"),
+        ("Jobs", ",".join(map(str, node["jobs"]))),
+        ("Util", pct(node.get("mean_util"))),
+        ("Agent", f"{node['agent_version']} ({node['backend']}, driver {node['driver']})"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k.rjust(width)} = {v}")
+    print()
+    if not drains:
+        print("Never drained.")
+        return 0
+    print(
+        table(
+            ("TIME", "ACTION", "BY", "REASON"),
+            [
+                (timestamp(d["ts"]), "drain" if d["drained"] else "resume", d["user"], d["reason"])
+                for d in drains
+            ],
+        )
+    )
+    return 0
+
+
+def since_time(text: str, now: float | None = None) -> float:
+    """`--since`: a duration back from now in the job files' grammar ("30m", "2d",
+    "1:30:00"), or a local date or time ("2026-11-25", "2026-11-25T18:00")."""
+    try:
+        return (time.time() if now is None else now) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"cannot read {text!r} as a time: give a duration back from now"
+            ' ("30m", "4h", "2d", "1:30:00") or a date and time ("2026-11-25T18:00")'
+        ) from None
+
+
+def cmd_audit(c: Client, a: argparse.Namespace) -> int:
+    entries = c.audit(user=a.user, since=a.since, limit=a.limit)
+    if a.json:
+        print_json({"entries": entries})
+        return 0
+    rows = [
+        (
+            timestamp(e["ts"]),
+            e["user"],
+            e["action"],
+            e["target"],
+            e["result"] if e["result"] == "ok" else f"{e['result']} ({e['status']})",
+            e["detail"],
+        )
+        for e in reversed(entries)  # oldest first, like a log
+    ]
+    print(table(("TIME", "USER", "ACTION", "TARGET", "RESULT", "DETAIL"), rows))
     return 0
 
 
@@ -503,7 +581,19 @@ def build_parser() -> argparse.ArgumentParser:
     d = add("drain", "stop scheduling on a node; running jobs finish")
     d.add_argument("host")
     d.add_argument("--reason", default="")
-    add("resume", "schedule on a drained node again").add_argument("host")
+    r = add("resume", "schedule on a drained node again")
+    r.add_argument("host")
+    r.add_argument("--reason", default="", help="kept in the node's drain history")
+    add("show-node", "one node, with its drain and resume history").add_argument("host")
+    au = add("audit", "who did what: state changes and refusals (yours; an admin's: all)")
+    au.add_argument("--user", help="only this user's entries (admins)")
+    au.add_argument(
+        "--since",
+        type=since_time,
+        metavar="WHEN",
+        help='from this long ago ("30m", "2d", "1:30:00") or this time ("2026-11-25T18:00")',
+    )
+    au.add_argument("--limit", type=int, default=1000, help="at most this many, the newest")
     lg = add("logs", "a job's output, read from its nodes' agents", json_flag=False)
     lg.add_argument("job")
     lg.add_argument("--node", type=int, default=0, help="node rank (default 0)")
@@ -539,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_gpus(c, args)
             case "drain" | "resume":
                 return _node_action(c, args, args.cmd)
+            case "show-node":
+                return cmd_show_node(c, args)
+            case "audit":
+                return cmd_audit(c, args)
             case "logs":
                 return cmd_logs(c, args)
             case "events":

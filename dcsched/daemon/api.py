@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from dcsched.daemon import audit
 from dcsched.daemon import lifecycle as lc
 from dcsched.daemon.errors import (
     Conflict,
@@ -26,9 +28,11 @@ from dcsched.daemon.errors import (
     Unavailable,
 )
 from dcsched.daemon.jobs import Caller
+from dcsched.daemon.openapi import openapi
 from dcsched.daemon.peercred import peer_uid, user_name
+from dcsched.daemon.privacy import public_view
 from dcsched.daemon.states import ACTIVE, QUEUED, JobState, TransitionError
-from dcsched.daemon.store import StoreError
+from dcsched.daemon.store import AuditRow, StoreError
 from dcsched.protocol.codec import MAX_PAYLOAD
 from dcsched.protocol.jobspec import JobSpecError, spec_to_dict, validate_spec
 from dcsched.scheduler import explain_pass, fairshare_report
@@ -40,6 +44,14 @@ log = logging.getLogger("dcsched.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 _encoder = msgspec.json.Encoder()
+_decode_body = msgspec.json.Decoder().decode
+MAX_AUDIT_ROWS = 10_000
+# Audit names of the calls; any other route is named by its method and path.
+_ACTIONS = {
+    ("POST", "/v1/jobs"): "submit",
+    ("GET", "/v1/jobs/{job_id}/logs"): "read_log",
+    ("GET", "/v1/audit"): "read_audit",
+}
 
 
 def _error(status: int, code: str, message: str, **details: Any) -> web.Response:
@@ -70,6 +82,49 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(500, "internal", "the daemon hit an internal error; see its log")
 
 
+def _audit_row(request: web.Request, resp: web.StreamResponse) -> AuditRow:
+    try:
+        who = caller(request)
+    except (DaemonError, OSError):
+        who = Caller(-1, "?", False)
+    route = request.match_info.route.resource
+    canonical = route.canonical if route is not None else request.path
+    action = _ACTIONS.get((request.method, canonical))
+    if action is None:
+        last = canonical.rsplit("/", 1)[-1]
+        action = last if request.method == "POST" and "{" not in last else ""
+        action = action or f"{request.method} {canonical}"
+    m = request.match_info
+    target = f"job {m['job_id']}" if "job_id" in m else f"node {m['host']}" if "host" in m else ""
+    detail = ""
+    if resp.status >= 400 and isinstance(resp, web.Response) and isinstance(resp.body, bytes):
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            detail = str(json.loads(resp.body)["error"]["message"])
+    result = "ok" if resp.status < 400 else "refused" if resp.status < 500 else "failed"
+    status, detail = resp.status, detail[:2000]  # a refused job can list many problems
+    return AuditRow(time.time(), who.uid, who.user, action, target[:200], result, status, detail)
+
+
+@web.middleware
+async def _audit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every state-changing call and every refusal goes into the audit log. A call that
+    changed something wrote its row with the change; the rest are queued and written in
+    the background, so a refusal is answered without waiting for a commit."""
+    token = audit.track()
+    try:
+        resp = await handler(request)
+    finally:
+        with_change = audit.written(token)
+    if request.match_info.route.resource is None:
+        return resp  # no such route at all
+    if with_change and resp.status < 400:
+        return resp
+    if request.method in ("GET", "HEAD", "OPTIONS") and resp.status != 403:
+        return resp  # reads are not audited, refused reads are
+    request.app[DAEMON].audit.record(_audit_row(request, resp))
+    return resp
+
+
 def caller(request: web.Request) -> Caller:
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is None or sock.family != socket.AF_UNIX:
@@ -81,10 +136,15 @@ def caller(request: web.Request) -> Caller:
 
 
 async def _json_body(request: web.Request) -> Any:
+    # msgspec, not json: it refuses what no later step could store or pass on (NaN,
+    # Infinity, lone surrogates); too deep a nesting raises RecursionError (400 above).
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not JSON: {exc}") from None
+        return _decode_body(await request.read())
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(
+            f"the request body is not JSON: {exc} (send UTF-8 JSON without NaN, Infinity"
+            " or lone \\u surrogate escapes)"
+        ) from None
 
 
 def _int_arg(text: str, what: str) -> int:
@@ -95,6 +155,16 @@ def _int_arg(text: str, what: str) -> int:
     if not 0 <= n < 2**63:
         raise InvalidRequest(f"{text!r} is not a valid {what}")
     return n
+
+
+def _float_arg(text: str, what: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not math.isfinite(x):
+        raise InvalidRequest(f"{text!r} is not a valid {what}")
+    return x
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -139,7 +209,7 @@ def _job_id(request: web.Request) -> int:
 class Api:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
-        app = web.Application(middlewares=[_errors], client_max_size=1024 * 1024)
+        app = web.Application(middlewares=[_audit, _errors], client_max_size=1024 * 1024)
         app[DAEMON] = daemon
         r = app.router
         r.add_get("/v1/health", self.health)
@@ -158,11 +228,15 @@ class Api:
         r.add_get("/v1/nodes/{host}/history", self.node_history)
         r.add_post("/v1/nodes/{host}/drain", self.drain)
         r.add_post("/v1/nodes/{host}/resume", self.resume)
+        r.add_get("/v1/nodes/{host}/drains", self.drain_history)
+        r.add_get("/v1/audit", self.audit)
+        r.add_get("/v1/openapi.json", self.openapi)
         r.add_get("/v1/gpus", self.gpus)
         r.add_get("/v1/cluster", self.cluster)
         r.add_get("/v1/events", self.events)
         self.app = app
         self.read = daemon.read
+        self._openapi = _encoder.encode(openapi())
 
     async def health(self, request: web.Request) -> web.Response:
         h = self.d.health()
@@ -172,6 +246,9 @@ class Api:
         return web.json_response(
             {**h, "error": {"code": "unavailable", "message": msg}}, status=503
         )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
 
     async def whoami(self, request: web.Request) -> web.Response:
         c = caller(request)
@@ -211,8 +288,11 @@ class Api:
         return web.Response(body=body, content_type="application/json")
 
     async def show(self, request: web.Request) -> web.Response:
+        who = caller(request)
         job = await self.d.jobs.get(_job_id(request))
         out = self.read.job_view(job)
+        if not who.owns(job):
+            out = public_view(out)
         out["events"] = await self.d.store.job_events(job.id)
         return _json(out)
 
@@ -267,7 +347,13 @@ class Api:
         return _json(report.to_dict())
 
     async def logs(self, request: web.Request) -> web.Response:
+        who = caller(request)
         job = await self.d.jobs.get(_job_id(request))
+        if not who.owns(job):
+            raise PermissionDenied(
+                f"job {job.id} belongs to {job.user}: only its owner or an admin"
+                " ([daemon] admins) may read its log"
+            )
         q = request.query
         try:
             rank = int(q.get("node", "0"))
@@ -329,15 +415,58 @@ class Api:
             raise PermissionDenied("draining a node needs an admin ([daemon] admins)")
         body = await _json_body(request) if request.can_read_body else {}
         reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
-        await self.d.set_drain(request.match_info["host"], True, reason or f"by {who.user}")
-        return web.json_response({"host": request.match_info["host"], "drained": True})
+        return await self._set_drain(request, who, True, reason or f"by {who.user}")
 
     async def resume(self, request: web.Request) -> web.Response:
         who = caller(request)
         if not who.admin:
             raise PermissionDenied("resuming a node needs an admin ([daemon] admins)")
-        await self.d.set_drain(request.match_info["host"], False, "")
-        return web.json_response({"host": request.match_info["host"], "drained": False})
+        body = await _json_body(request) if request.can_read_body else {}
+        reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
+        return await self._set_drain(request, who, False, reason)
+
+    async def _set_drain(
+        self, request: web.Request, who: Caller, drained: bool, reason: str
+    ) -> web.Response:
+        """Drain or resume, with its drain-history and audit rows in one transaction."""
+        host = request.match_info["host"]
+        action = "drain" if drained else "resume"
+        row = AuditRow(time.time(), who.uid, who.user, action, f"node {host}", "ok", 200, reason)
+        await self.d.set_drain(host, drained, reason, who.user, row)
+        return web.json_response({"host": host, "drained": drained})
+
+    async def drain_history(self, request: web.Request) -> web.Response:
+        host = request.match_info["host"]
+        node = self.d.cluster.nodes.get(host)
+        if node is None:
+            raise NoSuchThing(f"no node {host!r}; `dcctl nodes` lists the nodes")
+        return _json(
+            {
+                "host": host,
+                "drained": node.drained,
+                "reason": node.drain_reason,
+                "history": await self.d.store.drain_history(host),
+            }
+        )
+
+    async def audit(self, request: web.Request) -> web.Response:
+        """The audit log, newest first: an admin reads everyone's, a user only their own."""
+        who = caller(request)
+        q = request.query
+        user = q.get("user") or None
+        if not who.admin:
+            if user is not None and user != who.user:
+                raise PermissionDenied(
+                    f"only an admin ([daemon] admins) reads another user's audit entries;"
+                    f" you are {who.user}"
+                )
+            user = who.user
+        since = _float_arg(q["since"], "since (seconds since the epoch)") if "since" in q else None
+        limit = min(_int_arg(q.get("limit", "1000"), "limit"), MAX_AUDIT_ROWS)
+        before = _int_arg(q["before"], "before (an entry id)") if "before" in q else None
+        await self.d.audit.flush()  # refusals still queued are part of the answer
+        rows = await self.d.store.audit(user, since, limit, before)
+        return _json({"entries": rows})
 
     async def gpus(self, request: web.Request) -> web.Response:
         return _json({"gpus": self.read.gpu_views()})

@@ -16,7 +16,7 @@ from typing import Any
 import aiomqtt
 
 from dcsched.daemon.aio import wait_event
-from dcsched.protocol.codec import event_codec, status_codec, telemetry_codec
+from dcsched.protocol.codec import Codec, event_codec, status_codec, telemetry_codec
 from dcsched.protocol.config import BrokerConfig
 from dcsched.protocol.messages import Event, HostStatus, Telemetry
 from dcsched.protocol.topics import Topics
@@ -104,7 +104,7 @@ class Bus:
         payload = message.payload
         if isinstance(payload, bytes | bytearray):
             t = self.telemetry.decode_or_drop(bytes(payload), message.topic.value)
-            if t is not None and t.host == where[0]:
+            if t is not None and _own(self.telemetry, t.host, where[0]):
                 try:
                     self.on_telemetry(t)
                 except Exception:  # this runs inside paho's read loop: it must not break it
@@ -121,12 +121,21 @@ class Bus:
             host, kind = where
             if kind == "status":
                 s = self.status.decode_or_drop(bytes(payload), message.topic.value)
-                if s is not None and s.host == host:
+                if s is not None and _own(self.status, s.host, host):
                     self.inbox.put_nowait(s)
             elif kind == "events":
                 e = self.events.decode_or_drop(bytes(payload), message.topic.value)
-                if e is not None and e.host == host:
+                if e is not None and _own(self.events, e.host, host):
                     self.inbox.put_nowait(e)
+
+
+def _own(codec: Codec[Any], named: str, topic_host: str) -> bool:
+    """A message speaks only for the host of its topic: one naming another host is
+    dropped and counted (`wrong_host`), never handled."""
+    if named != topic_host:
+        codec.dropped["wrong_host"] += 1
+        return False
+    return True
 
 
 async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:

@@ -91,7 +91,7 @@ class Ingest:
         """Means since the last flush, one row per GPU; resets the accumulators."""
         rows = []
         for (host, gpu), a in self._accum.items():
-            mem = int(a.mem / a.mem_n) if a.mem_n else None
+            mem = a.mem // a.mem_n if a.mem_n else None  # exact: a float mean can overflow
             rows.append(
                 (
                     host,

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from dcsched.daemon import lifecycle as lc
+from dcsched.daemon.audit import written_with_change
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender, command_row, new_cmd_id
 from dcsched.daemon.errors import (
@@ -32,7 +33,7 @@ from dcsched.daemon.errors import (
 from dcsched.daemon.events import EventHub
 from dcsched.daemon.model import Model
 from dcsched.daemon.states import TERMINAL
-from dcsched.daemon.store import Batch, CommandRow, NotFound, Store
+from dcsched.daemon.store import AuditRow, Batch, CommandRow, NotFound, Store
 from dcsched.protocol.jobspec import JobSpec, parse_dependencies, spec_to_dict
 from dcsched.protocol.messages import (
     Ack,
@@ -57,6 +58,10 @@ class Caller:
     uid: int
     user: str
     admin: bool
+
+    def owns(self, job: lc.Job) -> bool:
+        """May act on the job and read its spec, env and log: its owner or an admin."""
+        return self.admin or self.uid == job.uid
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +138,7 @@ class JobManager:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_submits(), name="submits")
         job_id = await fut
+        written_with_change()  # the group commit wrote its audit row
         log.info("job %d %r submitted by %s", job_id, spec.name, caller.user)
         return job_id
 
@@ -153,7 +159,7 @@ class JobManager:
                     fut.set_result(job_id)
 
     async def _journal_new(self, new: list[lc.Job]) -> list[int]:
-        ids = await self.store.add_jobs([(j, f"submitted by {j.user}") for j in new])
+        ids = await self.store.add_jobs([(j, f"submitted by {j.user}") for j in new], audited=True)
         for job_id, unnumbered in zip(ids, new, strict=True):
             job = dataclasses.replace(unnumbered, id=job_id)
             self.model.install(job, None)
@@ -188,22 +194,35 @@ class JobManager:
     # --- user actions -----------------------------------------------------------------------
 
     def _may_act(self, caller: Caller, job: lc.Job) -> None:
-        if not caller.admin and caller.uid != job.uid:
+        if not caller.owns(job):
             raise PermissionDenied(
                 f"job {job.id} belongs to {job.user}; only its owner or an admin may change it"
             )
 
     async def act(self, job_id: int, caller: Caller, ev: lc.Event) -> lc.Job:
-        """A user's cancel, hold, release or requeue."""
+        """A user's cancel, hold, release or requeue; its audit row rides in the same
+        transaction (a refusal raises, and the API records it)."""
         self._writable()
         async with self._lock:
             job = await self.get(job_id)
             self._may_act(caller, job)
+            now = time.time()
             try:
-                out = lc.apply(job, ev, time.time())
+                out = lc.apply(job, ev, now)
             except lc.Refused as exc:
                 raise Conflict(str(exc)) from None
-            await self._commit([(job, out)])
+            row = AuditRow(
+                now,
+                caller.uid,
+                caller.user,
+                type(ev).__name__.lower(),
+                f"job {job.id}",
+                "ok",
+                200,
+                f"{job.state} -> {out.job.state}",
+            )
+            await self._commit([(job, out)], Batch(audit=[row]))
+            written_with_change()
             return out.job
 
     def cancel_event(self, caller: Caller) -> lc.Cancel:

@@ -17,6 +17,7 @@ from aiohttp import web
 from dcsched import __version__
 from dcsched.daemon.aio import wait_event
 from dcsched.daemon.api import Api
+from dcsched.daemon.audit import AuditLog, written_with_change
 from dcsched.daemon.bus import Bus
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender
@@ -30,7 +31,7 @@ from dcsched.daemon.readmodel import ReadModel
 from dcsched.daemon.scheduling import SchedulingLoop
 from dcsched.daemon.sdnotify import notify, watchdog_interval
 from dcsched.daemon.states import TERMINAL
-from dcsched.daemon.store import NotFound, Store, StoreError
+from dcsched.daemon.store import AuditRow, NotFound, Store, StoreError
 from dcsched.daemon.usage import UsageTracker
 from dcsched.protocol.codec import load_key
 from dcsched.protocol.config import Config, ConfigError
@@ -63,6 +64,7 @@ class Daemon:
         self.cluster = Cluster(self.ingest, dc.node_timeout_s)
         self.model = Model(self.cluster.gpu_type)
         self.hub = EventHub()
+        self.audit = AuditLog(store)
         # One persistent MQTT session per daemon and topic prefix.
         client_id = (
             f"dcd-{socket.gethostname()}-{zlib.crc32(config.broker.topic_prefix.encode()):08x}"
@@ -149,6 +151,7 @@ class Daemon:
         finally:
             # A full disk must not keep the daemon from stopping: these are best effort.
             for what, work in (
+                ("audit log", self.audit.flush()),
                 ("telemetry", self._flush_once()),
                 ("fair-share usage", self.scheduling.usage.save()),
             ):
@@ -293,13 +296,18 @@ class Daemon:
         while not await self._until_stopped(interval):
             notify("WATCHDOG=1")
 
-    async def set_drain(self, host: str, drained: bool, reason: str) -> None:
+    async def set_drain(
+        self, host: str, drained: bool, reason: str, by: str = "", audit: AuditRow | None = None
+    ) -> None:
+        """Drains or resumes a node; `reason` and `by` go into its drain history."""
         try:
-            await self.store.set_drain(host, drained, reason)
+            await self.store.set_drain(host, drained, reason, by, audit)
         except NotFound:
             raise NoSuchThing(f"no node {host!r}; `dcctl nodes` lists the nodes") from None
+        if audit is not None:
+            written_with_change()
         node = self.cluster.nodes[host]
-        node.drained, node.drain_reason = drained, reason
+        node.drained, node.drain_reason = drained, reason if drained else ""
         self.hub.publish("node", {"host": host, "drained": drained, "reason": reason})
         self.scheduling.wake.set()
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,6 +68,34 @@ class CommandRow:
     created_ts: float
 
 
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One line of the audit log: who did what, when, and what came of it."""
+
+    ts: float
+    uid: int
+    user: str
+    action: str
+    target: str
+    result: str  # ok | refused | failed
+    status: int  # the HTTP status answered
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_AUDIT_COLS = tuple(f.name for f in dataclasses.fields(AuditRow))
+_INSERT_AUDIT = (
+    f"INSERT INTO audit ({', '.join(_AUDIT_COLS)}) VALUES ({','.join('?' * len(_AUDIT_COLS))})"
+)
+
+
+def _insert_audit(db: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
+    if rows:
+        db.executemany(_INSERT_AUDIT, [tuple(getattr(r, c) for c in _AUDIT_COLS) for r in rows])
+
+
 @dataclass(slots=True)
 class Batch:
     """Everything one step of the daemon changes, committed together or not at all."""
@@ -76,9 +105,10 @@ class Batch:
     history: list[tuple[int, float, str, str]] = field(default_factory=list)
     commands: list[CommandRow] = field(default_factory=list)
     acks: list[tuple[str, bool, str, float]] = field(default_factory=list)  # cmd, ok, error, ts
+    audit: list[AuditRow] = field(default_factory=list)  # the API call this step carries out
 
     def __bool__(self) -> bool:
-        return bool(self.jobs or self.history or self.commands or self.acks)
+        return bool(self.jobs or self.history or self.commands or self.acks or self.audit)
 
 
 @dataclass(slots=True)
@@ -202,9 +232,9 @@ class Store:
 
     # --- writes ------------------------------------------------------------------------------
 
-    async def add_jobs(self, new: Sequence[tuple[Job, str]]) -> list[int]:
+    async def add_jobs(self, new: Sequence[tuple[Job, str]], audited: bool = False) -> list[int]:
         """Many submissions (each a job without its id, and why) in one transaction (group
-        commit); their ids in order."""
+        commit); their ids in order. `audited`: each gets its audit row in that transaction."""
         cols = [c for c in _JOB_COLS if c != "id"]
 
         def run(db: sqlite3.Connection) -> list[int]:
@@ -223,6 +253,12 @@ class Store:
                     for i, (job, why) in zip(ids, new, strict=True)
                 ],
             )
+            if audited:
+                rows = [
+                    AuditRow(j.submit_ts, j.uid, j.user, "submit", f"job {i}", "ok", 201, j.name)
+                    for i, (j, _) in zip(ids, new, strict=True)
+                ]
+                _insert_audit(db, rows)
             return ids
 
         return await self._tx(run)
@@ -277,6 +313,7 @@ class Store:
                 " AND acked_ts IS NULL",
                 [(ts, int(ok), err, cid) for cid, ok, err, ts in batch.acks],
             )
+            _insert_audit(db, batch.audit)
 
         if batch:
             await self._tx(run)
@@ -373,17 +410,61 @@ class Store:
             )
         )
 
-    async def set_drain(self, host: str, drained: bool, reason: str) -> None:
-        rows = await self._tx(
-            lambda db: (
+    async def set_drain(
+        self, host: str, drained: bool, reason: str, by: str = "", audit: AuditRow | None = None
+    ) -> None:
+        """Drains or resumes a node; the change goes into its drain history (and `audit`
+        into the audit log) in the same transaction."""
+
+        def run(db: sqlite3.Connection) -> int:
+            n = db.execute(
+                "UPDATE nodes SET drained = ?, drain_reason = ? WHERE host = ?",
+                (int(drained), reason if drained else "", host),
+            ).rowcount
+            if n:
+                ts = audit.ts if audit else time.time()
                 db.execute(
-                    "UPDATE nodes SET drained = ?, drain_reason = ? WHERE host = ?",
-                    (int(drained), reason if drained else "", host),
-                ).rowcount
-            )
-        )
-        if rows == 0:
+                    "INSERT INTO node_drains (host, ts, user, drained, reason) VALUES (?,?,?,?,?)",
+                    (host, ts, by, int(drained), reason),
+                )
+                _insert_audit(db, [audit] if audit else [])
+            return int(n)
+
+        if await self._tx(run) == 0:
             raise NotFound(f"no node {host!r}")
+
+    async def drain_history(self, host: str, limit: int = 100) -> list[dict[str, Any]]:
+        """A node's drains and resumes, oldest first (the last `limit`)."""
+        rows = await self._all(
+            "SELECT ts, user, drained, reason FROM node_drains WHERE host = ?"
+            " ORDER BY id DESC LIMIT ?",
+            (host, limit),
+        )
+        return [{**dict(r), "drained": bool(r["drained"])} for r in reversed(rows)]
+
+    # --- audit log -----------------------------------------------------------------------------
+
+    async def add_audit(self, rows: Sequence[AuditRow]) -> None:
+        await self._tx(lambda db: _insert_audit(db, rows))
+
+    async def audit(
+        self, user: str | None, since: float | None, limit: int, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Audit rows newest first: of one user or all, at or after `since`, with an id
+        below `before` (for paging back), at most `limit`."""
+        sql, args = "SELECT * FROM audit WHERE 1 = 1", list[Any]()
+        if user is not None:
+            sql += " AND user = ?"
+            args.append(user)
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        if before is not None:
+            sql += " AND id < ?"
+            args.append(before)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [dict(r) for r in await self._all(sql, args)]
 
     async def nodes(self) -> list[NodeRow]:
         rows = await self._all("SELECT * FROM nodes ORDER BY host")

@@ -66,6 +66,8 @@ class Codec(Generic[T]):
             msg = self._decoder.decode(payload)
         except msgspec.DecodeError as exc:
             raise DecodeError("invalid", str(exc)) from None
+        except RecursionError:
+            raise DecodeError("invalid", "nested too deeply") from None
         version = getattr(msg, "v", PROTOCOL_VERSION)
         if version != PROTOCOL_VERSION:
             raise DecodeError("version", f"v={version}, this side speaks v={PROTOCOL_VERSION}")
@@ -138,8 +140,9 @@ class CommandVerifier:
     def verify(self, payload: bytes, now: float | None = None) -> Command:
         env = self._envelope.decode(payload)
         if self.key is not None:
+            # As bytes: compare_digest raises TypeError on a str with non-ASCII characters.
             if not env.mac or not hmac.compare_digest(
-                env.mac, _mac(self.key, env.ts, env.nonce, env.body)
+                env.mac.encode(), _mac(self.key, env.ts, env.nonce, env.body).encode()
             ):
                 raise SignatureError("bad or missing signature")
             t = time.time() if now is None else now

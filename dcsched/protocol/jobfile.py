@@ -66,6 +66,11 @@ def load_job_file(path: str | Path) -> JobSpec:
         text = p.read_text()
     except OSError as exc:
         raise JobFileError([FileProblem(name, None, exc.strerror or str(exc))]) from None
+    except UnicodeDecodeError as exc:
+        where = p.read_bytes()[: exc.start].count(b"\n") + 1
+        raise JobFileError(
+            [FileProblem(name, where, f"not UTF-8 text (byte {exc.start}); save it as UTF-8")]
+        ) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

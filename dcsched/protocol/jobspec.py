@@ -219,6 +219,30 @@ def _type_problem(exc: msgspec.ValidationError) -> SpecProblem:
     return SpecProblem(path, text, "see the job file reference in README.md")
 
 
+def _bad_text(value: Any, path: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The path of the first key or string that cannot be encoded as UTF-8."""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for k, v in items:
+        here = (*path, str(k))
+        if isinstance(k, str) and not _utf8(k):
+            return here
+        if isinstance(v, str) and not _utf8(v):
+            return here
+        if isinstance(v, dict | list):
+            found = _bad_text(v, here)
+            if found != here:
+                return found
+    return path
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate_spec(raw: Any) -> JobSpec:
     """A JobSpec from plain data (a parsed TOML or JSON object), or JobSpecError."""
     if not isinstance(raw, dict):
@@ -230,6 +254,10 @@ def validate_spec(raw: Any) -> JobSpec:
         spec = msgspec.convert(raw, JobSpec)
     except msgspec.ValidationError as exc:
         raise JobSpecError([_type_problem(exc)]) from None
+    except UnicodeEncodeError:  # a lone surrogate, which JSON's \u escapes can spell
+        raise JobSpecError(
+            [SpecProblem(_bad_text(raw), "is not valid Unicode text", "remove the \\u escape")]
+        ) from None
     problems = _ranges(spec)
     if problems:
         raise JobSpecError(problems)

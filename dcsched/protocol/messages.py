@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 PROTOCOL_VERSION = 1
+# An integer the daemon stores: SQLite's range. msgspec reads JSON integers up to 2**64 - 1;
+# a larger one is refused at decoding (a counted drop), not by the store (a failed write).
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
 class Message(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
@@ -19,11 +22,11 @@ class Message(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True
 class GpuSample(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One GPU at one instant. None means the driver does not report that field (N/A)."""
 
-    index: int
+    index: Int64
     uuid: str
     util: float | None = None  # percent
-    mem_used: int | None = None  # bytes
-    mem_total: int | None = None  # bytes
+    mem_used: Int64 | None = None  # bytes
+    mem_total: Int64 | None = None  # bytes
     temp_c: float | None = None
     power_w: float | None = None
     sm_clock_mhz: int | None = None
@@ -156,8 +159,8 @@ class Ack(Message, tag="ack"):
 class JobStarted(Message, tag="job_started"):
     host: str
     job_id: str
-    node_rank: int
-    pid: int
+    node_rank: Int64
+    pid: Int64
     ts: float
     log_path: str = ""
     # cmd_id of the Launch that began this run: tells a requeued job's runs apart
@@ -167,10 +170,10 @@ class JobStarted(Message, tag="job_started"):
 class JobExited(Message, tag="job_exited"):
     host: str
     job_id: str
-    node_rank: int
+    node_rank: Int64
     ts: float
-    exit_code: int | None = None
-    signal: int | None = None
+    exit_code: Int64 | None = None
+    signal: Int64 | None = None
     reason: str = ""  # "", "cancelled", "launch_failed", "lost"
     launch_id: str = ""
 

@@ -1,0 +1,3 @@
+from tests.integration.conftest import prefix
+
+__all__ = ["prefix"]
