@@ -42,6 +42,7 @@ class Bus:
         self.reconnects = 0
         self._client: aiomqtt.Client | None = None
         self._password = cfg.password()  # read once: a bad file is a start-up error
+        self._tls = cfg.tls_context()
 
     def codecs(self) -> dict[str, Any]:
         return {"telemetry": self.telemetry, "status": self.status, "events": self.events}
@@ -70,6 +71,7 @@ class Bus:
                     clean_session=False,
                     username=self.cfg.username or None,
                     password=self._password,
+                    tls_context=self._tls,
                     keepalive=self.cfg.keepalive_s,
                     queue_type=_inbound_queue(self._take_telemetry),
                 ) as client:

@@ -19,11 +19,11 @@ def _setup_logging(level: str) -> None:
     )
 
 
-async def _run(config_file: str | None) -> int:
+async def _run(config_file: str | None, insecure: bool) -> int:
     from dcsched.daemon.service import Daemon
 
     cfg = load_config(config_file)
-    daemon = await Daemon.open(cfg)
+    daemon = await Daemon.open(cfg, insecure=insecure)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop.set)
@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", help=f"config file (default: $DCSCHED_CONFIG or {config_path()})")
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run without [cluster] key_file (commands unsigned: a single-user test only)",
+    )
     demo = sub.add_parser(
         "demo",
         help="a whole cluster on this machine: broker, daemon and agents with simulated GPUs",
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.log_level)
     try:
         if args.cmd == "run":
-            return asyncio.run(_run(args.config))
+            return asyncio.run(_run(args.config, args.insecure))
         from dcsched.daemon.demo import run_demo
 
         return asyncio.run(run_demo(args.agents, args.gpus, args.dir, args.broker))
