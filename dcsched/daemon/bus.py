@@ -16,6 +16,7 @@ from typing import Any
 import aiomqtt
 
 from dcsched.daemon.aio import wait_event
+from dcsched.daemon.brokerauth import DAEMON_USER
 from dcsched.protocol.codec import event_codec, status_codec, telemetry_codec
 from dcsched.protocol.config import BrokerConfig
 from dcsched.protocol.messages import Event, HostStatus, Telemetry
@@ -69,7 +70,8 @@ class Bus:
                     port,
                     identifier=self.client_id,
                     clean_session=False,
-                    username=self.cfg.username or None,
+                    # The ACL that `dcd broker-auth` writes knows the daemon as "dcd".
+                    username=self.cfg.username or DAEMON_USER,
                     password=self._password,
                     tls_context=self._tls,
                     keepalive=self.cfg.keepalive_s,

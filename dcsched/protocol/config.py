@@ -31,7 +31,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class BrokerConfig(_Section):
     url: str = "mqtt://127.0.0.1:1883"  # mqtts://HOST:PORT for TLS
-    # "" = the agent's host name for dc-agent (the broker's ACL is keyed on it), none for dcd
+    # "" = the host name for dc-agent, "dcd" for the daemon (the users `dcd broker-auth` makes)
     username: str = ""
     password_file: str = ""
     ca_file: str = ""  # mqtts: the CA that signed the broker's certificate; "" = system CAs
