@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import os
 import socket
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +69,13 @@ class Daemon:
         client_id = (
             f"dcd-{socket.gethostname()}-{zlib.crc32(config.broker.topic_prefix.encode()):08x}"
         )
-        self.bus = Bus(config.broker, client_id, self.ingest.handle)
+        self.bus = Bus(
+            config.broker,
+            client_id,
+            self.ingest.handle,
+            admit=host_filter(dc.hosts),
+            known=lambda host: host in self.cluster.nodes,
+        )
         key = _cluster_key(config, insecure)
         self.sender = CommandSender(
             self.bus,
@@ -306,6 +314,16 @@ class Daemon:
         node.drained, node.drain_reason = drained, reason
         self.hub.publish("node", {"host": host, "drained": drained, "reason": reason})
         self.scheduling.wake.set()
+
+
+def host_filter(patterns: list[str]) -> Callable[[str], bool]:
+    """`[daemon] hosts`: names or shell patterns (gpu-*); empty admits every host the
+    broker lets publish (its ACL is then the only gate)."""
+    if not patterns:
+        return lambda host: True
+    exact = {p for p in patterns if not any(c in p for c in "*?[")}
+    globs = [p for p in patterns if p not in exact]
+    return lambda host: host in exact or any(fnmatch.fnmatchcase(host, g) for g in globs)
 
 
 def _cluster_key(config: Config, insecure: bool) -> bytes | None:

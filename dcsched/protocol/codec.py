@@ -75,18 +75,22 @@ class Codec(Generic[T]):
         try:
             return self.decode(payload)
         except DecodeError as exc:
-            self.dropped[exc.reason] += 1
-            now = time.monotonic()
-            if now - self._last_log > 5.0:  # a flood of bad payloads must not flood the log
-                self._last_log = now
-                log.warning(
-                    "dropped %s message on %r (%s); dropped so far: %s",
-                    self.name,
-                    topic,
-                    exc,
-                    dict(self.dropped),
-                )
+            self.drop(exc.reason, topic, str(exc))
             return None
+
+    def drop(self, reason: str, topic: str, detail: str = "") -> None:
+        """Counts a message refused (here or by its receiver) and logs, rate-limited."""
+        self.dropped[reason] += 1
+        now = time.monotonic()
+        if now - self._last_log > 5.0:  # a flood of bad payloads must not flood the log
+            self._last_log = now
+            log.warning(
+                "dropped %s message on %r (%s); dropped so far: %s",
+                self.name,
+                topic,
+                detail or reason,
+                dict(self.dropped),
+            )
 
 
 def telemetry_codec() -> Codec[Telemetry]:

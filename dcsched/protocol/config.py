@@ -88,6 +88,9 @@ class DaemonConfig(_Section):
     socket_mode: int = 0o666
     metrics_listen: str = "127.0.0.1:9464"  # "" turns the Prometheus listener off
     admins: list[str] = []  # users who may act on any job and drain nodes; root always may
+    # Host names (or shell patterns, "gpu-*") that may be nodes; a message from any other is
+    # dropped and counted (unknown_host). [] = every host the broker lets publish.
+    hosts: list[str] = []
     port_range: str = "29500-29999"
     cancel_grace_s: float = 10.0
     command_retry_s: float = 2.0
