@@ -72,6 +72,7 @@ def mosquitto_acl(hosts: list[str], prefix: str = DEFAULT_PREFIX, daemon: str = 
 class BrokerAuth:
     folder: Path
     passwords: dict[str, str]  # user -> its password file (for [broker] password_file)
+    rules: dict[str, dict[str, list[str]]]  # user -> access -> topics
 
     @property
     def password_file(self) -> Path:
@@ -110,7 +111,8 @@ def write_broker_auth(
     pw_dir = out / "passwords"
     pw_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(pw_dir, 0o700)
-    auth = BrokerAuth(out, {})
+    auth = BrokerAuth(out, {}, {daemon: daemon_topics(prefix)})
+    auth.rules.update((h, host_topics(prefix, h)) for h in hosts)
     entries = []
     for user in [daemon, *hosts]:
         path = pw_dir / user
