@@ -17,7 +17,13 @@ import aiomqtt
 
 from dcsched.daemon.aio import wait_event
 from dcsched.daemon.brokerauth import DAEMON_USER
-from dcsched.protocol.codec import Codec, event_codec, status_codec, telemetry_codec
+from dcsched.protocol.codec import (
+    Codec,
+    DecodeError,
+    event_codec,
+    status_codec,
+    telemetry_codec,
+)
 from dcsched.protocol.config import BrokerConfig
 from dcsched.protocol.messages import Event, HostStatus, Telemetry
 from dcsched.protocol.topics import Topics
@@ -117,6 +123,8 @@ class Bus:
         """Telemetry, the bulk of the traffic, is ingested as it is read (see
         `_inbound_queue`); True when `message` was telemetry."""
         where = self.topics.parse(message.topic.value)
+        if where is not None and where[1] == "status":
+            self._note_status(message, where[0])
         if where is None or where[1] != "telemetry":
             return False
         payload = message.payload
@@ -129,6 +137,19 @@ class Bus:
                 except Exception:  # this runs inside paho's read loop: it must not break it
                     log.exception("telemetry from %s not ingested", where[0])
         return True
+
+    def _note_status(self, message: aiomqtt.Message, host: str) -> None:
+        """A host's status counts from its arrival, not from when the events task gets to
+        it: the telemetry right behind a new host's first status must not be refused."""
+        payload = message.payload
+        if host in self._statused or not isinstance(payload, bytes | bytearray):
+            return
+        try:
+            st = self.status.decode(bytes(payload))  # counted, if bad, when it is handled
+        except DecodeError:
+            return
+        if st.host == host and self.admit(host):
+            self._statused.add(host)
 
     def _accept(self, codec: Codec[Any], host: str, topic_host: str, topic: str) -> bool:
         """Whether a decoded message may go on; a refusal is counted under its reason."""

@@ -165,7 +165,7 @@ class CommandVerifier:
         host: str,
         *,
         max_skew_s: float = 300.0,
-        remember: int = 10_000,
+        remember: int = 2_000,  # persisted in the agent's state file: keep it small
         replay: ReplayState | None = None,
     ) -> None:
         self.keys = [keys] if isinstance(keys, bytes) else list(keys or [])
@@ -210,7 +210,8 @@ class CommandVerifier:
         r.nonces[env.nonce] = env.ts
         # Nonces older than the age limit are refused by age anyway: forget them.
         horizon = now - self.max_skew_s
-        for nonce, ts in list(r.nonces.items()):
+        while r.nonces:
+            nonce, ts = next(iter(r.nonces.items()))
             if ts >= horizon and len(r.nonces) <= self._remember:
                 break
             del r.nonces[nonce]

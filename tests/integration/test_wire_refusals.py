@@ -73,6 +73,8 @@ async def test_refused_hosts_and_messages_are_counted_and_kept_nowhere(
             ),
             what="every refusal counted",
         )
+        # (n1's telemetry right behind its first status was not refused)
+        assert dropped["telemetry"].dropped["no_status"] == 50
         assert set(d.cluster.nodes) == {"n1"} and set(d.ingest.hosts) <= {"n1"}
         assert "evil" not in {n["host"] for n in await api(client, "nodes")}
         cluster = await api(client, "cluster")
