@@ -159,7 +159,9 @@ async def _publish(broker: Broker, topic: str, payload: bytes) -> None:
         await c.publish(topic, payload, qos=1)
 
 
-async def test_dcd_refuses_to_start_without_a_key_unless_insecure(tmp_path: Path) -> None:
+async def test_dcd_refuses_to_start_without_a_key_unless_insecure_and_its_epoch_rises(
+    tmp_path: Path,
+) -> None:
     conf = tmp_path / "dcsched.toml"
     conf.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n')
     with pytest.raises(ConfigError, match=r"no \[cluster\] key_file.*--insecure"):
@@ -167,3 +169,7 @@ async def test_dcd_refuses_to_start_without_a_key_unless_insecure(tmp_path: Path
     assert not (tmp_path / "state").exists()
     d = await Daemon.open(load_config(str(conf)), insecure=True)
     await d.store.close()
+    # Each start's epoch is above the last one's.
+    again = await Daemon.open(load_config(str(conf)), insecure=True)
+    await again.store.close()
+    assert again.sender.epoch > d.sender.epoch > 0

@@ -79,6 +79,7 @@ async def test_refused_hosts_and_messages_are_counted_and_kept_nowhere(
         assert "evil" not in {n["host"] for n in await api(client, "nodes")}
         cluster = await api(client, "cluster")
         assert cluster["telemetry"]["dropped"]["status"]["unknown_host"] >= 1
+        assert cluster["epoch"] == d.sender.epoch >= int(time.time()) - 60
 
         # Events about jobs the daemon does not know: dropped quietly, the daemon goes on.
         with caplog.at_level(logging.INFO):
