@@ -9,13 +9,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from dcsched.agents.agent import BACKOFF_MAX_S, Agent, backoff_delay
 from dcsched.agents.errors import INVALID, PORT_IN_USE, AgentError
 from dcsched.agents.procs import is_alive
 from dcsched.protocol.codec import sign
-from dcsched.protocol.config import Config
+from dcsched.protocol.config import ClusterConfig, Config
 from dcsched.protocol.messages import (
     Ack,
     AckExit,
@@ -295,3 +296,23 @@ async def test_a_command_is_not_accepted_again_after_an_agent_restart(
     older = sign(AckExit(cmd_id="a2", job_id="j1", node_rank=0), KEY, host="unit", epoch=6)
     await restarted._receive(FakeClient([ack, older]))  # type: ignore[arg-type]
     assert restarted.dropped == {"replayed": 1, "stale_epoch": 1}
+
+
+async def test_during_a_rotation_the_agent_accepts_the_new_and_the_previous_key(
+    tmp_path: Path, agent_config: Config
+) -> None:
+    new, old = tmp_path / "new.key", tmp_path / "old.key"
+    new.write_bytes(b"n" * 32)
+    old.write_bytes(b"o" * 32)
+    cluster = ClusterConfig(key_file=str(new), previous_key_file=str(old))
+    agent = Agent(msgspec.structs.replace(agent_config, cluster=cluster))
+    acks = [
+        sign(AckExit(cmd_id=f"a{i}", job_id="j", node_rank=0), key, host="unit")
+        for i, key in enumerate((b"n" * 32, b"o" * 32, b"x" * 32))
+    ]
+    await agent._receive(FakeClient(acks))  # type: ignore[arg-type]
+    assert agent.dropped == {"bad_signature": 1}
+    with pytest.raises(AgentError, match="previous_key_file is set without key_file"):
+        Agent(
+            msgspec.structs.replace(agent_config, cluster=ClusterConfig(previous_key_file=str(old)))
+        )
