@@ -269,6 +269,7 @@ def _banner(d: Path, what: str, agents: int, gpus: int, sock: str) -> str:
     return f"""
 dcsched demo: broker {what}, daemon, {agents} agents x {gpus} simulated GPUs
 state and logs in {d}
+cluster key {d / "cluster.key"}; broker users, passwords and ACL in {d / "broker"}
 
 Watch it live in another shell:
     DCSCHED_SOCKET={sock} dctop

@@ -77,6 +77,11 @@ class Daemon:
             known=lambda host: host in self.cluster.nodes,
         )
         key = _cluster_key(config, insecure)
+        if not config.broker.password_file and not dc.hosts:
+            log.warning(
+                "no [broker] password_file and no [daemon] hosts: if the broker admits "
+                "anonymous clients, anyone can pose as a host (see docs/security.md)"
+            )
         self.sender = CommandSender(
             self.bus,
             key,
