@@ -408,6 +408,10 @@ class Agent:
             except ProtocolError as exc:
                 self._drop(getattr(exc, "reason", type(exc).__name__), str(exc))
                 continue
+            if not isinstance(cmd, FetchLog | QueryJob):
+                # The replay guard is on disk before the command acts: a crash right after
+                # cannot let a captured copy of it in again.
+                self._save()
             try:
                 await self.handle(client, cmd)
             except aiomqtt.MqttError:
@@ -450,8 +454,8 @@ class Agent:
         if isinstance(cmd, AckExit):
             # Idempotent: neither remembered nor answered (the daemon sends one per exit it
             # receives, and a resent exit is simply acknowledged again).
-            self.store.ack_exit(cmd.job_id, cmd.node_rank, cmd.launch_id)
-            self._save()  # also the replay guard: this command is not accepted again
+            if self.store.ack_exit(cmd.job_id, cmd.node_rank, cmd.launch_id):
+                self._save()
             return
         prior = self.store.command(cmd.cmd_id)
         if prior is not None:
