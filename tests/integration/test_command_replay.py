@@ -19,7 +19,7 @@ from dcsched.protocol.config import ConfigError, load_config
 from dcsched.protocol.messages import Ack, Command, JobStarted, Launch, SignedCommand
 from dcsched.protocol.topics import Topics
 from tests.conftest import PROCESS_TIMEOUT, Broker, Procs
-from tests.integration.daemon_harness import api, state_is, until, write_config
+from tests.integration.daemon_harness import api, running_daemon, state_is, until, write_config
 from tests.integration.test_agent_mqtt import agent_config
 
 pytestmark = PROCESS_TIMEOUT
@@ -151,6 +151,71 @@ async def test_captured_launch_replayed_to_another_host_or_after_a_restart_start
     finally:
         daemon.stop.set()
         await asyncio.wait_for(run, 20)
+        sniff.cancel()
+
+
+async def test_a_command_from_an_older_daemon_epoch_is_refused(
+    tmp_path: Path, mosquitto: Broker, prefix: str, procs: Procs
+) -> None:
+    """A launch the first daemon published while the agent hung (never delivered),
+    replayed after a newer daemon has commanded the agent: refused for its epoch."""
+    conf = write_config(tmp_path, mosquitto, prefix, node_timeout_s=60.0)
+    torchrun = tmp_path / "fake-torchrun"
+    torchrun.write_text('#!/bin/sh\nshift 10\nexec "$@"\n')
+    torchrun.chmod(0o755)
+    (tmp_path / "n1").mkdir()
+    aconf = agent_config(
+        tmp_path / "n1", mosquitto.url, prefix, "n1",
+        key_file=str(tmp_path / "cluster.key"), torchrun=str(torchrun),
+    )  # fmt: skip
+    log = tmp_path / "n1.log"
+    sniffer = Sniffer(mosquitto, prefix)
+    ready = asyncio.Event()
+    sniff = asyncio.create_task(sniffer.run(ready))
+    spec = {
+        "name": "quick",
+        "command": [sys.executable, "-c", "pass"],
+        "workdir": str(tmp_path),
+        "resources": {"nodes": 1, "gpus_per_node": 1, "time_limit": "10m"},
+    }
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        async with running_daemon(conf) as first:
+            client = Client(first.config.daemon.socket)
+            _start_agent(procs, aconf, log)
+
+            async def n1_up() -> bool:
+                nodes = await api(client, "nodes")
+                return [(n["host"], n["state"]) for n in nodes] == [("n1", "up")]
+
+            await until(n1_up, timeout=30, what="n1 up")
+            # The agent hangs (its connection stays open: the broker and the daemon still
+            # think it online), the daemon sends it a launch, and it dies without reading it.
+            agent = procs.started[-1]
+            agent.send_signal(signal.SIGSTOP)
+            await api(client, "submit", spec)
+            await until(sniffer.launches, what="launch to the hung agent")
+            agent.kill()
+            agent.wait(10)
+            ((_, captured, _),) = sniffer.launches()
+            old_epoch = first.sender.epoch
+        async with running_daemon(conf) as second:
+            assert second.sender.epoch > old_epoch
+            _start_agent(procs, aconf, log)
+            # The newer daemon commands the agent (it resends the launch, signed anew).
+            await until(
+                lambda: any(
+                    _signed.decode(p).epoch == second.sender.epoch for _, p, _ in sniffer.launches()
+                ),
+                timeout=30,
+                what="a launch from the newer daemon",
+            )
+            await until(lambda: sniffer.events("n1", Ack), timeout=30, what="acked")
+            acks = len(sniffer.events("n1", Ack))
+            await _publish(mosquitto, Topics(prefix).host("n1", "cmd"), captured)
+            await until(lambda: _log_has(log, "stale_epoch"), what="old epoch refused")
+            assert len(sniffer.events("n1", Ack)) == acks
+    finally:
         sniff.cancel()
 
 
