@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         cfg = msgspec.structs.replace(cfg, agent=msgspec.structs.replace(cfg.agent, **overrides))
         cfg.broker.host_port()  # a bad broker url is an error now, not a reconnect loop
+        cfg.broker.tls_context()  # and so is a bad ca_file
         asyncio.run(_run(Agent(cfg, insecure=args.insecure)))
     except (ConfigError, AgentError) as exc:
         print(f"dc-agent: error: {exc}", file=sys.stderr)

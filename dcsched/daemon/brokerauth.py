@@ -120,10 +120,10 @@ def write_broker_auth(
             password = path.read_text().strip()
         else:
             password = secrets.token_urlsafe(24)
-            _write_private(path, password + "\n")
+            write_private(path, password + "\n")
         auth.passwords[user] = str(path)
         entries.append(f"{user}:{mosquitto_hash(password)}\n")
-    _write_private(auth.password_file, "".join(entries))
+    write_private(auth.password_file, "".join(entries))
     auth.acl_file.write_text(mosquitto_acl(hosts, prefix, daemon))
     if os.geteuid() == 0 and broker_user:
         try:
@@ -135,7 +135,8 @@ def write_broker_auth(
     return auth
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
+    """Writes a file only its owner may read (never readable by others, not even briefly)."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

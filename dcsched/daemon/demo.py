@@ -32,7 +32,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from dcsched.daemon.brokerauth import DAEMON_USER, BrokerAuth, write_broker_auth
+from dcsched.daemon.brokerauth import DAEMON_USER, BrokerAuth, write_broker_auth, write_private
 from dcsched.daemon.children import Guard, die_with_parent
 from dcsched.daemon.errors import DaemonError
 from dcsched.daemon.jobs import Caller
@@ -158,8 +158,7 @@ def _amqtt_auth(auth: BrokerAuth) -> dict[str, Any]:
     hasher = Argon2Hasher()
     users = {user: Path(f).read_text().strip() for user, f in auth.passwords.items()}
     pw = auth.folder / "amqtt.passwd"
-    pw.write_text("".join(f"{u}:{hasher.hash(p)}\n" for u, p in users.items()))
-    pw.chmod(0o600)
+    write_private(pw, "".join(f"{u}:{hasher.hash(p)}\n" for u, p in users.items()))
     publish: dict[str, list[str]] = {}
     subscribe: dict[str, list[str]] = {}
     for user, rules in auth.rules.items():
@@ -182,9 +181,7 @@ def _write_configs(
     d: Path, port: int, agents: int, gpus: int, auth: BrokerAuth
 ) -> tuple[Path, list[Path]]:
     key = d / "cluster.key"
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_hex(32))
+    write_private(key, secrets.token_hex(32))
     torchrun = Path(sys.executable).with_name("torchrun")
 
     def common(user: str) -> str:

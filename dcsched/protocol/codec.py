@@ -176,10 +176,6 @@ class CommandVerifier:
         self._envelope = Codec[SignedCommand](SignedCommand, "command envelope")
         self._inner = Codec[Command](Command, "command")
 
-    @property
-    def key(self) -> bytes | None:
-        return self.keys[0] if self.keys else None
-
     def verify(self, payload: bytes, now: float | None = None) -> Command:
         env = self._envelope.decode(payload)
         if self.keys and not any(hmac.compare_digest(env.mac, _mac(k, env)) for k in self.keys):
