@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from dcsched.client import Client
+from dcsched.daemon.metrics import render
 from dcsched.protocol.codec import encode
 from dcsched.protocol.messages import (
     Ack,
@@ -80,6 +81,9 @@ async def test_refused_hosts_and_messages_are_counted_and_kept_nowhere(
         cluster = await api(client, "cluster")
         assert cluster["telemetry"]["dropped"]["status"]["unknown_host"] >= 1
         assert cluster["epoch"] == d.sender.epoch >= int(time.time()) - 60
+        text = render(d.read)
+        assert 'dcsched_messages_dropped_total{kind="status",reason="unknown_host"}' in text
+        assert 'dcsched_messages_dropped_total{kind="telemetry",reason="no_status"} 50' in text
 
         # Events about jobs the daemon does not know: dropped quietly, the daemon goes on.
         with caplog.at_level(logging.INFO):
