@@ -353,8 +353,10 @@ class AgentSim:
 
         self.a = a
         self.topics = Topics(a.prefix)
-        self.verifier = CommandVerifier(Path(a.key_file).read_bytes().strip())
         self.hosts = {f"node{i:04d}": _Host(f"node{i:04d}", i) for i in range(a.hosts)}
+        key = Path(a.key_file).read_bytes().strip()
+        # One per host, as each agent has its own: a command is bound to its host.
+        self.verifiers = {name: CommandVerifier(key, name) for name in self.hosts}
         self.done_cmds: dict[str, tuple[str, bool, str]] = {}  # cmd_id -> (job, ok, error)
         self.stats: Counter[str] = Counter()
         self.dirty: set[str] = set()
@@ -443,7 +445,7 @@ class AgentSim:
         )
 
         try:
-            cmd = self.verifier.verify(payload)
+            cmd = self.verifiers[h.name].verify(payload)
         except Exception:
             self.stats["rejected_commands"] += 1
             return []

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +140,10 @@ def main() -> int:
                 [mosq, "-c", str(d / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT
             )
         )
+    (d / "cluster.key").write_text(uuid.uuid4().hex * 2)  # dcd refuses to start without one
     (d / "dcd.toml").write_text(
         f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\ntopic_prefix = "{PREFIX}"\n'
+        f'[cluster]\nkey_file = "{d / "cluster.key"}"\n'
         f'[daemon]\nstate_dir = "{d}"\nsocket = "{d / "dcd.sock"}"\nmetrics_listen = ""\n'
         "node_timeout_s = 600.0\n"
     )

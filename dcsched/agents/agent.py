@@ -69,25 +69,50 @@ def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
     return float(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0 ** min(attempt, 16)) * jitter)
 
 
+def _load_keys(cfg: Config) -> list[bytes]:
+    """The cluster key, then the previous one while a rotation is under way."""
+    keys = []
+    for what in ("key_file", "previous_key_file"):
+        path = getattr(cfg.cluster, what)
+        try:
+            key = load_key(path or None)
+        except (OSError, ProtocolError) as exc:
+            raise AgentError(f"cannot read the cluster key [cluster] {what}: {exc}") from None
+        if key is not None:
+            keys.append(key)
+    if cfg.cluster.previous_key_file and not cfg.cluster.key_file:
+        raise AgentError("[cluster] previous_key_file is set without key_file")
+    return keys
+
+
 class Agent:
     def __init__(
-        self, cfg: Config, backend: GpuBackend | None = None, *, identifier: str | None = None
+        self,
+        cfg: Config,
+        backend: GpuBackend | None = None,
+        *,
+        identifier: str | None = None,
+        insecure: bool = False,
     ) -> None:
         self.cfg = cfg
         self.host = cfg.agent.host_name()
         self.topics = Topics(cfg.broker.topic_prefix)
         self.interval_s = cfg.agent.interval_s
-        try:
-            key = load_key(cfg.cluster.key_file or None)
-        except (OSError, ProtocolError) as exc:
-            raise AgentError(f"cannot read the cluster key [cluster] key_file: {exc}") from None
-        if key is None:
+        keys = _load_keys(cfg)
+        if not keys:
+            if not insecure:
+                raise AgentError(
+                    "no [cluster] key_file: without the cluster key any broker client could "
+                    "run commands as root here. Set [cluster] key_file (the daemon's key), or "
+                    "pass --insecure for a single-user test setup"
+                )
             log.warning(
-                "no [cluster] key_file: accepting unsigned commands (single-user demo only)"
+                "INSECURE: no [cluster] key_file and --insecure: any client of the broker can "
+                "run commands as root on this host. Never run a shared cluster like this."
             )
-        self.verifier = CommandVerifier(key)
         self.backend = backend or make_backend(cfg.agent, self.host)
         self.store = StateStore(cfg.agent.state_dir)
+        self.verifier = CommandVerifier(keys, self.host, replay=self.store.state.replay)
         self.launcher = Launcher(cfg.agent.state_dir, cfg.agent.torchrun, host=self.host)
         self.identifier = identifier or f"dc-agent-{self.host}"
         self.dropped: Counter[str] = Counter()
@@ -118,6 +143,7 @@ class Agent:
             self.store.load()
         except StateError as exc:
             log.error("%s; starting with an empty state", exc)
+        self.verifier.replay = self.store.state.replay  # what was accepted before the restart
         self._adopt()
         self._addr = self.cfg.agent.advertise_addr or await asyncio.to_thread(self._own_address)
 
@@ -184,8 +210,10 @@ class Agent:
             host,
             port,
             identifier=self.identifier,
-            username=b.username or None,
+            # The broker's ACL lets a host's user publish only that host's topics.
+            username=b.username or self.host,
             password=b.password(),
+            tls_context=b.tls_context(),
             keepalive=b.keepalive_s,
             will=aiomqtt.Will(
                 self.topics.host(self.host, "status"), encode(offline), qos=1, retain=True
@@ -378,8 +406,12 @@ class Agent:
             try:
                 cmd = self.verifier.verify(bytes(payload))
             except ProtocolError as exc:
-                self._drop(type(exc).__name__, str(exc))
+                self._drop(getattr(exc, "reason", type(exc).__name__), str(exc))
                 continue
+            if not isinstance(cmd, FetchLog | QueryJob):
+                # The replay guard is on disk before the command acts: a crash right after
+                # cannot let a captured copy of it in again.
+                self._save()
             try:
                 await self.handle(client, cmd)
             except aiomqtt.MqttError:

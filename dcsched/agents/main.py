@@ -27,6 +27,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--sim-gpus", type=int, help="overrides [agent] sim_gpus")
     run.add_argument("--state-dir", help="overrides [agent] state_dir")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run without [cluster] key_file: any broker client can run commands as root "
+        "here (a single-user test only)",
+    )
     return p.parse_args(argv)
 
 
@@ -57,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         cfg = msgspec.structs.replace(cfg, agent=msgspec.structs.replace(cfg.agent, **overrides))
         cfg.broker.host_port()  # a bad broker url is an error now, not a reconnect loop
-        asyncio.run(_run(Agent(cfg)))
+        cfg.broker.tls_context()  # and so is a bad ca_file
+        asyncio.run(_run(Agent(cfg, insecure=args.insecure)))
     except (ConfigError, AgentError) as exc:
         print(f"dc-agent: error: {exc}", file=sys.stderr)
         return 2

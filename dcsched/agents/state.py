@@ -4,7 +4,8 @@ It holds what a restarted agent needs: the jobs it runs (to re-adopt them), the 
 the commands it executed (so a repeated cmd_id is answered, never executed twice), the
 events the broker does not have yet, the exits the daemon has not acknowledged yet (a
 JobExited must survive a broker crash and an agent restart: it goes out again until an
-AckExit names it), and the last exits (a late Cancel or a QueryJob is answered with them).
+AckExit names it), the last exits (a late Cancel or a QueryJob is answered with them), and
+the replay guard (newest daemon epoch, recent command nonces).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import msgspec
 
 from dcsched.agents.errors import StateError
+from dcsched.protocol.codec import ReplayState
 from dcsched.protocol.messages import GpuFault, JobExited, JobStarted
 
 MAX_COMMANDS = 5_000
@@ -60,6 +62,9 @@ class AgentState(msgspec.Struct, kw_only=True):
     outbox: list[JobStarted | JobExited | GpuFault] = []  # in publishing order
     unacked: list[JobExited] = []  # published, not yet acknowledged; oldest first, bounded
     exited: list[JobExited] = []  # the last exits, oldest first, bounded
+    # newest daemon epoch accepted and recent nonces: a command is never accepted twice,
+    # nor from an older daemon, across agent restarts
+    replay: ReplayState = msgspec.field(default_factory=ReplayState)
 
 
 def job_key(job_id: str, node_rank: int) -> str:

@@ -16,7 +16,14 @@ from typing import Any
 import aiomqtt
 
 from dcsched.daemon.aio import wait_event
-from dcsched.protocol.codec import Codec, event_codec, status_codec, telemetry_codec
+from dcsched.daemon.brokerauth import DAEMON_USER
+from dcsched.protocol.codec import (
+    Codec,
+    DecodeError,
+    event_codec,
+    status_codec,
+    telemetry_codec,
+)
 from dcsched.protocol.config import BrokerConfig
 from dcsched.protocol.messages import Event, HostStatus, Telemetry
 from dcsched.protocol.topics import Topics
@@ -26,9 +33,23 @@ log = logging.getLogger("dcsched.bus")
 
 class Bus:
     def __init__(
-        self, cfg: BrokerConfig, client_id: str, on_telemetry: Callable[[Telemetry], None]
+        self,
+        cfg: BrokerConfig,
+        client_id: str,
+        on_telemetry: Callable[[Telemetry], None],
+        *,
+        admit: Callable[[str], bool] = lambda host: True,
+        known: Callable[[str], bool] = lambda host: True,
     ) -> None:
+        """`admit(host)`: may this host name be a node at all (the `[daemon] hosts` list)?
+        `known(host)`: has it told its status? Telemetry and events of a host that has not
+        are dropped (and counted), so invented host names cost nothing."""
         self.cfg = cfg
+        self.admit = admit
+        self.known = known
+        # Hosts whose status this bus has passed on (the events task may not have handled it
+        # yet when the host's next message arrives).
+        self._statused: set[str] = set()
         self.topics = Topics(cfg.topic_prefix)
         self.client_id = client_id
         self.on_telemetry = on_telemetry
@@ -42,6 +63,7 @@ class Bus:
         self.reconnects = 0
         self._client: aiomqtt.Client | None = None
         self._password = cfg.password()  # read once: a bad file is a start-up error
+        self._tls = cfg.tls_context()
 
     def codecs(self) -> dict[str, Any]:
         return {"telemetry": self.telemetry, "status": self.status, "events": self.events}
@@ -68,8 +90,10 @@ class Bus:
                     port,
                     identifier=self.client_id,
                     clean_session=False,
-                    username=self.cfg.username or None,
+                    # The ACL that `dcd broker-auth` writes knows the daemon as "dcd".
+                    username=self.cfg.username or DAEMON_USER,
                     password=self._password,
+                    tls_context=self._tls,
                     keepalive=self.cfg.keepalive_s,
                     queue_type=_inbound_queue(self._take_telemetry),
                 ) as client:
@@ -99,17 +123,48 @@ class Bus:
         """Telemetry, the bulk of the traffic, is ingested as it is read (see
         `_inbound_queue`); True when `message` was telemetry."""
         where = self.topics.parse(message.topic.value)
+        if where is not None and where[1] == "status":
+            self._note_status(message, where[0])
         if where is None or where[1] != "telemetry":
             return False
         payload = message.payload
         if isinstance(payload, bytes | bytearray):
-            t = self.telemetry.decode_or_drop(bytes(payload), message.topic.value)
-            if t is not None and _own(self.telemetry, t.host, where[0]):
+            topic = message.topic.value
+            t = self.telemetry.decode_or_drop(bytes(payload), topic)
+            if t is not None and self._accept(self.telemetry, t.host, where[0], topic):
                 try:
                     self.on_telemetry(t)
                 except Exception:  # this runs inside paho's read loop: it must not break it
                     log.exception("telemetry from %s not ingested", where[0])
         return True
+
+    def _note_status(self, message: aiomqtt.Message, host: str) -> None:
+        """A host's status counts from its arrival, not from when the events task gets to
+        it: the telemetry right behind a new host's first status must not be refused."""
+        payload = message.payload
+        if host in self._statused or not isinstance(payload, bytes | bytearray):
+            return
+        try:
+            st = self.status.decode(bytes(payload))  # counted, if bad, when it is handled
+        except DecodeError:
+            return
+        if st.host == host and self.admit(host):
+            self._statused.add(host)
+
+    def _accept(self, codec: Codec[Any], host: str, topic_host: str, topic: str) -> bool:
+        """Whether a decoded message may go on; a refusal is counted under its reason."""
+        if host != topic_host:
+            codec.drop("host_mismatch", topic, f"names host {host!r}")
+        elif not self.admit(host):
+            codec.drop("unknown_host", topic, f"{host!r} is not in [daemon] hosts")
+        elif codec is self.status:
+            self._statused.add(host)
+            return True
+        elif host not in self._statused and not self.known(host):
+            codec.drop("no_status", topic, f"{host!r} has sent no status")
+        else:
+            return True
+        return False
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         parse = self.topics.parse
@@ -119,23 +174,16 @@ class Bus:
             if where is None or not isinstance(payload, bytes | bytearray):
                 continue
             host, kind = where
+            topic = message.topic.value
+            msg: HostStatus | Event | None = None
             if kind == "status":
-                s = self.status.decode_or_drop(bytes(payload), message.topic.value)
-                if s is not None and _own(self.status, s.host, host):
-                    self.inbox.put_nowait(s)
+                msg = self.status.decode_or_drop(bytes(payload), topic)
+                codec: Codec[Any] = self.status
             elif kind == "events":
-                e = self.events.decode_or_drop(bytes(payload), message.topic.value)
-                if e is not None and _own(self.events, e.host, host):
-                    self.inbox.put_nowait(e)
-
-
-def _own(codec: Codec[Any], named: str, topic_host: str) -> bool:
-    """A message speaks only for the host of its topic: one naming another host is
-    dropped and counted (`wrong_host`), never handled."""
-    if named != topic_host:
-        codec.dropped["wrong_host"] += 1
-        return False
-    return True
+                msg = self.events.decode_or_drop(bytes(payload), topic)
+                codec = self.events
+            if msg is not None and self._accept(codec, msg.host, host, topic):
+                self.inbox.put_nowait(msg)
 
 
 async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:

@@ -41,6 +41,9 @@ class CommandSender:
     ) -> None:
         self.bus = bus
         self.key = key
+        # The daemon's epoch (set at start-up, see Daemon.open): every command carries it, and
+        # an agent refuses commands from an older epoch than the newest it has accepted.
+        self.epoch = 0
         self.retry_s = retry_s
         # An agent that is offline cannot receive (its session is clean): its commands
         # wait, and go out when its status says online again.
@@ -83,7 +86,7 @@ class CommandSender:
             last = self._last_sent.get(cmd.cmd_id)
             if (last is not None and now - last < self.retry_s) or self.offline(cmd.host):
                 continue
-            payload = sign(_command.decode(cmd.payload), self.key)
+            payload = sign(_command.decode(cmd.payload), self.key, host=cmd.host, epoch=self.epoch)
             if await self.bus.publish(self.bus.topics.host(cmd.host, "cmd"), payload, qos=1):
                 self._last_sent[cmd.cmd_id] = now
                 n = self._attempts[cmd.cmd_id] = self._attempts.get(cmd.cmd_id, 0) + 1
@@ -98,7 +101,8 @@ class CommandSender:
 
     async def send_once(self, host: str, cmd: Command) -> bool:
         """An idempotent command that is not journaled; False if the broker is not reached."""
-        return await self.bus.publish(self.bus.topics.host(host, "cmd"), sign(cmd, self.key))
+        payload = sign(cmd, self.key, host=host, epoch=self.epoch)
+        return await self.bus.publish(self.bus.topics.host(host, "cmd"), payload)
 
     # Log fetches are interactive: not stored, answered within a deadline or not at all.
     async def fetch_log(

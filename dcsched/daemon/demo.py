@@ -32,6 +32,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from dcsched.daemon.brokerauth import DAEMON_USER, BrokerAuth, write_broker_auth, write_private
 from dcsched.daemon.children import Guard, die_with_parent
 from dcsched.daemon.errors import DaemonError
 from dcsched.daemon.jobs import Caller
@@ -100,7 +101,12 @@ async def _stop(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> None
 
 
 async def _start_broker(
-    stack: AsyncExitStack, kind: str, workdir: Path, port: int, env: Mapping[str, str]
+    stack: AsyncExitStack,
+    kind: str,
+    workdir: Path,
+    port: int,
+    env: Mapping[str, str],
+    auth: BrokerAuth,
 ) -> str:
     binary = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
@@ -113,7 +119,9 @@ async def _start_broker(
         # change of user clears the parent-death signal that ties it to the demo.
         me = pwd.getpwuid(os.getuid()).pw_name
         conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser {me}\n"
+            f"listener {port} 127.0.0.1\npersistence false\nuser {me}\n"
+            f"allow_anonymous false\npassword_file {auth.password_file}\n"
+            f"acl_file {auth.acl_file}\n"
         )
         proc = await _spawn([binary, "-c", str(conf)], workdir / "mosquitto.log", env)
         stack.push_async_callback(_stop, proc)
@@ -128,7 +136,7 @@ async def _start_broker(
     logging.getLogger("amqtt").setLevel(logging.WARNING)
     config: dict[str, Any] = {
         "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        "plugins": _amqtt_auth(auth),
     }
     broker = Broker(config)
     await broker.start()
@@ -136,23 +144,63 @@ async def _start_broker(
     return f"amqtt (embedded) {port}"
 
 
-def _write_configs(d: Path, port: int, agents: int, gpus: int) -> tuple[Path, list[Path]]:
+def _amqtt_auth(auth: BrokerAuth) -> dict[str, Any]:
+    """amqtt's plugins for the same users and topics as the Mosquitto ACL: a password file
+    (argon2 hashes, through amqtt's own pwdlib) and publish/subscribe ACLs."""
+    try:
+        from pwdlib.hashers.argon2 import Argon2Hasher
+    except Exception:  # ImportError, or pwdlib's HasherNotAvailable without argon2-cffi
+        log.warning(
+            "INSECURE: amqtt without pwdlib/argon2 cannot check passwords: the demo's broker "
+            "accepts anonymous clients (commands are still signed with the cluster key)"
+        )
+        return {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
+    hasher = Argon2Hasher()
+    users = {user: Path(f).read_text().strip() for user, f in auth.passwords.items()}
+    pw = auth.folder / "amqtt.passwd"
+    write_private(pw, "".join(f"{u}:{hasher.hash(p)}\n" for u, p in users.items()))
+    publish: dict[str, list[str]] = {}
+    subscribe: dict[str, list[str]] = {}
+    for user, rules in auth.rules.items():
+        publish[user] = rules.get("write", []) + rules.get("readwrite", [])
+        subscribe[user] = rules.get("read", []) + rules.get("readwrite", [])
+    return {
+        "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(pw)},
+        "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": {
+            "publish_acl": publish,
+            "acl": subscribe,
+        },
+    }
+
+
+def _hosts(agents: int) -> list[str]:
+    return [f"sim-{i}" for i in range(1, agents + 1)]
+
+
+def _write_configs(
+    d: Path, port: int, agents: int, gpus: int, auth: BrokerAuth
+) -> tuple[Path, list[Path]]:
     key = d / "cluster.key"
-    key.write_text(secrets.token_hex(32))
-    key.chmod(0o600)
+    write_private(key, secrets.token_hex(32))
     torchrun = Path(sys.executable).with_name("torchrun")
-    common = f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\n\n[cluster]\nkey_file = "{key}"\n\n'
+
+    def common(user: str) -> str:
+        return (
+            f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\n'
+            f'password_file = "{auth.passwords[user]}"\n\n[cluster]\nkey_file = "{key}"\n\n'
+        )
+
     daemon = d / "dcsched.toml"
     daemon.write_text(
-        common + f'[daemon]\nstate_dir = "{d / "dcd"}"\nsocket = "{d / "dcd.sock"}"\n'
+        common(DAEMON_USER) + f'[daemon]\nstate_dir = "{d / "dcd"}"\nsocket = "{d / "dcd.sock"}"\n'
         f'metrics_listen = "127.0.0.1:{_free_port()}"\nsocket_mode = 0o600\n'
         "node_timeout_s = 10.0\ncancel_grace_s = 5.0\n"
     )
     agent_files = []
-    for i in range(1, agents + 1):
+    for i, host in enumerate(_hosts(agents), 1):
         f = d / f"agent-{i}.toml"
         f.write_text(
-            common + f'[agent]\nhost = "sim-{i}"\nbackend = "sim"\nsim_gpus = {gpus}\n'
+            common(host) + f'[agent]\nhost = "{host}"\nbackend = "sim"\nsim_gpus = {gpus}\n'
             f'interval_s = 1.0\nadvertise_addr = "127.0.0.1"\nstate_dir = "{d / f"agent-{i}"}"\n'
             f'torchrun = "{torchrun if torchrun.exists() else "torchrun"}"\n'
         )
@@ -193,8 +241,10 @@ async def _run(
 ) -> None:
     port = _free_port()
     async with AsyncExitStack() as stack:  # stops in the reverse order of the starts
-        what = await _start_broker(stack, broker_kind, d, port, env)
-        daemon_conf, agent_confs = _write_configs(d, port, agents, gpus)
+        # Each agent logs in as its host, the daemon as "dcd"; the ACL fences their topics.
+        auth = write_broker_auth(d / "broker", _hosts(agents))
+        what = await _start_broker(stack, broker_kind, d, port, env, auth)
+        daemon_conf, agent_confs = _write_configs(d, port, agents, gpus, auth)
         daemon = await Daemon.open(load_config(str(daemon_conf)))
         for conf in agent_confs:
             argv = [sys.executable, "-m", "dcsched.agents.main", "run", "--config", str(conf)]
@@ -216,6 +266,7 @@ def _banner(d: Path, what: str, agents: int, gpus: int, sock: str) -> str:
     return f"""
 dcsched demo: broker {what}, daemon, {agents} agents x {gpus} simulated GPUs
 state and logs in {d}
+cluster key {d / "cluster.key"}; broker users, passwords and ACL in {d / "broker"}
 
 Watch it live in another shell:
     DCSCHED_SOCKET={sock} dctop

@@ -19,11 +19,11 @@ def _setup_logging(level: str) -> None:
     )
 
 
-async def _run(config_file: str | None) -> int:
+async def _run(config_file: str | None, insecure: bool) -> int:
     from dcsched.daemon.service import Daemon
 
     cfg = load_config(config_file)
-    daemon = await Daemon.open(cfg)
+    daemon = await Daemon.open(cfg, insecure=insecure)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop.set)
@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", help=f"config file (default: $DCSCHED_CONFIG or {config_path()})")
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run without [cluster] key_file (commands unsigned: a single-user test only)",
+    )
     demo = sub.add_parser(
         "demo",
         help="a whole cluster on this machine: broker, daemon and agents with simulated GPUs",
@@ -50,11 +55,24 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="embedded broker (auto: mosquitto when on PATH, else amqtt)",
     )
+    auth = sub.add_parser(
+        "broker-auth",
+        help="write Mosquitto's password file and ACL for a list of hosts (see docs/security.md)",
+    )
+    auth.add_argument(
+        "--hosts", nargs="*", default=[], help="host names (comma or space separated)"
+    )
+    auth.add_argument("--hosts-file", help="a file of host names, one a line")
+    auth.add_argument("--out", required=True, help="folder for the files (created)")
+    auth.add_argument("--config", help="config file for [broker] topic_prefix (optional)")
+    auth.add_argument("--daemon-user", default="dcd", help="the daemon's MQTT user (default dcd)")
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     try:
+        if args.cmd == "broker-auth":
+            return _broker_auth(args)
         if args.cmd == "run":
-            return asyncio.run(_run(args.config))
+            return asyncio.run(_run(args.config, args.insecure))
         from dcsched.daemon.demo import run_demo
 
         return asyncio.run(run_demo(args.agents, args.gpus, args.dir, args.broker))
@@ -69,6 +87,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _broker_auth(args: argparse.Namespace) -> int:
+    from dcsched.daemon.brokerauth import BrokerAuthError, read_hosts, write_broker_auth
+
+    cfg = load_config(args.config, missing_ok=args.config is None)
+    try:
+        hosts = read_hosts(args.hosts, args.hosts_file)
+        auth = write_broker_auth(args.out, hosts, cfg.broker.topic_prefix, args.daemon_user)
+    except (BrokerAuthError, OSError) as exc:
+        print(f"dcd broker-auth: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {auth.password_file} and {auth.acl_file} for {len(hosts)} host(s) and the "
+        f"daemon's user {args.daemon_user!r}; passwords in {auth.folder / 'passwords'}/.\n"
+        "Mosquitto: password_file and acl_file (systemd/mosquitto-dcsched.conf), readable by "
+        "the mosquitto user. Each host: [broker] password_file = its own password file (mode "
+        "0600, root); username defaults to the host name. The daemon: username = "
+        f"{args.daemon_user!r} and its password file."
+    )
+    return 0
 
 
 if __name__ == "__main__":

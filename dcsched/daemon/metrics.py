@@ -94,7 +94,8 @@ def render(d: ReadModel) -> str:
     o.metric(
         "dcsched_messages_dropped_total",
         "counter",
-        "Bus messages dropped because they did not decode.",
+        "Bus messages dropped: did not decode, named another host than their topic, "
+        "came from a host not in [daemon] hosts, or from a host with no status.",
         dropped,
     )
     o.metric(

@@ -232,4 +232,6 @@ class ReadModel:
                 "dropped": {k: dict(c.dropped) for k, c in self.bus.codecs().items()},
             },
             "storage": {"ok": not self.jobs.storage_error, "error": self.jobs.storage_error},
+            # the epoch every command carries (agents refuse older ones; docs/security.md)
+            "epoch": self.jobs.sender.epoch,
         }

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import os
 import socket
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from dcsched.daemon.sdnotify import notify, watchdog_interval
 from dcsched.daemon.states import TERMINAL
 from dcsched.daemon.store import AuditRow, NotFound, Store, StoreError
 from dcsched.daemon.usage import UsageTracker
-from dcsched.protocol.codec import load_key
+from dcsched.protocol.codec import ProtocolError, load_key
 from dcsched.protocol.config import Config, ConfigError
 from dcsched.protocol.jobspec import parse_dependencies
 from dcsched.protocol.messages import (
@@ -53,7 +55,7 @@ TELEMETRY_KEEP_S = 7 * 24 * 3600
 
 
 class Daemon:
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, *, insecure: bool = False) -> None:
         self.config = config
         self.store = store
         dc = config.daemon
@@ -69,10 +71,22 @@ class Daemon:
         client_id = (
             f"dcd-{socket.gethostname()}-{zlib.crc32(config.broker.topic_prefix.encode()):08x}"
         )
-        self.bus = Bus(config.broker, client_id, self.ingest.handle)
+        self.bus = Bus(
+            config.broker,
+            client_id,
+            self.ingest.handle,
+            admit=host_filter(dc.hosts),
+            known=lambda host: host in self.cluster.nodes,
+        )
+        key = _cluster_key(config, insecure)
+        if not config.broker.password_file and not dc.hosts:
+            log.warning(
+                "no [broker] password_file and no [daemon] hosts: if the broker admits "
+                "anonymous clients, anyone can pose as a host (see docs/security.md)"
+            )
         self.sender = CommandSender(
             self.bus,
-            load_key(config.cluster.key_file or None),
+            key,
             dc.command_retry_s,
             lambda host: not self.cluster.is_online(host),
         )
@@ -107,11 +121,14 @@ class Daemon:
         self.api = Api(self)
 
     @classmethod
-    async def open(cls, config: Config) -> Daemon:
+    async def open(cls, config: Config, *, insecure: bool = False) -> Daemon:
+        _cluster_key(config, insecure)  # refused before anything is created
         Path(config.daemon.state_dir).mkdir(parents=True, exist_ok=True)
         store = await Store.open(os.path.join(config.daemon.state_dir, "dcsched.db"))
         try:
-            d = cls(config, store)
+            d = cls(config, store, insecure=insecure)
+            d.sender.epoch = await _next_epoch(store)
+            log.info("daemon epoch %d", d.sender.epoch)
             await d.scheduling.usage.load()
             for n in await store.nodes():
                 # Offline until the broker replays the agent's retained status.
@@ -310,6 +327,42 @@ class Daemon:
         node.drained, node.drain_reason = drained, reason if drained else ""
         self.hub.publish("node", {"host": host, "drained": drained, "reason": reason})
         self.scheduling.wake.set()
+
+
+def host_filter(patterns: list[str]) -> Callable[[str], bool]:
+    """`[daemon] hosts`: names or shell patterns (gpu-*); empty admits every host the
+    broker lets publish (its ACL is then the only gate)."""
+    if not patterns:
+        return lambda host: True
+    exact = {p for p in patterns if not any(c in p for c in "*?[")}
+    globs = [p for p in patterns if p not in exact]
+    return lambda host: host in exact or any(fnmatch.fnmatchcase(host, g) for g in globs)
+
+
+def _cluster_key(config: Config, insecure: bool) -> bytes | None:
+    try:
+        key = load_key(config.cluster.key_file or None)
+    except (OSError, ProtocolError) as exc:
+        raise ConfigError(f"[cluster] key_file: {exc}") from None
+    if key is None and not insecure:
+        raise ConfigError(
+            "no [cluster] key_file: agents refuse unsigned commands (and an agent run with "
+            "--insecure would take anyone's). Make one with `head -c 32 /dev/urandom | "
+            "base64 > /etc/dcsched/cluster.key`, or pass --insecure for a single-user test"
+        )
+    if key is None:
+        log.warning("INSECURE: no [cluster] key_file: commands to agents are not signed")
+    return key
+
+
+async def _next_epoch(store: Store) -> int:
+    """This start's epoch: above every earlier one (kept in the store), and at least the
+    current Unix time, so that a daemon whose store was rebuilt still starts above the
+    epoch its agents remember (agents refuse commands from an older epoch)."""
+    old = await store.get_kv("epoch")
+    epoch = max(int(old) + 1 if old and old.isdigit() else 0, int(time.time()))
+    await store.set_kv("epoch", str(epoch))
+    return epoch
 
 
 def _answers(path: str) -> bool:

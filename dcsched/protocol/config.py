@@ -7,6 +7,7 @@ documented in docs/dcsched.example.toml.
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -29,19 +30,37 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class BrokerConfig(_Section):
-    url: str = "mqtt://127.0.0.1:1883"
+    url: str = "mqtt://127.0.0.1:1883"  # mqtts://HOST:PORT for TLS
+    # "" = the host name for dc-agent, "dcd" for the daemon (the users `dcd broker-auth` makes)
     username: str = ""
     password_file: str = ""
+    ca_file: str = ""  # mqtts: the CA that signed the broker's certificate; "" = system CAs
     topic_prefix: str = DEFAULT_PREFIX
     keepalive_s: int = 15
 
     def host_port(self) -> tuple[str, int]:
         parts = urlsplit(self.url)
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        if parts.scheme not in ("mqtt", "tcp", "mqtts") or not parts.hostname:
             raise ConfigError(
-                f"[broker] url = {self.url!r}: expected mqtt://HOST:PORT, e.g. mqtt://127.0.0.1:1883"
+                f"[broker] url = {self.url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT, "
+                "e.g. mqtt://127.0.0.1:1883"
             )
-        return parts.hostname, parts.port or 1883
+        return parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for an mqtts:// url (the broker's certificate and host name are
+        verified), None for plain mqtt://."""
+        if urlsplit(self.url).scheme != "mqtts":
+            if self.ca_file:
+                raise ConfigError(
+                    f"[broker] ca_file is set but url = {self.url!r} is not mqtts://: "
+                    "use mqtts://HOST:8883 for TLS, or drop ca_file"
+                )
+            return None
+        try:
+            return ssl.create_default_context(cafile=self.ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"[broker] ca_file {self.ca_file}: {exc}") from None
 
     def password(self) -> str | None:
         if not self.password_file:
@@ -57,6 +76,9 @@ class BrokerConfig(_Section):
 class ClusterConfig(_Section):
     # HMAC key that signs daemon -> agent commands; readable only by root and the daemon.
     key_file: str = ""
+    # During a key rotation, agents also accept commands signed with this (old) key; the
+    # daemon signs with key_file only. See docs/security.md, "Rotating the cluster key".
+    previous_key_file: str = ""
 
 
 class DaemonConfig(_Section):
@@ -66,6 +88,9 @@ class DaemonConfig(_Section):
     socket_mode: int = 0o666
     metrics_listen: str = "127.0.0.1:9464"  # "" turns the Prometheus listener off
     admins: list[str] = []  # users who may act on any job and drain nodes; root always may
+    # Host names (or shell patterns, "gpu-*") that may be nodes; a message from any other is
+    # dropped and counted (unknown_host). [] = every host the broker lets publish.
+    hosts: list[str] = []
     port_range: str = "29500-29999"
     cancel_grace_s: float = 10.0
     command_retry_s: float = 2.0

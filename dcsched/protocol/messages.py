@@ -133,11 +133,14 @@ Command = Launch | Cancel | FetchLog | AckExit | QueryJob
 
 
 class SignedCommand(msgspec.Struct, kw_only=True, tag="signed", tag_field="type"):
-    """A command's encoded bytes with an HMAC over (ts, nonce, body)."""
+    """A command's encoded bytes with an HMAC over (ts, nonce, host, epoch, body): `host` is
+    the agent it is for, `epoch` the sending daemon's (see docs/security.md)."""
 
     ts: float
     nonce: str
     body: bytes
+    host: str = ""
+    epoch: int = 0
     mac: str = ""
 
 

@@ -81,7 +81,7 @@ class ScriptedAgent:
     def __init__(self, broker: Broker, prefix: str, host: str, gpus: int = 2) -> None:
         self.broker, self.host, self.gpus = broker, host, gpus
         self.topics = Topics(prefix)
-        self.verifier = CommandVerifier(KEY)
+        self.verifier = CommandVerifier(KEY, host)
         self.commands: list[Command] = []
         self.rejected = 0
         self.auto_ack = True

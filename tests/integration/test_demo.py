@@ -7,6 +7,8 @@ machine whose cores are all busy with something else.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import select
 import signal
@@ -18,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import aiomqtt
 import pytest
 
 from dcsched.client import Client, ClientError
+from dcsched.protocol.config import load_config
 from tests.conftest import PROCESS_TIMEOUT, Procs
 
 pytestmark = PROCESS_TIMEOUT
@@ -142,6 +146,18 @@ def start_demo(procs: Procs, d: Path, broker: str, gpus: int = 3) -> Demo:
     return demo
 
 
+async def broker_refuses_strangers(d: Path) -> bool:
+    """The demo's broker lets in only its own users, with their passwords."""
+    port = int(load_config(str(d / "dcsched.toml")).broker.host_port()[1])
+    password = (d / "broker" / "passwords" / "sim-1").read_text().strip()
+    for user, pw in ((None, None), ("sim-1", "wrong"), ("ghost", password)):
+        with contextlib.suppress(aiomqtt.MqttError):
+            async with aiomqtt.Client("127.0.0.1", port, username=user, password=pw):
+                return False
+    async with aiomqtt.Client("127.0.0.1", port, username="sim-1", password=password):
+        return True
+
+
 def run_sleeper(demo: Demo, procs: Procs) -> int:
     """Submits a job that sleeps and waits until its worker process runs."""
     job = demo.client.submit(
@@ -161,6 +177,7 @@ def run_sleeper(demo: Demo, procs: Procs) -> int:
 def test_demo_comes_up_and_stops_on_ctrl_c(procs: Procs, tmp_path: Path, broker: str) -> None:
     demo = start_demo(procs, tmp_path, broker)
     run_sleeper(demo, procs)
+    assert asyncio.run(broker_refuses_strangers(tmp_path))
     # Ctrl-C in a terminal signals the whole foreground process group.
     os.killpg(demo.proc.pid, signal.SIGINT)
     assert demo.proc.wait(120) == 0

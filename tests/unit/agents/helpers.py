@@ -72,7 +72,7 @@ def make_agent(cfg: Config, tmp_path: Path, key: bool = False) -> Agent:
     if key:
         (tmp_path / "key").write_bytes(KEY)
         cfg = msgspec.structs.replace(cfg, cluster=ClusterConfig(key_file=str(tmp_path / "key")))
-    return Agent(cfg)
+    return Agent(cfg, insecure=not key)
 
 
 async def until(pred: Callable[[], bool], timeout: float = 10.0) -> None:

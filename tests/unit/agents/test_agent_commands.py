@@ -9,15 +9,17 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from dcsched.agents.agent import BACKOFF_MAX_S, backoff_delay
-from dcsched.agents.errors import INVALID, PORT_IN_USE
+from dcsched.agents.agent import BACKOFF_MAX_S, Agent, backoff_delay
+from dcsched.agents.errors import INVALID, PORT_IN_USE, AgentError
 from dcsched.agents.procs import is_alive
 from dcsched.protocol.codec import sign
-from dcsched.protocol.config import Config
+from dcsched.protocol.config import ClusterConfig, Config
 from dcsched.protocol.messages import (
     Ack,
+    AckExit,
     Cancel,
     FetchLog,
     JobExited,
@@ -215,15 +217,17 @@ async def test_unsigned_or_forged_commands_are_dropped(
     agent = make_agent(agent_config, tmp_path, key=True)
     cmd = launch(tmp_path, ["true"])
     client = FakeClient([
-        sign(cmd, None),  # unsigned
-        sign(cmd, b"x" * 32),  # wrong key
+        sign(cmd, None, host="unit"),  # unsigned
+        sign(cmd, b"x" * 32, host="unit"),  # wrong key
+        sign(cmd, KEY, host="other"),  # for another host
         b"{garbage",
     ])  # fmt: skip
     await agent._receive(client)  # type: ignore[arg-type]
     assert client.published == []
-    assert sum(agent.dropped.values()) == 3
+    assert sum(agent.dropped.values()) == 4
+    assert agent.dropped["wrong_host"] == 1 and agent.dropped["bad_signature"] == 2
     assert launches(tmp_path) == 0
-    good = FakeClient([sign(cmd, KEY)])
+    good = FakeClient([sign(cmd, KEY, host="unit")])
     await agent._receive(good)  # type: ignore[arg-type]
     assert [type(e) for e in good.events()] == [Ack]
     await wait_jobs_done(agent)
@@ -268,3 +272,47 @@ def test_launch_message_has_what_torchrun_needs() -> None:
     fields = set(Launch.__struct_fields__)
     assert {"nnodes", "nproc_per_node", "node_rank", "master_addr", "master_port"} <= fields
     assert pytest is not None
+
+
+def test_the_agent_refuses_to_start_without_a_key_unless_insecure(
+    tmp_path: Path, agent_config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(AgentError, match=r"no \[cluster\] key_file.*--insecure"):
+        Agent(agent_config)
+    Agent(agent_config, insecure=True)
+    assert "INSECURE" in caplog.text
+
+
+async def test_a_command_is_not_accepted_again_after_an_agent_restart(
+    tmp_path: Path, agent_config: Config
+) -> None:
+    agent = make_agent(agent_config, tmp_path, key=True)
+    ack = sign(AckExit(cmd_id="a1", job_id="j1", node_rank=0), KEY, host="unit", epoch=7)
+    await agent._receive(FakeClient([ack]))  # type: ignore[arg-type]
+    assert not agent.dropped
+    restarted = make_agent(agent_config, tmp_path, key=True)
+    restarted.store.load()
+    restarted.verifier.replay = restarted.store.state.replay  # as run() does
+    older = sign(AckExit(cmd_id="a2", job_id="j1", node_rank=0), KEY, host="unit", epoch=6)
+    await restarted._receive(FakeClient([ack, older]))  # type: ignore[arg-type]
+    assert restarted.dropped == {"replayed": 1, "stale_epoch": 1}
+
+
+async def test_during_a_rotation_the_agent_accepts_the_new_and_the_previous_key(
+    tmp_path: Path, agent_config: Config
+) -> None:
+    new, old = tmp_path / "new.key", tmp_path / "old.key"
+    new.write_bytes(b"n" * 32)
+    old.write_bytes(b"o" * 32)
+    cluster = ClusterConfig(key_file=str(new), previous_key_file=str(old))
+    agent = Agent(msgspec.structs.replace(agent_config, cluster=cluster))
+    acks = [
+        sign(AckExit(cmd_id=f"a{i}", job_id="j", node_rank=0), key, host="unit")
+        for i, key in enumerate((b"n" * 32, b"o" * 32, b"x" * 32))
+    ]
+    await agent._receive(FakeClient(acks))  # type: ignore[arg-type]
+    assert agent.dropped == {"bad_signature": 1}
+    with pytest.raises(AgentError, match="previous_key_file is set without key_file"):
+        Agent(
+            msgspec.structs.replace(agent_config, cluster=ClusterConfig(previous_key_file=str(old)))
+        )

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
 import pytest
 
 from dcsched.protocol.codec import (
     MAX_PAYLOAD,
     CommandVerifier,
     DecodeError,
+    ReplayState,
     SignatureError,
     encode,
     event_codec,
@@ -71,28 +73,95 @@ def test_event_union_decodes_by_tag() -> None:
 
 
 def test_signed_command_verifies_and_rejects_tampering_and_replay() -> None:
-    v = CommandVerifier(KEY)
-    payload = sign(_launch(), KEY)
+    v = CommandVerifier(KEY, "h1")
+    payload = sign(_launch(), KEY, host="h1")
     assert v.verify(payload) == _launch()
     with pytest.raises(SignatureError, match="replayed"):
         v.verify(payload)
     with pytest.raises(SignatureError, match="signature"):
-        CommandVerifier(KEY).verify(sign(_launch(), b"x" * 32))
+        CommandVerifier(KEY, "h1").verify(sign(_launch(), b"x" * 32, host="h1"))
     with pytest.raises(SignatureError, match="signature"):
-        CommandVerifier(KEY).verify(sign(_launch(), None))
+        CommandVerifier(KEY, "h1").verify(sign(_launch(), None, host="h1"))
     tampered = payload.replace(b'"ts":', b'"ts":1')
     with pytest.raises((SignatureError, DecodeError)):
-        CommandVerifier(KEY).verify(tampered)
+        CommandVerifier(KEY, "h1").verify(tampered)
+
+
+def test_a_command_is_bound_to_its_host() -> None:
+    payload = sign(_launch(), KEY, host="h1")
+    with pytest.raises(SignatureError, match="for host 'h1'") as err:
+        CommandVerifier(KEY, "h2").verify(payload)
+    assert err.value.reason == "wrong_host"
+    # Re-addressing the envelope breaks its MAC.
+    forged = payload.replace(b'"host":"h1"', b'"host":"h2"')
+    assert forged != payload
+    with pytest.raises(SignatureError) as err:
+        CommandVerifier(KEY, "h2").verify(forged)
+    assert err.value.reason == "bad_signature"
+
+
+def test_commands_from_an_older_daemon_epoch_are_refused() -> None:
+    v = CommandVerifier(KEY, "h1")
+    old = sign(Cancel(cmd_id="a", job_id="1"), KEY, host="h1", epoch=5)
+    new = sign(Cancel(cmd_id="b", job_id="1"), KEY, host="h1", epoch=6)
+    v.verify(new)
+    with pytest.raises(SignatureError, match="epoch 5") as err:
+        v.verify(old)
+    assert err.value.reason == "stale_epoch"
+    assert v.replay.epoch == 6
+    # The epoch field is under the MAC: a captured command cannot be promoted.
+    promoted = old.replace(b'"epoch":5', b'"epoch":7')
+    with pytest.raises(SignatureError, match="signature"):
+        v.verify(promoted)
+
+
+def test_the_replay_guard_survives_a_restart_through_its_state() -> None:
+    v = CommandVerifier(KEY, "h1")
+    payload = sign(_launch(), KEY, host="h1", epoch=3, now=1000.0)
+    v.verify(payload, now=1001.0)
+    saved = msgspec.json.encode(v.replay)  # what the agent's state file holds
+    restarted = CommandVerifier(KEY, "h1", replay=msgspec.json.decode(saved, type=ReplayState))
+    with pytest.raises(SignatureError, match="replayed"):
+        restarted.verify(payload, now=1002.0)
+    with pytest.raises(SignatureError) as err:
+        restarted.verify(sign(_launch(), KEY, host="h1", epoch=2, now=1002.0), now=1002.0)
+    assert err.value.reason == "stale_epoch"
+
+
+def test_nonces_are_bounded_and_a_pushed_out_nonce_is_still_refused() -> None:
+    v = CommandVerifier(KEY, "h1", remember=3)
+    payloads = [
+        sign(Cancel(cmd_id=str(i), job_id="1"), KEY, host="h1", now=100.0 + i) for i in range(5)
+    ]
+    for p in payloads:
+        v.verify(p, now=110.0)
+    assert len(v.replay.nonces) == 3
+    with pytest.raises(SignatureError, match="replayed"):
+        v.verify(payloads[0], now=110.0)  # forgotten, but at or below the floor
+    # Nonces that aged out are forgotten: the age limit refuses their commands.
+    v.verify(sign(Cancel(cmd_id="late", job_id="1"), KEY, host="h1", now=1000.0), now=1000.0)
+    assert len(v.replay.nonces) == 1
+
+
+def test_a_rotation_accepts_the_previous_key_too() -> None:
+    old, new = b"o" * 32, b"n" * 32
+    v = CommandVerifier([new, old], "h1")
+    assert v.verify(sign(_launch(), old, host="h1")) == _launch()
+    assert v.verify(sign(_launch(), new, host="h1")) == _launch()
+    with pytest.raises(SignatureError, match="signature"):
+        CommandVerifier([new], "h1").verify(sign(_launch(), old, host="h1"))
 
 
 def test_old_commands_are_refused() -> None:
-    payload = sign(Cancel(cmd_id="c", job_id="1"), KEY, now=1000.0)
+    payload = sign(Cancel(cmd_id="c", job_id="1"), KEY, host="h1", now=1000.0)
     with pytest.raises(SignatureError, match="old"):
-        CommandVerifier(KEY).verify(payload, now=5000.0)
+        CommandVerifier(KEY, "h1").verify(payload, now=5000.0)
 
 
-def test_without_a_key_any_well_formed_command_is_accepted() -> None:
-    assert CommandVerifier(None).verify(sign(_launch(), None)) == _launch()
+def test_without_a_key_a_well_formed_command_for_this_host_is_accepted() -> None:
+    assert CommandVerifier(None, "h1").verify(sign(_launch(), None, host="h1")) == _launch()
+    with pytest.raises(SignatureError, match="for host"):
+        CommandVerifier(None, "h2").verify(sign(_launch(), None, host="h1"))
 
 
 def test_topics_build_and_parse() -> None:
