@@ -24,6 +24,7 @@ from importlib import metadata
 
 import aiomqtt
 
+from dcsched.agents.cgroups import Cgroups
 from dcsched.agents.errors import AgentError, LaunchError, StateError
 from dcsched.agents.gpu import GpuBackend, make_backend
 from dcsched.agents.launcher import ExitStatus, Launcher, valid_job_id
@@ -88,7 +89,6 @@ class Agent:
         self.verifier = CommandVerifier(key)
         self.backend = backend or make_backend(cfg.agent, self.host)
         self.store = StateStore(cfg.agent.state_dir)
-        self.launcher = Launcher(cfg.agent.state_dir, cfg.agent.torchrun, host=self.host)
         self.identifier = identifier or f"dc-agent-{self.host}"
         self.dropped: Counter[str] = Counter()
         self.connected = asyncio.Event()
@@ -101,6 +101,10 @@ class Agent:
         self._addr = ""
         self._inventory = self.backend.inventory()
         self._gpu_indexes = {g.index for g in self._inventory}
+        cgroups = Cgroups.detect(cfg.agent.cgroups, [(g.index, g.uuid) for g in self._inventory])
+        self.launcher = Launcher(
+            cfg.agent.state_dir, cfg.agent.torchrun, host=self.host, cgroups=cgroups
+        )
 
     @property
     def jobs(self) -> dict[str, JobRecord]:
@@ -118,6 +122,9 @@ class Agent:
             self.store.load()
         except StateError as exc:
             log.error("%s; starting with an empty state", exc)
+        cgroups = self.launcher.cgroups
+        quiet = cgroups.enabled or self.cfg.agent.cgroups == "off"
+        log.log(logging.INFO if quiet else logging.WARNING, "%s", cgroups.describe())
         self._adopt()
         self._addr = self.cfg.agent.advertise_addr or await asyncio.to_thread(self._own_address)
 
