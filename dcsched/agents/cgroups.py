@@ -63,6 +63,13 @@ class Hierarchy:
     controllers: frozenset[str]  # v1: from the mount options; v2: empty (all in one tree)
 
 
+# Mount options of a v1 hierarchy that are not controllers.
+_NOT_CONTROLLERS = frozenset({
+    "rw", "ro", "nosuid", "nodev", "noexec", "relatime", "noatime", "strictatime", "xattr",
+    "noprefix", "clone_children", "cpuset_v2_mode", "favordynmods", "nsdelegate",
+})  # fmt: skip
+
+
 def parse_mounts(text: str) -> list[Hierarchy]:
     """The cgroup hierarchies in /proc/self/mounts."""
     found = []
@@ -75,8 +82,7 @@ def parse_mounts(text: str) -> list[Hierarchy]:
         if fstype == "cgroup2":
             found.append(Hierarchy(mount, 2, frozenset()))
         elif fstype == "cgroup":
-            known = {"rw", "ro", "nosuid", "nodev", "noexec", "relatime", "noatime"}
-            ctrls = frozenset(o for o in options if o not in known and "=" not in o)
+            ctrls = frozenset(o for o in options if o not in _NOT_CONTROLLERS and "=" not in o)
             if any(o.startswith("name=") for o in options) and not ctrls:
                 continue  # a named hierarchy without controllers (name=systemd)
             found.append(Hierarchy(mount, 1, ctrls))
