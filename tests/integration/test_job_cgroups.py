@@ -6,6 +6,8 @@ open the cgroup lets through fails with ENXIO, and one it denies with EPERM.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pwd
 import shutil
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from dcsched.agents.cgroups import NVIDIA_MAJOR, Cgroups, Choice, host_facts
+from dcsched.agents.cgroups import NVIDIA_MAJOR, Cgroups, Choice, Hierarchy, host_facts
 from dcsched.agents.errors import LaunchError
 from dcsched.agents.launcher import ExitStatus, Launcher
 from dcsched.agents.procs import is_alive, read_stat
@@ -51,7 +53,7 @@ def base() -> Iterator[Path]:
         shutil.rmtree(d)
 
 
-def hierarchies(which: str) -> tuple[Choice, list]:  # type: ignore[type-arg]
+def hierarchies(which: str) -> tuple[Choice, list[Hierarchy]]:
     facts = host_facts()
     v1 = [h for h in facts.hierarchies if h.version == 1]
     v2 = [h for h in facts.hierarchies if h.version == 2]
@@ -69,9 +71,11 @@ def hierarchies(which: str) -> tuple[Choice, list]:  # type: ignore[type-arg]
 class Parent:
     """A parent cgroup of the test's own, removed (and checked empty) at the end."""
 
-    def __init__(self, choice: Choice, hs: list, **kw: object) -> None:  # type: ignore[type-arg]
+    def __init__(
+        self, choice: Choice, hs: list[Hierarchy], gpu_minors: dict[int, int] | None = None
+    ) -> None:
         self.name = f"dcsched-test-{uuid.uuid4().hex[:8]}"
-        self.cgroups = Cgroups(choice, hs, parent=self.name, **kw)  # type: ignore[arg-type]
+        self.cgroups = Cgroups(choice, hs, parent=self.name, gpu_minors=gpu_minors)
         self.mounts = [Path(h.mount) for h in hs]
 
     def leftovers(self) -> list[str]:
@@ -120,10 +124,10 @@ def test_a_job_opens_only_the_gpus_it_was_given(base: Path) -> None:
         node.chmod(0o666)  # past the umask: the job's user may open both
         nodes.append(str(node))
     # Outside any job's cgroup both nodes open as far as the (absent) driver.
-    for node in nodes:
+    for path in nodes:
         with pytest.raises(OSError) as info:
-            os.open(node, os.O_RDWR)
-        assert info.value.errno != 1  # not EPERM
+            os.open(path, os.O_RDWR)
+        assert info.value.errno != errno.EPERM
     parent = Parent(choice, hs, gpu_minors={0: 0, 1: 1})
     try:
         launcher = Launcher(base / "state", str(base / "torchrun"), runner_python=PYTHON,
@@ -156,21 +160,24 @@ if os.fork() == 0:
                   'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); '
                   'time.sleep(600)'], {})
     os._exit(0)
-print('main', os.getpid(), flush=True)
-x = bytearray(32 << 20)  # some memory for the cgroup to count
+x = b"x" * (32 << 20)  # some memory (written, so charged) for the cgroup to count
+print('ready', flush=True)
 time.sleep(600)
 """
 
 
 def _escapee(launcher: Launcher, rec: JobRecord) -> int:
-    """The double-forked process: in the job's cgroup, without the job's tag or group."""
+    """The double-forked process: in the job's cgroup, with an empty environment."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        tagged = set(launcher.scanner.pids_of(rec.tag, rec.pgid))
         for pid in launcher.cgroups.pids(rec.cgroup):
-            st = read_stat(pid)
-            if pid not in tagged and st is not None and st.pgid != rec.pgid:
-                return pid
+            with contextlib.suppress(OSError):
+                # (a zombie's environment reads empty too)
+                if Path(f"/proc/{pid}/environ").read_bytes() == b"" and is_alive(pid):
+                    st = read_stat(pid)
+                    assert st is not None and st.pgid != rec.pgid
+                    assert pid not in launcher.scanner.pids_of(rec.tag, rec.pgid)
+                    return pid
         time.sleep(0.05)
     raise AssertionError("the escaped process never showed up")
 
@@ -184,6 +191,10 @@ def test_cancel_kills_the_whole_cgroup_also_after_a_restart(base: Path, which: s
                             cgroups=parent.cgroups)  # fmt: skip
         rec = launcher.start(launch(base, [PYTHON, "-c", ESCAPE], user="nobody", env={}))
         escapee = _escapee(launcher, rec)
+        deadline = time.monotonic() + 20
+        while "ready" not in Path(rec.log_path).read_text().splitlines():
+            assert time.monotonic() < deadline, "the job never got going"
+            time.sleep(0.05)
         escapee_start = read_stat(escapee).starttime  # type: ignore[union-attr]
         everyone = launcher.pids(rec)
         assert {rec.pid, rec.child_pid, escapee} <= set(everyone)
