@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import msgspec
 import pytest
 
 from dcsched.agents.cgroups import (
     SLICE,
+    Cgroups,
     Hierarchy,
     HostFacts,
     busctl_start_scope,
@@ -19,6 +23,8 @@ from dcsched.agents.cgroups import (
     systemd_device_allow,
     v1_deny_rules,
 )
+from dcsched.protocol.config import Config, ConfigError, load_config
+from tests.unit.agents.helpers import make_agent
 
 HYBRID = """\
 tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
@@ -148,3 +154,29 @@ def test_parse_flat_keyed() -> None:
         "usage_usec": 1500,
         "user_usec": 1000,
     }
+
+
+def test_describe_says_which_backend_or_why_none() -> None:
+    hs = parse_mounts(HYBRID)
+    on = Cgroups(choose("auto", facts(HYBRID)), hs)
+    assert on.enabled
+    text = on.describe()
+    assert text.startswith("job cgroups: v1 (the cgroup v1 devices controller is mounted)")
+    assert "/sys/fs/cgroup/devices" in text and "/sys/fs/cgroup/unified" in text
+    off = Cgroups(choose("auto", facts(HYBRID, euid=1000)), hs)
+    assert not off.enabled and off.prepare("j1_0_t", [0]) == ""
+    assert "none (the agent does not run as root); jobs run without GPU device limits" in (
+        off.describe()
+    )
+
+
+def test_the_agent_takes_the_setting_from_its_config(tmp_path: Path, agent_config: Config) -> None:
+    cfg = msgspec.structs.replace(
+        agent_config, agent=msgspec.structs.replace(agent_config.agent, cgroups="off")
+    )
+    cgroups = make_agent(cfg, tmp_path).launcher.cgroups
+    assert cgroups.kind == "none" and "[agent] cgroups = off" in cgroups.describe()
+    conf = tmp_path / "bad.toml"
+    conf.write_text('[agent]\ncgroups = "yes"\n')
+    with pytest.raises(ConfigError, match=r"cgroups"):
+        load_config(str(conf))
