@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from dcsched.agents import runner
-from dcsched.agents.cgroups import CgroupError, Cgroups
+from dcsched.agents.cgroups import CgroupError, Cgroups, Usage
 from dcsched.agents.errors import INVALID, PORT_IN_USE, LaunchError
 from dcsched.agents.logs import open_no_follow
 from dcsched.agents.procs import TAG_VAR, ProcScanner, is_alive, kill_group, kill_pids, read_stat
@@ -269,8 +269,7 @@ class Launcher:
                 try:
                     self.cgroups.attach(cgroup, proc.pid, launch.gpus)
                 except CgroupError as exc:
-                    os.close(hold_w)  # end of file: the runner exits, having run nothing
-                    hold_w = -1
+                    proc.kill()  # still held: it has run nothing of the job's
                     proc.wait()
                     raise LaunchError(str(exc)) from None
                 os.write(hold_w, b"1")
@@ -386,6 +385,10 @@ class Launcher:
         that cleared its environment and left the session)."""
         found = set(self.scanner.pids_of(rec.tag, rec.pgid))
         return sorted(found.union(self.cgroups.pids(rec.cgroup)) if rec.cgroup else found)
+
+    def usage(self, rec: JobRecord) -> Usage | None:
+        """CPU time and memory of the job's processes on this host, from its cgroup."""
+        return self.cgroups.usage(rec.cgroup) if rec.cgroup else None
 
     def send_signal(self, rec: JobRecord, sig: int) -> None:
         """SIGTERM goes to the job's group (torchrun then stops its workers in order);

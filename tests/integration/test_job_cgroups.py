@@ -198,8 +198,8 @@ def test_cancel_kills_the_whole_cgroup_also_after_a_restart(base: Path, which: s
         escapee_start = read_stat(escapee).starttime  # type: ignore[union-attr]
         everyone = launcher.pids(rec)
         assert {rec.pid, rec.child_pid, escapee} <= set(everyone)
-        usage = launcher.cgroups.usage(rec.cgroup)
-        assert usage.cpu_s is not None and usage.cpu_s > 0
+        usage = launcher.usage(rec)
+        assert usage is not None and usage.cpu_s is not None and usage.cpu_s > 0
         if any("memory" in h.controllers for h in hs):
             assert usage.memory_bytes is not None and usage.memory_bytes > 16 << 20
 
