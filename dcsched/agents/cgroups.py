@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from dcsched.agents.procs import kill_pids
+
 Kind = Literal["systemd", "v1", "v2", "none"]
 
 NVIDIA_MAJOR = 195  # /dev/nvidia<minor>; nvidiactl is 195:255, nvidia-modeset 195:254
@@ -406,7 +408,7 @@ class Cgroups:
                         break  # stuck in FREEZING (a task in the kernel): kill anyway
                     time.sleep(0.01)
             try:
-                _kill_all(self.pids(rel))
+                kill_pids(self.pids(rel), signal.SIGKILL)
             finally:
                 with contextlib.suppress(OSError):
                     _write(freezer / "freezer.state", "THAWED")  # SIGKILL is delivered on thaw
@@ -415,7 +417,7 @@ class Cgroups:
             pids = self.pids(rel)
             if not pids:
                 return
-            _kill_all(pids)
+            kill_pids(pids, signal.SIGKILL)
             time.sleep(0.01)
 
     def remove(self, rel: str, timeout: float = _SETTLE_S) -> bool:
@@ -489,13 +491,6 @@ def _read(path: str) -> str:
             return f.read()
     except OSError:
         return ""
-
-
-def _kill_all(pids: Iterable[int]) -> None:
-    for pid in pids:
-        if pid > 1 and pid != os.getpid():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def _enable_v2_controllers(parent: Path) -> None:
