@@ -247,3 +247,56 @@ def test_a_launch_that_cannot_join_its_cgroup_runs_nothing(base: Path) -> None:
         assert parent.leftovers() == []
     finally:
         parent.close()
+
+
+# Stands in for busctl on a host without systemd: does what StartTransientUnit would do to
+# the cgroup tree (a scope under dcsched.slice holding the given pid), or fails as told.
+FAKE_BUSCTL = """#!/bin/sh
+if [ -n "$FAKE_BUSCTL_FAIL" ]; then echo "$FAKE_BUSCTL_FAIL" >&2; exit 1; fi
+while [ "$1" != "ssa(sv)a(sa(sv))" ]; do shift; done
+unit=$2
+while [ "$1" != "PIDs" ]; do shift; done
+mkdir -p "$FAKE_CGROOT/dcsched.slice/$unit"
+echo "$4" > "$FAKE_CGROOT/dcsched.slice/$unit/cgroup.procs"
+"""
+
+
+def test_a_systemd_scope_is_joined_before_the_job_runs(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v2 = [h for h in host_facts().hierarchies if h.version == 2]
+    if not v2:
+        pytest.skip("no cgroup2 hierarchy on this host")
+    busctl = base / "bin" / "busctl"
+    busctl.parent.mkdir()
+    busctl.write_text(FAKE_BUSCTL)
+    busctl.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{busctl.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_CGROOT", v2[0].mount)
+    cgroups = Cgroups(Choice("systemd", "test"), v2)
+    slice_dir = Path(v2[0].mount) / "dcsched.slice"
+    launcher = Launcher(base / "state", str(base / "torchrun"), runner_python=PYTHON,
+                        cgroups=cgroups)  # fmt: skip
+    code = "import os; print(open('/proc/self/cgroup').read(), flush=True)"
+    rec = launcher.start(launch(base, [PYTHON, "-c", code], env={}))
+    try:
+        assert rec.cgroup.startswith("dcsched.slice/dcsched-j1_0_")
+        assert rec.cgroup.endswith(".scope")
+        assert wait_exit(launcher, rec).exit_code == 0
+        # The job's first line of output already comes from inside the scope.
+        assert f"0::/{rec.cgroup}\n" in Path(rec.log_path).read_text()
+        launcher.cleanup(rec)
+        assert cgroups.pids(rec.cgroup) == []
+
+        monkeypatch.setenv("FAKE_BUSCTL_FAIL", "Access denied")
+        marker = base / "ran"
+        with pytest.raises(LaunchError, match=r"systemd could not make scope .*Access denied"):
+            launcher.start(launch(base, ["touch", str(marker)], env={}, job_id="j2"))
+        time.sleep(0.3)
+        assert not marker.exists()
+    finally:
+        # systemd would collect the empty scope; here the test removes what its fake made.
+        cgroups.remove(rec.cgroup)
+        for d in [*slice_dir.glob("dcsched-*.scope"), slice_dir]:
+            if d.is_dir():
+                d.rmdir()
