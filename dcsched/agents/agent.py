@@ -125,6 +125,8 @@ class Agent:
         cgroups = self.launcher.cgroups
         quiet = cgroups.enabled or self.cfg.agent.cgroups == "off"
         log.log(logging.INFO if quiet else logging.WARNING, "%s", cgroups.describe())
+        for left in cgroups.sweep(keep={r.cgroup for r in self.jobs.values()}):
+            log.info("removed cgroup %s, which an earlier agent left empty", left)
         self._adopt()
         self._addr = self.cfg.agent.advertise_addr or await asyncio.to_thread(self._own_address)
 

@@ -449,6 +449,30 @@ class Cgroups:
                     time.sleep(0.02)
         return not busy
 
+    def sweep(self, keep: Iterable[str] = (), min_age_s: float = 60.0) -> list[str]:
+        """Removes the empty job cgroups an agent that died left under the parent, except
+        those in `keep`. Only empty ones can go (rmdir refuses the rest), and only those
+        older than `min_age_s`: another agent on this host may have just made one for a job
+        whose first process joins it a moment later. Returns the paths it removed, relative
+        to the hierarchies' roots."""
+        removed: set[str] = set()
+        now = time.time()
+        for h in self.hierarchies:
+            base = Path(h.mount) / self.parent
+            with contextlib.suppress(OSError):
+                for d in base.iterdir():
+                    rel = f"{self.parent}/{d.name}"
+                    if rel in keep or not d.is_dir():
+                        continue
+                    with contextlib.suppress(OSError):
+                        if (
+                            now - d.stat().st_mtime >= min_age_s
+                            and not _read(str(d / "cgroup.procs")).split()
+                        ):
+                            d.rmdir()
+                            removed.add(rel)
+        return sorted(removed)
+
     def usage(self, rel: str) -> Usage:
         """CPU time and memory of the job's cgroup (for dctop; not sent as telemetry yet)."""
         cpu_s: float | None = None

@@ -13,6 +13,7 @@ import pwd
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 import time
 import uuid
@@ -26,6 +27,7 @@ from dcsched.agents.errors import LaunchError
 from dcsched.agents.launcher import ExitStatus, Launcher
 from dcsched.agents.procs import is_alive, read_stat
 from dcsched.agents.state import JobRecord
+from tests.conftest import Procs
 from tests.unit.agents.helpers import launch
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making cgroups needs root")
@@ -300,3 +302,21 @@ def test_a_systemd_scope_is_joined_before_the_job_runs(
         for d in [*slice_dir.glob("dcsched-*.scope"), slice_dir]:
             if d.is_dir():
                 d.rmdir()
+
+
+def test_sweep_removes_only_empty_cgroups_nobody_keeps(procs: Procs) -> None:
+    choice, hs = hierarchies("auto")
+    parent = Parent(choice, hs)
+    cg = parent.cgroups
+    try:
+        stale, kept, busy = (cg.prepare(n, []) for n in ("stale", "kept", "busy"))
+        sleeper = procs.popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        cg.attach(busy, sleeper.pid)
+        assert cg.sweep(keep={kept}, min_age_s=60) == []  # all of them too young
+        removed = cg.sweep(keep={kept}, min_age_s=0)
+        assert {Path(p).name for p in removed} == {"stale"}
+        assert cg.pids(stale) == [] and not cg._dirs(stale)
+        assert cg._dirs(kept) and cg.pids(busy) == [sleeper.pid]
+    finally:
+        parent.close()
+    assert not any((m / parent.name).exists() for m in parent.mounts)
