@@ -282,13 +282,43 @@ class Cgroups:
     ) -> Cgroups:
         facts = host_facts()
         minors, every = host_gpu_minors(gpus)
-        return cls(
+        cgroups = cls(
             choose(setting, facts),
             facts.hierarchies,
             gpu_minors=minors,
             host_minors=every,
             parent=parent,
         )
+        cgroups.probe()
+        return cgroups
+
+    def probe(self) -> None:
+        """Checks that the chosen backend works here before any job depends on it: a
+        container often mounts the cgroup filesystem read-only, and a systemd host may not
+        answer on D-Bus. One that does not falls back to none (jobs run, unfenced) with the
+        reason, instead of failing every launch."""
+        problem = ""
+        if self.kind == "systemd":
+            argv = ["busctl", "call", "--quiet", "org.freedesktop.systemd1",
+                    "/org/freedesktop/systemd1", "org.freedesktop.DBus.Peer", "Ping"]  # fmt: skip
+            try:
+                subprocess.run(argv, check=True, capture_output=True, timeout=10, text=True)
+            except (OSError, subprocess.SubprocessError) as exc:
+                err = (getattr(exc, "stderr", "") or str(exc)).strip()
+                problem = f"systemd runs the host but does not answer on D-Bus: {err}"
+        elif self.kind in ("v1", "v2"):
+            for h in self._joined():
+                try:
+                    (Path(h.mount) / self.parent).mkdir(exist_ok=True)
+                except OSError as exc:
+                    needed = "devices" in h.controllers if self.kind == "v1" else h.version == 2
+                    if needed:
+                        problem = f"cannot make {Path(h.mount) / self.parent}: {exc.strerror}"
+                        break
+                    # Not needed for the limits: left out (no kill-all or usage through it).
+                    self.hierarchies.remove(h)
+        if problem:
+            self.kind, self.reason = "none", problem
 
     @property
     def enabled(self) -> bool:

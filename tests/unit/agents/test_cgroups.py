@@ -10,6 +10,7 @@ import pytest
 from dcsched.agents.cgroups import (
     SLICE,
     Cgroups,
+    Choice,
     Hierarchy,
     HostFacts,
     busctl_start_scope,
@@ -180,3 +181,18 @@ def test_the_agent_takes_the_setting_from_its_config(tmp_path: Path, agent_confi
     conf.write_text('[agent]\ncgroups = "yes"\n')
     with pytest.raises(ConfigError, match=r"cgroups"):
         load_config(str(conf))
+
+
+def test_a_backend_that_does_not_work_here_falls_back_before_any_launch(tmp_path: Path) -> None:
+    # /dev/null stands in for a read-only cgroup mount: nothing can be made under it.
+    broken = Hierarchy("/dev/null", 1, frozenset({"devices"}))
+    usable = Hierarchy(str(tmp_path), 1, frozenset({"devices"}))
+    cg = Cgroups(Choice("v1", "test"), [broken], parent="p")
+    cg.probe()
+    assert cg.kind == "none" and "cannot make /dev/null/p" in cg.reason
+    assert cg.prepare("j1_0_t", [0]) == ""  # jobs still run
+    # A hierarchy the limits do not need is only left out.
+    memory = Hierarchy("/dev/null", 1, frozenset({"memory"}))
+    cg = Cgroups(Choice("v1", "test"), [usable, memory], parent="p")
+    cg.probe()
+    assert cg.kind == "v1" and cg.hierarchies == [usable] and (tmp_path / "p").is_dir()
