@@ -31,6 +31,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -293,32 +294,41 @@ class Cgroups:
         return cgroups
 
     def probe(self) -> None:
-        """Checks that the chosen backend works here before any job depends on it: a
-        container often mounts the cgroup filesystem read-only, and a systemd host may not
-        answer on D-Bus. One that does not falls back to none (jobs run, unfenced) with the
-        reason, instead of failing every launch."""
-        problem = ""
-        if self.kind == "systemd":
-            argv = ["busctl", "call", "--quiet", "org.freedesktop.systemd1",
-                    "/org/freedesktop/systemd1", "org.freedesktop.DBus.Peer", "Ping"]  # fmt: skip
-            try:
-                subprocess.run(argv, check=True, capture_output=True, timeout=10, text=True)
-            except (OSError, subprocess.SubprocessError) as exc:
-                err = (getattr(exc, "stderr", "") or str(exc)).strip()
-                problem = f"systemd runs the host but does not answer on D-Bus: {err}"
-        elif self.kind in ("v1", "v2"):
+        """Puts a throwaway process through a job's whole cycle (make, join, kill, remove)
+        before any job depends on the backend: a container often mounts the cgroup
+        filesystem read-only, and a systemd host may refuse us on D-Bus. A backend that
+        fails falls back to none (jobs run, unfenced) with the reason, instead of failing
+        every launch."""
+        if self.kind in ("v1", "v2"):
             for h in self._joined():
                 try:
                     (Path(h.mount) / self.parent).mkdir(exist_ok=True)
                 except OSError as exc:
                     needed = "devices" in h.controllers if self.kind == "v1" else h.version == 2
                     if needed:
-                        problem = f"cannot make {Path(h.mount) / self.parent}: {exc.strerror}"
-                        break
+                        where = Path(h.mount) / self.parent
+                        self.kind, self.reason = "none", f"cannot make {where}: {exc.strerror}"
+                        return
                     # Not needed for the limits: left out (no kill-all or usage through it).
                     self.hierarchies.remove(h)
-        if problem:
-            self.kind, self.reason = "none", problem
+        if self.kind == "none":
+            return
+        sleeper = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL
+        )
+        rel = ""
+        try:
+            rel = self.prepare(f"probe-{os.getpid()}-{sleeper.pid}", [])
+            self.attach(rel, sleeper.pid)
+            if sleeper.pid not in self.pids(rel):
+                raise CgroupError(f"a process moved into {rel} is not listed there")
+        except CgroupError as exc:
+            self.kind, self.reason = "none", f"{self.kind} does not work here: {exc}"
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+            if rel:
+                self.remove(rel)
 
     @property
     def enabled(self) -> bool:

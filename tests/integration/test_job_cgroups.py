@@ -320,3 +320,18 @@ def test_sweep_removes_only_empty_cgroups_nobody_keeps(procs: Procs) -> None:
     finally:
         parent.close()
     assert not any((m / parent.name).exists() for m in parent.mounts)
+
+
+def test_the_probe_leaves_out_a_hierarchy_the_limits_do_not_need() -> None:
+    choice, hs = hierarchies("auto")
+    broken = Hierarchy("/dev/null", 1, frozenset({"memory"}))  # cannot be written
+    parent = Parent(choice, [*hs, broken])
+    try:
+        parent.cgroups.probe()
+        assert parent.cgroups.kind == choice.kind, parent.cgroups.reason
+        assert broken not in parent.cgroups.hierarchies
+        assert parent.leftovers() == []  # the probe's own cgroup is gone
+    finally:
+        parent.mounts.remove(Path("/dev/null"))
+        parent.close()
+    assert not any((m / parent.name).exists() for m in parent.mounts)

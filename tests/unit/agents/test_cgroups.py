@@ -186,13 +186,12 @@ def test_the_agent_takes_the_setting_from_its_config(tmp_path: Path, agent_confi
 def test_a_backend_that_does_not_work_here_falls_back_before_any_launch(tmp_path: Path) -> None:
     # /dev/null stands in for a read-only cgroup mount: nothing can be made under it.
     broken = Hierarchy("/dev/null", 1, frozenset({"devices"}))
-    usable = Hierarchy(str(tmp_path), 1, frozenset({"devices"}))
     cg = Cgroups(Choice("v1", "test"), [broken], parent="p")
     cg.probe()
     assert cg.kind == "none" and "cannot make /dev/null/p" in cg.reason
     assert cg.prepare("j1_0_t", [0]) == ""  # jobs still run
-    # A hierarchy the limits do not need is only left out.
-    memory = Hierarchy("/dev/null", 1, frozenset({"memory"}))
-    cg = Cgroups(Choice("v1", "test"), [usable, memory], parent="p")
+    # A folder that is no cgroup filesystem: a process cannot join it.
+    cg = Cgroups(Choice("v1", "test"), [Hierarchy(str(tmp_path), 1, frozenset({"devices"}))])
     cg.probe()
-    assert cg.kind == "v1" and cg.hierarchies == [usable] and (tmp_path / "p").is_dir()
+    assert cg.kind == "none" and cg.reason.startswith("v1 does not work here: cannot move")
+    assert [p.name for p in (tmp_path / "dcsched").iterdir()] == []  # the probe cleaned up
