@@ -313,9 +313,9 @@ class Cgroups:
                     self.hierarchies.remove(h)
         if self.kind == "none":
             return
-        sleeper = subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL
-        )
+        sleep = shutil.which("sleep")
+        argv = [sleep, "60"] if sleep else [sys.executable, "-c", "import time; time.sleep(60)"]
+        sleeper = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         rel = ""
         try:
             rel = self.prepare(f"probe-{os.getpid()}-{sleeper.pid}", [])
