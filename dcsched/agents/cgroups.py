@@ -5,7 +5,7 @@ GPUs it was given and no other; /dev/nvidiactl, nvidia-modeset, nvidia-uvm and e
 device stay open to it. Cancel kills the whole cgroup at once, so a process that left the
 job's session (setsid, double fork) and cleared its environment is still found.
 
-Backends, chosen once at start-up (`choose`):
+Backends, chosen once at start-up (`choose`, then `probe` tries it with a throwaway process):
 - `systemd`: systemd runs the host (/run/systemd/system exists). The job becomes a transient
   scope `dcsched.slice/dcsched-<job>.scope` (D-Bus StartTransientUnit through busctl) with
   a device allow-list: every device group but NVIDIA's, plus the given GPUs' nodes.
@@ -14,8 +14,11 @@ Backends, chosen once at start-up (`choose`):
   for cgroup.kill); devices.deny lists the GPUs it was not given.
 - `v2`: only cgroup2, no systemd. cgroup.kill and usage only: v2 limits devices through a
   BPF program, which this agent does not load (the reason is logged).
-- `none`: cgroups = "off", not root, or nothing mounted. Jobs run as before (process group
-  and DCSCHED_JOB_TAG).
+- `none`: cgroups = "off", not root, nothing mounted, or the probe failed (a read-only
+  mount in a container). Jobs run as before (process group and DCSCHED_JOB_TAG).
+
+`<job>` is `<job id>_<node rank>_<tag>`: the launch's random tag keeps two agents on one
+host (tests, the demo) from ever sharing a cgroup.
 
 A job's cgroup is named by a path relative to each hierarchy's root (the same in all of
 them), kept in the job's record: a restarted agent finds it again whatever it would choose
