@@ -24,6 +24,7 @@ from importlib import metadata
 
 import aiomqtt
 
+from dcsched.agents.cgroups import Cgroups
 from dcsched.agents.errors import AgentError, LaunchError, StateError
 from dcsched.agents.gpu import GpuBackend, make_backend
 from dcsched.agents.launcher import ExitStatus, Launcher, valid_job_id
@@ -113,7 +114,6 @@ class Agent:
         self.backend = backend or make_backend(cfg.agent, self.host)
         self.store = StateStore(cfg.agent.state_dir)
         self.verifier = CommandVerifier(keys, self.host, replay=self.store.state.replay)
-        self.launcher = Launcher(cfg.agent.state_dir, cfg.agent.torchrun, host=self.host)
         self.identifier = identifier or f"dc-agent-{self.host}"
         self.dropped: Counter[str] = Counter()
         self.connected = asyncio.Event()
@@ -126,6 +126,10 @@ class Agent:
         self._addr = ""
         self._inventory = self.backend.inventory()
         self._gpu_indexes = {g.index for g in self._inventory}
+        cgroups = Cgroups.detect(cfg.agent.cgroups, [(g.index, g.uuid) for g in self._inventory])
+        self.launcher = Launcher(
+            cfg.agent.state_dir, cfg.agent.torchrun, host=self.host, cgroups=cgroups
+        )
 
     @property
     def jobs(self) -> dict[str, JobRecord]:
@@ -144,6 +148,11 @@ class Agent:
         except StateError as exc:
             log.error("%s; starting with an empty state", exc)
         self.verifier.replay = self.store.state.replay  # what was accepted before the restart
+        cgroups = self.launcher.cgroups
+        quiet = cgroups.enabled or self.cfg.agent.cgroups == "off"
+        log.log(logging.INFO if quiet else logging.WARNING, "%s", cgroups.describe())
+        for left in cgroups.sweep(keep={r.cgroup for r in self.jobs.values()}):
+            log.info("removed cgroup %s, which an earlier agent left empty", left)
         self._adopt()
         self._addr = self.cfg.agent.advertise_addr or await asyncio.to_thread(self._own_address)
 

@@ -8,6 +8,10 @@ A job's files live in `logs/<job>/`, a folder only root (the agent) writes to: t
 creates each file afresh there, never through a symlink, and hands the job's user the log
 file alone (by fchown on its fd); the runner writes the status through an fd it inherits.
 So no name a user controls is ever followed as root.
+
+Where the host has cgroups (see cgroups.py), the runner starts held: the agent moves it into
+the job's own cgroup, which fences the GPUs it was not given, and only then lets it go on.
+Cancel's SIGKILL and the clean-up after the job's end kill the whole cgroup.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import pwd
 import re
@@ -33,11 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from dcsched.agents import runner
+from dcsched.agents.cgroups import CgroupError, Cgroups, Usage
 from dcsched.agents.errors import INVALID, PORT_IN_USE, LaunchError
 from dcsched.agents.logs import open_no_follow
 from dcsched.agents.procs import TAG_VAR, ProcScanner, is_alive, kill_group, kill_pids, read_stat
 from dcsched.agents.state import JobRecord
 from dcsched.protocol.messages import Launch
+
+log = logging.getLogger("dcsched.agent")
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _START_TIMEOUT_S = 10.0
@@ -152,6 +160,7 @@ class Launcher:
         torchrun: str = "torchrun",
         runner_python: str = "",
         host: str = "",
+        cgroups: Cgroups | None = None,
     ) -> None:
         self.logs_dir = Path(state_dir) / "logs"
         self.torchrun = torchrun
@@ -160,6 +169,8 @@ class Launcher:
         # able to execute it.
         self.runner_python = runner_python or sys.executable
         self.scanner = ProcScanner()
+        # Without one, jobs get no cgroup; a restarted agent still finds those they have.
+        self.cgroups = cgroups or Cgroups.detect("off")
 
     def paths(self, job_id: str, node_rank: int) -> tuple[Path, Path]:
         d = self.logs_dir / job_id
@@ -184,8 +195,49 @@ class Launcher:
             check_port_free(launch.master_port, self.host)
 
         log_path, status_path = self.paths(launch.job_id, launch.node_rank)
+        try:
+            cgroup = self.cgroups.prepare(f"{launch.job_id}_{launch.node_rank}_{tag}", launch.gpus)
+        except CgroupError as exc:
+            raise LaunchError(str(exc)) from None
+        try:
+            ready, pgid = self._spawn(launch, argv, env, workdir, popen_user, cgroup)
+        except BaseException:
+            # Nothing of the job may outlive a failed start, nor its cgroup.
+            self.cgroups.remove(cgroup)
+            raise
+        pid = int(ready["pid"])
+        st = read_stat(pid)
+        return JobRecord(
+            job_id=launch.job_id,
+            node_rank=launch.node_rank,
+            pid=pid,
+            pgid=pgid,
+            starttime=st.starttime if st else 0,
+            child_pid=int(ready["child_pid"]),
+            tag=tag,
+            log_path=str(log_path),
+            status_file=str(status_path),
+            gpus=list(launch.gpus),
+            cmd_ids=[launch.cmd_id],
+            started_ts=time.time(),
+            cgroup=cgroup,
+        )
+
+    def _spawn(
+        self,
+        launch: Launch,
+        argv: list[str],
+        env: dict[str, str],
+        workdir: str,
+        popen_user: dict[str, Any],
+        cgroup: str,
+    ) -> tuple[dict[str, Any], int]:
+        """Starts the runner (held until it is in `cgroup`); returns its report and the
+        process group it made."""
+        log_path, status_path = self.paths(launch.job_id, launch.node_rank)
         fds: list[int] = []
         read_fd, write_fd = os.pipe()
+        hold_r, hold_w = os.pipe() if cgroup else (-1, -1)
         try:
             dir_fd = self._job_dir(launch.job_id)
             fds.append(dir_fd)
@@ -197,18 +249,30 @@ class Launcher:
             if popen_user:
                 os.fchown(log_fd, popen_user["user"], popen_user["group"])
             os.write(log_fd, f"[dcsched] {shlex.join(argv)}\n".encode())
+            hold = ["--hold-fd", str(hold_r)] if cgroup else []
             # -I: the runner needs only the standard library, and the job's workdir or
             # PYTHONPATH must not shadow it.
             proc = subprocess.Popen(
                 [self.runner_python, "-I", runner.__file__, "--status-file", str(status_path),
                  "--status-fd", str(status_fd), "--ready-fd", str(write_fd),
-                 "--log-file", str(log_path), "--", *argv],
+                 "--log-file", str(log_path), *hold, "--", *argv],
                 stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
-                cwd=workdir, env=env, start_new_session=True, pass_fds=(write_fd, status_fd),
+                cwd=workdir, env=env, start_new_session=True,
+                pass_fds=(write_fd, status_fd, *([hold_r] if cgroup else [])),
                 **popen_user,
             )  # fmt: skip
             os.close(write_fd)
             write_fd = -1
+            if cgroup:
+                os.close(hold_r)
+                hold_r = -1
+                try:
+                    self.cgroups.attach(cgroup, proc.pid, launch.gpus)
+                except CgroupError as exc:
+                    proc.kill()  # still held: it has run nothing of the job's
+                    proc.wait()
+                    raise LaunchError(str(exc)) from None
+                os.write(hold_w, b"1")
             try:
                 proc.wait(_START_TIMEOUT_S)  # the first runner process exits after its fork
             except subprocess.TimeoutExpired:
@@ -221,29 +285,12 @@ class Launcher:
         except OSError as exc:
             raise LaunchError(f"cannot start the job: {exc}") from None
         finally:
-            os.close(read_fd)
-            if write_fd >= 0:
-                os.close(write_fd)
-            for fd in fds:
-                os.close(fd)
+            for fd in (read_fd, write_fd, hold_r, hold_w, *fds):
+                if fd >= 0:
+                    os.close(fd)
         if "error" in ready:
             raise LaunchError(str(ready["error"]))
-        pid = int(ready["pid"])
-        st = read_stat(pid)
-        return JobRecord(
-            job_id=launch.job_id,
-            node_rank=launch.node_rank,
-            pid=pid,
-            pgid=proc.pid,  # the first runner process made the session and group
-            starttime=st.starttime if st else 0,
-            child_pid=int(ready["child_pid"]),
-            tag=tag,
-            log_path=str(log_path),
-            status_file=str(status_path),
-            gpus=list(launch.gpus),
-            cmd_ids=[launch.cmd_id],
-            started_ts=time.time(),
-        )
+        return ready, proc.pid  # the first runner process made the session and group
 
     def _job_dir(self, job_id: str) -> int:
         """An fd of logs/<job>/, a folder of ours that nobody else may write to."""
@@ -334,7 +381,14 @@ class Launcher:
         return ExitStatus(None, rec.cancel_signal, lost=rec.cancel_signal is None)
 
     def pids(self, rec: JobRecord) -> list[int]:
-        return self.scanner.pids_of(rec.tag, rec.pgid)
+        """The job's processes: its tag or group, and whatever else is in its cgroup (one
+        that cleared its environment and left the session)."""
+        found = set(self.scanner.pids_of(rec.tag, rec.pgid))
+        return sorted(found.union(self.cgroups.pids(rec.cgroup)) if rec.cgroup else found)
+
+    def usage(self, rec: JobRecord) -> Usage | None:
+        """CPU time and memory of the job's processes on this host, from its cgroup."""
+        return self.cgroups.usage(rec.cgroup) if rec.cgroup else None
 
     def send_signal(self, rec: JobRecord, sig: int) -> None:
         """SIGTERM goes to the job's group (torchrun then stops its workers in order);
@@ -345,6 +399,8 @@ class Launcher:
             os.close(os.open(runner.cancel_marker(rec.status_file), flags, 0o644))
         kill_group(rec.pgid, sig)
         if sig == signal.SIGKILL:
+            if rec.cgroup:
+                self.cgroups.kill(rec.cgroup)  # all of it at once, whatever it did to hide
             kill_pids(self.pids(rec), sig)
 
     def cleanup(self, rec: JobRecord) -> list[int]:
@@ -354,6 +410,11 @@ class Launcher:
         if left:
             kill_group(rec.pgid, signal.SIGKILL)
             kill_pids(left, signal.SIGKILL)
+        if rec.cgroup and not self.cgroups.remove(rec.cgroup):
+            log.warning(
+                "job %s node %d: its cgroup %s is still busy; left in place",
+                rec.job_id, rec.node_rank, rec.cgroup,
+            )  # fmt: skip
         with contextlib.suppress(OSError):
             os.unlink(runner.cancel_marker(rec.status_file))
         return left

@@ -12,6 +12,10 @@ writable folder there (a user-owned folder is where symlinks aimed at root are p
 With `--ready-fd N` it first detaches (forks; the first process exits at once, so the agent
 never keeps a child of its own) and writes {"pid", "child_pid"} or {"error"} to fd N once
 ARGV has started. Standard library only: the agent also runs it as a script with `python -I`.
+
+With `--hold-fd N` it first waits for one byte on fd N: meanwhile the agent moves it into
+the job's cgroup, so everything the job starts is in it from the first instruction. An
+end of file instead (the agent could not place it) makes it exit at once, running nothing.
 """
 
 from __future__ import annotations
@@ -136,11 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--status-fd", type=int, default=-1, help="write the status through this fd")
     p.add_argument("--ready-fd", type=int, default=-1)
     p.add_argument("--log-file", default="", help="the job's log, for torchrun's failure report")
+    p.add_argument("--hold-fd", type=int, default=-1, help="wait for a byte on this fd first")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     cmd: list[str] = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         p.error("no command after --")
+    if args.hold_fd >= 0:
+        go = os.read(args.hold_fd, 1)
+        os.close(args.hold_fd)
+        if not go:
+            return 125  # the agent gave up on this launch; it reports why
     if args.ready_fd >= 0 and os.fork() > 0:
         os._exit(0)  # the agent reaps this first process; the job runs under the fork
     return run(cmd, args.status_file, args.ready_fd, args.log_file, args.status_fd)

@@ -41,6 +41,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     started_ts: float = 0.0
     cancel_signal: int | None = None  # last signal a Cancel sent, if any
     cancel_reason: str = ""
+    cgroup: str = ""  # the job's cgroup, relative to each hierarchy's root; "" = none
 
     @property
     def key(self) -> str:

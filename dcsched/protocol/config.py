@@ -122,6 +122,9 @@ class AgentConfig(_Section):
     torchrun: str = "torchrun"
     # An exit goes out again this often until the daemon's AckExit (and after every reconnect).
     exit_resend_s: float = 10.0
+    # Each job in a cgroup of its own (GPU device limits, kill-all): "auto" where the host
+    # has them (see docs/security.md, Job isolation), "off" never.
+    cgroups: Literal["auto", "off"] = "auto"
 
     def host_name(self) -> str:
         return self.host or os.uname().nodename
