@@ -39,6 +39,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     started_ts: float = 0.0
     cancel_signal: int | None = None  # last signal a Cancel sent, if any
     cancel_reason: str = ""
+    warned_ts: float | None = None  # a Cancel's warning signal went to the workers then
 
     @property
     def key(self) -> str:

@@ -43,6 +43,7 @@ from dcsched.protocol.messages import (
     JobStarted,
     Launch,
     QueryJob,
+    Signal,
 )
 from dcsched.scheduler import SchedulerConfig
 
@@ -333,8 +334,7 @@ class JobManager:
         steps: list[tuple[int, lc.Event]] = [
             (j.id, lc.Tick())
             for i in list(self.model.running)
-            if (j := self.model.jobs[i]).state == S.COMPLETING
-            or (j.start_ts is not None and now > j.start_ts + j.time_limit_s)
+            if lc.due(j := self.model.jobs[i], now)
         ]
         if judge_silence:
             for host in list(self.model.on_host):
@@ -403,15 +403,24 @@ class JobManager:
                 elif isinstance(eff, lc.SendCancel):
                     grace = self.timing.cancel_grace_s if eff.grace_s is None else eff.grace_s
                     cancel = Cancel(
-                        cmd_id=new_cmd_id(), job_id=str(new.id), grace_s=grace, reason=eff.reason
+                        cmd_id=new_cmd_id(),
+                        job_id=str(new.id),
+                        grace_s=grace,
+                        reason=eff.reason,
+                        signal=eff.signal,
+                        signal_lead_s=eff.signal_lead_s,
                     )
                     rows.append(command_row(eff.host, new.id, cancel, now))
+                elif isinstance(eff, lc.SendSignal):
+                    sig = Signal(cmd_id=new_cmd_id(), job_id=str(new.id), signal=eff.signal)
+                    rows.append(command_row(eff.host, new.id, sig, now))
                 elif isinstance(eff, lc.DropLaunches):
                     superseded += self.sender.unacked(new.id, "launch")
             if new.state != old.state and (not new.parts or new.state == S.STARTING):
                 # The run is over (back in the queue, or ended before it started), or a new
                 # one begins: a late cancel, or a late answer to one, must not touch it.
                 superseded += self.sender.unacked(new.id, "cancel")
+                superseded += self.sender.unacked(new.id, "signal")
             batch.commands += rows
         batch.acks += [(c.cmd_id, False, "superseded", now) for c in superseded]
         await self.store.commit(batch)
@@ -473,10 +482,19 @@ def _launch(job: lc.Job, part: lc.Part) -> Launch:
         gpus=list(part.gpus),
         command=list(spec["command"]),
         workdir=spec.get("workdir", ""),
-        env=dict(spec.get("env", {})),
+        env={**spec.get("env", {}), **job_env(job)},
         user=job.user,
         python=spec["torchrun"].get("python"),
     )
+
+
+def job_env(job: lc.Job) -> dict[str, str]:
+    """What a run learns of its place: restarts (as Slurm's SLURM_RESTART_COUNT) and array."""
+    env = {"DCSCHED_RESTART_COUNT": str(job.restart_count)}
+    if job.array_job_id is not None and job.array_task_id is not None:
+        env["DCSCHED_ARRAY_JOB_ID"] = str(job.array_job_id)
+        env["DCSCHED_ARRAY_TASK_ID"] = str(job.array_task_id)
+    return env
 
 
 def _change(job: lc.Job) -> dict[str, object]:
