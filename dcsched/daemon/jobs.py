@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from dcsched.daemon import lifecycle as lc
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender, command_row, new_cmd_id
@@ -33,7 +35,13 @@ from dcsched.daemon.events import EventHub
 from dcsched.daemon.model import Model
 from dcsched.daemon.states import TERMINAL
 from dcsched.daemon.store import Batch, CommandRow, NotFound, Store
-from dcsched.protocol.jobspec import JobSpec, parse_dependencies, spec_to_dict
+from dcsched.protocol.jobspec import (
+    SINGLETON,
+    JobSpec,
+    parse_array,
+    parse_dependencies,
+    spec_to_dict,
+)
 from dcsched.protocol.messages import (
     Ack,
     AckExit,
@@ -108,7 +116,9 @@ class JobManager:
     # --- submissions ------------------------------------------------------------------------
 
     async def submit(self, spec: JobSpec, caller: Caller) -> int:
+        """The new job's id; for an array, the array's id (its first task's)."""
         self._writable()
+        spec = await self._resolve_dependencies(spec)
         await self._check_submission(spec)
         job = lc.Job(
             id=0,  # given by the store
@@ -126,6 +136,8 @@ class JobManager:
             time_limit_s=spec.time_limit_s,
             submit_ts=time.time(),
         )
+        if spec.array:
+            return await self._submit_array(job, spec)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._submits.append((job, fut))
         if self._flusher is None or self._flusher.done():
@@ -133,6 +145,55 @@ class JobManager:
         job_id = await fut
         log.info("job %d %r submitted by %s", job_id, spec.name, caller.user)
         return job_id
+
+    async def _submit_array(self, job: lc.Job, spec: JobSpec) -> int:
+        """Every task a job of its own, journaled in one transaction (not group-committed:
+        the tasks need the array's id, which is the first task's)."""
+        indexes, _ = parse_array(spec.array)
+        tasks = [dataclasses.replace(job, array_task_id=i) for i in indexes]
+        ids = await self.store.add_array(tasks, f"submitted by {job.user} (array {spec.array})")
+        for job_id, task in zip(ids, tasks, strict=True):
+            new = dataclasses.replace(task, id=job_id, array_job_id=ids[0])
+            self.model.install(new, None)
+            self.hub.publish("job", _change(new))
+        self.wake_scheduler()
+        log.info("array %d %r: %d tasks submitted by %s", ids[0], job.name, len(ids), job.user)
+        return ids[0]
+
+    async def _resolve_dependencies(self, spec: JobSpec) -> JobSpec:
+        """Dependencies on an array (its id: every task) or one task (`ARRAY_TASK`) become
+        job ids, so that the scheduler reads plain job ids."""
+        if not any("_" in d for d in spec.dependency) and not any(
+            self._maybe_array(int(i)) for _, i in parse_dependencies(spec.dependency)
+        ):
+            return spec
+        out: list[str] = []
+        for dep in spec.dependency:
+            if dep == SINGLETON:
+                out.append(dep)
+                continue
+            kind, *refs = dep.split(":")
+            ids: list[str] = []
+            for ref in refs:
+                head, _, task = ref.partition("_")
+                tasks = await self.store.array_tasks(int(head))
+                if task:
+                    if int(task) not in tasks:
+                        raise InvalidRequest(
+                            f"dependency on {ref}: job {head} has no array task {task}"
+                        )
+                    ids.append(str(tasks[int(task)]))
+                elif tasks:  # the array's id: every task
+                    ids += [str(i) for _, i in sorted(tasks.items())]
+                else:
+                    ids.append(head)
+            out.append(":".join([kind, *ids]))
+        return msgspec.structs.replace(spec, dependency=out)
+
+    def _maybe_array(self, job_id: int) -> bool:
+        """Might this id be an array's? (A live job says; a finished one needs the store.)"""
+        job = self.model.jobs.get(job_id)
+        return job is None or job.array_job_id == job_id
 
     async def _flush_submits(self) -> None:
         """Group commit: every submission that arrived meanwhile goes in one transaction."""

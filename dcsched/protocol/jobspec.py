@@ -315,6 +315,12 @@ def parse_array(text: str) -> tuple[tuple[int, ...], int | None]:
     return tuple(sorted(indexes)), limit
 
 
+def array_limit(text: str) -> int | None:
+    """The `%N` of a valid array string, without expanding its indexes."""
+    _, pct, n = text.partition("%")
+    return int(n) if pct else None
+
+
 def _lifecycle_problems(spec: JobSpec) -> list[SpecProblem]:
     p: list[SpecProblem] = []
     if spec.signal:
