@@ -481,6 +481,8 @@ class JobManager:
                 # The run is over (back in the queue, or ended before it started), or a new
                 # one begins: a late cancel, or a late answer to one, must not touch it.
                 superseded += self.sender.unacked(new.id, "cancel")
+            if new.state != old.state and old.state == S.RUNNING:
+                # A time-limit warning still unsent is moot once the run is being stopped.
                 superseded += self.sender.unacked(new.id, "signal")
             batch.commands += rows
         batch.acks += [(c.cmd_id, False, "superseded", now) for c in superseded]

@@ -12,6 +12,7 @@ outcome in one store transaction before any effect goes out.
 from __future__ import annotations
 
 import dataclasses
+import signal as _signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -357,7 +358,8 @@ def _warn(out: Outcome, now: float) -> None:
         return
     sig, lead = warning
     out.job = dataclasses.replace(out.job, signal_ts=now)
-    out.history.append((out.job.state, f"signal {sig} sent: {lead} s to the time limit"))
+    name = _signal.Signals(sig).name
+    out.history.append((out.job.state, f"{name} sent to the workers: {lead} s to the time limit"))
     hosts = dict.fromkeys(p.host for p in out.job.parts if p.state == "running")
     out.effects.extend(SendSignal(h, sig) for h in hosts)
 
