@@ -154,3 +154,26 @@ async def test_warning_before_the_time_limit_and_a_requeue_counts_a_restart(
         shown = await api(c, "job", job)
         assert (shown["restart_count"], shown["submit_ts"]) == (1, shown["submit_ts"])
         assert "Restarts = 1" in await _dcctl(d.config.daemon.socket, "show", str(job))
+
+
+async def test_a_lost_node_requeues_a_job_that_asked_for_it(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    conf = write_config(tmp_path, mosquitto, prefix, node_timeout_s=1.0)
+    async with running_daemon(conf) as d:
+        c = Client(d.config.daemon.socket)
+        a1 = await ScriptedAgent(mosquitto, prefix, "n1").__aenter__()
+        silent = False
+        try:
+            job = await api(c, "submit", _spec("train", requeue=True, max_restarts=1))
+            await run_on(a1, c, job)
+            async with ScriptedAgent(mosquitto, prefix, "n2") as a2:
+                await a1.__aexit__(None, None, None)  # n1 goes silent
+                silent = True
+                await until(lambda: launches(a2, job_id=job), 20.0, "the job runs on n2")
+                assert launches(a2, job_id=job)[-1].env["DCSCHED_RESTART_COUNT"] == "1"
+                states = [e["state"] for e in (await api(c, "job", job))["events"]]
+                assert states[-3:] == ["COMPLETING", "REQUEUED", "STARTING"], states
+        finally:
+            if not silent:
+                await a1.__aexit__(None, None, None)
