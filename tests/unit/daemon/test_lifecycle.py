@@ -36,6 +36,7 @@ from dcsched.daemon.lifecycle import (
     Tick,
 )
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState
+from dcsched.protocol.jobspec import max_restarts
 
 S = JobState
 HOSTS = ("a", "b")
@@ -1288,8 +1289,13 @@ def event_for(draw: st.DrawFn, j: Job, starts: int) -> lc.Event:
 @given(st.data())
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_order_of_events(data: st.DataObject) -> None:
-    # a fresh 2-node job, mostly just started
-    j = job(S.PENDING, nodes=2, time_limit_s=20)
+    # a fresh 2-node job, mostly just started; some warned before their end and requeued
+    # on node failures
+    spec = data.draw(
+        st.sampled_from([{}, {"signal": "USR1@10", "requeue": True, "max_restarts": 2}]),
+        label="spec",
+    )
+    j = job(S.PENDING, nodes=2, time_limit_s=20, spec=spec)
     now = T0
     starts = 0
     if data.draw(st.booleans(), label="started"):
@@ -1321,6 +1327,14 @@ def test_any_order_of_events(data: st.DataObject) -> None:
         if old.state in TERMINAL:
             assert new == old  # a finished job stays as it was
         assert new.submit_ts == SUBMIT
+        # restarts: never fewer, one at most per step, only on the way back to the queue
+        assert new.restart_count - old.restart_count in ((0, 1) if new.state in QUEUED else (0,))
+        if new.state in QUEUED:
+            assert new.signal_ts is None
+        if any(isinstance(e, lc.SendSignal) for e in out.effects):
+            assert new.state == S.RUNNING and spec and new.signal_ts == now
+        if new.state == S.NODE_FAIL and old.state != S.NODE_FAIL:
+            assert new.restart_count >= max_restarts(spec)
         if out.changed:
             assert out.history[-1][0] == new.state
         j = new
