@@ -513,8 +513,14 @@ class Agent:
         result = CommandResult(cmd_id=cmd.cmd_id, job_id=cmd.job_id, ok=True)
         recs = [r for r in self.jobs.values() if r.job_id == cmd.job_id]
         for rec in recs:
-            if rec.key in self._cancels and not self._cancels[rec.key].done():
-                continue
+            task = self._cancels.get(rec.key)
+            if task is not None and not task.done():
+                # A cancel without a warning cuts a warning's lead time short (a user's
+                # cancel during a preemption's checkpoint window); anything else waits.
+                warning_phase = rec.warned_ts is not None and rec.cancel_signal is None
+                if not (warning_phase and cmd.signal is None):
+                    continue
+                task.cancel()
             rec.cancel_reason = cmd.reason or "cancelled"
             warning = (cmd.signal, cmd.signal_lead_s) if cmd.signal is not None else None
             self._cancels[rec.key] = asyncio.create_task(

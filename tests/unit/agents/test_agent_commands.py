@@ -318,3 +318,22 @@ async def test_a_signal_command_reaches_the_workers(tmp_path: Path, agent_config
     assert (tmp_path / "warned").read_text() == f"{int(signal.SIGUSR1)}\n"
     exited = agent.store.state.outbox[-1]
     assert isinstance(exited, JobExited) and exited.exit_code == 0
+
+
+async def test_a_plain_cancel_cuts_a_warnings_lead_short(
+    tmp_path: Path, agent_config: Config
+) -> None:
+    agent = make_agent(agent_config, tmp_path)
+    client = FakeClient()
+    await agent.handle(client, launch(tmp_path, ["sleep", "60"]))  # type: ignore[arg-type]
+    requeue = Cancel(
+        cmd_id="c2", job_id="j1", grace_s=5, reason="requeued", signal=signal.SIGUSR1,
+        signal_lead_s=60,
+    )  # fmt: skip
+    await agent.handle(client, requeue)  # type: ignore[arg-type]
+    await until(lambda: agent.jobs["j1#0"].warned_ts is not None)
+    await agent.handle(client, Cancel(cmd_id="c3", job_id="j1", grace_s=5))  # type: ignore[arg-type]
+    await wait_jobs_done(agent, timeout=15)  # not the 60 s lead
+    exited = agent.store.state.outbox[-1]
+    assert isinstance(exited, JobExited)
+    assert (exited.reason, exited.signal) == ("cancelled", signal.SIGTERM)
