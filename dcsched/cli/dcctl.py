@@ -369,11 +369,15 @@ def cmd_gpus(c: Client, a: argparse.Namespace) -> int:
 
 
 def _node_action(c: Client, a: argparse.Namespace, action: str) -> int:
-    out = c.node_action(a.host, action, getattr(a, "reason", "") or "")
+    out = c.node_action(
+        a.host, action, getattr(a, "reason", "") or "", getattr(a, "requeue", False)
+    )
     if a.json:
         print_json(out)
     else:
         print(f"{a.host}: {'drained' if out['drained'] else 'resumed'}")
+        if out.get("requeued"):
+            print(f"{a.host}: requeued jobs " + ", ".join(map(str, out["requeued"])))
     return 0
 
 
@@ -597,6 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = add("drain", "stop scheduling on a node; running jobs finish")
     d.add_argument("host")
     d.add_argument("--reason", default="")
+    d.add_argument(
+        "--requeue",
+        action="store_true",
+        help="also send its running jobs back to the queue (warning signal first)",
+    )
     add("resume", "schedule on a drained node again").add_argument("host")
     lg = add("logs", "a job's output, read from its nodes' agents", json_flag=False)
     lg.add_argument("job")

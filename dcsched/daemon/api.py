@@ -331,7 +331,10 @@ class Api:
         body = await _json_body(request) if request.can_read_body else {}
         reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
         await self.d.set_drain(request.match_info["host"], True, reason or f"by {who.user}")
-        return web.json_response({"host": request.match_info["host"], "drained": True})
+        out: dict[str, Any] = {"host": request.match_info["host"], "drained": True}
+        if isinstance(body, dict) and body.get("requeue") is True:  # drain --requeue
+            out["requeued"] = await self.d.jobs.requeue_host(request.match_info["host"], who.user)
+        return web.json_response(out)
 
     async def resume(self, request: web.Request) -> web.Response:
         who = caller(request)

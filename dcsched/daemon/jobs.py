@@ -275,6 +275,14 @@ class JobManager:
         ev = lc.Requeue("preempted by a higher QOS", self.timing.preempt_grace_s, True)
         await self._apply_many([(i, ev) for i in job_ids])
 
+    async def requeue_host(self, host: str, by: str) -> list[int]:
+        """`dcctl drain --requeue`: the jobs running on `host` back to the queue, each with
+        its warning signal and lead first, as a preemption."""
+        ids = [j.id for j in self.model.jobs_on(host)]
+        ev = lc.Requeue(f"node {host} drained by {by}", self.timing.preempt_grace_s, True)
+        await self._apply_many([(i, ev) for i in ids])
+        return ids
+
     async def start(self, starts: list[tuple[int, lc.Start]]) -> None:
         """The scheduler's starts of one pass, journaled together."""
         await self._apply_many(starts)

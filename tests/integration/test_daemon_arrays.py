@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import io
 import signal
 from pathlib import Path
@@ -177,3 +178,26 @@ async def test_a_lost_node_requeues_a_job_that_asked_for_it(
         finally:
             if not silent:
                 await a1.__aexit__(None, None, None)
+
+
+async def test_drain_with_requeue_warns_and_requeues_the_nodes_jobs(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    conf = write_config(tmp_path, mosquitto, prefix, admins=[getpass.getuser()])
+    async with (
+        running_daemon(conf) as d,
+        ScriptedAgent(mosquitto, prefix, "n1", gpus=2) as a1,
+    ):
+        sock = d.config.daemon.socket
+        c = Client(sock)
+        job = await api(c, "submit", _spec("train", signal="USR1@120"))
+        await run_on(a1, c, job)
+        out = await _dcctl(sock, "drain", "n1", "--requeue")
+        assert f"requeued jobs {job}" in out
+        await until(lambda: [x for x in a1.commands if isinstance(x, Cancel)], what="stop")
+        (stop,) = [x for x in a1.commands if isinstance(x, Cancel)]
+        assert (stop.signal, stop.signal_lead_s) == (signal.SIGUSR1, 120)
+        await a1.exit(str(job), 0)
+        await until(lambda: state_is(c, job, "REQUEUED"))
+        assert (await api(c, "job", job))["restart_count"] == 1
+        assert len(launches(a1, job_id=job)) == 1  # not back on the drained node
