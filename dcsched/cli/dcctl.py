@@ -138,6 +138,13 @@ def resolve_jobs(c: Client, ref: str, action: str = "") -> list[str]:
     head, sep, task = ref.partition("_")
     if not head.isdigit() or (sep and not task.isdigit()):
         return [ref]
+    if not sep:
+        try:
+            job = c.job(head)
+        except ApiError:
+            return [ref]  # the action says what is wrong
+        if job.get("array_job_id") != int(head):
+            return [ref]  # a plain job, or one task: no listing needed
     live = [j for j in c.jobs() if j.get("array_job_id") == int(head)]
     if sep:
         found = [j for j in live if j.get("array_task_id") == int(task)]
