@@ -149,8 +149,12 @@ class Client:
     def nodes(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/v1/nodes")["nodes"])
 
-    def node_action(self, host: str, action: str, reason: str = "") -> dict[str, Any]:
-        body = {"reason": reason} if reason or action == "drain" else None
+    def node_action(
+        self, host: str, action: str, reason: str = "", requeue: bool = False
+    ) -> dict[str, Any]:
+        body: dict[str, Any] | None = {"reason": reason} if reason or action == "drain" else None
+        if body is not None and requeue:
+            body["requeue"] = True
         return dict(self.request("POST", f"/v1/nodes/{quote(host)}/{action}", body))
 
     def drain_history(self, host: str) -> dict[str, Any]:

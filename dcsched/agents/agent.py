@@ -47,6 +47,7 @@ from dcsched.protocol.messages import (
     Launch,
     Message,
     QueryJob,
+    Signal,
     Telemetry,
 )
 from dcsched.protocol.topics import Topics
@@ -181,8 +182,9 @@ class Agent:
     def _adopt(self) -> None:
         for rec in self.jobs.values():
             log.info("re-adopting job %s node %d (pid %d)", rec.job_id, rec.node_rank, rec.pid)
-            if rec.cancel_signal is not None:
-                # We died during a cancel's grace period: finish it without waiting again.
+            if rec.cancel_signal is not None or rec.warned_ts is not None:
+                # We died during a cancel's warning or grace period: finish it without
+                # waiting again.
                 self.launcher.send_signal(rec, signal.SIGKILL)
                 rec.cancel_signal = signal.SIGKILL
         if self.store.state.outbox:
@@ -471,6 +473,8 @@ class Agent:
             log.info("command %s seen before: answering with its first result", cmd.cmd_id)
         elif isinstance(cmd, Launch):
             prior = await self._launch(cmd)
+        elif isinstance(cmd, Signal):
+            prior = await self._signal(cmd)
         else:
             prior = self._cancel(cmd)
         await self._publish_event(
@@ -550,11 +554,18 @@ class Agent:
         result = CommandResult(cmd_id=cmd.cmd_id, job_id=cmd.job_id, ok=True)
         recs = [r for r in self.jobs.values() if r.job_id == cmd.job_id]
         for rec in recs:
-            if rec.key in self._cancels and not self._cancels[rec.key].done():
-                continue
+            task = self._cancels.get(rec.key)
+            if task is not None and not task.done():
+                # A cancel without a warning cuts a warning's lead time short (a user's
+                # cancel during a preemption's checkpoint window); anything else waits.
+                warning_phase = rec.warned_ts is not None and rec.cancel_signal is None
+                if not (warning_phase and cmd.signal is None):
+                    continue
+                task.cancel()
             rec.cancel_reason = cmd.reason or "cancelled"
+            warning = (cmd.signal, cmd.signal_lead_s) if cmd.signal is not None else None
             self._cancels[rec.key] = asyncio.create_task(
-                self._terminate(rec, cmd.grace_s), name=f"cancel-{rec.key}"
+                self._terminate(rec, cmd.grace_s, warning), name=f"cancel-{rec.key}"
             )
         if not recs:
             exits = self.store.last_exits(cmd.job_id)
@@ -567,20 +578,56 @@ class Agent:
         self._save()
         return result
 
-    async def _terminate(self, rec: JobRecord, grace_s: float) -> None:
-        """SIGTERM to the job's group, then SIGKILL to all of it after the grace period."""
+    async def _signal(self, cmd: Signal) -> CommandResult:
+        """The job's warning signal to its workers (its time limit is near)."""
+        result = CommandResult(cmd_id=cmd.cmd_id, job_id=cmd.job_id, ok=True)
+        recs = [r for r in self.jobs.values() if r.job_id == cmd.job_id]
+        for rec in recs:
+            pids = await asyncio.to_thread(self.launcher.signal_workers, rec, cmd.signal)
+            log.info("job %s node %d: signal %d to %s", rec.job_id, rec.node_rank, cmd.signal, pids)
+        if not recs:
+            result.error = f"job {cmd.job_id} does not run on {self.host}"
+        self.store.remember_command(result)
+        self._save()
+        return result
+
+    async def _wait_gone(self, rec: JobRecord, seconds: float) -> bool:
+        """True if the job ended within `seconds`."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        while time.monotonic() < deadline:
+            if rec.key not in self.jobs:
+                return True
+            await asyncio.sleep(0.1)
+        return rec.key not in self.jobs
+
+    async def _terminate(
+        self, rec: JobRecord, grace_s: float, warning: tuple[int, float] | None = None
+    ) -> None:
+        """The job's warning signal to its workers and its lead time to checkpoint (if it
+        asked for one), then SIGTERM to the job's group, then SIGKILL to all of it after the
+        grace period."""
+        if warning is not None:
+            sig, lead = warning
+            rec.warned_ts = time.time()
+            self._save()
+            pids = await asyncio.to_thread(self.launcher.signal_workers, rec, sig)
+            log.info(
+                "stopping job %s node %d: signal %d to %s, %.0f s before SIGTERM",
+                rec.job_id,
+                rec.node_rank,
+                sig,
+                pids,
+                lead,
+            )
+            if await self._wait_gone(rec, lead):
+                return
         log.info(
             "cancelling job %s node %d: SIGTERM, %.0f s grace", rec.job_id, rec.node_rank, grace_s
         )
         rec.cancel_signal = signal.SIGTERM
         self._save()
         await asyncio.to_thread(self.launcher.send_signal, rec, signal.SIGTERM)
-        deadline = time.monotonic() + max(0.0, grace_s)
-        while time.monotonic() < deadline:
-            if rec.key not in self.jobs:
-                return
-            await asyncio.sleep(0.1)
-        if rec.key in self.jobs:
+        if not await self._wait_gone(rec, grace_s):
             log.info("job %s node %d outlived its grace period: SIGKILL", rec.job_id, rec.node_rank)
             rec.cancel_signal = signal.SIGKILL
             self._save()

@@ -403,6 +403,17 @@ class Launcher:
                 self.cgroups.kill(rec.cgroup)  # all of it at once, whatever it did to hide
             kill_pids(self.pids(rec), sig)
 
+    def signal_workers(self, rec: JobRecord, sig: int) -> list[int]:
+        """`sig` to the job's workers alone (torchrun's children), by pid: torchrun itself
+        passes on only SIGTERM, SIGINT, SIGHUP and SIGQUIT, and SIGUSR1 would kill it. The
+        pids sent to; if torchrun has no child yet, every process of the job but the runner
+        and torchrun."""
+        pids = [p for p in self.pids(rec) if p not in (rec.pid, rec.child_pid)]
+        workers = [p for p in pids if (st := read_stat(p)) is not None and st.ppid == rec.child_pid]
+        targets = workers or pids
+        kill_pids(targets, sig)
+        return targets
+
     def cleanup(self, rec: JobRecord) -> list[int]:
         """After the job ended: kill whatever of it is left (a worker torchrun left behind)."""
         # The runner itself may still be on its way out after writing the status file.

@@ -42,6 +42,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     cancel_signal: int | None = None  # last signal a Cancel sent, if any
     cancel_reason: str = ""
     cgroup: str = ""  # the job's cgroup, relative to each hierarchy's root; "" = none
+    warned_ts: float | None = None  # a Cancel's warning signal went to the workers then
 
     @property
     def key(self) -> str:

@@ -45,9 +45,11 @@ def cmd_queue(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         print_json({"jobs": jobs})
         return 0
+    if not a.array:
+        jobs = collapse_arrays(jobs)
     rows = [
         (
-            j["id"],
+            j.get("display_id") or display_id(j),
             j["name"][:20],
             j["user"],
             j["account"],
@@ -82,8 +84,89 @@ def cmd_queue(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+# --- job arrays ----------------------------------------------------------------------------------
+
+# Which tasks of a whole array an action applies to (the others would only be refused).
+_ACTION_STATES = {
+    "hold": ("PENDING", "REQUEUED"),
+    "release": ("HELD",),
+    "requeue": ("STARTING", "RUNNING"),
+}
+_WAITING = ("PENDING", "HELD", "REQUEUED")
+
+
+def display_id(job: dict[str, Any]) -> str:
+    """`123` for a job, `123_4` for task 4 of array 123 (Slurm's form)."""
+    if job.get("array_job_id") is not None and job.get("array_task_id") is not None:
+        return f"{job['array_job_id']}_{job['array_task_id']}"
+    return str(job["id"])
+
+
+def index_ranges(indexes: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] as "0-2,5,7-8"."""
+    runs: list[list[int]] = []  # [first, last] of each run of consecutive indexes
+    for i in sorted(indexes):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def collapse_arrays(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row for the waiting tasks of an array in one state (`123_[4-9%8]`, as squeue
+    shows them); running and finished tasks keep a row each."""
+    out: list[dict[str, Any]] = []
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for j in jobs:
+        if j.get("array_job_id") is not None and j["state"] in _WAITING:
+            key = (j["array_job_id"], j["state"])
+            if key not in groups:
+                groups[key] = []
+                out.append(j)  # the group's place: its first task's
+            groups[key].append(j)
+        else:
+            out.append(j)
+    for (array_id, _), tasks in groups.items():
+        if len(tasks) > 1:
+            ranges = index_ranges([t["array_task_id"] for t in tasks])
+            tasks[0]["display_id"] = f"{array_id}_[{ranges}]"
+    return out
+
+
+def resolve_jobs(c: Client, ref: str, action: str = "") -> list[str]:
+    """The job ids `ref` names: `123_4` is task 4 of array 123; an array's id is all of its
+    live tasks (those `action` applies to); anything else is itself."""
+    head, sep, task = ref.partition("_")
+    if not head.isdigit() or (sep and not task.isdigit()):
+        return [ref]
+    if not sep:
+        try:
+            job = c.job(head)
+        except ApiError:
+            return [ref]  # the action says what is wrong
+        if job.get("array_job_id") != int(head):
+            return [ref]  # a plain job, or one task: no listing needed
+    live = [j for j in c.jobs() if j.get("array_job_id") == int(head)]
+    if sep:
+        found = [j for j in live if j.get("array_task_id") == int(task)]
+        if not found:
+            found = [
+                j
+                for j in c.jobs(all_states=True)
+                if j.get("array_job_id") == int(head) and j.get("array_task_id") == int(task)
+            ]
+        if not found:
+            raise ClientError(f"no task {task} of array {head}")
+        return [str(found[0]["id"])]
+    if not live:
+        return [ref]
+    states = _ACTION_STATES.get(action)
+    return [str(j["id"]) for j in live if states is None or j["state"] in states]
+
+
 def cmd_show(c: Client, a: argparse.Namespace) -> int:
-    job = c.job(a.job)
+    job = c.job(resolve_jobs(c, a.job)[0] if "_" in a.job else a.job)
     if a.json:
         print_json(job)
         return 0
@@ -96,6 +179,14 @@ def cmd_show(c: Client, a: argparse.Namespace) -> int:
         ("QOS", job["qos"]),
         ("State", job["state"]),
         ("Reason", job.get("reason") or ""),
+        *(
+            [("ArrayJobId", job["array_job_id"]), ("ArrayTaskId", job["array_task_id"])]
+            if job.get("array_job_id") is not None
+            else []
+        ),
+        *([("Signal", spec["signal"])] if spec.get("signal") else []),
+        ("Requeue", "yes" if spec.get("requeue") else "no"),
+        ("Restarts", job.get("restart_count", 0)),
         ("ExitCode", _exit(job)),
         ("Nodes", job["nodes"]),
         ("GPUsPerNode", job["gpus_per_node"]),
@@ -148,7 +239,14 @@ def cmd_show(c: Client, a: argparse.Namespace) -> int:
 def _job_actions(c: Client, a: argparse.Namespace, action: str) -> int:
     rc = 0
     done = []
-    for job_id in a.jobs:
+    ids: list[str] = []
+    for ref in a.jobs:
+        try:
+            ids += resolve_jobs(c, ref, action)
+        except ClientError as exc:
+            print(f"dcctl: {exc}", file=sys.stderr)
+            rc = 1
+    for job_id in ids:
         try:
             job = c.job_action(job_id, action)
         except ApiError as exc:
@@ -356,11 +454,15 @@ def cmd_audit(c: Client, a: argparse.Namespace) -> int:
 
 
 def _node_action(c: Client, a: argparse.Namespace, action: str) -> int:
-    out = c.node_action(a.host, action, getattr(a, "reason", "") or "")
+    out = c.node_action(
+        a.host, action, getattr(a, "reason", "") or "", getattr(a, "requeue", False)
+    )
     if a.json:
         print_json(out)
     else:
         print(f"{a.host}: {'drained' if out['drained'] else 'resumed'}")
+        if out.get("requeued"):
+            print(f"{a.host}: requeued jobs " + ", ".join(map(str, out["requeued"])))
     return 0
 
 
@@ -564,6 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--all", action="store_true", help="finished jobs too")
     q.add_argument("--user", help="only this user's jobs")
     q.add_argument("--state", help="only these states, comma-separated (e.g. PENDING,RUNNING)")
+    q.add_argument(
+        "-r", "--array", action="store_true", help="one line per array task (as squeue -r)"
+    )
     add("show", "everything about one job (like scontrol show job)").add_argument("job")
     for name, help_ in (
         ("cancel", "cancel jobs"),
@@ -581,6 +686,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = add("drain", "stop scheduling on a node; running jobs finish")
     d.add_argument("host")
     d.add_argument("--reason", default="")
+    d.add_argument(
+        "--requeue",
+        action="store_true",
+        help="also send its running jobs back to the queue (warning signal first)",
+    )
     r = add("resume", "schedule on a drained node again")
     r.add_argument("host")
     r.add_argument("--reason", default="", help="kept in the node's drain history")

@@ -415,7 +415,13 @@ class Api:
             raise PermissionDenied("draining a node needs an admin ([daemon] admins)")
         body = await _json_body(request) if request.can_read_body else {}
         reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
-        return await self._set_drain(request, who, True, reason or f"by {who.user}")
+        requeue = isinstance(body, dict) and body.get("requeue") is True  # drain --requeue
+        out = await self._set_drain(request, who, True, reason or f"by {who.user}")
+        if not requeue:
+            return out
+        host = request.match_info["host"]
+        requeued = await self.d.jobs.requeue_host(host, who.user)
+        return web.json_response({"host": host, "drained": True, "requeued": requeued})
 
     async def resume(self, request: web.Request) -> web.Response:
         who = caller(request)

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from dcsched.daemon import lifecycle as lc
 from dcsched.daemon.audit import written_with_change
 from dcsched.daemon.cluster import Cluster
@@ -34,7 +36,13 @@ from dcsched.daemon.events import EventHub
 from dcsched.daemon.model import Model
 from dcsched.daemon.states import TERMINAL
 from dcsched.daemon.store import AuditRow, Batch, CommandRow, NotFound, Store
-from dcsched.protocol.jobspec import JobSpec, parse_dependencies, spec_to_dict
+from dcsched.protocol.jobspec import (
+    SINGLETON,
+    JobSpec,
+    parse_array,
+    parse_dependencies,
+    spec_to_dict,
+)
 from dcsched.protocol.messages import (
     Ack,
     AckExit,
@@ -44,6 +52,7 @@ from dcsched.protocol.messages import (
     JobStarted,
     Launch,
     QueryJob,
+    Signal,
 )
 from dcsched.scheduler import SchedulerConfig
 
@@ -115,7 +124,9 @@ class JobManager:
     # --- submissions ------------------------------------------------------------------------
 
     async def submit(self, spec: JobSpec, caller: Caller) -> int:
+        """The new job's id; for an array, the array's id (its first task's)."""
         self._writable()
+        spec = await self._resolve_dependencies(spec)
         await self._check_submission(spec)
         job = lc.Job(
             id=0,  # given by the store
@@ -133,6 +144,8 @@ class JobManager:
             time_limit_s=spec.time_limit_s,
             submit_ts=time.time(),
         )
+        if spec.array:
+            return await self._submit_array(job, spec)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._submits.append((job, fut))
         if self._flusher is None or self._flusher.done():
@@ -141,6 +154,55 @@ class JobManager:
         written_with_change()  # the group commit wrote its audit row
         log.info("job %d %r submitted by %s", job_id, spec.name, caller.user)
         return job_id
+
+    async def _submit_array(self, job: lc.Job, spec: JobSpec) -> int:
+        """Every task a job of its own, journaled in one transaction (not group-committed:
+        the tasks need the array's id, which is the first task's)."""
+        indexes, _ = parse_array(spec.array)
+        tasks = [dataclasses.replace(job, array_task_id=i) for i in indexes]
+        ids = await self.store.add_array(tasks, f"submitted by {job.user} (array {spec.array})")
+        for job_id, task in zip(ids, tasks, strict=True):
+            new = dataclasses.replace(task, id=job_id, array_job_id=ids[0])
+            self.model.install(new, None)
+            self.hub.publish("job", _change(new))
+        self.wake_scheduler()
+        log.info("array %d %r: %d tasks submitted by %s", ids[0], job.name, len(ids), job.user)
+        return ids[0]
+
+    async def _resolve_dependencies(self, spec: JobSpec) -> JobSpec:
+        """Dependencies on an array (its id: every task) or one task (`ARRAY_TASK`) become
+        job ids, so that the scheduler reads plain job ids."""
+        if not any("_" in d for d in spec.dependency) and not any(
+            self._maybe_array(int(i)) for _, i in parse_dependencies(spec.dependency)
+        ):
+            return spec
+        out: list[str] = []
+        for dep in spec.dependency:
+            if dep == SINGLETON:
+                out.append(dep)
+                continue
+            kind, *refs = dep.split(":")
+            ids: list[str] = []
+            for ref in refs:
+                head, _, task = ref.partition("_")
+                tasks = await self.store.array_tasks(int(head))
+                if task:
+                    if int(task) not in tasks:
+                        raise InvalidRequest(
+                            f"dependency on {ref}: job {head} has no array task {task}"
+                        )
+                    ids.append(str(tasks[int(task)]))
+                elif tasks:  # the array's id: every task
+                    ids += [str(i) for _, i in sorted(tasks.items())]
+                else:
+                    ids.append(head)
+            out.append(":".join([kind, *ids]))
+        return msgspec.structs.replace(spec, dependency=out)
+
+    def _maybe_array(self, job_id: int) -> bool:
+        """Might this id be an array's? (A live job says; a finished one needs the store.)"""
+        job = self.model.jobs.get(job_id)
+        return job is None or job.array_job_id == job_id
 
     async def _flush_submits(self) -> None:
         """Group commit: every submission that arrived meanwhile goes in one transaction."""
@@ -234,6 +296,14 @@ class JobManager:
     async def preempt(self, job_ids: Iterable[int]) -> None:
         ev = lc.Requeue("preempted by a higher QOS", self.timing.preempt_grace_s, True)
         await self._apply_many([(i, ev) for i in job_ids])
+
+    async def requeue_host(self, host: str, by: str) -> list[int]:
+        """`dcctl drain --requeue`: the jobs running on `host` back to the queue, each with
+        its warning signal and lead first, as a preemption."""
+        ids = [j.id for j in self.model.jobs_on(host)]
+        ev = lc.Requeue(f"node {host} drained by {by}", self.timing.preempt_grace_s, True)
+        await self._apply_many([(i, ev) for i in ids])
+        return ids
 
     async def start(self, starts: list[tuple[int, lc.Start]]) -> None:
         """The scheduler's starts of one pass, journaled together."""
@@ -355,8 +425,7 @@ class JobManager:
         steps: list[tuple[int, lc.Event]] = [
             (j.id, lc.Tick())
             for i in list(self.model.running)
-            if (j := self.model.jobs[i]).state == S.COMPLETING
-            or (j.start_ts is not None and now > j.start_ts + j.time_limit_s)
+            if lc.due(j := self.model.jobs[i], now)
         ]
         if judge_silence:
             for host in list(self.model.on_host):
@@ -432,15 +501,26 @@ class JobManager:
                 elif isinstance(eff, lc.SendCancel):
                     grace = self.timing.cancel_grace_s if eff.grace_s is None else eff.grace_s
                     cancel = Cancel(
-                        cmd_id=new_cmd_id(), job_id=str(new.id), grace_s=grace, reason=eff.reason
+                        cmd_id=new_cmd_id(),
+                        job_id=str(new.id),
+                        grace_s=grace,
+                        reason=eff.reason,
+                        signal=eff.signal,
+                        signal_lead_s=eff.signal_lead_s,
                     )
                     rows.append(command_row(eff.host, new.id, cancel, now))
+                elif isinstance(eff, lc.SendSignal):
+                    sig = Signal(cmd_id=new_cmd_id(), job_id=str(new.id), signal=eff.signal)
+                    rows.append(command_row(eff.host, new.id, sig, now))
                 elif isinstance(eff, lc.DropLaunches):
                     superseded += self.sender.unacked(new.id, "launch")
             if new.state != old.state and (not new.parts or new.state == S.STARTING):
                 # The run is over (back in the queue, or ended before it started), or a new
                 # one begins: a late cancel, or a late answer to one, must not touch it.
                 superseded += self.sender.unacked(new.id, "cancel")
+            if new.state != old.state and old.state == S.RUNNING:
+                # A time-limit warning still unsent is moot once the run is being stopped.
+                superseded += self.sender.unacked(new.id, "signal")
             batch.commands += rows
         batch.acks += [(c.cmd_id, False, "superseded", now) for c in superseded]
         await self.store.commit(batch)
@@ -502,10 +582,19 @@ def _launch(job: lc.Job, part: lc.Part) -> Launch:
         gpus=list(part.gpus),
         command=list(spec["command"]),
         workdir=spec.get("workdir", ""),
-        env=dict(spec.get("env", {})),
+        env={**spec.get("env", {}), **job_env(job)},
         user=job.user,
         python=spec["torchrun"].get("python"),
     )
+
+
+def job_env(job: lc.Job) -> dict[str, str]:
+    """What a run learns of its place: restarts (as Slurm's SLURM_RESTART_COUNT) and array."""
+    env = {"DCSCHED_RESTART_COUNT": str(job.restart_count)}
+    if job.array_job_id is not None and job.array_task_id is not None:
+        env["DCSCHED_ARRAY_JOB_ID"] = str(job.array_job_id)
+        env["DCSCHED_ARRAY_TASK_ID"] = str(job.array_task_id)
+    return env
 
 
 def _change(job: lc.Job) -> dict[str, object]:

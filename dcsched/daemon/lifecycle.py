@@ -12,10 +12,12 @@ outcome in one store transaction before any effect goes out.
 from __future__ import annotations
 
 import dataclasses
+import signal as _signal
 from dataclasses import dataclass, field
 from typing import Any
 
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState, check_transition
+from dcsched.protocol.jobspec import max_restarts, warning_signal
 
 S = JobState
 RETRY_PORT = "port_in_use"  # Ack.code of a launch refused because its master port is taken
@@ -77,6 +79,10 @@ class Job:
     master_addr: str | None = None
     master_port: int | None = None
     ending: str = ""  # the final state a COMPLETING job will take
+    restart_count: int = 0  # times it went back to the queue after a run began
+    signal_ts: float | None = None  # when this run was sent its warning signal
+    array_job_id: int | None = None  # an array task: the array's id (its first task's id)
+    array_task_id: int | None = None
     parts: tuple[Part, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,6 +206,18 @@ class SendCancel:
     host: str
     grace_s: float | None  # None: the daemon's cancel_grace_s
     reason: str
+    # The job's warning signal, sent to its workers `signal_lead_s` before SIGTERM (a
+    # preemption or requeue gives the job its checkpoint time first).
+    signal: int | None = None
+    signal_lead_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SendSignal:
+    """The job's warning signal to its workers on `host` (its time limit is near)."""
+
+    host: str
+    signal: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +245,7 @@ class WakeScheduler:
     pass
 
 
-Effect = SendLaunch | SendCancel | DropLaunches | AckExit | AvoidPort | WakeScheduler
+Effect = SendLaunch | SendCancel | SendSignal | DropLaunches | AckExit | AvoidPort | WakeScheduler
 
 
 class Refused(Exception):
@@ -266,7 +284,7 @@ def apply(job: Job, ev: Event, now: float) -> Outcome:
             out.effects.append(WakeScheduler())
         case Requeue():
             if job.state in (S.STARTING, S.RUNNING):
-                _stop(out, S.REQUEUED, ev.why, now, ev.grace_s)
+                _stop(out, S.REQUEUED, ev.why, now, ev.grace_s, warn=True)
             elif not ev.only_if_running:
                 raise Refused(f"it is {job.state}; only a running job can be requeued")
         case Start():
@@ -285,6 +303,7 @@ def apply(job: Job, ev: Event, now: float) -> Outcome:
                 ending="",
                 exit_code=None,
                 signal=None,
+                signal_ts=None,
                 parts=ev.parts,
             )
             out.effects.extend(SendLaunch(p) for p in ev.parts)
@@ -302,7 +321,7 @@ def apply(job: Job, ev: Event, now: float) -> Outcome:
                 if out.job.state == S.COMPLETING:
                     _maybe_finish(out, now)
                 else:
-                    _stop(out, S.NODE_FAIL, detail, now, reason=detail)
+                    _node_failed(out, detail, now)
         case Tick():
             j = out.job
             if j.state == S.COMPLETING:
@@ -314,7 +333,53 @@ def apply(job: Job, ev: Event, now: float) -> Outcome:
             ):
                 why = f"time limit {j.time_limit_s} s reached"
                 _stop(out, S.TIMEOUT, why, now, reason=why)
+            elif _warning_due(j, now):
+                _warn(out, now)
     return out
+
+
+def due(job: Job, now: float) -> bool:
+    """Does time alone move this job now (a Tick would change it)?"""
+    if job.state == S.COMPLETING:
+        return True
+    if job.state not in (S.STARTING, S.RUNNING) or job.start_ts is None:
+        return False
+    return now > job.start_ts + job.time_limit_s or _warning_due(job, now)
+
+
+def _warning_due(job: Job, now: float) -> bool:
+    """A running job that asked for a warning signal and is within its lead of the limit."""
+    if job.state != S.RUNNING or job.signal_ts is not None or job.start_ts is None:
+        return False
+    warning = warning_signal(job.spec)
+    return warning is not None and now >= job.start_ts + job.time_limit_s - warning[1]
+
+
+def _warn(out: Outcome, now: float) -> None:
+    """The warning signal to every node's workers, once per run (journaled in signal_ts)."""
+    warning = warning_signal(out.job.spec)
+    if warning is None:
+        return
+    sig, lead = warning
+    out.job = dataclasses.replace(out.job, signal_ts=now)
+    name = _signal.Signals(sig).name
+    out.history.append((out.job.state, f"{name} sent to the workers: {lead} s to the time limit"))
+    hosts = dict.fromkeys(p.host for p in out.job.parts if p.state == "running")
+    out.effects.extend(SendSignal(h, sig) for h in hosts)
+
+
+def _node_failed(out: Outcome, detail: str, now: float) -> None:
+    """A node of a running job is gone: back to the queue if it asked for that and has
+    restarts left, else NODE_FAIL."""
+    job = out.job
+    left = max_restarts(job.spec) - job.restart_count
+    if left > 0:
+        why = f"{detail}; requeued (restart {job.restart_count + 1} of {max_restarts(job.spec)})"
+        _stop(out, S.REQUEUED, why, now)
+    else:
+        if max_restarts(job.spec):
+            detail += f" (after {job.restart_count} restarts, the most it asked for)"
+        _stop(out, S.NODE_FAIL, detail, now, reason=detail)
 
 
 def _move(out: Outcome, new: str, now: float, why: str, **fields: Any) -> None:
@@ -350,10 +415,13 @@ def _stop(
     reason: str | None = None,
     exit_code: int | None = None,
     signal: int | None = None,
+    warn: bool = False,
 ) -> None:
     """An active job to COMPLETING: every node still running is told to stop, and the job
-    takes `final` once all have exited (its GPUs are held until then)."""
+    takes `final` once all have exited (its GPUs are held until then). `warn`: a running
+    job that asked for a warning signal gets it, and its lead time, before SIGTERM."""
     job = out.job
+    warning = warning_signal(job.spec) if warn and job.state == S.RUNNING else None
     if job.state == S.COMPLETING:
         if job.ending == final:
             return
@@ -374,7 +442,13 @@ def _stop(
         _move(out, S.COMPLETING, now, why, **fields)
     out.effects.append(DropLaunches())
     hosts = dict.fromkeys(p.host for p in out.job.parts if p.live)
-    out.effects.extend(SendCancel(h, grace_s, final.lower()) for h in hosts)
+    if warning is not None:
+        out.job = dataclasses.replace(out.job, signal_ts=now)
+        out.effects.extend(
+            SendCancel(h, grace_s, final.lower(), warning[0], warning[1]) for h in hosts
+        )
+    else:
+        out.effects.extend(SendCancel(h, grace_s, final.lower()) for h in hosts)
     _maybe_finish(out, now)
 
 
@@ -391,6 +465,8 @@ def _maybe_finish(out: Outcome, now: float) -> None:
         final = S.FAILED
     if final == S.REQUEUED:
         # Back in the queue with its age kept: a fresh start, new nodes, port and commands.
+        # A run that began counts as a restart (its next run sees DCSCHED_RESTART_COUNT).
+        began = any(p.started_ts is not None for p in job.parts)
         _move(
             out,
             S.REQUEUED,
@@ -403,6 +479,8 @@ def _maybe_finish(out: Outcome, now: float) -> None:
             master_addr=None,
             master_port=None,
             start_ts=None,
+            signal_ts=None,
+            restart_count=job.restart_count + int(began),
             parts=(),
         )
     else:
@@ -467,8 +545,7 @@ def _not_running(out: Outcome, ev: NotRunning, now: float) -> None:
     )
     lost = _close_parts(out, lambda p: p.host == ev.host and p.state == "running", ev.why, now)
     if lost and out.job.state in (S.STARTING, S.RUNNING):
-        detail = f"{ev.why}: {ev.host}"
-        _stop(out, S.NODE_FAIL, detail, now, reason=detail)
+        _node_failed(out, f"{ev.why}: {ev.host}", now)
     elif never or lost:
         _maybe_finish(out, now)
 

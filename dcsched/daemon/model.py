@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from dcsched.daemon.lifecycle import Job
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState
-from dcsched.protocol.jobspec import parse_dependencies
+from dcsched.protocol.jobspec import SINGLETON, array_limit, parse_dependencies
 from dcsched.scheduler import JobRequest, RunningJob
 
 
@@ -156,6 +156,10 @@ def _request(job: Job) -> JobRequest:
         held=job.state == JobState.HELD,
         depends=parse_dependencies(job.spec.get("dependency", [])),
         preemptible=bool(job.spec.get("preemptible")),
+        name=job.name,
+        array_id=None if job.array_job_id is None else str(job.array_job_id),
+        array_limit=array_limit(job.spec.get("array") or ""),
+        singleton=SINGLETON in job.spec.get("dependency", []),
     )
 
 
@@ -171,4 +175,6 @@ def _running(job: Job, gpu_type: str) -> RunningJob:
         preemptible=bool(job.spec.get("preemptible")),
         gpu_type=gpu_type,
         terminating=job.state == JobState.COMPLETING,
+        name=job.name,
+        array_id=None if job.array_job_id is None else str(job.array_job_id),
     )

@@ -263,6 +263,26 @@ class Store:
 
         return await self._tx(run)
 
+    async def add_array(self, tasks: Sequence[Job], why: str) -> list[int]:
+        """An array's tasks in one transaction; the first task's id is the array's id (every
+        task's `array_job_id`). Their ids in order."""
+        cols = [c for c in _JOB_COLS if c != "id"]
+        insert = f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))})"
+
+        def run(db: sqlite3.Connection) -> list[int]:
+            ids: list[int] = []
+            for job in tasks:
+                row = dataclasses.replace(job, array_job_id=ids[0] if ids else None)
+                ids.append(int(db.execute(insert, _job_values(row)[1:]).lastrowid or 0))
+            db.execute("UPDATE jobs SET array_job_id = ? WHERE id = ?", (ids[0], ids[0]))
+            db.executemany(
+                "INSERT INTO job_events (job_id, ts, state, detail) VALUES (?,?,?,?)",
+                [(i, job.submit_ts, job.state, why) for i, job in zip(ids, tasks, strict=True)],
+            )
+            return ids
+
+        return await self._tx(run)
+
     async def commit(self, batch: Batch) -> None:
         def run(db: sqlite3.Connection) -> None:
             sets = ", ".join(f"{c} = ?" for c in _JOB_COLS[1:])
@@ -388,6 +408,13 @@ class Store:
             f"SELECT id, state FROM jobs WHERE id IN ({','.join('?' * len(wanted))})", wanted
         )
         return {int(r[0]): str(r[1]) for r in rows}
+
+    async def array_tasks(self, array_id: int) -> dict[int, int]:
+        """task index -> job id of every task of array `array_id` ({} if it is none)."""
+        rows = await self._all(
+            "SELECT array_task_id, id FROM jobs WHERE array_job_id = ?", (array_id,)
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
 
     async def unacked_commands(self) -> list[CommandRow]:
         rows = await self._all(

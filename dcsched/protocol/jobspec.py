@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import signal as _signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import msgspec
 MAX_TIME_LIMIT_S = 30 * 24 * 3600
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DEPENDENCY = re.compile(r"^(afterok|afterany|afternotok)(:\d{1,18})+$")
+_DEPENDENCY = re.compile(r"^(afterok|afterany|afternotok|after)(:\d{1,18}(_\d{1,6})?)+$")
 
 
 class Resources(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -44,6 +45,11 @@ class JobSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     resources: Resources = msgspec.field(default_factory=Resources)
     torchrun: TorchrunOptions = msgspec.field(default_factory=TorchrunOptions)
     env: dict[str, str] = {}
+    # --- lifecycle and arrays (see "Signals, requeue and arrays" below) ---
+    signal: str = ""  # "USR1@300": that signal to the workers 300 s before the end
+    requeue: bool = False  # a node failure puts the job back in the queue
+    max_restarts: int | None = None  # with requeue: how many times (DEFAULT_MAX_RESTARTS)
+    array: str = ""  # "0-99%8": one job per index, at most 8 running at once
 
     @property
     def time_limit_s(self) -> int:
@@ -198,15 +204,15 @@ def _ranges(spec: JobSpec) -> list[SpecProblem]:
                 )
             )
     for dep in spec.dependency:
-        if not _DEPENDENCY.match(dep):
+        if dep != SINGLETON and not _DEPENDENCY.match(dep):
             p.append(
                 SpecProblem(
                     ("dependency",),
                     f"cannot read {dep!r}",
-                    'e.g. dependency = ["afterok:12", "afterany:13:14"]',
+                    'e.g. dependency = ["afterok:12", "afterany:13:14", "after:15", "singleton"]',
                 )
             )
-    return p
+    return p + _lifecycle_problems(spec)
 
 
 def _type_problem(exc: msgspec.ValidationError) -> SpecProblem:
@@ -268,9 +274,137 @@ def parse_dependencies(specs: list[str]) -> tuple[tuple[str, str], ...]:
     """["afterok:12:13", "afterany:14"] as ((kind, job id), ...); the strings are valid."""
     out: list[tuple[str, str]] = []
     for spec in specs:
+        if spec == SINGLETON:
+            continue  # not on a job: the scheduler reads it from JobRequest.singleton
         kind, *ids = spec.split(":")
         out += [(kind, i) for i in ids]
     return tuple(out)
+
+
+# --- signals, requeue and arrays ------------------------------------------------------------
+
+DEFAULT_SIGNAL_LEAD_S = 60  # Slurm's --signal default
+MAX_SIGNAL_LEAD_S = 65535  # and its maximum
+DEFAULT_MAX_RESTARTS = 3
+MAX_RESTARTS = 1000
+MAX_ARRAY_TASKS = 1000
+MAX_ARRAY_INDEX = 999_999
+SINGLETON = "singleton"
+# Signals a job may ask for: stopping or killing it is the daemon's business, not a warning.
+_NOT_A_WARNING = {"KILL", "STOP", "TSTP", "TTIN", "TTOU", "CHLD", "SEGV", "BUS", "ILL", "FPE"}
+
+
+def parse_signal(text: str) -> tuple[int, int]:
+    """(signal number, seconds before the end) from "USR1@300", "SIGUSR2@90" or "USR1"
+    (60 s); ValueError with what is wrong."""
+    name_text, at, lead_text = text.strip().partition("@")
+    name = name_text.strip().upper().removeprefix("SIG")
+    if name in _NOT_A_WARNING:
+        raise ValueError(f"SIG{name} cannot be a warning signal")
+    try:
+        sig = _signal.Signals["SIG" + name]
+    except KeyError:
+        raise ValueError(f"{name_text.strip()!r} names no signal") from None
+    lead = DEFAULT_SIGNAL_LEAD_S
+    if at:
+        lead_text = lead_text.strip()
+        if not lead_text.isdigit():
+            raise ValueError(f"{lead_text!r} after '@' is not a number of seconds")
+        lead = int(lead_text)
+        if not 1 <= lead <= MAX_SIGNAL_LEAD_S:
+            raise ValueError(f"{lead} s before the end is out of range (1..{MAX_SIGNAL_LEAD_S})")
+    return int(sig), lead
+
+
+def parse_array(text: str) -> tuple[tuple[int, ...], int | None]:
+    """(task indexes, how many may run at once or None) from Slurm's --array syntax:
+    "0-99", "0-15:4", "1,3,5", "0-9,20", each optionally followed by "%N"."""
+    body, pct, limit_text = text.replace(" ", "").partition("%")
+    limit: int | None = None
+    if pct:
+        if not limit_text.isdigit() or int(limit_text) < 1:
+            raise ValueError(f"{limit_text!r} after '%' is not a positive number")
+        limit = int(limit_text)
+    indexes: set[int] = set()
+    for item in body.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", item)
+        if not m:
+            raise ValueError(f"cannot read {item!r}: expected N, N-M or N-M:STEP")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        step = int(m.group(3)) if m.group(3) is not None else 1
+        if hi < lo or step < 1:
+            raise ValueError(f"{item!r} is an empty range")
+        if hi > MAX_ARRAY_INDEX:
+            raise ValueError(f"index {hi} is over {MAX_ARRAY_INDEX}")
+        if (hi - lo) // step + 1 + len(indexes) > MAX_ARRAY_TASKS:
+            raise ValueError(f"more than {MAX_ARRAY_TASKS} tasks")
+        indexes.update(range(lo, hi + 1, step))
+    return tuple(sorted(indexes)), limit
+
+
+def array_limit(text: str) -> int | None:
+    """The `%N` of a valid array string, without expanding its indexes."""
+    _, pct, n = text.partition("%")
+    return int(n) if pct else None
+
+
+def _lifecycle_problems(spec: JobSpec) -> list[SpecProblem]:
+    p: list[SpecProblem] = []
+    if spec.signal:
+        try:
+            _, lead = parse_signal(spec.signal)
+            if lead >= parse_duration(spec.resources.time_limit):
+                p.append(
+                    SpecProblem(
+                        ("signal",),
+                        f"{lead} s before the end is not less than the time limit",
+                        "ask for the signal sooner than the whole run",
+                    )
+                )
+        except ValueError as exc:
+            p.append(
+                SpecProblem(
+                    ("signal",),
+                    str(exc),
+                    'NAME@SECONDS, e.g. signal = "USR1@300" (SIGUSR1 five minutes before)',
+                )
+            )
+    if spec.max_restarts is not None:
+        if not spec.requeue:
+            p.append(
+                SpecProblem(
+                    ("max_restarts",), "has no effect without requeue", "add requeue = true"
+                )
+            )
+        elif not 0 <= spec.max_restarts <= MAX_RESTARTS:
+            p.append(
+                SpecProblem(
+                    ("max_restarts",), f"{spec.max_restarts} is out of range", f"0..{MAX_RESTARTS}"
+                )
+            )
+    if spec.array:
+        try:
+            parse_array(spec.array)
+        except ValueError as exc:
+            p.append(
+                SpecProblem(("array",), str(exc), 'e.g. array = "0-99%8", "0-15:4" or "1,3,5"')
+            )
+    return p
+
+
+def max_restarts(spec: dict[str, Any]) -> int:
+    """How many times a job (its stored spec) is requeued after a node failure."""
+    if not spec.get("requeue"):
+        return 0
+    n = spec.get("max_restarts")
+    return DEFAULT_MAX_RESTARTS if n is None else int(n)
+
+
+def warning_signal(spec: dict[str, Any]) -> tuple[int, int] | None:
+    """(signal, seconds before the end) of a job's stored spec, or None."""
+    text = spec.get("signal") or ""
+    return parse_signal(text) if text else None
 
 
 def spec_to_dict(spec: JobSpec) -> dict[str, Any]:

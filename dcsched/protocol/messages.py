@@ -98,6 +98,19 @@ class Cancel(Message, tag="cancel"):
     job_id: str
     grace_s: float = 10.0
     reason: str = "cancelled"
+    # The job's warning signal (job file `signal`): sent to the workers first, and SIGTERM
+    # only `signal_lead_s` later (or once they have exited), so the job can checkpoint.
+    signal: int | None = None
+    signal_lead_s: float = 0.0
+
+
+class Signal(Message, tag="signal"):
+    """Send `signal` to the job's workers (torchrun's children, by pid), not to torchrun:
+    torchrun passes on only SIGTERM, SIGINT, SIGHUP and SIGQUIT, and dies of the others."""
+
+    cmd_id: str
+    job_id: str
+    signal: int
 
 
 class FetchLog(Message, tag="fetch_log"):
@@ -129,7 +142,7 @@ class QueryJob(Message, tag="query_job"):
     job_id: str
 
 
-Command = Launch | Cancel | FetchLog | AckExit | QueryJob
+Command = Launch | Cancel | Signal | FetchLog | AckExit | QueryJob
 
 
 class SignedCommand(msgspec.Struct, kw_only=True, tag="signed", tag_field="type"):

@@ -3,7 +3,8 @@
 The pipeline, one pass over the queue (each step is its own module):
 
     sort     sort.py      multifactor priority, highest first (fifo/greedy: submit order)
-    filter   filter.py    hold, dependencies, QOS, hardware constraints, limits: every reason
+    filter   filter.py    hold, dependencies, singleton, QOS, hardware constraints, limits,
+                          array task limits: every reason
     score    score.py     best-fit placement on the free GPUs now
     reserve  reserve.py   no fit: earliest start from time limits, held as a reservation for
                           the top `backfill_depth` jobs; lower jobs backfill around them
@@ -44,10 +45,12 @@ class Pass:
         self.config = snapshot.config
         self.cluster = Cluster(snapshot.nodes)
         self.limits = filters.LimitState.build(self.config, snapshot.running)
+        self.runs = filters.RunState.build(snapshot.running)
         self.active: set[str] = set()
+        self.running_ids: set[str] = set()
         if any(j.depends for j in snapshot.pending):
-            self.active = {j.job_id for j in snapshot.pending}
-            self.active.update(j.job_id for j in snapshot.running)
+            self.running_ids = {j.job_id for j in snapshot.running}
+            self.active = {j.job_id for j in snapshot.pending} | self.running_ids
         self._timeline: Timeline | None = None
         self.started: list[tuple[int, int, float]] = []
         self.starts: list[Start] = []
@@ -75,7 +78,15 @@ class Pass:
         default = policy == "default"
         depth = self.config.backfill_depth if default else 0
         cluster, snapshot = self.cluster, self.snapshot
-        check = filters.Filter(self.config, cluster, self.limits, snapshot.finished, self.active)
+        check = filters.Filter(
+            self.config,
+            cluster,
+            self.limits,
+            snapshot.finished,
+            self.active,
+            self.runs,
+            self.running_ids,
+        )
         blocked = False
         reserved = 0
         for prio, job in sort_jobs(snapshot, self.now):
@@ -121,6 +132,7 @@ class Pass:
             if self._timeline is not None:
                 self._timeline.add(node, end, job.gpus_per_node)
         self.limits.add(job.account, job.user, job.qos, job.gpus)
+        self.runs.add(job.user, job.name, job.array_id)
         self.starts.append(Start(job.job_id, tuple(parts)))
 
     def reserve(self, job: JobRequest) -> float | None:

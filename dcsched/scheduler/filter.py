@@ -1,7 +1,8 @@
 """Filter step: may this job start at all, whatever the free GPUs? Every reason, not the first.
 
 Checks, in the order their reasons are reported (most important first, as `dcctl queue`
-shows reasons[0]): hold, dependencies, QOS validity, hardware constraints, limits.
+shows reasons[0]): hold, dependencies, singleton, QOS validity, hardware constraints,
+limits, the array's running-task limit.
 Resources and Priority are not decided here but in `decide`, once placement was tried.
 """
 
@@ -20,19 +21,27 @@ NEVER = "DependencyNeverSatisfied"
 INVALID_QOS = "InvalidQOS"
 BAD_CONSTRAINTS = "BadConstraints"
 NODE_NOT_AVAIL = "ReqNodeNotAvail"
+SINGLETON = "DependencySingleton"  # a job of the same name and user runs
+ARRAY_LIMIT = "JobArrayTaskLimit"  # as many of its array's tasks run as `%N` allows
 RESOURCES = "Resources"
 PRIORITY = "Priority"
 
 
 def dependency_reason(
-    job: JobRequest, finished: Mapping[str, str], active: frozenset[str] | set[str]
+    job: JobRequest,
+    finished: Mapping[str, str],
+    active: frozenset[str] | set[str],
+    started: frozenset[str] | set[str] = frozenset(),
 ) -> str | None:
-    """None when every dependency holds; Dependency while one may still hold; else Never."""
+    """None when every dependency holds; Dependency while one may still hold; else Never.
+    `started`: the running jobs (an `after` dependency holds once its job runs)."""
     waiting = False
     for kind, dep in job.depends:
         if kind not in DEPENDENCY_KINDS:
             return NEVER
         state = finished.get(dep)
+        if kind == "after" and (state is not None or dep in started):
+            continue  # started, or ended (even before it started: Slurm's rule)
         if state is None:
             if dep in active:
                 waiting = True
@@ -58,6 +67,39 @@ def constraint_reason(job: JobRequest, cluster: Cluster) -> str | None:
             if job.gpus_per_node < len(at_least) and at_least[job.gpus_per_node] >= job.nodes:
                 return None
     return NODE_NOT_AVAIL if possible else BAD_CONSTRAINTS
+
+
+@dataclass(slots=True)
+class RunState:
+    """Running tasks per array and running (user, name) pairs, updated as a pass starts jobs:
+    the array `%N` limits and singletons."""
+
+    arrays: dict[str, int] = field(default_factory=dict)
+    names: set[tuple[str, str]] = field(default_factory=set)
+
+    @classmethod
+    def build(cls, running: tuple[RunningJob, ...]) -> RunState:
+        state = cls()
+        for job in running:
+            state.add(job.user, job.name, job.array_id)
+        return state
+
+    def add(self, user: str, name: str, array_id: str | None) -> None:
+        self.names.add((user, name))
+        if array_id is not None:
+            self.arrays[array_id] = self.arrays.get(array_id, 0) + 1
+
+    def reasons(self, job: JobRequest) -> list[str]:
+        out = []
+        if job.singleton and (job.user, job.name) in self.names:
+            out.append(SINGLETON)
+        if (
+            job.array_id is not None
+            and job.array_limit is not None
+            and self.arrays.get(job.array_id, 0) >= job.array_limit
+        ):
+            out.append(ARRAY_LIMIT)
+        return out
 
 
 @dataclass(slots=True)
@@ -177,12 +219,16 @@ class Filter:
         limits: LimitState,
         finished: Mapping[str, str],
         active: frozenset[str] | set[str],
+        runs: RunState | None = None,
+        started: frozenset[str] | set[str] = frozenset(),
     ) -> None:
         self.config = config
         self.cluster = cluster
         self.limits = limits
         self.finished = finished
         self.active = active
+        self.runs = runs or RunState()
+        self.started = started
         self._qos: dict[str, bool] = {}
         self._shape: dict[tuple[int, int, str | None], str | None] = {}
 
@@ -192,9 +238,12 @@ class Filter:
         if job.held:
             out.append(HELD)
         if job.depends:
-            dep = dependency_reason(job, self.finished, self.active)
+            dep = dependency_reason(job, self.finished, self.active, self.started)
             if dep is not None:
                 out.append(dep)
+        run_limits = self.runs.reasons(job) if job.singleton or job.array_limit else []
+        if SINGLETON in run_limits:
+            out.append(SINGLETON)
         qos_ok = self._qos.get(job.qos)
         if qos_ok is None:
             qos_ok = self._qos[job.qos] = self.config.qos_level(job.qos) is not None
@@ -209,6 +258,7 @@ class Filter:
             out.append(hw)
         if self.limits.active:
             out.extend(self.limits.reasons(job))
+        out.extend(r for r in run_limits if r != SINGLETON)
         return out
 
 

@@ -26,7 +26,8 @@ __all__ = [
 NodePart = tuple[str, tuple[int, ...]]
 
 # Dependency kinds a JobRequest may name, as in Slurm's --dependency.
-DEPENDENCY_KINDS = ("afterok", "afterany", "afternotok")
+# "after": the job has started (or ended).
+DEPENDENCY_KINDS = ("afterok", "afterany", "afternotok", "after")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,12 @@ class JobRequest:
     depends: tuple[tuple[str, str], ...] = ()
     # may be preempted by a QOS allowed to preempt this job's QOS once it runs
     preemptible: bool = False
+    name: str = ""
+    # an array task: its array's id, and how many of the array's tasks may run at once
+    array_id: str | None = None
+    array_limit: int | None = None
+    # Slurm's singleton: waits while a job of the same name and user runs
+    singleton: bool = False
 
     @property
     def gpus(self) -> int:
@@ -77,6 +84,8 @@ class RunningJob:
     gpu_type: str = ""
     # already signalled (preempted or cancelled): its GPUs count as released now
     terminating: bool = False
+    name: str = ""
+    array_id: str | None = None
 
     @property
     def gpus(self) -> int:

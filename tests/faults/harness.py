@@ -136,7 +136,8 @@ class Rig:
         assert self.broker is not None
         _kill(self.broker, signal.SIGKILL)
 
-    def start_daemon(self, state_dir: Path | None = None, **opts: Any) -> None:
+    def start_daemon(self, state_dir: Path | None = None, scheduler: str = "", **opts: Any) -> None:
+        """`scheduler`: raw TOML for the [scheduler] table (QOS levels, preempt_grace)."""
         settings = {
             "metrics_listen": "",
             "cancel_grace_s": 3.0,
@@ -159,6 +160,7 @@ class Rig:
             self._common()
             + f'[daemon]\nstate_dir = "{state_dir or self.dir / "dcd"}"\n'
             + f'socket = "{self.socket}"\n{body}'
+            + (f"[scheduler]\n{scheduler}\n" if scheduler else "")
         )
         with (self.dir / "dcd.log").open("ab") as log:
             self.daemon = self.procs.popen(

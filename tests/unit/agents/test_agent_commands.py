@@ -27,6 +27,7 @@ from dcsched.protocol.messages import (
     JobStarted,
     Launch,
     QueryJob,
+    Signal,
 )
 from tests.unit.agents.helpers import KEY, FakeClient, launch, make_agent, py, until, wait_jobs_done
 
@@ -316,3 +317,71 @@ async def test_during_a_rotation_the_agent_accepts_the_new_and_the_previous_key(
         Agent(
             msgspec.structs.replace(agent_config, cluster=ClusterConfig(previous_key_file=str(old)))
         )
+
+
+# Stands for torchrun (which SIGUSR1 would kill): its child, the worker, checkpoints on SIGUSR1
+# and exits 0; so does this process once its worker is gone.
+CHECKPOINTING = """
+import subprocess, sys
+w = subprocess.Popen([sys.executable, '-c', 'import signal, sys, time\\n'
+                      'def on(s, f):\\n'
+                      '    open("warned", "a").write(str(s) + "\\\\n"); sys.exit(0)\\n'
+                      'signal.signal(signal.SIGUSR1, on)\\n'
+                      'open("ready", "w").close()\\n'
+                      'time.sleep(60)'])
+sys.exit(w.wait())
+"""
+
+
+async def test_a_cancel_with_a_warning_signals_the_workers_and_waits_for_them(
+    tmp_path: Path, agent_config: Config
+) -> None:
+    agent = make_agent(agent_config, tmp_path)
+    client = FakeClient()
+    await agent.handle(client, launch(tmp_path, py(CHECKPOINTING)))  # type: ignore[arg-type]
+    await until((tmp_path / "ready").exists)
+    stop = Cancel(
+        cmd_id="c2", job_id="j1", grace_s=5, reason="requeued", signal=signal.SIGUSR1,
+        signal_lead_s=30,
+    )  # fmt: skip
+    await agent.handle(client, stop)  # type: ignore[arg-type]
+    await wait_jobs_done(agent, timeout=15)  # well before the 30 s lead: no SIGTERM needed
+    assert (tmp_path / "warned").read_text() == f"{int(signal.SIGUSR1)}\n"
+    exited = agent.store.state.outbox[-1]
+    assert isinstance(exited, JobExited)
+    assert (exited.exit_code, exited.signal) == (0, None)
+
+
+async def test_a_signal_command_reaches_the_workers(tmp_path: Path, agent_config: Config) -> None:
+    agent = make_agent(agent_config, tmp_path)
+    client = FakeClient()
+    await agent.handle(client, launch(tmp_path, py(CHECKPOINTING)))  # type: ignore[arg-type]
+    await until((tmp_path / "ready").exists)
+    await agent.handle(client, Signal(cmd_id="s1", job_id="j1", signal=signal.SIGUSR1))  # type: ignore[arg-type]
+    await agent.handle(client, Signal(cmd_id="s2", job_id="nope", signal=signal.SIGUSR1))  # type: ignore[arg-type]
+    acks = {e.cmd_id: e for e in client.events() if isinstance(e, Ack)}
+    assert acks["s1"].ok and not acks["s1"].error
+    assert "does not run" in acks["s2"].error
+    await wait_jobs_done(agent, timeout=15)
+    assert (tmp_path / "warned").read_text() == f"{int(signal.SIGUSR1)}\n"
+    exited = agent.store.state.outbox[-1]
+    assert isinstance(exited, JobExited) and exited.exit_code == 0
+
+
+async def test_a_plain_cancel_cuts_a_warnings_lead_short(
+    tmp_path: Path, agent_config: Config
+) -> None:
+    agent = make_agent(agent_config, tmp_path)
+    client = FakeClient()
+    await agent.handle(client, launch(tmp_path, ["sleep", "60"]))  # type: ignore[arg-type]
+    requeue = Cancel(
+        cmd_id="c2", job_id="j1", grace_s=5, reason="requeued", signal=signal.SIGUSR1,
+        signal_lead_s=60,
+    )  # fmt: skip
+    await agent.handle(client, requeue)  # type: ignore[arg-type]
+    await until(lambda: agent.jobs["j1#0"].warned_ts is not None)
+    await agent.handle(client, Cancel(cmd_id="c3", job_id="j1", grace_s=5))  # type: ignore[arg-type]
+    await wait_jobs_done(agent, timeout=15)  # not the 60 s lead
+    exited = agent.store.state.outbox[-1]
+    assert isinstance(exited, JobExited)
+    assert (exited.reason, exited.signal) == ("cancelled", signal.SIGTERM)

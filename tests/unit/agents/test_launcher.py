@@ -327,3 +327,34 @@ def test_a_failed_worker_code_reaches_the_status(tmp_path: Path, agent_config: C
     code = f"import sys; print({ROOT_CAUSE.format(code=3, name='')!r}); sys.exit(1)"
     rec = launcher.start(launch(tmp_path, py(code)))
     assert wait_exit(launcher, rec) == ExitStatus(3, None)
+
+
+WARNED_TREE = """
+import os, subprocess, sys, time
+# a worker that checkpoints on SIGUSR1; this process stands for torchrun, which SIGUSR1 kills
+w = subprocess.Popen([sys.executable, '-c', 'import signal, sys, time\\n'
+                      'def on(s, f):\\n'
+                      '    open("warned", "w").write(str(s)); sys.exit(0)\\n'
+                      'signal.signal(signal.SIGUSR1, on)\\n'
+                      'print("ready", flush=True)\\n'
+                      'time.sleep(300)'],
+                     start_new_session=True)
+print('worker', w.pid, flush=True)
+w.wait()
+print('torchrun outlived the signal', flush=True)
+"""
+
+
+def test_the_warning_signal_goes_to_the_workers_not_torchrun(
+    tmp_path: Path, agent_config: Config
+) -> None:
+    launcher = Launcher(agent_config.agent.state_dir, agent_config.agent.torchrun)
+    rec = launcher.start(launch(tmp_path, py(WARNED_TREE)))
+    worker = _worker_pid(rec)
+    deadline = time.monotonic() + 10
+    while "ready" not in Path(rec.log_path).read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert launcher.signal_workers(rec, signal.SIGUSR1) == [worker]
+    assert wait_exit(launcher, rec).exit_code == 0
+    assert (tmp_path / "warned").read_text() == str(int(signal.SIGUSR1))
+    assert "torchrun outlived the signal" in Path(rec.log_path).read_text()

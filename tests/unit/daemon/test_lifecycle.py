@@ -36,6 +36,7 @@ from dcsched.daemon.lifecycle import (
     Tick,
 )
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState
+from dcsched.protocol.jobspec import max_restarts
 
 S = JobState
 HOSTS = ("a", "b")
@@ -133,7 +134,10 @@ def name(eff: lc.Effect) -> str:
         case lc.SendLaunch():
             return f"SendLaunch:{eff.part.host}"
         case lc.SendCancel():
-            return f"SendCancel:{eff.host}"
+            warn = f":sig{eff.signal}@{eff.signal_lead_s:g}" if eff.signal is not None else ""
+            return f"SendCancel:{eff.host}{warn}"
+        case lc.SendSignal():
+            return f"SendSignal:{eff.host}:{eff.signal}"
         case lc.AckExit():
             return f"AckExit:{eff.host}:{eff.launch_id}"
         case lc.AvoidPort():
@@ -839,7 +843,268 @@ TICK_ROWS = [
     ),
 ]
 
-ROWS = USER_ROWS + START_ROWS + EXIT_ROWS + STOP_ROWS + REFUSED_ROWS + LOST_ROWS + TICK_ROWS
+# --- warning signals and requeue (job file `signal`, `requeue`, `max_restarts`) ----------------
+
+USR1 = 10
+WARN = {"signal": "USR1@300"}
+REQ = {"requeue": True, "max_restarts": 2}
+WARNED = job(S.RUNNING, BOTH, spec=WARN)
+NEAR = NOW - LIMIT + 300  # the start of a run whose warning is due at NOW
+WARN_A, WARN_B = f"SendSignal:a:{USR1}", f"SendSignal:b:{USR1}"
+STOP_WARN_A, STOP_WARN_B = f"SendCancel:a:sig{USR1}@300", f"SendCancel:b:sig{USR1}@300"
+
+SIGNAL_ROWS = [
+    row(
+        "warning due",
+        job(S.RUNNING, BOTH, spec=WARN, start_ts=NEAR),
+        [Tick()],
+        S.RUNNING,
+        BOTH,
+        [WARN_A, WARN_B],
+        signal_ts=NOW,
+    ),
+    row(
+        "warning not yet due",
+        job(S.RUNNING, BOTH, spec=WARN, start_ts=NEAR + 1),
+        [Tick()],
+        S.RUNNING,
+        BOTH,
+        signal_ts=None,
+    ),
+    row(
+        "warning sent once",
+        job(S.RUNNING, BOTH, spec=WARN, start_ts=NEAR),
+        [Tick(), Tick(), Tick()],
+        S.RUNNING,
+        BOTH,
+        [WARN_A, WARN_B],
+        signal_ts=NOW,
+    ),
+    row(
+        "no warning without a signal in the job file",
+        job(S.RUNNING, BOTH, start_ts=NEAR),
+        [Tick()],
+        S.RUNNING,
+        BOTH,
+    ),
+    row(
+        "no warning to a job still starting",
+        job(S.STARTING, "running launching", spec=WARN, start_ts=NEAR),
+        [Tick()],
+        S.STARTING,
+        "running launching",
+    ),
+    row(
+        "signal then exit: the job saved and ended on its own",
+        job(S.RUNNING, BOTH, spec=WARN, start_ts=NEAR),
+        [Tick(), ex(0), ex(1)],
+        S.COMPLETED,
+        "exited exited",
+        [WARN_A, WARN_B, ACK_A, ACK_B, WAKE],
+    ),
+    row(
+        "signal, then the time limit passes",
+        job(S.RUNNING, BOTH, spec=WARN, start_ts=NOW - LIMIT + 0.5),
+        [Tick(), Tick()],  # at NOW the warning, at NOW + 1 past the limit
+        S.COMPLETING,
+        BOTH,
+        [WARN_A, WARN_B, DROP, STOP_A, STOP_B],
+        ["time limit"],
+        ending=S.TIMEOUT,
+    ),
+    row(
+        "preempt sends the warning first",
+        WARNED,
+        [PREEMPT],
+        S.COMPLETING,
+        BOTH,
+        [DROP, STOP_WARN_A, STOP_WARN_B],
+        ending=S.REQUEUED,
+        signal_ts=NOW,
+    ),
+    row(
+        "preempt after the time-limit warning warns again",
+        job(S.RUNNING, BOTH, spec=WARN, start_ts=NEAR),
+        [Tick(), PREEMPT],
+        S.COMPLETING,
+        BOTH,
+        [WARN_A, WARN_B, DROP, STOP_WARN_A, STOP_WARN_B],
+        ending=S.REQUEUED,
+    ),
+    row(
+        "preempt of a job still starting: no warning",
+        job(S.STARTING, "running launching", spec=WARN),
+        [PREEMPT],
+        S.COMPLETING,
+        "running launching",
+        [DROP, STOP_A, STOP_B],
+        ending=S.REQUEUED,
+    ),
+    row(
+        "preempt, the job checkpoints and exits 0: requeued, one restart",
+        WARNED,
+        [PREEMPT, ex(0), ex(1)],
+        S.REQUEUED,
+        "",
+        [DROP, STOP_WARN_A, STOP_WARN_B, ACK_A, ACK_B, WAKE],
+        restart_count=1,
+        signal_ts=None,
+        start_ts=None,
+        submit_ts=SUBMIT,
+    ),
+    row(
+        "preempt of a non-requeue job: back in the queue all the same",
+        RUNNING2,
+        [PREEMPT, ex(0, None, 15), ex(1, None, 15)],
+        S.REQUEUED,
+        "",
+        [DROP, STOP_A, STOP_B, ACK_A, ACK_B, WAKE],
+        restart_count=1,
+        submit_ts=SUBMIT,
+    ),
+    row(
+        "user requeue warns too",
+        WARNED,
+        [REQUEUE],
+        S.COMPLETING,
+        BOTH,
+        [DROP, STOP_WARN_A, STOP_WARN_B],
+        ending=S.REQUEUED,
+    ),
+    row(
+        "cancel does not warn",
+        WARNED,
+        [CANCEL],
+        S.COMPLETING,
+        BOTH,
+        [DROP, STOP_A, STOP_B],
+        ending=S.CANCELLED,
+    ),
+    row(
+        "requeue of a run that never started is no restart",
+        job(S.STARTING, "launching launching", spec=WARN, restart_count=1),
+        [REQUEUE, gone("a"), gone("b")],
+        S.REQUEUED,
+        "",
+        [DROP, STOP_A, STOP_B, WAKE],
+        restart_count=1,
+    ),
+    row(
+        "node lost, requeue: back in the queue",
+        job(S.RUNNING, BOTH, spec=REQ),
+        [NodeLost("a", SILENT), ex(1, None, 15)],
+        S.REQUEUED,
+        "",
+        [DROP, STOP_B, ACK_B, WAKE],
+        restart_count=1,
+        reason="",
+        submit_ts=SUBMIT,
+    ),
+    row(
+        "node lost, requeue, one node",
+        job(S.RUNNING, "running", spec=REQ, restart_count=1),
+        [NodeLost("a", SILENT)],
+        S.REQUEUED,
+        "",
+        [DROP, WAKE],
+        restart_count=2,
+    ),
+    row(
+        "node lost, restarts used up: NODE_FAIL",
+        job(S.RUNNING, "running", spec=REQ, restart_count=2),
+        [NodeLost("a", SILENT)],
+        S.NODE_FAIL,
+        "exited",
+        [DROP, WAKE],
+        [SILENT, "after 2 restarts"],
+        restart_count=2,
+    ),
+    row(
+        "node lost, requeue with max_restarts 0: NODE_FAIL",
+        job(S.RUNNING, "running", spec={"requeue": True, "max_restarts": 0}),
+        [NodeLost("a", SILENT)],
+        S.NODE_FAIL,
+        "exited",
+        [DROP, WAKE],
+        [SILENT],
+    ),
+    row(
+        "node lost without requeue: NODE_FAIL",
+        job(S.RUNNING, "running", spec=WARN),
+        [NodeLost("a", SILENT)],
+        S.NODE_FAIL,
+        "exited",
+        [DROP, WAKE],
+        [SILENT],
+    ),
+    row(
+        "requeue without max_restarts: the default",
+        job(S.RUNNING, "running", spec={"requeue": True}, restart_count=2),
+        [NodeLost("a", SILENT)],
+        S.REQUEUED,
+        "",
+        [DROP, WAKE],
+        restart_count=3,
+    ),
+    row(
+        "node lost during the signal window, requeue",
+        job(S.RUNNING, BOTH, spec={**WARN, **REQ}, start_ts=NEAR),
+        [Tick(), NodeLost("a", SILENT), NodeLost("b", SILENT)],
+        S.REQUEUED,
+        "",
+        [WARN_A, WARN_B, DROP, STOP_B, WAKE],
+        restart_count=1,
+        signal_ts=None,
+    ),
+    row(
+        "node lost during the signal window, no requeue",
+        job(S.RUNNING, BOTH, spec=WARN, start_ts=NEAR),
+        [Tick(), NodeLost("a", SILENT), ex(1, 0)],
+        S.NODE_FAIL,
+        "exited exited",
+        [WARN_A, WARN_B, DROP, STOP_B, ACK_B, WAKE],
+        [SILENT],
+    ),
+    row(
+        "node lost while being preempted",
+        WARNED,
+        [PREEMPT, NodeLost("a", SILENT), ex(1, 0)],
+        S.REQUEUED,
+        "",
+        [DROP, STOP_WARN_A, STOP_WARN_B, ACK_B, WAKE],
+        restart_count=1,
+    ),
+    row(
+        "vanished, requeue",
+        job(S.RUNNING, "running", spec=REQ),
+        [NotRunning("a", VANISHED.format("a"))],
+        S.REQUEUED,
+        "",
+        [DROP, WAKE],
+        restart_count=1,
+    ),
+    row(
+        "a requeued job starts again with its restart count",
+        job(S.REQUEUED, spec=REQ, restart_count=1),
+        [START, up(0), up(1)],
+        S.RUNNING,
+        BOTH,
+        [f"SendLaunch:{h}" for h in HOSTS],
+        restart_count=1,
+        signal_ts=None,
+    ),
+]
+
+ROWS = (
+    USER_ROWS
+    + START_ROWS
+    + EXIT_ROWS
+    + STOP_ROWS
+    + REFUSED_ROWS
+    + LOST_ROWS
+    + TICK_ROWS
+    + SIGNAL_ROWS
+)
 
 
 @pytest.mark.parametrize("r", ROWS)
@@ -1024,8 +1289,13 @@ def event_for(draw: st.DrawFn, j: Job, starts: int) -> lc.Event:
 @given(st.data())
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_order_of_events(data: st.DataObject) -> None:
-    # a fresh 2-node job, mostly just started
-    j = job(S.PENDING, nodes=2, time_limit_s=20)
+    # a fresh 2-node job, mostly just started; some warned before their end and requeued
+    # on node failures
+    spec = data.draw(
+        st.sampled_from([{}, {"signal": "USR1@10", "requeue": True, "max_restarts": 2}]),
+        label="spec",
+    )
+    j = job(S.PENDING, nodes=2, time_limit_s=20, spec=spec)
     now = T0
     starts = 0
     if data.draw(st.booleans(), label="started"):
@@ -1057,6 +1327,14 @@ def test_any_order_of_events(data: st.DataObject) -> None:
         if old.state in TERMINAL:
             assert new == old  # a finished job stays as it was
         assert new.submit_ts == SUBMIT
+        # restarts: never fewer, one at most per step, only on the way back to the queue
+        assert new.restart_count - old.restart_count in ((0, 1) if new.state in QUEUED else (0,))
+        if new.state in QUEUED:
+            assert new.signal_ts is None
+        if any(isinstance(e, lc.SendSignal) for e in out.effects):
+            assert new.state == S.RUNNING and spec and new.signal_ts == now
+        if new.state == S.NODE_FAIL and old.state != S.NODE_FAIL:
+            assert new.restart_count >= max_restarts(spec)
         if out.changed:
             assert out.history[-1][0] == new.state
         j = new

@@ -91,3 +91,17 @@ async def test_finished_jobs_are_read_newest_first_with_a_limit(tmp_path: Path) 
 def test_terminal_states_have_no_way_out() -> None:
     for state in (S.COMPLETED, S.FAILED, S.CANCELLED, S.TIMEOUT, S.NODE_FAIL):
         assert state not in TRANSITIONS
+
+
+async def test_restarts_and_array_fields_are_journaled(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.db")
+    s = await Store.open(db)
+    (job_id,) = await s.add_jobs([_new(array_job_id=5, array_task_id=3)])
+    job = await s.job(job_id)
+    await s.commit(Batch(jobs=[dataclasses.replace(job, restart_count=2, signal_ts=7.5)]))
+    await s.close()
+    s = await Store.open(db)
+    again = await s.job(job_id)
+    assert (again.restart_count, again.signal_ts) == (2, 7.5)
+    assert (again.array_job_id, again.array_task_id) == (5, 3)
+    await s.close()

@@ -27,7 +27,12 @@ from dcsched.scheduler.score import Cluster
         ((("afternotok", "1"),), {"1": "COMPLETED"}, set(), "DependencyNeverSatisfied"),
         # a job nobody knows will never finish
         ((("afterany", "ghost"),), {}, set(), "DependencyNeverSatisfied"),
-        ((("after", "1"),), {"1": "COMPLETED"}, set(), "DependencyNeverSatisfied"),
+        ((("before", "1"),), {"1": "COMPLETED"}, set(), "DependencyNeverSatisfied"),
+        # after: started (running, or ended even without running), else waiting
+        ((("after", "1"),), {"1": "COMPLETED"}, set(), None),
+        ((("after", "1"),), {"1": "CANCELLED"}, set(), None),
+        ((("after", "1"),), {}, {"1"}, "Dependency"),
+        ((("after", "ghost"),), {}, set(), "DependencyNeverSatisfied"),
         # all must hold: one still running is enough to wait, one impossible is never
         ((("afterok", "1"), ("afterok", "2")), {"1": "COMPLETED"}, {"2"}, "Dependency"),
         ((("afterok", "1"), ("afterok", "2")), {"1": "FAILED"}, {"2"}, "DependencyNeverSatisfied"),
@@ -35,6 +40,11 @@ from dcsched.scheduler.score import Cluster
 )
 def test_dependencies(depends: tuple, finished: dict, active: set, expected: str | None) -> None:
     assert dependency_reason(job("j", depends=depends), finished, active) == expected
+
+
+def test_after_holds_once_the_job_runs() -> None:
+    j = job("j", depends=(("after", "1"),))
+    assert dependency_reason(j, {}, {"1"}, started={"1"}) is None
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,41 @@
+"""dcctl's array display: index ranges and one queue line per array's waiting tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dcsched.cli.dcctl import collapse_arrays, display_id, index_ranges
+
+
+@pytest.mark.parametrize(
+    ("indexes", "text"),
+    [([], ""), ([3], "3"), ([0, 1, 2, 5, 7, 8], "0-2,5,7-8"), ([4, 0, 2], "0,2,4")],
+)
+def test_index_ranges(indexes: list[int], text: str) -> None:
+    assert index_ranges(indexes) == text
+
+
+def _task(job_id: int, task: int, state: str, array: int = 10) -> dict[str, Any]:
+    return {"id": job_id, "array_job_id": array, "array_task_id": task, "state": state}
+
+
+def test_waiting_tasks_collapse_running_ones_do_not() -> None:
+    jobs = [
+        _task(10, 0, "RUNNING"),
+        _task(11, 1, "RUNNING"),
+        _task(12, 2, "PENDING"),
+        _task(13, 3, "PENDING"),
+        _task(14, 4, "HELD"),
+        _task(15, 5, "PENDING"),
+        {"id": 20, "state": "PENDING"},
+    ]
+    rows = collapse_arrays(jobs)
+    assert [r.get("display_id") or display_id(r) for r in rows] == [
+        "10_0",
+        "10_1",
+        "10_[2-3,5]",
+        "10_4",
+        "20",
+    ]
