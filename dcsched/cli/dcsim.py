@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dcsched.protocol.durations import parse_seconds
 from dcsched.scheduler import (
     Decisions,
     JobRequest,
@@ -272,7 +273,7 @@ def _config(policy: str, path: Path | None) -> SchedulerConfig:
         table = dict(doc.get("scheduler", doc))
     table["policy"] = policy
     try:
-        return SchedulerConfig.from_mapping(table)
+        return SchedulerConfig.from_mapping(table, duration=parse_seconds)
     except ValueError as exc:
         raise SystemExit(f"dcsim: {path}: {exc}") from exc
 

@@ -7,11 +7,14 @@ Validation returns every problem at once, each with the key's path and a hint, s
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+
+from dcsched.protocol import durations
 
 MAX_TIME_LIMIT_S = 30 * 24 * 3600
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -81,30 +84,10 @@ class JobSpecError(ValueError):
         self.problems = problems
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def parse_duration(value: str | int) -> int:
-    """Seconds from 90, "90s", "30m", "4h", "2d", "1h30m", "HH:MM:SS" or "D-HH:MM:SS"."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration, got a boolean")
-    if isinstance(value, int):
-        seconds = value
-    else:
-        text = value.strip().lower()
-        if re.fullmatch(r"(\d+-)?\d+:\d{1,2}:\d{1,2}", text):
-            days, _, clock = text.rpartition("-")
-            h, m, s = (int(x) for x in clock.split(":"))
-            seconds = (int(days) if days else 0) * 86400 + h * 3600 + m * 60 + s
-        elif re.fullmatch(r"(\d+[smhd])+", text):
-            seconds = sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhd])", text))
-        elif text.isdigit():
-            seconds = int(text)
-        else:
-            raise ValueError(f"cannot read {value!r} as a duration")
-    if seconds <= 0:
-        raise ValueError("a duration must be positive")
-    return seconds
+    """A job time limit in whole seconds; a bare number is minutes, as in Slurm
+    (the grammar is dcsched.protocol.durations)."""
+    return math.ceil(durations.parse_duration(value, bare="minutes"))
 
 
 def _unknown_keys(raw: dict[str, Any]) -> list[SpecProblem]:
@@ -172,7 +155,7 @@ def _ranges(spec: JobSpec) -> list[SpecProblem]:
             SpecProblem(
                 ("resources", "time_limit"),
                 str(exc),
-                'e.g. "30m", "4h", "2d", "1:30:00" or seconds as a number',
+                "a bare number is minutes, as in Slurm; README.md lists the forms",
             )
         )
     n = spec.torchrun.nproc_per_node

@@ -77,8 +77,9 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [
-        (90, 90),
-        ("90", 90),
+        (90, 5400),  # a bare number is minutes, as in Slurm
+        ("90", 5400),
+        ("30s", 30),
         ("30m", 1800),
         ("4h", 14400),
         ("1h30m", 5400),
