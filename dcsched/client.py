@@ -120,8 +120,10 @@ class Client:
     def health(self) -> dict[str, Any]:
         return dict(self.request("GET", "/v1/health"))
 
-    def submit(self, spec: dict[str, Any]) -> int:
-        return int(self.request("POST", "/v1/jobs", spec)["job_id"])
+    def submit(self, spec: dict[str, Any], *, force: bool = False) -> int:
+        """`force` (admins): queue it even when no node of the cluster could run it."""
+        q = {"force": "1" if force else None}
+        return int(self.request("POST", "/v1/jobs", spec, query=q)["job_id"])
 
     def jobs(
         self, *, all_states: bool = False, user: str | None = None, state: str | None = None

@@ -184,8 +184,9 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
     print()
     if why["reasons"]:
         print("Not running because:")
-        for r in why["reasons"]:
-            print(f"  - {r}")
+        details = why.get("details") or []
+        for i, r in enumerate(why["reasons"]):
+            print(f"  - {r}: {details[i]}" if i < len(details) else f"  - {r}")
     else:
         print("Nothing holds it back: it starts in the next pass.")
     if why.get("est_start"):

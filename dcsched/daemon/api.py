@@ -30,8 +30,9 @@ from dcsched.daemon.peercred import peer_uid, user_name
 from dcsched.daemon.states import ACTIVE, QUEUED, JobState, TransitionError
 from dcsched.daemon.store import StoreError
 from dcsched.protocol.codec import MAX_PAYLOAD
-from dcsched.protocol.jobspec import JobSpecError, spec_to_dict, validate_spec
+from dcsched.protocol.jobspec import JobSpec, JobSpecError, spec_to_dict, validate_spec
 from dcsched.scheduler import explain, fairshare_report
+from dcsched.scheduler.unsatisfiable import never_fits
 
 if TYPE_CHECKING:
     from dcsched.daemon.service import Daemon
@@ -190,8 +191,26 @@ class Api:
                 ],
             ) from None
         _check_launchable(spec_to_dict(spec))
+        self._check_satisfiable(spec, who, request.query.get("force") in ("1", "true"))
         job_id = await self.d.jobs.submit(spec, who)
         return web.json_response({"job_id": job_id}, status=201)
+
+    def _check_satisfiable(self, spec: JobSpec, who: Caller, force: bool) -> None:
+        """A request no known node could ever run is refused with the numbers; an admin
+        may queue it anyway (held or forced), e.g. for nodes not yet added."""
+        r = spec.resources
+        nodes = self.d.cluster.nodes.values()
+        hardware = [(n.gpu_type, len(n.status.gpus)) for n in nodes if n.status.gpus]
+        why = never_fits(r.nodes, r.gpus_per_node, r.gpu_type, hardware)
+        if why is None or (who.admin and (force or spec.hold)):
+            return
+        hint = "ask for what the cluster has" + (
+            "; an admin may queue it anyway with dcsub --force or --hold" if not who.admin else ""
+        )
+        raise InvalidRequest(
+            f"no node of this cluster could ever run the job: {why} ({hint})",
+            problems=[{"key": "resources", "message": why, "hint": hint}],
+        )
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         q = request.query

@@ -12,6 +12,7 @@ from typing import Any
 
 from dcsched.scheduler.decide import Pass
 from dcsched.scheduler.model import Snapshot
+from dcsched.scheduler.reasons import detail
 from dcsched.scheduler.sort import Factor, factors
 
 
@@ -33,6 +34,8 @@ class Explanation:
     preempts: tuple[str, ...] = ()
     # pending past starvation_age: ahead of every priority, oldest first
     starving: bool = False
+    # each reason in words with its numbers (asked vs free, use vs limit), as `reasons`
+    details: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +51,7 @@ class Explanation:
             "reservation": [list(r) for r in self.reservation],
             "preempts": list(self.preempts),
             "starving": self.starving,
+            "details": list(self.details),
         }
 
 
@@ -81,4 +85,5 @@ def explain(snapshot: Snapshot, now: float, job_id: str) -> Explanation:
         held,
         done.preempt_for.get(job_id, ()),
         0 < snapshot.config.starvation_s <= now - job.submit_ts,
+        tuple(detail(r, job, snapshot, rank - 1) for r in info.reasons),
     )
