@@ -29,8 +29,14 @@ from dcsched.daemon.jobs import Caller
 from dcsched.daemon.peercred import peer_uid, user_name
 from dcsched.daemon.states import ACTIVE, QUEUED, JobState, TransitionError
 from dcsched.daemon.store import StoreError
-from dcsched.protocol.codec import MAX_PAYLOAD
-from dcsched.protocol.jobspec import JobSpec, JobSpecError, spec_to_dict, validate_spec
+from dcsched.protocol.jobspec import (
+    MAX_SPEC_BYTES,
+    JobSpec,
+    JobSpecError,
+    spec_size,
+    spec_to_dict,
+    validate_spec,
+)
 from dcsched.scheduler import explain, fairshare_report
 from dcsched.scheduler.unsatisfiable import never_fits
 
@@ -124,8 +130,7 @@ def _check_launchable(spec: dict[str, Any]) -> None:
                 f"{where} contains a NUL byte, which no process can be given; remove it",
                 problems=[{"key": where, "message": "contains a NUL byte", "hint": "remove it"}],
             )
-    # A signed command carries its body in base64 (4/3 larger), inside the bus's limit.
-    size, limit = len(_encoder.encode(spec)), MAX_PAYLOAD * 3 // 4 - 4096
+    size, limit = spec_size(spec), MAX_SPEC_BYTES
     if size > limit:
         raise InvalidRequest(
             f"the job's command, env and settings take {size} bytes; the limit is {limit}"

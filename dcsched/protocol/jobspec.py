@@ -9,14 +9,19 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from dcsched.protocol import durations
+from dcsched.protocol.codec import MAX_PAYLOAD
 
 MAX_TIME_LIMIT_S = 30 * 24 * 3600
+# A launch is a signed command carrying the spec in base64 (4/3 larger) inside the bus's
+# message limit: the largest spec, as JSON, an agent can be sent.
+MAX_SPEC_BYTES = MAX_PAYLOAD * 3 // 4 - 4096
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DEPENDENCY = re.compile(r"^(afterok|afterany|afternotok)(:\d{1,18})+$")
@@ -192,28 +197,93 @@ def _ranges(spec: JobSpec) -> list[SpecProblem]:
     return p
 
 
-def _type_problem(exc: msgspec.ValidationError) -> SpecProblem:
+# What each key takes, for the hint of a type error (keys not listed: their type's name).
+EXAMPLES: dict[tuple[str, ...], str] = {
+    ("name",): 'a string, e.g. name = "llama-ft"',
+    ("command",): 'a list of strings, e.g. command = ["train.py", "--epochs", "3"]',
+    ("workdir",): 'an absolute path, e.g. workdir = "/home/alice/llama"',
+    ("account",): 'a string, e.g. account = "vision"',
+    ("qos",): 'a string, e.g. qos = "normal"',
+    ("nice",): "a whole number, e.g. nice = 100 (positive lowers the priority)",
+    ("hold",): "true or false",
+    ("preemptible",): "true or false",
+    ("dependency",): 'a list of strings, e.g. dependency = ["afterok:12"]',
+    ("resources",): "a table: [resources]",
+    ("resources", "nodes"): "a whole number, e.g. nodes = 2",
+    ("resources", "gpus_per_node"): "a whole number, e.g. gpus_per_node = 8",
+    ("resources", "gpu_type"): 'a string, e.g. gpu_type = "H100"',
+    ("resources", "time_limit"): 'minutes as a number, or a string, e.g. time_limit = "4h"',
+    ("torchrun",): "a table: [torchrun]",
+    ("torchrun", "nproc_per_node"): "a whole number, e.g. nproc_per_node = 8",
+    ("torchrun", "python"): 'an absolute path, e.g. python = "/home/alice/venv/bin/python"',
+    ("env",): 'a table of strings: [env] then NCCL_DEBUG = "WARN"',
+}
+
+
+def _type_problem(exc: msgspec.ValidationError, at: tuple[str, ...] = ()) -> SpecProblem:
     text = str(exc)
     m = re.search(r" - at `\$((?:\.[A-Za-z0-9_]+|\[\d+\])*)`$", text)
-    path: tuple[str, ...] = ()
+    path: tuple[str, ...] = at
     if m:
         text = text[: m.start()]
-        path = tuple(x for x in re.split(r"\.|\[|\]", m.group(1)) if x)
-    return SpecProblem(path, text, "see the job file reference in README.md")
+        path = at + tuple(x for x in re.split(r"\.|\[|\]", m.group(1)) if x)
+    hint = EXAMPLES.get(path[:2]) or EXAMPLES.get(at) or "see the job file reference in README.md"
+    return SpecProblem(path, text, hint)
+
+
+def _field_types(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    return typing.get_type_hints(struct)
+
+
+def _check_types(
+    raw: dict[str, Any], struct: type[msgspec.Struct], at: tuple[str, ...]
+) -> tuple[dict[str, Any], list[SpecProblem]]:
+    """Every key checked on its own, so that every type error is found in one run; the
+    keys that are wrong are left out of the returned copy (their defaults stand in)."""
+    problems: list[SpecProblem] = []
+    clean: dict[str, Any] = {}
+    for key, kind in _field_types(struct).items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        nested = isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+        if nested and isinstance(value, dict):
+            value, more = _check_types(value, kind, (*at, key))
+            problems += more
+        else:
+            try:
+                msgspec.convert(value, kind)
+            except msgspec.ValidationError as exc:
+                problems.append(_type_problem(exc, (*at, key)))
+                continue
+        clean[key] = value
+    return clean, problems
+
+
+# Stand-ins for required keys that are missing or wrong, so the other checks still run.
+_REQUIRED_STAND_IN = {"name": "job", "command": ["job.py"]}
 
 
 def validate_spec(raw: Any) -> JobSpec:
-    """A JobSpec from plain data (a parsed TOML or JSON object), or JobSpecError."""
+    """A JobSpec from plain data (a parsed TOML or JSON object), or JobSpecError with every
+    problem: unknown keys, wrong types, missing keys and values out of range."""
     if not isinstance(raw, dict):
         raise JobSpecError([SpecProblem((), "a job must be a table of keys")])
     problems = _unknown_keys(raw)
-    if problems:
-        raise JobSpecError(problems)
+    clean, type_problems = _check_types(raw, JobSpec, ())
+    problems += type_problems
+    for key, stand_in in _REQUIRED_STAND_IN.items():
+        if key not in raw:
+            problems.append(
+                SpecProblem((key,), f"the required key {key!r} is missing", EXAMPLES[(key,)])
+            )
+        clean.setdefault(key, stand_in)
     try:
-        spec = msgspec.convert(raw, JobSpec)
-    except msgspec.ValidationError as exc:
-        raise JobSpecError([_type_problem(exc)]) from None
-    problems = _ranges(spec)
+        spec = msgspec.convert(clean, JobSpec)
+    except msgspec.ValidationError as exc:  # a rule the per-key check cannot see
+        raise JobSpecError([*problems, _type_problem(exc)]) from None
+    bad = {p.path[:2] for p in problems}
+    problems += [p for p in _ranges(spec) if p.path[:2] not in bad]
     if problems:
         raise JobSpecError(problems)
     return spec
@@ -226,6 +296,11 @@ def parse_dependencies(specs: list[str]) -> tuple[tuple[str, str], ...]:
         kind, *ids = spec.split(":")
         out += [(kind, i) for i in ids]
     return tuple(out)
+
+
+def spec_size(spec: dict[str, Any]) -> int:
+    """Bytes of the spec as JSON, the size compared with MAX_SPEC_BYTES."""
+    return len(msgspec.json.encode(spec))
 
 
 def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
