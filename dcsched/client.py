@@ -126,9 +126,23 @@ class Client:
         return int(self.request("POST", "/v1/jobs", spec, query=q)["job_id"])
 
     def jobs(
-        self, *, all_states: bool = False, user: str | None = None, state: str | None = None
+        self,
+        *,
+        all_states: bool = False,
+        user: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[dict[str, Any]]:
-        q = {"all": "1" if all_states else None, "user": user, "state": state}
+        """Waiting and running jobs; `all_states` adds finished ones; `since`/`until` (Unix
+        times) list only the jobs that ended in that window."""
+        q = {
+            "all": "1" if all_states else None,
+            "user": user,
+            "state": state,
+            "since": None if since is None else repr(since),
+            "until": None if until is None else repr(until),
+        }
         return list(self.request("GET", "/v1/jobs", query=q)["jobs"])
 
     def job(self, job_id: int | str) -> dict[str, Any]:

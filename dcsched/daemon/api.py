@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -102,6 +103,21 @@ def _int_arg(text: str, what: str) -> int:
     if not 0 <= n < 2**63:
         raise InvalidRequest(f"{text!r} is not a valid {what}")
     return n
+
+
+def _time_arg(query: Mapping[str, str], name: str) -> float | None:
+    """`?since=`/`?until=`: a Unix time in seconds."""
+    if name not in query:
+        return None
+    try:
+        value = float(query[name])
+    except ValueError:
+        raise InvalidRequest(
+            f"{name} must be a Unix time in seconds, got {query[name]!r}"
+        ) from None
+    if not math.isfinite(value):
+        raise InvalidRequest(f"{name} must be a Unix time in seconds, got {query[name]!r}")
+    return value
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -227,11 +243,14 @@ class Api:
                 raise InvalidRequest(
                     f"unknown state {bad[0]!r}; states are " + ", ".join(JobState.__members__)
                 )
-        elif q.get("all") not in ("1", "true"):
+        elif q.get("all") not in ("1", "true") and "since" not in q and "until" not in q:
             states = sorted(QUEUED | ACTIVE)
         # Waiting and running jobs are all listed; finished ones only up to a limit.
         limit = _int_arg(q["limit"], "limit") if "limit" in q else None
-        body = await self.read.list_jobs(set(states), q.get("user") or None, limit)
+        since, until = _time_arg(q, "since"), _time_arg(q, "until")
+        body = await self.read.list_jobs(
+            set(states), q.get("user") or None, limit, since=since, until=until
+        )
         return web.Response(body=body, content_type="application/json")
 
     async def show(self, request: web.Request) -> web.Response:
@@ -354,8 +373,17 @@ class Api:
             raise PermissionDenied("draining a node needs an admin ([daemon] admins)")
         body = await _json_body(request) if request.can_read_body else {}
         reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
-        await self.d.set_drain(request.match_info["host"], True, reason or f"by {who.user}")
-        return web.json_response({"host": request.match_info["host"], "drained": True})
+        host = request.match_info["host"]
+        await self.d.set_drain(host, True, reason or f"by {who.user}")
+        view = self.read.node_view(host) or {}
+        return web.json_response(
+            {
+                "host": host,
+                "drained": True,
+                "drain_state": view.get("drain_state", "drained"),
+                "jobs": view.get("jobs", []),
+            }
+        )
 
     async def resume(self, request: web.Request) -> web.Response:
         who = caller(request)

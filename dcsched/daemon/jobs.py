@@ -33,7 +33,13 @@ from dcsched.daemon.events import EventHub
 from dcsched.daemon.model import Model
 from dcsched.daemon.states import TERMINAL
 from dcsched.daemon.store import Batch, CommandRow, NotFound, Store
-from dcsched.protocol.jobspec import JobSpec, parse_dependencies, spec_to_dict
+from dcsched.protocol.jobspec import (
+    JobSpec,
+    interpreter,
+    parse_dependencies,
+    runs_python,
+    spec_to_dict,
+)
 from dcsched.protocol.messages import (
     Ack,
     AckExit,
@@ -475,7 +481,8 @@ def _launch(job: lc.Job, part: lc.Part) -> Launch:
         workdir=spec.get("workdir", ""),
         env=dict(spec.get("env", {})),
         user=job.user,
-        python=spec["torchrun"].get("python"),
+        python=interpreter(spec["torchrun"].get("python")),
+        no_python=not runs_python(spec["command"], spec["torchrun"].get("python")),
     )
 
 

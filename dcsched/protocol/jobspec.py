@@ -36,7 +36,9 @@ class Resources(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class TorchrunOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nproc_per_node: int | None = None  # default: gpus_per_node
-    python: str | None = None
+    # an interpreter path (with torch); or false: the command is a program, not a Python
+    # script (torchrun --no-python); true: it is a script whatever its name
+    python: str | bool | None = None
 
 
 class JobSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -166,7 +168,8 @@ def _ranges(spec: JobSpec) -> list[SpecProblem]:
     n = spec.torchrun.nproc_per_node
     if n is not None and not 1 <= n <= 1024:
         p.append(SpecProblem(("torchrun", "nproc_per_node"), f"{n} is out of range", "1..1024"))
-    if spec.torchrun.python is not None and not spec.torchrun.python.startswith("/"):
+    py = spec.torchrun.python
+    if isinstance(py, str) and not py.startswith("/"):
         p.append(
             SpecProblem(
                 ("torchrun", "python"),
@@ -215,7 +218,10 @@ EXAMPLES: dict[tuple[str, ...], str] = {
     ("resources", "time_limit"): 'minutes as a number, or a string, e.g. time_limit = "4h"',
     ("torchrun",): "a table: [torchrun]",
     ("torchrun", "nproc_per_node"): "a whole number, e.g. nproc_per_node = 8",
-    ("torchrun", "python"): 'an absolute path, e.g. python = "/home/alice/venv/bin/python"',
+    ("torchrun", "python"): (
+        'an absolute path, e.g. python = "/home/alice/venv/bin/python", or false for a '
+        "command that is not a Python script"
+    ),
     ("env",): 'a table of strings: [env] then NCCL_DEBUG = "WARN"',
 }
 
@@ -296,6 +302,21 @@ def parse_dependencies(specs: list[str]) -> tuple[tuple[str, str], ...]:
         kind, *ids = spec.split(":")
         out += [(kind, i) for i in ids]
     return tuple(out)
+
+
+def runs_python(command: list[str], python: str | bool | None) -> bool:
+    """Does torchrun run the command as a Python script (its default), or as a program
+    (`--no-python`)? `[torchrun] python = true/false` says so; otherwise a command whose
+    first word ends in `.py`, or `-m MODULE`, is Python and anything else a program."""
+    if isinstance(python, bool):
+        return python
+    first = command[0] if command else ""
+    return first.endswith(".py") or first in ("-m", "--module")
+
+
+def interpreter(python: str | bool | None) -> str | None:
+    """The `[torchrun] python` interpreter path, if one was given."""
+    return python if isinstance(python, str) else None
 
 
 def spec_size(spec: dict[str, Any]) -> int:
