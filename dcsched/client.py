@@ -148,6 +148,10 @@ class Client:
     def job(self, job_id: int | str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/jobs/{quote(str(job_id))}"))
 
+    def update(self, job_id: int | str, fields: dict[str, Any]) -> dict[str, Any]:
+        """New time_limit, nice and/or qos; the job as it is now."""
+        return dict(self.request("POST", f"/v1/jobs/{quote(str(job_id))}/update", fields))
+
     def job_action(self, job_id: int | str, action: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/jobs/{quote(str(job_id))}/{action}"))
 

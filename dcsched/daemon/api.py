@@ -32,13 +32,15 @@ from dcsched.daemon.states import ACTIVE, QUEUED, JobState, TransitionError
 from dcsched.daemon.store import StoreError
 from dcsched.protocol.jobspec import (
     MAX_SPEC_BYTES,
+    MAX_TIME_LIMIT_S,
     JobSpec,
     JobSpecError,
+    parse_duration,
     spec_size,
     spec_to_dict,
     validate_spec,
 )
-from dcsched.scheduler import explain, fairshare_report
+from dcsched.scheduler import SchedulerConfig, explain, fairshare_report
 from dcsched.scheduler.unsatisfiable import never_fits
 
 if TYPE_CHECKING:
@@ -154,6 +156,49 @@ def _check_launchable(spec: dict[str, Any]) -> None:
         )
 
 
+UPDATABLE = ("time_limit", "nice", "qos")
+
+
+def update_event(body: Any, who: Caller, config: SchedulerConfig) -> lc.Update:
+    """The Update a `dcctl update` body asks for; InvalidRequest names what is wrong."""
+    if not isinstance(body, dict) or not body:
+        raise InvalidRequest("expected a JSON object with time_limit, nice and/or qos")
+    problems = []
+    for key in body:
+        if key not in UPDATABLE:
+            problems.append(f"{key}: cannot be changed; these can: {', '.join(UPDATABLE)}")
+    limit: int | None = None
+    if "time_limit" in body:
+        try:
+            limit = parse_duration(body["time_limit"])
+        except ValueError as exc:
+            problems.append(f"time_limit: {exc}")
+        else:
+            if limit > MAX_TIME_LIMIT_S:
+                problems.append("time_limit: longer than 30 days")
+    nice = body.get("nice")
+    if nice is not None and (
+        isinstance(nice, bool) or not isinstance(nice, int) or not -10000 <= nice <= 10000
+    ):
+        problems.append(f"nice: expected a whole number in -10000..10000, got {nice!r}")
+        nice = None
+    qos = body.get("qos")
+    level = config.qos_level(qos) if isinstance(qos, str) else None
+    if qos is not None and level is None:
+        known = ", ".join(sorted({"normal", *config.qos}))
+        problems.append(f"qos: {qos!r} is not a configured QOS; known: {known}")
+    if problems:
+        raise InvalidRequest("; ".join(problems))
+    return lc.Update(
+        who.user,
+        who.admin,
+        time_limit_s=limit,
+        nice=nice,
+        qos=qos,
+        qos_priorities=tuple(sorted((n, q.priority) for n, q in config.qos.items())),
+    )
+
+
 def _job_id(request: web.Request) -> int:
     return _int_arg(request.match_info["job_id"], "job id (a number)")
 
@@ -173,6 +218,7 @@ class Api:
         r.add_post("/v1/jobs/{job_id}/hold", self.hold)
         r.add_post("/v1/jobs/{job_id}/release", self.release)
         r.add_post("/v1/jobs/{job_id}/requeue", self.requeue)
+        r.add_post("/v1/jobs/{job_id}/update", self.update)
         r.add_get("/v1/jobs/{job_id}/logs", self.logs)
         r.add_get("/v1/jobs/{job_id}/explain", self.explain)
         r.add_get("/v1/fairshare", self.fairshare)
@@ -286,6 +332,15 @@ class Api:
 
     async def requeue(self, request: web.Request) -> web.Response:
         return await self._act(request, "requeue")
+
+    async def update(self, request: web.Request) -> web.Response:
+        """`{"time_limit": "2h", "nice": 10, "qos": "low"}`, any of them: the owner may lower
+        what the job gets, an admin may also raise it."""
+        who = caller(request)
+        body = await _json_body(request)
+        ev = update_event(body, who, self.d.scheduling.config)
+        job = await self.d.jobs.act(_job_id(request), who, ev)
+        return _json(self.read.job_view(job))
 
     async def explain(self, request: web.Request) -> web.Response:
         job = await self.d.jobs.get(_job_id(request))

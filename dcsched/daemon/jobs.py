@@ -197,13 +197,15 @@ class JobManager:
             )
 
     async def act(self, job_id: int, caller: Caller, ev: lc.Event) -> lc.Job:
-        """A user's cancel, hold, release or requeue."""
+        """A user's cancel, hold, release, requeue or update."""
         self._writable()
         async with self._lock:
             job = await self.get(job_id)
             self._may_act(caller, job)
             try:
                 out = lc.apply(job, ev, time.time())
+            except lc.NotAllowed as exc:
+                raise PermissionDenied(f"job {job_id}: {exc}") from None
             except lc.Refused as exc:
                 raise Conflict(str(exc)) from None
             await self._commit([(job, out)])
