@@ -315,7 +315,7 @@ def _config(policy: str, path: Path | None) -> SchedulerConfig:
         raise SystemExit(f"dcsim: {path}: {exc}") from exc
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsim", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("replay", help="replay a trace (CSV, see docs/scheduler.md)")
@@ -331,6 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         help="a progress bar on stderr (auto: when it is a terminal)",
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.nodes < 1 or args.gpus_per_node < 1:
         parser.error("--nodes and --gpus-per-node must be at least 1")

@@ -31,7 +31,7 @@ async def _run(config_file: str | None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcd", description="dcsched head-node daemon")
     parser.add_argument("--log-level", default="info")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="embedded broker (auto: mosquitto when on PATH, else amqtt)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
     try:
         if args.cmd == "run":
