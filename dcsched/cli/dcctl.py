@@ -24,7 +24,7 @@ from dcsched.cli.common import (
 )
 from dcsched.client import ApiError, Client, ClientError, EventStream, StreamEvent
 from dcsched.protocol.endings import ENDED, end_text
-from dcsched.protocol.hostlist import expand
+from dcsched.protocol.hostlist import compress, expand
 from dcsched.protocol.jobspec import parse_duration
 
 UPDATABLE = ("time_limit", "nice", "qos")
@@ -90,6 +90,7 @@ def cmd_show(c: Client, a: argparse.Namespace) -> int:
         ("Reason", end_text(job) if job["state"] in ENDED else job.get("reason") or ""),
         ("ExitCode", _exit(job)),
         ("Nodes", job["nodes"]),
+        ("NodeList", compress(job.get("hosts") or [])),
         ("GPUsPerNode", job["gpus_per_node"]),
         ("GpuType", job.get("gpu_type") or ""),
         ("TimeLimit", duration(job["time_limit_s"])),
@@ -282,6 +283,9 @@ def cmd_nodes(c: Client, a: argparse.Namespace) -> int:
 
 def cmd_gpus(c: Client, a: argparse.Namespace) -> int:
     gpus = c.gpus()
+    if a.hosts is not None:
+        wanted = set(a.hosts)
+        gpus = [g for g in gpus if g["host"] in wanted]
     if a.json:
         print_json({"gpus": gpus})
         return 0
@@ -567,7 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("nodes", "nodes with their state and GPUs (like sinfo -N)").add_argument(
         "hosts", nargs="?", type=_hosts, metavar="HOSTLIST", help="only these, e.g. gpu[01-04]"
     )
-    add("gpus", "every GPU with its live telemetry and job")
+    add("gpus", "every GPU with its live telemetry and job").add_argument(
+        "hosts", nargs="?", type=_hosts, metavar="HOSTLIST", help="only these, e.g. gpu[01-04]"
+    )
     d = add("drain", "stop scheduling on nodes; running jobs finish (DRAINING, then DRAINED)")
     d.add_argument("hosts", type=_hosts, metavar="HOSTLIST", help="e.g. gpu[001-016],login1")
     d.add_argument("--reason", default="")
