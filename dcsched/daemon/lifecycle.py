@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState, check_transition
+from dcsched.protocol.durations import format_duration
 
 S = JobState
 RETRY_PORT = "port_in_use"  # Ack.code of a launch refused because its master port is taken
@@ -330,7 +331,7 @@ def apply(job: Job, ev: Event, now: float) -> Outcome:
                 and j.start_ts is not None
                 and now > j.start_ts + j.time_limit_s
             ):
-                why = f"time limit {j.time_limit_s} s reached"
+                why = f"time limit {format_duration(j.time_limit_s)} reached"
                 _stop(out, S.TIMEOUT, why, now, reason=why)
     return out
 
@@ -367,11 +368,13 @@ def _update(out: Outcome, ev: Update) -> None:
     if ev.time_limit_s is not None and ev.time_limit_s != job.time_limit_s:
         if ev.time_limit_s > job.time_limit_s and not ev.admin:
             raise NotAllowed(
-                f"only an admin may raise a time limit ({job.time_limit_s} s to "
-                f"{ev.time_limit_s} s); you may lower it"
+                f"only an admin may raise a time limit ({format_duration(job.time_limit_s)} to "
+                f"{format_duration(ev.time_limit_s)}); you may lower it"
             )
         changes["time_limit_s"] = ev.time_limit_s
-        said.append(f"time_limit {job.time_limit_s} s -> {ev.time_limit_s} s")
+        said.append(
+            f"time_limit {format_duration(job.time_limit_s)} -> {format_duration(ev.time_limit_s)}"
+        )
     waits = job.state in QUEUED
     if ev.nice is not None and ev.nice != job.nice:
         if not waits:

@@ -577,7 +577,7 @@ STOP_ROWS = [
         S.TIMEOUT,
         "exited exited",
         [DROP, STOP_A, STOP_B, ACK_A, ACK_B, WAKE],
-        ["time limit 3600 s reached"],
+        ["time limit 01:00:00 reached"],
     ),
 ]
 
@@ -791,7 +791,7 @@ TICK_ROWS = [
         S.COMPLETING,
         BOTH,
         [DROP, STOP_A, STOP_B],
-        ["time limit 3600 s reached"],
+        ["time limit 01:00:00 reached"],
         ending=S.TIMEOUT,
     ),
     row(
@@ -862,7 +862,7 @@ UPDATE_ROWS = [
         S.COMPLETING,
         BOTH,
         effects=[WAKE, DROP, STOP_A, STOP_B],
-        says=["time limit 5 s reached"],
+        says=["time limit 00:00:05 reached"],
         time_limit_s=5,
     ),
     row(
