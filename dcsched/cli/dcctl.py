@@ -25,9 +25,7 @@ from dcsched.cli.common import (
 from dcsched.client import ApiError, Client, ClientError, EventStream, StreamEvent
 from dcsched.protocol.endings import ENDED, end_text
 from dcsched.protocol.hostlist import compress, expand
-from dcsched.protocol.jobspec import parse_duration
-
-UPDATABLE = ("time_limit", "nice", "qos")
+from dcsched.protocol.jobspec import UPDATABLE, parse_duration
 
 EVENT_KINDS = ("job", "node")
 

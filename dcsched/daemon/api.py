@@ -33,6 +33,7 @@ from dcsched.daemon.store import StoreError
 from dcsched.protocol.jobspec import (
     MAX_SPEC_BYTES,
     MAX_TIME_LIMIT_S,
+    UPDATABLE,
     JobSpec,
     JobSpecError,
     parse_duration,
@@ -154,9 +155,6 @@ def _check_launchable(spec: dict[str, Any]) -> None:
             f"the job's command, env and settings take {size} bytes; the limit is {limit}"
             " (put large settings in a file in the workdir)"
         )
-
-
-UPDATABLE = ("time_limit", "nice", "qos")
 
 
 def update_event(body: Any, who: Caller, config: SchedulerConfig) -> lc.Update:

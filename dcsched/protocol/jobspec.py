@@ -19,6 +19,8 @@ from dcsched.protocol import durations
 from dcsched.protocol.codec import MAX_PAYLOAD
 
 MAX_TIME_LIMIT_S = 30 * 24 * 3600
+# what `dcctl update` may change in a job (POST /v1/jobs/{id}/update)
+UPDATABLE = ("time_limit", "nice", "qos")
 # A launch is a signed command carrying the spec in base64 (4/3 larger) inside the bus's
 # message limit: the largest spec, as JSON, an agent can be sent.
 MAX_SPEC_BYTES = MAX_PAYLOAD * 3 // 4 - 4096
