@@ -120,17 +120,37 @@ class Client:
     def health(self) -> dict[str, Any]:
         return dict(self.request("GET", "/v1/health"))
 
-    def submit(self, spec: dict[str, Any]) -> int:
-        return int(self.request("POST", "/v1/jobs", spec)["job_id"])
+    def submit(self, spec: dict[str, Any], *, force: bool = False) -> int:
+        """`force` (admins): queue it even when no node of the cluster could run it."""
+        q = {"force": "1" if force else None}
+        return int(self.request("POST", "/v1/jobs", spec, query=q)["job_id"])
 
     def jobs(
-        self, *, all_states: bool = False, user: str | None = None, state: str | None = None
+        self,
+        *,
+        all_states: bool = False,
+        user: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[dict[str, Any]]:
-        q = {"all": "1" if all_states else None, "user": user, "state": state}
+        """Waiting and running jobs; `all_states` adds finished ones; `since`/`until` (Unix
+        times) list only the jobs that ended in that window."""
+        q = {
+            "all": "1" if all_states else None,
+            "user": user,
+            "state": state,
+            "since": None if since is None else repr(since),
+            "until": None if until is None else repr(until),
+        }
         return list(self.request("GET", "/v1/jobs", query=q)["jobs"])
 
     def job(self, job_id: int | str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/jobs/{quote(str(job_id))}"))
+
+    def update(self, job_id: int | str, fields: dict[str, Any]) -> dict[str, Any]:
+        """New time_limit, nice and/or qos; the job as it is now."""
+        return dict(self.request("POST", f"/v1/jobs/{quote(str(job_id))}/update", fields))
 
     def job_action(self, job_id: int | str, action: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/jobs/{quote(str(job_id))}/{action}"))

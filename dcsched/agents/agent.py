@@ -27,7 +27,7 @@ import aiomqtt
 from dcsched.agents.cgroups import Cgroups
 from dcsched.agents.errors import AgentError, LaunchError, StateError
 from dcsched.agents.gpu import GpuBackend, make_backend
-from dcsched.agents.launcher import ExitStatus, Launcher, valid_job_id
+from dcsched.agents.launcher import ExitStatus, Launcher, ending_words, valid_job_id
 from dcsched.agents.logs import read_chunk
 from dcsched.agents.state import CommandResult, JobRecord, StateStore, exit_key, job_key
 from dcsched.protocol.codec import CommandVerifier, ProtocolError, encode, load_key
@@ -666,6 +666,8 @@ class Agent:
             reason=reason,
             launch_id=rec.cmd_ids[0] if rec.cmd_ids else "",
         )
+        line = ending_words(ev.exit_code, ev.signal, reason)
+        await asyncio.to_thread(self.launcher.append_to_log, rec, line)
         log.info(
             "job %s node %d exited: code %s, signal %s %s",
             rec.job_id,

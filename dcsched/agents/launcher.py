@@ -60,6 +60,8 @@ class ExitStatus:
 
 def torchrun_argv(launch: Launch, torchrun: str = "torchrun") -> list[str]:
     head = [launch.python, "-m", "torch.distributed.run"] if launch.python else [torchrun]
+    if launch.no_python:  # a program, not a Python script: torchrun execs it as it is
+        head.append("--no-python")
     return [
         *head,
         "--nnodes", str(launch.nnodes),
@@ -118,6 +120,64 @@ def check_launch(launch: Launch, valid_gpus: set[int] | None = None) -> None:
         raise LaunchError(
             f"GPUs {bad} do not exist on this host (it has {sorted(valid_gpus)})", INVALID
         )
+
+
+def _missing(path: str) -> bool:
+    """Known not to be there; a folder root may not read (NFS root_squash) proves nothing."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def check_command(launch: Launch, workdir: str, path: str | None) -> None:
+    """Refuses, with code INVALID, a command that is not there: a script missing from the
+    workdir, a program found neither there (a path) nor on the job's PATH (a name)."""
+    first = launch.command[0]
+    if not launch.no_python:
+        # -m MODULE: Python finds it, or says why in the log
+        if not first.startswith("-") and _missing(os.path.join(workdir, first)):
+            raise LaunchError(
+                f"script {first} not found in the workdir {workdir} on this host", INVALID
+            )
+        return
+    if "/" in first:
+        if not _missing(os.path.join(workdir, first)):
+            return
+    elif shutil.which(first, path=path) is not None:
+        return
+    raise LaunchError(
+        f"command {first} not found on this host (a path is looked up in the workdir "
+        f"{workdir}, a name on PATH); it runs through torchrun --no-python as it is not a "
+        "Python script",
+        INVALID,
+    )
+
+
+def ending_words(exit_code: int | None, sig: int | None, reason: str) -> str:
+    """The log's last line, written by the agent when the node's part ends."""
+    why = {
+        "timeout": "stopped: the time limit was reached",
+        "cancelled": "stopped: cancelled",
+        "requeued": "stopped: requeued (it will run again)",
+        "node_fail": "stopped: another node of the job was lost",
+        "failed": "stopped: another node of the job failed",
+        "lost": "its process was lost (killed from outside the agent)",
+    }.get(reason, "")
+    if sig is not None:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        status = f"signal {sig} ({name})"
+    elif exit_code is not None:
+        status = f"exit code {exit_code}"
+    else:
+        status = "no exit status"
+    return f"[dcsched] {why or 'ended'}: {status}"
 
 
 def check_port_free(port: int, host: str) -> None:
@@ -191,6 +251,7 @@ class Launcher:
         if shutil.which(argv[0], path=env.get("PATH")) is None:
             hint = "[torchrun] python" if launch.python else "[agent] torchrun"
             raise LaunchError(f"{argv[0]} not found on this host (see {hint})", INVALID)
+        check_command(launch, workdir, env.get("PATH"))
         if launch.node_rank == 0:
             check_port_free(launch.master_port, self.host)
 
@@ -413,6 +474,18 @@ class Launcher:
         targets = workers or pids
         kill_pids(targets, sig)
         return targets
+
+    def append_to_log(self, rec: JobRecord, line: str) -> None:
+        """Adds a line at the end of the job's log (best effort: the log is the user's file
+        in our folder, opened without following links)."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        with contextlib.suppress(OSError):
+            fd = os.open(rec.log_path, flags)
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.write(fd, f"\n{line}\n".encode())
+            finally:
+                os.close(fd)
 
     def cleanup(self, rec: JobRecord) -> list[int]:
         """After the job ended: kill whatever of it is left (a worker torchrun left behind)."""

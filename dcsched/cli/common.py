@@ -12,6 +12,7 @@ from typing import Any
 
 from dcsched.client import ApiError, Client, ClientError
 from dcsched.protocol.config import ConfigError, load_config, socket_path
+from dcsched.protocol.durations import format_duration
 
 
 def add_connection_args(p: argparse.ArgumentParser) -> None:
@@ -65,14 +66,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """Slurm's [D-]HH:MM:SS."""
-    if seconds is None:
-        return ""
-    s = max(0, int(seconds))
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    return f"{d}-{h:02d}:{m:02d}:{s:02d}" if d else f"{h:02d}:{m:02d}:{s:02d}"
+    """Slurm's [D-]HH:MM:SS; "" for None."""
+    return "" if seconds is None else format_duration(seconds)
 
 
 def timestamp(ts: float | None) -> str:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import threading
 import time
 from typing import Any
 
+from dcsched.cli import queue_format
 from dcsched.cli.common import (
     add_connection_args,
     client_from,
@@ -21,9 +23,10 @@ from dcsched.cli.common import (
     timestamp,
 )
 from dcsched.client import ApiError, Client, ClientError, EventStream, StreamEvent
-from dcsched.protocol.jobspec import parse_duration
+from dcsched.protocol.endings import ENDED, end_text
+from dcsched.protocol.hostlist import compress, expand
+from dcsched.protocol.jobspec import UPDATABLE, parse_duration
 
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
 EVENT_KINDS = ("job", "node")
 
 
@@ -34,53 +37,40 @@ def _exit(job: dict[str, Any]) -> str:
     return f"{job.get('exit_code') or 0}:{job.get('signal') or 0}"
 
 
-def _where(job: dict[str, Any]) -> str:
-    if job.get("hosts"):
-        return ",".join(job["hosts"])
-    return f"({job['reason']})" if job.get("reason") else ""
+def when(text: str, now: float | None = None) -> float:
+    """A point in time for --since/--until: an ISO date or date and time (local time),
+    "now", or a duration ago ("2h", "1-00", "now-30m"; a bare number is minutes)."""
+    now = time.time() if now is None else now
+    t = text.strip()
+    if t == "now":
+        return now
+    try:
+        return datetime.datetime.fromisoformat(t).timestamp()
+    except ValueError:
+        pass
+    try:
+        return now - parse_duration(t.removeprefix("now-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"cannot read {text!r} as a time: write 2026-11-25, 2026-11-25T14:30, now, "
+            'or how long ago, e.g. 2h, 1-00, now-30m ("90" is 90 minutes)'
+        ) from None
 
 
 def cmd_queue(c: Client, a: argparse.Namespace) -> int:
-    jobs = c.jobs(all_states=a.all, user=a.user, state=a.state)
+    fmt = a.format or os.environ.get(queue_format.ENV) or queue_format.DEFAULT
+    try:
+        queue_format.parse(fmt)
+    except ValueError as exc:
+        print(f"dcctl: {exc}", file=sys.stderr)
+        return 2
+    jobs = c.jobs(all_states=a.all, user=a.user, state=a.state, since=a.since, until=a.until)
     if a.json:
         print_json({"jobs": jobs})
         return 0
     if not a.array:
         jobs = collapse_arrays(jobs)
-    rows = [
-        (
-            j.get("display_id") or display_id(j),
-            j["name"][:20],
-            j["user"],
-            j["account"],
-            j["state"],
-            duration(j.get("elapsed_s")),
-            duration(j["time_limit_s"]),
-            j["nodes"],
-            j["nodes"] * j["gpus_per_node"],
-            pct(j.get("gpu_util")),
-            _where(j),
-        )
-        for j in sorted(jobs, key=lambda j: j["id"])
-    ]
-    print(
-        table(
-            (
-                "JOBID",
-                "NAME",
-                "USER",
-                "ACCOUNT",
-                "STATE",
-                "TIME",
-                "LIMIT",
-                "NODES",
-                "GPUS",
-                "UTIL",
-                "NODELIST(REASON)",
-            ),
-            rows,
-        )
-    )
+    print(queue_format.render(fmt, sorted(jobs, key=lambda j: j["id"]), header=not a.noheader))
     return 0
 
 
@@ -93,13 +83,6 @@ _ACTION_STATES = {
     "requeue": ("STARTING", "RUNNING"),
 }
 _WAITING = ("PENDING", "HELD", "REQUEUED")
-
-
-def display_id(job: dict[str, Any]) -> str:
-    """`123` for a job, `123_4` for task 4 of array 123 (Slurm's form)."""
-    if job.get("array_job_id") is not None and job.get("array_task_id") is not None:
-        return f"{job['array_job_id']}_{job['array_task_id']}"
-    return str(job["id"])
 
 
 def index_ranges(indexes: list[int]) -> str:
@@ -178,7 +161,7 @@ def cmd_show(c: Client, a: argparse.Namespace) -> int:
         ("Account", job["account"]),
         ("QOS", job["qos"]),
         ("State", job["state"]),
-        ("Reason", job.get("reason") or ""),
+        ("Reason", end_text(job) if job["state"] in ENDED else job.get("reason") or ""),
         *(
             [("ArrayJobId", job["array_job_id"]), ("ArrayTaskId", job["array_task_id"])]
             if job.get("array_job_id") is not None
@@ -189,6 +172,7 @@ def cmd_show(c: Client, a: argparse.Namespace) -> int:
         ("Restarts", job.get("restart_count", 0)),
         ("ExitCode", _exit(job)),
         ("Nodes", job["nodes"]),
+        ("NodeList", compress(job.get("hosts") or [])),
         ("GPUsPerNode", job["gpus_per_node"]),
         ("GpuType", job.get("gpu_type") or ""),
         ("TimeLimit", duration(job["time_limit_s"])),
@@ -232,6 +216,37 @@ def cmd_show(c: Client, a: argparse.Namespace) -> int:
                 ("TIME", "STATE", "DETAIL"),
                 [(timestamp(e["ts"]), e["state"], e["detail"]) for e in job["events"]],
             )
+        )
+    return 0
+
+
+def _assignments(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE words as the update's fields (nice as a number)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in UPDATABLE:
+            raise ClientError(
+                f"cannot read {pair!r}: write KEY=VALUE with KEY one of {', '.join(UPDATABLE)}"
+            )
+        if key == "nice":
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise ClientError(f"nice: expected a whole number, got {value!r}") from None
+        else:
+            out[key] = value
+    return out
+
+
+def cmd_update(c: Client, a: argparse.Namespace) -> int:
+    job = c.update(a.job, _assignments(a.fields))
+    if a.json:
+        print_json(job)
+    else:
+        print(
+            f"job {job['id']}: time_limit {duration(job['time_limit_s'])}, nice {job['nice']}, "
+            f"qos {job['qos']}"
         )
     return 0
 
@@ -286,8 +301,9 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
     print()
     if why["reasons"]:
         print("Not running because:")
-        for r in why["reasons"]:
-            print(f"  - {r}")
+        details = why.get("details") or []
+        for i, r in enumerate(why["reasons"]):
+            print(f"  - {r}: {details[i]}" if i < len(details) else f"  - {r}")
     else:
         print("Nothing holds it back: it starts in the next pass.")
     if why.get("est_start"):
@@ -325,15 +341,23 @@ def cmd_fairshare(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def _node_state(n: dict[str, Any]) -> str:
+    state = str(n.get("drain_state") or n["state"])
+    return state + (" (sim)" if n["simulated"] else "")
+
+
 def cmd_nodes(c: Client, a: argparse.Namespace) -> int:
     nodes = c.nodes()
+    if a.hosts is not None:
+        wanted = set(a.hosts)
+        nodes = [n for n in nodes if n["host"] in wanted]
     if a.json:
         print_json({"nodes": nodes})
         return 0
     rows = [
         (
             n["host"],
-            n["state"] + (" (sim)" if n["simulated"] else ""),
+            _node_state(n),
             n["gpus"],
             n["gpus_allocated"],
             n["gpu_type"],
@@ -350,6 +374,9 @@ def cmd_nodes(c: Client, a: argparse.Namespace) -> int:
 
 def cmd_gpus(c: Client, a: argparse.Namespace) -> int:
     gpus = c.gpus()
+    if a.hosts is not None:
+        wanted = set(a.hosts)
+        gpus = [g for g in gpus if g["host"] in wanted]
     if a.json:
         print_json({"gpus": gpus})
         return 0
@@ -417,22 +444,6 @@ def cmd_show_node(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
-def since_time(text: str, now: float | None = None) -> float:
-    """`--since`: a duration back from now in the job files' grammar ("30m", "2d",
-    "1:30:00"), or a local date or time ("2026-11-25", "2026-11-25T18:00")."""
-    try:
-        return (time.time() if now is None else now) - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"cannot read {text!r} as a time: give a duration back from now"
-            ' ("30m", "4h", "2d", "1:30:00") or a date and time ("2026-11-25T18:00")'
-        ) from None
-
-
 def cmd_audit(c: Client, a: argparse.Namespace) -> int:
     entries = c.audit(user=a.user, since=a.since, limit=a.limit)
     if a.json:
@@ -453,16 +464,34 @@ def cmd_audit(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def _hosts(text: str) -> list[str]:
+    try:
+        return expand(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _node_action(c: Client, a: argparse.Namespace, action: str) -> int:
-    out = c.node_action(
-        a.host, action, getattr(a, "reason", "") or "", getattr(a, "requeue", False)
-    )
-    if a.json:
-        print_json(out)
-    else:
-        print(f"{a.host}: {'drained' if out['drained'] else 'resumed'}")
+    """Drain or resume every host of a hostlist; DRAINING while a host's jobs still run."""
+    done = []
+    for host in a.hosts:
+        out = c.node_action(
+            host, action, getattr(a, "reason", "") or "", getattr(a, "requeue", False)
+        )
+        done.append(out)
+        if a.json:
+            continue
         if out.get("requeued"):
-            print(f"{a.host}: requeued jobs " + ", ".join(map(str, out["requeued"])))
+            print(f"{host}: requeued jobs " + ", ".join(map(str, out["requeued"])))
+        if not out["drained"]:
+            print(f"{host}: resumed")
+        elif out.get("drain_state") == "draining":
+            jobs = ",".join(map(str, out.get("jobs", [])))
+            print(f"{host}: draining (jobs {jobs} still run there; drained when they end)")
+        else:
+            print(f"{host}: drained")
+    if a.json:
+        print_json({"nodes": done})
     return 0
 
 
@@ -663,12 +692,23 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     q = add("queue", "pending and running jobs (like squeue)")
-    q.add_argument("--all", action="store_true", help="finished jobs too")
+    q.add_argument("--all", action="store_true", help="finished jobs too, with how they ended")
     q.add_argument("--user", help="only this user's jobs")
     q.add_argument("--state", help="only these states, comma-separated (e.g. PENDING,RUNNING)")
     q.add_argument(
         "-r", "--array", action="store_true", help="one line per array task (as squeue -r)"
     )
+    q.add_argument(
+        "-o",
+        "--format",
+        help=f"squeue-like fields, e.g. '%%i %%.10j %%T %%R' (default: ${queue_format.ENV}, "
+        f"else '{queue_format.DEFAULT.replace('%', '%%')}')",
+    )
+    q.add_argument("--noheader", action="store_true", help="no header line")
+    q.add_argument(
+        "--since", type=when, metavar="TIME", help="only jobs that ended at or after TIME"
+    )
+    q.add_argument("--until", type=when, metavar="TIME", help="only jobs that ended before TIME")
     add("show", "everything about one job (like scontrol show job)").add_argument("job")
     for name, help_ in (
         ("cancel", "cancel jobs"),
@@ -677,29 +717,36 @@ def build_parser() -> argparse.ArgumentParser:
         ("requeue", "stop running jobs and put them back in the queue"),
     ):
         add(name, help_).add_argument("jobs", nargs="+", metavar="JOB")
+    u = add("update", "change a job's time_limit, nice or qos (owner: lower; admin: anything)")
+    u.add_argument("job")
+    u.add_argument("fields", nargs="+", metavar="KEY=VALUE", help="time_limit=2h nice=10 qos=low")
     add("explain", "why a job waits: priority factors, every reason, estimated start").add_argument(
         "job"
     )
     add("fairshare", "accounts and users: shares, usage, fair-share factor (like sshare)")
-    add("nodes", "nodes with their state and GPUs (like sinfo -N)")
-    add("gpus", "every GPU with its live telemetry and job")
-    d = add("drain", "stop scheduling on a node; running jobs finish")
-    d.add_argument("host")
+    add("nodes", "nodes with their state and GPUs (like sinfo -N)").add_argument(
+        "hosts", nargs="?", type=_hosts, metavar="HOSTLIST", help="only these, e.g. gpu[01-04]"
+    )
+    add("gpus", "every GPU with its live telemetry and job").add_argument(
+        "hosts", nargs="?", type=_hosts, metavar="HOSTLIST", help="only these, e.g. gpu[01-04]"
+    )
+    d = add("drain", "stop scheduling on nodes; running jobs finish (DRAINING, then DRAINED)")
+    d.add_argument("hosts", type=_hosts, metavar="HOSTLIST", help="e.g. gpu[001-016],login1")
     d.add_argument("--reason", default="")
     d.add_argument(
         "--requeue",
         action="store_true",
         help="also send its running jobs back to the queue (warning signal first)",
     )
-    r = add("resume", "schedule on a drained node again")
-    r.add_argument("host")
+    r = add("resume", "schedule on drained nodes again")
+    r.add_argument("hosts", type=_hosts, metavar="HOSTLIST")
     r.add_argument("--reason", default="", help="kept in the node's drain history")
     add("show-node", "one node, with its drain and resume history").add_argument("host")
     au = add("audit", "who did what: state changes and refusals (yours; an admin's: all)")
     au.add_argument("--user", help="only this user's entries (admins)")
     au.add_argument(
         "--since",
-        type=since_time,
+        type=when,
         metavar="WHEN",
         help='from this long ago ("30m", "2d", "1:30:00") or this time ("2026-11-25T18:00")',
     )
@@ -731,6 +778,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _job_actions(c, args, args.cmd)
             case "explain":
                 return cmd_explain(c, args)
+            case "update":
+                return cmd_update(c, args)
             case "fairshare":
                 return cmd_fairshare(c, args)
             case "nodes":

@@ -11,6 +11,7 @@ for ceil(g / G) whole nodes. The scheduler sees time limits only, never true dur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import heapq
 import json
@@ -18,11 +19,12 @@ import math
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dcsched.protocol.durations import parse_seconds
 from dcsched.scheduler import (
     Decisions,
     JobRequest,
@@ -82,8 +84,10 @@ def replay(
     config: SchedulerConfig,
     start_at: dict[str, float] | None = None,
     on_pass: Callable[[Snapshot, float, Decisions], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Replay `trace`; the figures of the issue, and each job's start in `start_at`."""
+    """Replay `trace`; the figures of the issue, and each job's start in `start_at`.
+    `on_progress(jobs ended so far)` is called now and then (about 500 times a replay)."""
     t_wall = time.perf_counter()
     names = [f"n{i:04d}" for i in range(nodes)]
     gpu_ids = tuple(range(gpus_per_node))
@@ -113,6 +117,8 @@ def replay(
     pass_ms: list[float] = []
     seq = 0
     i = 0
+    ended = 0
+    step = max(1, len(trace) // 500)
     while i < len(trace) or finishing:
         now = min(
             trace[i].submit_s if i < len(trace) else math.inf,
@@ -134,6 +140,9 @@ def replay(
                 done_usage[key] = done_usage.get(key, 0.0) + rj.gpus * (now - rj.start_ts)
                 run_g[key] -= rj.gpus
                 run_gs[key] -= rj.gpus * rj.start_ts
+            ended += 1
+            if on_progress is not None and ended % step == 0:
+                on_progress(ended)
         while i < len(trace) and trace[i].submit_s == now:
             tj = trace[i]
             i += 1
@@ -192,6 +201,8 @@ def replay(
                 run_gs[key] = run_gs.get(key, 0.0) + rj.gpus * now
         pending = [j for j in pending if j.job_id not in started]
 
+    if on_progress is not None:
+        on_progress(ended)
     if pending:
         print(f"dcsim: {len(pending)} jobs could never start on this cluster", file=sys.stderr)
     return _report(trace, start_at, finish_at, gpus_of, nodes * gpus_per_node, pass_ms, t_wall)
@@ -241,27 +252,54 @@ def _report(
     }
 
 
-def _text(result: dict[str, Any]) -> str:
-    lines = [
-        f"jobs           {result['jobs']:,}",
-        f"avg JCT        {result['avg_jct_s']:,.0f} s",
-        f"avg queue      {result['avg_queue_s']:,.0f} s",
-        f"p50 queue      {result['p50_queue_s']:,.0f} s",
-        f"p99 queue      {result['p99_queue_s']:,.0f} s",
-        f"max queue      {result['max_queue_s']:,.0f} s",
-        f"makespan       {result['makespan_s']:,.0f} s",
-        f"GPU util       {result['gpu_util']:.3f}",
-        f"wall           {result['wall_s']:.1f} s",
-        f"pass ms        p50 {result['pass_ms']['p50']:.2f}  p99 {result['pass_ms']['p99']:.2f}",
+MAX_ACCOUNTS = 8  # the summary fits one screen: the accounts that used the most GPU-hours
+
+
+def _text(result: dict[str, Any], title: str = "") -> str:
+    """The figures on one screen: the queue, the cluster, the scheduler, the top accounts."""
+    h = 3600.0
+    lines = [title] if title else []
+    lines += [
+        f"jobs      {result['jobs']:,} replayed in {result['wall_s']:.1f} s",
+        f"queue     avg {result['avg_queue_s'] / h:,.2f} h   p50 {result['p50_queue_s'] / h:,.2f} h"
+        f"   p99 {result['p99_queue_s'] / h:,.2f} h   max {result['max_queue_s'] / h:,.2f} h",
+        f"avg JCT   {result['avg_jct_s']:,.0f} s ({result['avg_jct_s'] / h:,.2f} h)",
+        f"makespan  {result['makespan_s']:,.0f} s ({result['makespan_s'] / 86400:,.1f} days)",
+        f"GPU util  {result['gpu_util']:.3f}",
+        f"pass ms   p50 {result['pass_ms']['p50']:.2f}  p99 {result['pass_ms']['p99']:.2f}",
         "",
         f"{'account':<10} {'jobs':>7} {'avg queue s':>12} {'GPU-hours':>11}",
     ]
-    for account, a in result["per_account"].items():
+    accounts = sorted(result["per_account"].items(), key=lambda kv: -kv[1]["gpu_seconds"])
+    for account, a in accounts[:MAX_ACCOUNTS]:
         lines.append(
             f"{account:<10} {a['jobs']:>7,} {a['avg_queue_s']:>12,.0f} "
             f"{a['gpu_seconds'] / 3600:>11,.0f}"
         )
+    if len(accounts) > MAX_ACCOUNTS:
+        lines.append(f"... and {len(accounts) - MAX_ACCOUNTS} more accounts (--json has them all)")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _progress(total: int, mode: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr (rich, the `sim` extra): `auto` shows it on a terminal."""
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    except ImportError:
+        if mode == "always":
+            print("dcsim: no progress bar: pip install 'dcsched[sim]'", file=sys.stderr)
+        yield None
+        return
+    console = Console(stderr=True, force_terminal=True if mode == "always" else None)
+    if mode == "never" or not console.is_terminal:
+        yield None
+        return
+    columns = ("replaying", BarColumn(), MofNCompleteColumn(), "jobs", TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=mode != "always") as bar:
+        task = bar.add_task("replay", total=total)
+        yield lambda done: bar.update(task, completed=done)
 
 
 def _config(policy: str, path: Path | None) -> SchedulerConfig:
@@ -272,12 +310,12 @@ def _config(policy: str, path: Path | None) -> SchedulerConfig:
         table = dict(doc.get("scheduler", doc))
     table["policy"] = policy
     try:
-        return SchedulerConfig.from_mapping(table)
+        return SchedulerConfig.from_mapping(table, duration=parse_seconds)
     except ValueError as exc:
         raise SystemExit(f"dcsim: {path}: {exc}") from exc
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsim", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("replay", help="replay a trace (CSV, see docs/scheduler.md)")
@@ -287,14 +325,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     rp.add_argument("--policy", choices=("fifo", "greedy", "default"), default="default")
     rp.add_argument("--config", type=Path, help="TOML file with a [scheduler] table")
     rp.add_argument("--json", action="store_true", help="print the figures as JSON")
+    rp.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="a progress bar on stderr (auto: when it is a terminal)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.nodes < 1 or args.gpus_per_node < 1:
         parser.error("--nodes and --gpus-per-node must be at least 1")
     if not args.trace.is_file():
         parser.error(f"no such trace file: {args.trace}")
     config = _config(args.policy, args.config)
-    result = replay(load_trace(args.trace), args.nodes, args.gpus_per_node, config)
-    print(json.dumps(result, indent=2) if args.json else _text(result))
+    trace = load_trace(args.trace)
+    with _progress(len(trace), args.progress) as on_progress:
+        result = replay(trace, args.nodes, args.gpus_per_node, config, on_progress=on_progress)
+    title = f"{args.trace.name} on {args.nodes} x {args.gpus_per_node} GPUs, policy {args.policy}"
+    print(json.dumps(result, indent=2) if args.json else _text(result, title))
     return 0
 
 

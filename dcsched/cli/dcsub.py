@@ -1,27 +1,87 @@
-"""`dcsub job.toml`: validate a job file and submit it."""
+"""`dcsub job.toml`: validate a job file and submit it.
+
+Options given on the command line override the file, as sbatch's do: `--hold`,
+`--dependency`, `-t/--time`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from dcsched.cli.common import add_connection_args, client_from, print_json, run_cli
+from dcsched.cli.common import add_connection_args, client_from, duration, print_json, run_cli
+from dcsched.protocol.durations import FORMS
 from dcsched.protocol.jobfile import JobFileError, load_job_file
-from dcsched.protocol.jobspec import spec_to_dict
+from dcsched.protocol.jobspec import (
+    JobSpec,
+    JobSpecError,
+    parse_duration,
+    spec_to_dict,
+    validate_spec,
+)
+
+# the option that overrides each key, to name it in an error
+_FLAGS = {"hold": "--hold", "dependency": "--dependency", "resources.time_limit": "--time"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="dcsub", description="Submit a job file (TOML) to dcsched.")
+def _time(text: str) -> str:
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (a bare number is minutes)") from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dcsub",
+        description="Submit a job file (TOML) to dcsched. Options override the file.",
+    )
     p.add_argument("job_file", help="the job's TOML file (reference: README.md)")
     p.add_argument("--json", action="store_true", help='print {"job_id": ...}')
     p.add_argument("--dry-run", action="store_true", help="validate only; submit nothing")
     p.add_argument("--hold", action="store_true", help="submit held: it waits for dcctl release")
+    p.add_argument(
+        "-t",
+        "--time",
+        type=_time,
+        metavar="LIMIT",
+        help=f"time limit, overrides [resources] time_limit: {FORMS}",
+    )
+    p.add_argument(
+        "-d",
+        "--dependency",
+        metavar="DEPS",
+        help="overrides the file's dependency, comma-separated: afterok:12:13,afterany:14",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="admins: queue it even if no node of the cluster could run it (yet)",
+    )
     add_connection_args(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def _override(spec: JobSpec, a: argparse.Namespace) -> JobSpec:
+    """The file's spec with the command line's options in their place, validated again."""
+    body: dict[str, Any] = spec_to_dict(spec)
+    if a.hold:
+        body["hold"] = True
+    if a.time is not None:
+        body["resources"]["time_limit"] = a.time
+    if a.dependency is not None:
+        body["dependency"] = [d.strip() for d in a.dependency.split(",") if d.strip()]
+    return validate_spec(body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     def go() -> int:
         try:
-            spec = load_job_file(args.job_file)
+            spec = _override(load_job_file(args.job_file), args)
         except JobFileError as exc:
             print(
                 f"dcsub: {args.job_file} is not a valid job; nothing was submitted:",
@@ -30,9 +90,14 @@ def main(argv: list[str] | None = None) -> int:
             for problem in exc.problems:
                 print(f"  {problem}", file=sys.stderr)
             return 1
+        except JobSpecError as exc:
+            print("dcsub: the options are not valid; nothing was submitted:", file=sys.stderr)
+            for pr in exc.problems:
+                print(f"  {_FLAGS.get(pr.key, pr.key)}: {pr.message}", file=sys.stderr)
+                if pr.hint:
+                    print(f"    hint: {pr.hint}", file=sys.stderr)
+            return 1
         body = spec_to_dict(spec)
-        if args.hold:
-            body["hold"] = True
         if args.dry_run:
             if args.json:
                 print_json({"valid": True, "job": body})
@@ -40,14 +105,14 @@ def main(argv: list[str] | None = None) -> int:
                 r = spec.resources
                 print(
                     f"{args.job_file}: valid ({spec.name}: {r.nodes} node(s) x "
-                    f"{r.gpus_per_node} GPU(s), limit {spec.time_limit_s} s)"
+                    f"{r.gpus_per_node} GPU(s), limit {duration(spec.time_limit_s)})"
                 )
             return 0
-        job_id = client_from(args).submit(body)
+        job_id = client_from(args).submit(body, force=args.force)
         if args.json:
             print_json({"job_id": job_id})
         else:
-            print(f"Submitted job {job_id}")
+            print(f"Submitted job {job_id}" + (" (held)" if spec.hold else ""))
         return 0
 
     return run_cli("dcsub", go)

@@ -11,7 +11,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -33,9 +33,19 @@ from dcsched.daemon.peercred import peer_uid, user_name
 from dcsched.daemon.privacy import public_view
 from dcsched.daemon.states import ACTIVE, QUEUED, JobState, TransitionError
 from dcsched.daemon.store import AuditRow, StoreError
-from dcsched.protocol.codec import MAX_PAYLOAD
-from dcsched.protocol.jobspec import JobSpecError, spec_to_dict, validate_spec
-from dcsched.scheduler import explain_pass, fairshare_report
+from dcsched.protocol.jobspec import (
+    MAX_SPEC_BYTES,
+    MAX_TIME_LIMIT_S,
+    UPDATABLE,
+    JobSpec,
+    JobSpecError,
+    parse_duration,
+    spec_size,
+    spec_to_dict,
+    validate_spec,
+)
+from dcsched.scheduler import SchedulerConfig, explain_pass, fairshare_report
+from dcsched.scheduler.unsatisfiable import never_fits
 
 if TYPE_CHECKING:
     from dcsched.daemon.service import Daemon
@@ -167,6 +177,11 @@ def _float_arg(text: str, what: str) -> float:
     return x
 
 
+def _time_arg(query: Mapping[str, str], name: str) -> float | None:
+    """`?since=`/`?until=`: a Unix time in seconds."""
+    return _float_arg(query[name], f"{name} (a Unix time in seconds)") if name in query else None
+
+
 def _json(body: Any, status: int = 200) -> web.Response:
     # msgspec encodes the large listings several times faster than json.dumps.
     return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
@@ -193,13 +208,52 @@ def _check_launchable(spec: dict[str, Any]) -> None:
                 f"{where} contains a NUL byte, which no process can be given; remove it",
                 problems=[{"key": where, "message": "contains a NUL byte", "hint": "remove it"}],
             )
-    # A signed command carries its body in base64 (4/3 larger), inside the bus's limit.
-    size, limit = len(_encoder.encode(spec)), MAX_PAYLOAD * 3 // 4 - 4096
+    size, limit = spec_size(spec), MAX_SPEC_BYTES
     if size > limit:
         raise InvalidRequest(
             f"the job's command, env and settings take {size} bytes; the limit is {limit}"
             " (put large settings in a file in the workdir)"
         )
+
+
+def update_event(body: Any, who: Caller, config: SchedulerConfig) -> lc.Update:
+    """The Update a `dcctl update` body asks for; InvalidRequest names what is wrong."""
+    if not isinstance(body, dict) or not body:
+        raise InvalidRequest("expected a JSON object with time_limit, nice and/or qos")
+    problems = []
+    for key in body:
+        if key not in UPDATABLE:
+            problems.append(f"{key}: cannot be changed; these can: {', '.join(UPDATABLE)}")
+    limit: int | None = None
+    if "time_limit" in body:
+        try:
+            limit = parse_duration(body["time_limit"])
+        except ValueError as exc:
+            problems.append(f"time_limit: {exc}")
+        else:
+            if limit > MAX_TIME_LIMIT_S:
+                problems.append("time_limit: longer than 30 days")
+    nice = body.get("nice")
+    if nice is not None and (
+        isinstance(nice, bool) or not isinstance(nice, int) or not -10000 <= nice <= 10000
+    ):
+        problems.append(f"nice: expected a whole number in -10000..10000, got {nice!r}")
+        nice = None
+    qos = body.get("qos")
+    level = config.qos_level(qos) if isinstance(qos, str) else None
+    if qos is not None and level is None:
+        known = ", ".join(sorted({"normal", *config.qos}))
+        problems.append(f"qos: {qos!r} is not a configured QOS; known: {known}")
+    if problems:
+        raise InvalidRequest("; ".join(problems))
+    return lc.Update(
+        who.user,
+        who.admin,
+        time_limit_s=limit,
+        nice=nice,
+        qos=qos,
+        qos_priorities=tuple(sorted((n, q.priority) for n, q in config.qos.items())),
+    )
 
 
 def _job_id(request: web.Request) -> int:
@@ -221,6 +275,7 @@ class Api:
         r.add_post("/v1/jobs/{job_id}/hold", self.hold)
         r.add_post("/v1/jobs/{job_id}/release", self.release)
         r.add_post("/v1/jobs/{job_id}/requeue", self.requeue)
+        r.add_post("/v1/jobs/{job_id}/update", self.update)
         r.add_get("/v1/jobs/{job_id}/logs", self.logs)
         r.add_get("/v1/jobs/{job_id}/explain", self.explain)
         r.add_get("/v1/fairshare", self.fairshare)
@@ -267,8 +322,26 @@ class Api:
                 ],
             ) from None
         _check_launchable(spec_to_dict(spec))
+        self._check_satisfiable(spec, who, request.query.get("force") in ("1", "true"))
         job_id = await self.d.jobs.submit(spec, who)
         return web.json_response({"job_id": job_id}, status=201)
+
+    def _check_satisfiable(self, spec: JobSpec, who: Caller, force: bool) -> None:
+        """A request no known node could ever run is refused with the numbers; an admin
+        may queue it anyway (held or forced), e.g. for nodes not yet added."""
+        r = spec.resources
+        nodes = self.d.cluster.nodes.values()
+        hardware = [(n.gpu_type, len(n.status.gpus)) for n in nodes if n.status.gpus]
+        why = never_fits(r.nodes, r.gpus_per_node, r.gpu_type, hardware)
+        if why is None or (who.admin and (force or spec.hold)):
+            return
+        hint = "ask for what the cluster has" + (
+            "; an admin may queue it anyway with dcsub --force or --hold" if not who.admin else ""
+        )
+        raise InvalidRequest(
+            f"no node of this cluster could ever run the job: {why} ({hint})",
+            problems=[{"key": "resources", "message": why, "hint": hint}],
+        )
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         q = request.query
@@ -280,11 +353,14 @@ class Api:
                 raise InvalidRequest(
                     f"unknown state {bad[0]!r}; states are " + ", ".join(JobState.__members__)
                 )
-        elif q.get("all") not in ("1", "true"):
+        elif q.get("all") not in ("1", "true") and "since" not in q and "until" not in q:
             states = sorted(QUEUED | ACTIVE)
         # Waiting and running jobs are all listed; finished ones only up to a limit.
         limit = _int_arg(q["limit"], "limit") if "limit" in q else None
-        body = await self.read.list_jobs(set(states), q.get("user") or None, limit)
+        since, until = _time_arg(q, "since"), _time_arg(q, "until")
+        body = await self.read.list_jobs(
+            set(states), q.get("user") or None, limit, since=since, until=until
+        )
         return web.Response(body=body, content_type="application/json")
 
     async def show(self, request: web.Request) -> web.Response:
@@ -323,6 +399,15 @@ class Api:
 
     async def requeue(self, request: web.Request) -> web.Response:
         return await self._act(request, "requeue")
+
+    async def update(self, request: web.Request) -> web.Response:
+        """`{"time_limit": "2h", "nice": 10, "qos": "low"}`, any of them: the owner may lower
+        what the job gets, an admin may also raise it."""
+        who = caller(request)
+        body = await _json_body(request)
+        ev = update_event(body, who, self.d.scheduling.config)
+        job = await self.d.jobs.act(_job_id(request), who, ev)
+        return _json(self.read.job_view(job))
 
     async def explain(self, request: web.Request) -> web.Response:
         job = await self.d.jobs.get(_job_id(request))
@@ -416,12 +501,15 @@ class Api:
         body = await _json_body(request) if request.can_read_body else {}
         reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
         requeue = isinstance(body, dict) and body.get("requeue") is True  # drain --requeue
-        out = await self._set_drain(request, who, True, reason or f"by {who.user}")
-        if not requeue:
-            return out
         host = request.match_info["host"]
-        requeued = await self.d.jobs.requeue_host(host, who.user)
-        return web.json_response({"host": host, "drained": True, "requeued": requeued})
+        await self._set_drain(request, who, True, reason or f"by {who.user}")
+        out: dict[str, Any] = {"host": host, "drained": True}
+        if requeue:
+            out["requeued"] = await self.d.jobs.requeue_host(host, who.user)
+        view = self.read.node_view(host) or {}
+        out["drain_state"] = view.get("drain_state", "drained")
+        out["jobs"] = view.get("jobs", [])
+        return web.json_response(out)
 
     async def resume(self, request: web.Request) -> web.Response:
         who = caller(request)

@@ -39,8 +39,10 @@ from dcsched.daemon.store import AuditRow, Batch, CommandRow, NotFound, Store
 from dcsched.protocol.jobspec import (
     SINGLETON,
     JobSpec,
+    interpreter,
     parse_array,
     parse_dependencies,
+    runs_python,
     spec_to_dict,
 )
 from dcsched.protocol.messages import (
@@ -262,8 +264,8 @@ class JobManager:
             )
 
     async def act(self, job_id: int, caller: Caller, ev: lc.Event) -> lc.Job:
-        """A user's cancel, hold, release or requeue; its audit row rides in the same
-        transaction (a refusal raises, and the API records it)."""
+        """A user's cancel, hold, release, requeue or update; its audit row rides in the
+        same transaction (a refusal raises, and the API records it)."""
         self._writable()
         async with self._lock:
             job = await self.get(job_id)
@@ -271,6 +273,8 @@ class JobManager:
             now = time.time()
             try:
                 out = lc.apply(job, ev, now)
+            except lc.NotAllowed as exc:
+                raise PermissionDenied(f"job {job_id}: {exc}") from None
             except lc.Refused as exc:
                 raise Conflict(str(exc)) from None
             row = AuditRow(
@@ -584,7 +588,8 @@ def _launch(job: lc.Job, part: lc.Part) -> Launch:
         workdir=spec.get("workdir", ""),
         env={**spec.get("env", {}), **job_env(job)},
         user=job.user,
-        python=spec["torchrun"].get("python"),
+        python=interpreter(spec["torchrun"].get("python")),
+        no_python=not runs_python(spec["command"], spec["torchrun"].get("python")),
     )
 
 

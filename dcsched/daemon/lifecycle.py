@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState, check_transition
+from dcsched.protocol.durations import format_duration
 from dcsched.protocol.jobspec import max_restarts, warning_signal
 
 S = JobState
@@ -123,6 +124,21 @@ class Requeue:
 
 
 @dataclass(frozen=True, slots=True)
+class Update:
+    """`dcctl update`: a new time limit, nice or QOS (None: unchanged). Its owner may only
+    lower what the job gets (a shorter limit, a higher nice, a QOS of no higher priority);
+    an admin may do anything. Nice and QOS change only while the job waits."""
+
+    by: str
+    admin: bool
+    time_limit_s: int | None = None
+    nice: int | None = None
+    qos: str | None = None
+    # the scheduling priority of each QOS (from the config); one not listed counts 0
+    qos_priorities: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Start:
     parts: tuple[Part, ...]
     master_addr: str
@@ -180,6 +196,7 @@ class Tick:
 
 Event = (
     Cancel
+    | Update
     | Hold
     | Release
     | Requeue
@@ -252,6 +269,10 @@ class Refused(Exception):
     """A user's action that does not apply to the job as it is (the API's 409)."""
 
 
+class NotAllowed(Refused):
+    """A user's action that only an admin may take (the API's 403)."""
+
+
 @dataclass(slots=True)
 class Outcome:
     job: Job
@@ -272,6 +293,8 @@ def apply(job: Job, ev: Event, now: float) -> Outcome:
     match ev:
         case Cancel():
             _cancel(out, ev, now)
+        case Update():
+            _update(out, ev)
         case Hold():
             if job.state != S.HELD:
                 if job.state not in (S.PENDING, S.REQUEUED):
@@ -331,7 +354,7 @@ def apply(job: Job, ev: Event, now: float) -> Outcome:
                 and j.start_ts is not None
                 and now > j.start_ts + j.time_limit_s
             ):
-                why = f"time limit {j.time_limit_s} s reached"
+                why = f"time limit {format_duration(j.time_limit_s)} reached"
                 _stop(out, S.TIMEOUT, why, now, reason=why)
             elif _warning_due(j, now):
                 _warn(out, now)
@@ -403,6 +426,52 @@ def _cancel(out: Outcome, ev: Cancel, now: float) -> None:
         out.effects.append(WakeScheduler())
     else:
         _stop(out, S.CANCELLED, why, now, ev.grace_s, reason=why)
+
+
+def _update(out: Outcome, ev: Update) -> None:
+    job = out.job
+    if job.state in TERMINAL:
+        raise Refused(f"it has already ended ({job.state})")
+    changes: dict[str, Any] = {}
+    said: list[str] = []
+    if ev.time_limit_s is not None and ev.time_limit_s != job.time_limit_s:
+        if ev.time_limit_s > job.time_limit_s and not ev.admin:
+            raise NotAllowed(
+                f"only an admin may raise a time limit ({format_duration(job.time_limit_s)} to "
+                f"{format_duration(ev.time_limit_s)}); you may lower it"
+            )
+        changes["time_limit_s"] = ev.time_limit_s
+        said.append(
+            f"time_limit {format_duration(job.time_limit_s)} -> {format_duration(ev.time_limit_s)}"
+        )
+    waits = job.state in QUEUED
+    if ev.nice is not None and ev.nice != job.nice:
+        if not waits:
+            raise Refused(f"it is {job.state}; only a waiting job's nice can change")
+        if ev.nice < job.nice and not ev.admin:
+            raise NotAllowed(
+                f"only an admin may lower nice ({job.nice} to {ev.nice}: a higher priority);"
+                " you may raise it"
+            )
+        changes["nice"] = ev.nice
+        said.append(f"nice {job.nice} -> {ev.nice}")
+    if ev.qos is not None and ev.qos != job.qos:
+        if not waits:
+            raise Refused(f"it is {job.state}; only a waiting job's QOS can change")
+        prio = dict(ev.qos_priorities)
+        old, new = prio.get(job.qos, 0), prio.get(ev.qos, 0)
+        if new > old and not ev.admin:
+            raise NotAllowed(
+                f"only an admin may move a job to a QOS of higher priority ({job.qos} {old}, "
+                f"{ev.qos} {new})"
+            )
+        changes["qos"] = ev.qos
+        said.append(f"qos {job.qos} -> {ev.qos}")
+    if not changes:
+        return
+    out.job = dataclasses.replace(job, **changes)
+    out.history.append((job.state, f"updated by {ev.by}: " + ", ".join(said)))
+    out.effects.append(WakeScheduler())
 
 
 def _stop(

@@ -31,7 +31,7 @@ async def _run(config_file: str | None, insecure: bool) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcd", description="dcsched head-node daemon")
     parser.add_argument("--log-level", default="info")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -66,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     auth.add_argument("--out", required=True, help="folder for the files (created)")
     auth.add_argument("--config", help="config file for [broker] topic_prefix (optional)")
     auth.add_argument("--daemon-user", default="dcd", help="the daemon's MQTT user (default dcd)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
     try:
         if args.cmd == "broker-auth":

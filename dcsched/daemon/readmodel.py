@@ -88,18 +88,33 @@ class ReadModel:
     def _parts(job: Job) -> list[Part]:
         return [p for p in job.parts if p.live] if job.state in ACTIVE else list(job.parts)
 
-    async def list_jobs(self, states: set[str], user: str | None, limit: int | None) -> bytes:
+    async def list_jobs(
+        self,
+        states: set[str],
+        user: str | None,
+        limit: int | None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> bytes:
         """`{"jobs": [...]}` as JSON: live jobs from memory (all of them), finished ones from
-        the store (newest first, up to `limit`); newest first overall."""
+        the store (newest first, up to `limit`); newest first overall. With `since`/`until`
+        only the jobs that ended in that window (live jobs have not ended)."""
+        window = since is not None or until is not None
         live = [
             (i, j)
             for i in sorted(self.model.jobs, reverse=True)
-            if (j := self.model.jobs[i]).state in states and (not user or j.user == user)
+            if not window
+            and (j := self.model.jobs[i]).state in states
+            and (not user or j.user == user)
         ]
         done = states & TERMINAL
         if done:
             n = 1000 if limit is None else limit
-            live += [(j.id, j) for j in await self.store.finished_jobs(done, user, n)]
+            live += [
+                (j.id, j)
+                for j in await self.store.finished_jobs(done, user, n, since=since, until=until)
+            ]
             live.sort(key=lambda ij: -ij[0])
         if limit is not None:
             live = live[:limit]
@@ -143,6 +158,8 @@ class ReadModel:
                     "state": self.cluster.state(node),
                     "online": node.online,
                     "drained": node.drained,
+                    # Slurm's words: DRAINING while jobs still run there, then DRAINED
+                    "drain_state": drain_state(node.drained, len(held)),
                     "drain_reason": node.drain_reason,
                     "addr": st.addr,
                     "gpu_type": node.gpu_type,
@@ -159,6 +176,9 @@ class ReadModel:
                 }
             )
         return out
+
+    def node_view(self, host: str) -> dict[str, Any] | None:
+        return next((n for n in self.node_views() if n["host"] == host), None)
 
     def gpu_views(self, alloc: Allocations | None = None) -> list[dict[str, Any]]:
         if alloc is None:
@@ -235,3 +255,10 @@ class ReadModel:
             # the epoch every command carries (agents refuse older ones; docs/security.md)
             "epoch": self.jobs.sender.epoch,
         }
+
+
+def drain_state(drained: bool, gpus_allocated: int) -> str:
+    """ "draining" while a drained node still runs jobs, then "drained"; "" when not drained."""
+    if not drained:
+        return ""
+    return "draining" if gpus_allocated else "drained"

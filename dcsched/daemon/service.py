@@ -37,6 +37,7 @@ from dcsched.daemon.store import AuditRow, NotFound, Store, StoreError
 from dcsched.daemon.usage import UsageTracker
 from dcsched.protocol.codec import ProtocolError, load_key
 from dcsched.protocol.config import Config, ConfigError
+from dcsched.protocol.durations import parse_seconds
 from dcsched.protocol.jobspec import parse_dependencies
 from dcsched.protocol.messages import (
     Ack,
@@ -91,7 +92,7 @@ class Daemon:
             lambda host: not self.cluster.is_online(host),
         )
         try:
-            sched = SchedulerConfig.from_mapping(config.scheduler)
+            sched = SchedulerConfig.from_mapping(config.scheduler, duration=parse_seconds)
         except ValueError as exc:
             raise ConfigError(f"{config.path}: {exc} (see docs/scheduler.md)") from None
         wake = asyncio.Event()

@@ -376,8 +376,17 @@ class Store:
             raise NotFound(f"no job {job_id}")
         return job
 
-    async def finished_jobs(self, states: Iterable[str], user: str | None, limit: int) -> list[Job]:
-        """Finished jobs, newest first (by id, the primary key), at most `limit`."""
+    async def finished_jobs(
+        self,
+        states: Iterable[str],
+        user: str | None,
+        limit: int,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[Job]:
+        """Finished jobs, newest first (by id, the primary key), at most `limit`; with
+        `since`/`until`, only those that ended in [since, until)."""
         st = sorted(set(states) & TERMINAL)
         if not st or limit <= 0:
             return []
@@ -386,6 +395,12 @@ class Store:
         if user:
             sql += " AND user = ?"
             args.append(user)
+        if since is not None:
+            sql += " AND end_ts >= ?"
+            args.append(since)
+        if until is not None:
+            sql += " AND end_ts < ?"
+            args.append(until)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         return [_job(r) for r in await self._all(sql, args)]

@@ -7,7 +7,15 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from dcsched.protocol.jobspec import JobSpec, JobSpecError, SpecProblem, validate_spec
+from dcsched.protocol.jobspec import (
+    MAX_SPEC_BYTES,
+    JobSpec,
+    JobSpecError,
+    SpecProblem,
+    spec_size,
+    spec_to_dict,
+    validate_spec,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +71,33 @@ def load_job_file(path: str | Path) -> JobSpec:
     p = Path(path)
     name = str(path)
     try:
-        text = p.read_text()
+        data = p.read_bytes()
     except OSError as exc:
         raise JobFileError([FileProblem(name, None, exc.strerror or str(exc))]) from None
-    except UnicodeDecodeError as exc:
-        where = p.read_bytes()[: exc.start].count(b"\n") + 1
+    if len(data) > MAX_SPEC_BYTES:
         raise JobFileError(
-            [FileProblem(name, where, f"not UTF-8 text (byte {exc.start}); save it as UTF-8")]
+            [
+                FileProblem(
+                    name,
+                    None,
+                    f"the file is {len(data)} bytes; a job may take at most {MAX_SPEC_BYTES}"
+                    "\n    hint: put large settings in a file in the workdir and read it there",
+                )
+            ]
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobFileError(
+            [
+                FileProblem(
+                    name,
+                    data[: exc.start].count(b"\n") + 1,
+                    f"not UTF-8 text (byte 0x{data[exc.start]:02x})"
+                    "\n    hint: a job file is TOML, which is UTF-8; convert it, e.g. "
+                    "iconv -f latin1 -t utf-8",
+                )
+            ]
         ) from None
     try:
         raw = tomllib.loads(text)
@@ -85,9 +113,17 @@ def load_job_file(path: str | Path) -> JobSpec:
     elif isinstance(workdir, str) and not workdir.startswith("/"):
         raw["workdir"] = str((base / workdir).resolve())
     try:
-        return validate_spec(raw)
+        spec = validate_spec(raw)
     except JobSpecError as exc:
         raise JobFileError([_with_line(name, text, pr) for pr in exc.problems]) from None
+    size = spec_size(spec_to_dict(spec))
+    if size > MAX_SPEC_BYTES:
+        msg = (
+            f"the job's command, env and settings take {size} bytes; the limit is {MAX_SPEC_BYTES}"
+        )
+        hint = "put large settings in a file in the workdir and read it there"
+        raise JobFileError([FileProblem(name, None, f"{msg}\n    hint: {hint}")])
+    return spec
 
 
 def _with_line(name: str, text: str, problem: SpecProblem) -> FileProblem:

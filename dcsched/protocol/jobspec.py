@@ -7,14 +7,24 @@ Validation returns every problem at once, each with the key's path and a hint, s
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import signal as _signal
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from dcsched.protocol import durations
+from dcsched.protocol.codec import MAX_PAYLOAD
+
 MAX_TIME_LIMIT_S = 30 * 24 * 3600
+# what `dcctl update` may change in a job (POST /v1/jobs/{id}/update)
+UPDATABLE = ("time_limit", "nice", "qos")
+# A launch is a signed command carrying the spec in base64 (4/3 larger) inside the bus's
+# message limit: the largest spec, as JSON, an agent can be sent.
+MAX_SPEC_BYTES = MAX_PAYLOAD * 3 // 4 - 4096
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DEPENDENCY = re.compile(r"^(afterok|afterany|afternotok|after)(:\d{1,18}(_\d{1,6})?)+$")
@@ -29,7 +39,9 @@ class Resources(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class TorchrunOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nproc_per_node: int | None = None  # default: gpus_per_node
-    python: str | None = None
+    # an interpreter path (with torch); or false: the command is a program, not a Python
+    # script (torchrun --no-python); true: it is a script whatever its name
+    python: str | bool | None = None
 
 
 class JobSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -87,30 +99,10 @@ class JobSpecError(ValueError):
         self.problems = problems
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def parse_duration(value: str | int) -> int:
-    """Seconds from 90, "90s", "30m", "4h", "2d", "1h30m", "HH:MM:SS" or "D-HH:MM:SS"."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration, got a boolean")
-    if isinstance(value, int):
-        seconds = value
-    else:
-        text = value.strip().lower()
-        if re.fullmatch(r"(\d+-)?\d+:\d{1,2}:\d{1,2}", text):
-            days, _, clock = text.rpartition("-")
-            h, m, s = (int(x) for x in clock.split(":"))
-            seconds = (int(days) if days else 0) * 86400 + h * 3600 + m * 60 + s
-        elif re.fullmatch(r"(\d+[smhd])+", text):
-            seconds = sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhd])", text))
-        elif text.isdigit():
-            seconds = int(text)
-        else:
-            raise ValueError(f"cannot read {value!r} as a duration")
-    if seconds <= 0:
-        raise ValueError("a duration must be positive")
-    return seconds
+    """A job time limit in whole seconds; a bare number is minutes, as in Slurm
+    (the grammar is dcsched.protocol.durations)."""
+    return math.ceil(durations.parse_duration(value, bare="minutes"))
 
 
 def _unknown_keys(raw: dict[str, Any]) -> list[SpecProblem]:
@@ -178,13 +170,14 @@ def _ranges(spec: JobSpec) -> list[SpecProblem]:
             SpecProblem(
                 ("resources", "time_limit"),
                 str(exc),
-                'e.g. "30m", "4h", "2d", "1:30:00" or seconds as a number',
+                "a bare number is minutes, as in Slurm; README.md lists the forms",
             )
         )
     n = spec.torchrun.nproc_per_node
     if n is not None and not 1 <= n <= 1024:
         p.append(SpecProblem(("torchrun", "nproc_per_node"), f"{n} is out of range", "1..1024"))
-    if spec.torchrun.python is not None and not spec.torchrun.python.startswith("/"):
+    py = spec.torchrun.python
+    if isinstance(py, str) and not py.startswith("/"):
         p.append(
             SpecProblem(
                 ("torchrun", "python"),
@@ -215,14 +208,80 @@ def _ranges(spec: JobSpec) -> list[SpecProblem]:
     return p + _lifecycle_problems(spec)
 
 
-def _type_problem(exc: msgspec.ValidationError) -> SpecProblem:
+# What each key takes, for the hint of a type error (keys not listed: their type's name).
+EXAMPLES: dict[tuple[str, ...], str] = {
+    ("name",): 'a string, e.g. name = "llama-ft"',
+    ("command",): 'a list of strings, e.g. command = ["train.py", "--epochs", "3"]',
+    ("workdir",): 'an absolute path, e.g. workdir = "/home/alice/llama"',
+    ("account",): 'a string, e.g. account = "vision"',
+    ("qos",): 'a string, e.g. qos = "normal"',
+    ("nice",): "a whole number, e.g. nice = 100 (positive lowers the priority)",
+    ("hold",): "true or false",
+    ("preemptible",): "true or false",
+    ("dependency",): 'a list of strings, e.g. dependency = ["afterok:12"]',
+    ("resources",): "a table: [resources]",
+    ("resources", "nodes"): "a whole number, e.g. nodes = 2",
+    ("resources", "gpus_per_node"): "a whole number, e.g. gpus_per_node = 8",
+    ("resources", "gpu_type"): 'a string, e.g. gpu_type = "H100"',
+    ("resources", "time_limit"): 'minutes as a number, or a string, e.g. time_limit = "4h"',
+    ("torchrun",): "a table: [torchrun]",
+    ("torchrun", "nproc_per_node"): "a whole number, e.g. nproc_per_node = 8",
+    ("torchrun", "python"): (
+        'an absolute path, e.g. python = "/home/alice/venv/bin/python", or false for a '
+        "command that is not a Python script"
+    ),
+    ("env",): 'a table of strings: [env] then NCCL_DEBUG = "WARN"',
+}
+
+
+def _type_problem(exc: msgspec.ValidationError, at: tuple[str, ...] = ()) -> SpecProblem:
     text = str(exc)
     m = re.search(r" - at `\$((?:\.[A-Za-z0-9_]+|\[\d+\])*)`$", text)
-    path: tuple[str, ...] = ()
+    path: tuple[str, ...] = at
     if m:
         text = text[: m.start()]
-        path = tuple(x for x in re.split(r"\.|\[|\]", m.group(1)) if x)
-    return SpecProblem(path, text, "see the job file reference in README.md")
+        path = at + tuple(x for x in re.split(r"\.|\[|\]", m.group(1)) if x)
+    hint = EXAMPLES.get(path[:2]) or EXAMPLES.get(at) or "see the job file reference in README.md"
+    return SpecProblem(path, text, hint)
+
+
+def _field_types(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    return typing.get_type_hints(struct)
+
+
+def _check_types(
+    raw: dict[str, Any], struct: type[msgspec.Struct], at: tuple[str, ...]
+) -> tuple[dict[str, Any], list[SpecProblem]]:
+    """Every key checked on its own, so that every type error is found in one run; the
+    keys that are wrong are left out of the returned copy (their defaults stand in)."""
+    problems: list[SpecProblem] = []
+    clean: dict[str, Any] = {}
+    for key, kind in _field_types(struct).items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        nested = isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+        if nested and isinstance(value, dict):
+            value, more = _check_types(value, kind, (*at, key))
+            problems += more
+        else:
+            try:
+                msgspec.convert(value, kind)
+            except msgspec.ValidationError as exc:
+                problems.append(_type_problem(exc, (*at, key)))
+                continue
+            except UnicodeEncodeError:  # a lone surrogate, which JSON's \u escapes can spell
+                where = _bad_text({key: value}, at)
+                problems.append(SpecProblem(where, "is not valid Unicode text", _NO_SURROGATE))
+                continue
+        clean[key] = value
+    return clean, problems
+
+
+_NO_SURROGATE = "remove the \\u escape"
+
+# Stand-ins for required keys that are missing or wrong, so the other checks still run.
+_REQUIRED_STAND_IN = {"name": "job", "command": ["job.py"]}
 
 
 def _bad_text(value: Any, path: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -250,21 +309,29 @@ def _utf8(text: str) -> bool:
 
 
 def validate_spec(raw: Any) -> JobSpec:
-    """A JobSpec from plain data (a parsed TOML or JSON object), or JobSpecError."""
+    """A JobSpec from plain data (a parsed TOML or JSON object), or JobSpecError with every
+    problem: unknown keys, wrong types, missing keys and values out of range."""
     if not isinstance(raw, dict):
         raise JobSpecError([SpecProblem((), "a job must be a table of keys")])
     problems = _unknown_keys(raw)
-    if problems:
-        raise JobSpecError(problems)
+    clean, type_problems = _check_types(raw, JobSpec, ())
+    problems += type_problems
+    for key, stand_in in _REQUIRED_STAND_IN.items():
+        if key not in raw:
+            problems.append(
+                SpecProblem((key,), f"the required key {key!r} is missing", EXAMPLES[(key,)])
+            )
+        clean.setdefault(key, stand_in)
     try:
-        spec = msgspec.convert(raw, JobSpec)
-    except msgspec.ValidationError as exc:
-        raise JobSpecError([_type_problem(exc)]) from None
-    except UnicodeEncodeError:  # a lone surrogate, which JSON's \u escapes can spell
+        spec = msgspec.convert(clean, JobSpec)
+    except msgspec.ValidationError as exc:  # a rule the per-key check cannot see
+        raise JobSpecError([*problems, _type_problem(exc)]) from None
+    except UnicodeEncodeError:  # a lone surrogate in a key no per-key check looked at
         raise JobSpecError(
-            [SpecProblem(_bad_text(raw), "is not valid Unicode text", "remove the \\u escape")]
+            [*problems, SpecProblem(_bad_text(raw), "is not valid Unicode text", _NO_SURROGATE)]
         ) from None
-    problems = _ranges(spec)
+    bad = {p.path[:2] for p in problems}
+    problems += [p for p in _ranges(spec) if p.path[:2] not in bad]
     if problems:
         raise JobSpecError(problems)
     return spec
@@ -405,6 +472,26 @@ def warning_signal(spec: dict[str, Any]) -> tuple[int, int] | None:
     """(signal, seconds before the end) of a job's stored spec, or None."""
     text = spec.get("signal") or ""
     return parse_signal(text) if text else None
+
+
+def runs_python(command: list[str], python: str | bool | None) -> bool:
+    """Does torchrun run the command as a Python script (its default), or as a program
+    (`--no-python`)? `[torchrun] python = true/false` says so; otherwise a command whose
+    first word ends in `.py`, or `-m MODULE`, is Python and anything else a program."""
+    if isinstance(python, bool):
+        return python
+    first = command[0] if command else ""
+    return first.endswith(".py") or first in ("-m", "--module")
+
+
+def interpreter(python: str | bool | None) -> str | None:
+    """The `[torchrun] python` interpreter path, if one was given."""
+    return python if isinstance(python, str) else None
+
+
+def spec_size(spec: dict[str, Any]) -> int:
+    """Bytes of the spec as JSON, the size compared with MAX_SPEC_BYTES."""
+    return len(msgspec.json.encode(spec))
 
 
 def spec_to_dict(spec: JobSpec) -> dict[str, Any]:

@@ -91,6 +91,7 @@ class Launch(Message, tag="launch"):
     env: dict[str, str] = {}
     user: str = ""
     python: str | None = None  # interpreter with torch; None: `torchrun` from the agent's PATH
+    no_python: bool = False  # the command is a program, not a script: torchrun --no-python
 
 
 class Cancel(Message, tag="cancel"):

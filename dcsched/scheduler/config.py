@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,8 +75,12 @@ class SchedulerConfig:
     starvation_s: float = 5 * DAY
 
     @classmethod
-    def from_mapping(cls, d: Mapping[str, Any]) -> SchedulerConfig:
-        return parse_config(d)
+    def from_mapping(
+        cls, d: Mapping[str, Any], *, duration: DurationParser | None = None
+    ) -> SchedulerConfig:
+        """`duration` reads the duration keys (dcsched.protocol.durations.parse_seconds);
+        without it they must be numbers of seconds."""
+        return parse_config(d, duration=duration)
 
     def qos_level(self, name: str) -> QosLevel | None:
         if name in self.qos:
@@ -88,20 +91,23 @@ class SchedulerConfig:
         return self.billing.get(gpu_type, 1.0)
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
-_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY, "w": 7 * DAY, None: 1.0}
+# The duration grammar lives in dcsched.protocol.durations, which this pure core may not
+# import: the caller (dcd, dcsim) hands its parser in. Numbers here are seconds.
+DurationParser = Callable[[object], float]
 
 
-def parse_duration(value: object, key: str) -> float:
-    """Seconds from a number or a string like "90s", "30m", "4h", "7d", "2w"."""
-    if isinstance(value, bool):
-        raise ValueError(f'{key}: expected a duration like 3600 or "7d", got {value!r}')
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNIT[m.group(2)]
-    else:
-        raise ValueError(f'{key}: expected a duration like 3600 or "7d", got {value!r}')
+def _seconds_only(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected seconds as a number here, got {value!r}")
+    return float(value)
+
+
+def parse_duration(value: object, key: str, parse: DurationParser = _seconds_only) -> float:
+    """Seconds (> 0) from `parse` (the project's grammar), the error named by its key."""
+    try:
+        seconds = parse(value)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"{key}: duration must be positive, got {value!r}")
     return seconds
@@ -200,8 +206,11 @@ _TOP = (
 )
 
 
-def parse_config(d: Mapping[str, Any], key: str = "scheduler") -> SchedulerConfig:
+def parse_config(
+    d: Mapping[str, Any], key: str = "scheduler", *, duration: DurationParser | None = None
+) -> SchedulerConfig:
     """Parse a `[scheduler]` table; ValueError names the offending key."""
+    parse = duration or _seconds_only
     d = _table(d, key)
     _check_keys(d, _TOP, key)
     policy = d.get("policy", "default")
@@ -236,10 +245,10 @@ def parse_config(d: Mapping[str, Any], key: str = "scheduler") -> SchedulerConfi
         qos=qos,
         limits=limits,
         billing=billing,
-        half_life_s=parse_duration(d["half_life"], f"{key}.half_life")
+        half_life_s=parse_duration(d["half_life"], f"{key}.half_life", parse)
         if "half_life" in d
         else default.half_life_s,
-        max_age_s=parse_duration(d["max_age"], f"{key}.max_age")
+        max_age_s=parse_duration(d["max_age"], f"{key}.max_age", parse)
         if "max_age" in d
         else default.max_age_s,
         size_ref_gpu_s=_number(d["size_ref_gpu_hours"], f"{key}.size_ref_gpu_hours", minimum=1)
@@ -247,17 +256,17 @@ def parse_config(d: Mapping[str, Any], key: str = "scheduler") -> SchedulerConfi
         if "size_ref_gpu_hours" in d
         else default.size_ref_gpu_s,
         backfill_depth=depth,
-        preempt_grace_s=parse_duration(d["preempt_grace"], f"{key}.preempt_grace")
+        preempt_grace_s=parse_duration(d["preempt_grace"], f"{key}.preempt_grace", parse)
         if "preempt_grace" in d
         else default.preempt_grace_s,
-        starvation_s=_starvation(d, key, default.starvation_s),
+        starvation_s=_starvation(d, key, default.starvation_s, parse),
     )
 
 
-def _starvation(d: Mapping[str, Any], key: str, default: float) -> float:
+def _starvation(d: Mapping[str, Any], key: str, default: float, parse: DurationParser) -> float:
     if "starvation_age" not in d:
         return default
     value = d["starvation_age"]
     if value in (0, "0") and not isinstance(value, bool):
         return 0.0
-    return parse_duration(value, f"{key}.starvation_age")
+    return parse_duration(value, f"{key}.starvation_age", parse)

@@ -14,6 +14,7 @@ from typing import Any
 from dcsched.scheduler import filter as filters
 from dcsched.scheduler.decide import Pass
 from dcsched.scheduler.model import Snapshot
+from dcsched.scheduler.reasons import detail
 from dcsched.scheduler.sort import Factor, factors
 
 
@@ -35,6 +36,8 @@ class Explanation:
     preempts: tuple[str, ...] = ()
     # pending past starvation_age: ahead of every priority, oldest first
     starving: bool = False
+    # each reason in words with its numbers (asked vs free, use vs limit), as `reasons`
+    details: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +53,7 @@ class Explanation:
             "reservation": [list(r) for r in self.reservation],
             "preempts": list(self.preempts),
             "starving": self.starving,
+            "details": list(self.details),
         }
 
 
@@ -97,4 +101,5 @@ def explain_pass(done: Pass, job_id: str) -> Explanation:
         held,
         done.preempt_for.get(job_id, ()),
         0 < snapshot.config.starvation_s <= now - job.submit_ts,
+        tuple(detail(r, job, snapshot, rank - 1) for r in reasons),
     )

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from dcsched.protocol.endings import end_text
+
 JSON = dict[str, Any]
 
 #: A running job whose GPUs' mean utilisation stays under this is flagged idle ...
@@ -486,10 +488,7 @@ def job_rows(jobs: Iterable[JSON], now: float) -> Rows:
         elif state in ACTIVE:
             where = ",".join(j.get("hosts") or [])
         else:
-            code, sig = j.get("exit_code"), j.get("signal")
-            where = f"exit {code}" if code is not None else (f"signal {sig}" if sig else "")
-            if j.get("reason"):
-                where += f" ({j['reason']})"
+            where = end_text(j)
         limit = duration(j.get("time_limit_s"))
         elapsed = duration(j.get("elapsed_s")) if not queued else ""
         idle = job_idle(j)
@@ -535,10 +534,7 @@ def history_rows(jobs: Iterable[JSON], now: float) -> Rows:
         state = str(j.get("state", ""))
         nodes = int(j.get("nodes") or 0)
         gpn = int(j.get("gpus_per_node") or 0)
-        code, sig = j.get("exit_code"), j.get("signal")
-        where = f"exit {code}" if code is not None else (f"signal {sig}" if sig else "")
-        if j.get("reason"):
-            where += f" ({j['reason']})"
+        where = end_text(j)
         rows[str(j.get("id"))] = (
             c(j.get("id", ""), key=int(j.get("id") or 0)),
             c(j.get("name", "")),

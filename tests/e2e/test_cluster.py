@@ -268,3 +268,22 @@ def test_a_malformed_job_file_is_refused_and_nothing_is_queued(cluster: Cluster)
     assert out.returncode == 1
     assert f"{bad}:5:" in out.stderr and "did you mean 'gpus_per_node'" in out.stderr
     assert job_ids() == before
+
+
+def test_programs_run_through_no_python_and_every_end_has_its_reason(cluster: Cluster) -> None:
+    ended = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}
+    program = ["sh", "-c", "echo from-a-program; exit 4"]  # not a Python script
+    job_id = cluster.submit("program", _job_toml("program", program, nodes=1, gpus=1))
+    job = cluster.wait(job_id, ended)
+    assert (job["state"], job["exit_code"]) == ("FAILED", 4), job
+    log = cluster.cli("dcctl", "logs", str(job_id)).stdout
+    assert "--no-python" in log and "from-a-program" in log, log
+    assert log.rstrip().splitlines()[-1] == "[dcsched] ended: exit code 4", log
+    shown = cluster.cli("dcctl", "show", str(job_id)).stdout
+    assert "Reason = exit 4 (node 0 (" in shown, shown
+
+    missing = cluster.submit("missing", _job_toml("missing", ["nope.py"], nodes=1, gpus=1))
+    job = cluster.wait(missing, ended)
+    assert job["state"] == "FAILED" and "script nope.py not found" in job["reason"], job
+    queue = cluster.cli("dcctl", "queue", "--all", "--format", "%i|%R").stdout
+    assert f"{missing}|no exit status (launch refused on " in queue, queue

@@ -152,7 +152,7 @@ async def test_broken_messages_are_dropped_or_handled_never_raised(
         one_node = {**GOOD_SPEC, "dependency": [], "resources": {"nodes": 1, "gpus_per_node": 1}}
         job_id = await api(client, "submit", one_node)
         await run_on(agent, client, job_id)
-        pending = await api(client, "submit", {**one_node, "resources": {"nodes": 50}})
+        pending = await api(client, "submit", {**one_node, "resources": {"nodes": 50}}, force=True)
         loop = asyncio.get_running_loop()
 
         handled: Counter[str] = Counter()

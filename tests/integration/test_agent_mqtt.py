@@ -27,6 +27,7 @@ from dcsched.agents import agent as agent_mod
 from dcsched.agents.agent import Agent
 from dcsched.protocol.codec import event_codec, sign, status_codec, telemetry_codec
 from dcsched.protocol.config import load_config
+from dcsched.protocol.jobspec import runs_python
 from dcsched.protocol.messages import (
     Ack,
     AckExit,
@@ -226,7 +227,7 @@ def prefix() -> str:
 def fake_torchrun(tmp_path: Path) -> str:
     """Skips the ten torchrun option words and execs the command: for tests about the agent."""
     path = tmp_path / "fake-torchrun"
-    path.write_text('#!/bin/sh\nshift 10\nexec "$@"\n')
+    path.write_text('#!/bin/sh\n[ "$1" = --no-python ] && shift\nshift 10\nexec "$@"\n')
     path.chmod(0o755)
     return str(path)
 
@@ -235,7 +236,7 @@ def _launch(job_id: str, command: list[str], workdir: Path, **kw: Any) -> Launch
     base: dict[str, Any] = dict(
         cmd_id=f"launch-{job_id}", job_id=job_id, node_rank=0, nnodes=1, nproc_per_node=1,
         master_addr="127.0.0.1", master_port=free_port(), gpus=[0], command=command,
-        workdir=str(workdir),
+        workdir=str(workdir), no_python=not runs_python(command, None),
     )  # fmt: skip
     base.update(kw)
     return Launch(**base)

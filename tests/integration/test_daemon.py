@@ -259,7 +259,8 @@ async def test_metrics_endpoint_speaks_prometheus(
     conf = write_config(tmp_path, mosquitto, prefix, metrics_listen=f"127.0.0.1:{port}")
     async with running_daemon(conf) as d, ScriptedAgent(mosquitto, prefix, "n1"):
         await until(lambda: d.ingest.received > 0, what="telemetry")
-        await api(Client(d.config.daemon.socket), "submit", SPEC)
+        # two nodes on a one-node cluster: an admin (root) queues it anyway, and it waits
+        await api(Client(d.config.daemon.socket), "submit", SPEC, force=True)
 
         def scrape() -> str:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:

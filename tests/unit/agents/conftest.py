@@ -18,6 +18,8 @@ def fake_torchrun(tmp_path: Path) -> str:
         f"#!{sys.executable}\n"
         "import os, sys\n"
         "args = sys.argv[1:]\n"
+        "if args and args[0] == '--no-python':\n"
+        "    args = args[1:]  # like torchrun's: the command runs as it is\n"
         "with open(os.environ['FAKE_TORCHRUN_ARGS'], 'w') as f:\n"
         "    f.write('\\n'.join(args[:10]))\n"
         "os.execvp(args[10], args[10:])\n"

@@ -14,6 +14,7 @@ import msgspec
 from dcsched.agents.agent import Agent
 from dcsched.protocol.codec import event_codec
 from dcsched.protocol.config import ClusterConfig, Config
+from dcsched.protocol.jobspec import runs_python
 from dcsched.protocol.messages import Launch
 from tests.conftest import free_port
 
@@ -31,6 +32,7 @@ def launch(tmp_path: Path, command: list[str], **kw: object) -> Launch:
         command=command,
         workdir=str(tmp_path),
         env={"FAKE_TORCHRUN_ARGS": str(tmp_path / "torchrun.args")},
+        no_python=not runs_python(command, None),  # as the daemon sets it
     )
     base.update(kw)
     return Launch(**base)  # type: ignore[arg-type]

@@ -93,6 +93,8 @@ async def test_cancel_terms_then_kills_and_reports(tmp_path: Path, agent_config:
     assert isinstance(exited, JobExited)
     assert exited.reason == "cancelled" and exited.signal == signal.SIGKILL
     assert pids and not [p for p in pids if is_alive(p)]
+    last = log.read_text().splitlines()[-1]  # the log says how it ended, last
+    assert last == "[dcsched] stopped: cancelled: signal 9 (SIGKILL)"
 
     # A cancel of a job that already exited here says again how it ended.
     await agent.handle(client, Cancel(cmd_id="c3", job_id="j1"))  # type: ignore[arg-type]

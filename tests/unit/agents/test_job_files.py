@@ -64,7 +64,8 @@ def fingerprint(path: Path) -> tuple[str, int, int, int]:
 
 def user_launcher(base: Path) -> Launcher:
     torchrun = base / "torchrun"
-    torchrun.write_text('#!/bin/sh\nshift 10\nexec "$@"\n')
+    # drops torchrun's options (and --no-python) and runs the command as it is
+    torchrun.write_text('#!/bin/sh\n[ "$1" = --no-python ] && shift\nshift 10\nexec "$@"\n')
     torchrun.chmod(0o755)
     return Launcher(base / "state", str(torchrun), runner_python=SYSTEM_PYTHON)
 

@@ -15,7 +15,14 @@ import pytest
 
 from dcsched.agents import runner
 from dcsched.agents.errors import INVALID, LaunchError
-from dcsched.agents.launcher import ExitStatus, Launcher, job_env, torchrun_argv
+from dcsched.agents.launcher import (
+    ExitStatus,
+    Launcher,
+    check_command,
+    ending_words,
+    job_env,
+    torchrun_argv,
+)
 from dcsched.agents.procs import TAG_VAR, is_alive
 from dcsched.agents.state import JobRecord, StateStore
 from dcsched.protocol.config import Config
@@ -147,7 +154,7 @@ def test_job_runs_as_the_submitting_user() -> None:
     try:
         base.chmod(0o755)
         torchrun = base / "torchrun"
-        torchrun.write_text('#!/bin/sh\nshift 10\nexec "$@"\n')
+        torchrun.write_text('#!/bin/sh\n[ "$1" = --no-python ] && shift\nshift 10\nexec "$@"\n')
         torchrun.chmod(0o755)
         launcher = Launcher(base / "state", str(torchrun), runner_python=python)
         ln = launch(base, ["sh", "-c", "id -u; echo $HOME $USER"], user="nobody", env={})
@@ -358,3 +365,52 @@ def test_the_warning_signal_goes_to_the_workers_not_torchrun(
     assert wait_exit(launcher, rec).exit_code == 0
     assert (tmp_path / "warned").read_text() == str(int(signal.SIGUSR1))
     assert "torchrun outlived the signal" in Path(rec.log_path).read_text()
+
+
+def test_a_command_that_is_not_a_python_script_runs_through_no_python(tmp_path: Path) -> None:
+    ln = launch(tmp_path, ["bash", "run.sh"])
+    assert ln.no_python  # as the daemon sets it for a command not ending .py
+    argv = torchrun_argv(ln, "/opt/torchrun")
+    assert argv[:2] == ["/opt/torchrun", "--no-python"] and argv[-2:] == ["bash", "run.sh"]
+    assert "--no-python" not in torchrun_argv(launch(tmp_path, ["train.py"]))
+
+
+@pytest.mark.parametrize(
+    ("command", "no_python", "message"),
+    [
+        (["missing.py"], False, "script missing.py not found in the workdir"),
+        (["no-such-program-xyz"], True, "command no-such-program-xyz not found on this host"),
+        (["./nope.sh"], True, "command ./nope.sh not found on this host"),
+    ],
+)
+def test_a_command_that_is_not_there_is_refused(
+    tmp_path: Path, agent_config: Config, command: list[str], no_python: bool, message: str
+) -> None:
+    launcher = Launcher(agent_config.agent.state_dir, agent_config.agent.torchrun)
+    with pytest.raises(LaunchError, match=message) as info:
+        launcher.start(launch(tmp_path, command, no_python=no_python))
+    assert info.value.code == INVALID
+
+
+def test_a_script_in_the_workdir_or_a_module_is_not_refused(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("")
+    check_command(launch(tmp_path, ["train.py"]), str(tmp_path), "/bin")
+    check_command(launch(tmp_path, ["-m", "pkg.train"]), str(tmp_path), "/bin")
+    check_command(launch(tmp_path, ["sh", "-c", "true"]), str(tmp_path), "/bin:/usr/bin")
+
+
+@pytest.mark.parametrize(
+    ("code", "sig", "reason", "line"),
+    [
+        (0, None, "", "[dcsched] ended: exit code 0"),
+        (3, None, "", "[dcsched] ended: exit code 3"),
+        (None, 9, "", "[dcsched] ended: signal 9 (SIGKILL)"),
+        (None, 15, "timeout", "[dcsched] stopped: the time limit was reached: signal 15 (SIGTERM)"),
+        (None, 15, "node_fail", "[dcsched] stopped: another node of the job was lost: signal 15"),
+        (None, None, "lost", "[dcsched] its process was lost (killed from outside the agent)"),
+    ],
+)
+def test_the_logs_last_line_says_how_the_node_ended(
+    code: int | None, sig: int | None, reason: str, line: str
+) -> None:
+    assert ending_words(code, sig, reason).startswith(line)

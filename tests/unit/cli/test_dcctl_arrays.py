@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from dcsched.cli.dcctl import collapse_arrays, display_id, index_ranges
+from dcsched.cli.dcctl import collapse_arrays, index_ranges
+from dcsched.cli.queue_format import display_id
 
 
 @pytest.mark.parametrize(

@@ -5,17 +5,17 @@ import datetime
 
 import pytest
 
-from dcsched.cli.dcctl import build_parser, since_time
+from dcsched.cli.dcctl import build_parser, when
 
 
 def test_since_reads_the_duration_grammar_of_job_files_or_a_date() -> None:
-    assert since_time("30m", now=10_000.0) == 10_000.0 - 1800
-    assert since_time("1:30:00", now=10_000.0) == 10_000.0 - 5400
-    assert since_time("2d", now=200_000.0) == 200_000.0 - 2 * 86400
-    when = datetime.datetime(2026, 11, 25, 18, 0)
-    assert since_time("2026-11-25T18:00") == when.timestamp()
-    with pytest.raises(argparse.ArgumentTypeError, match="duration back from now"):
-        since_time("yesterday")
+    assert when("30m", now=10_000.0) == 10_000.0 - 1800
+    assert when("1:30:00", now=10_000.0) == 10_000.0 - 5400
+    assert when("2d", now=200_000.0) == 200_000.0 - 2 * 86400
+    at = datetime.datetime(2026, 11, 25, 18, 0)
+    assert when("2026-11-25T18:00") == at.timestamp()
+    with pytest.raises(argparse.ArgumentTypeError, match="how long ago"):
+        when("yesterday")
 
 
 def test_audit_arguments() -> None:

@@ -581,7 +581,7 @@ STOP_ROWS = [
         S.TIMEOUT,
         "exited exited",
         [DROP, STOP_A, STOP_B, ACK_A, ACK_B, WAKE],
-        ["time limit 3600 s reached"],
+        ["time limit 01:00:00 reached"],
     ),
 ]
 
@@ -795,7 +795,7 @@ TICK_ROWS = [
         S.COMPLETING,
         BOTH,
         [DROP, STOP_A, STOP_B],
-        ["time limit 3600 s reached"],
+        ["time limit 01:00:00 reached"],
         ending=S.TIMEOUT,
     ),
     row(
@@ -1095,6 +1095,67 @@ SIGNAL_ROWS = [
     ),
 ]
 
+# --- dcctl update: owners lower, admins may raise ----------------------------------------------
+
+
+def upd(admin: bool = False, **kw: Any) -> lc.Update:
+    return lc.Update("bob", admin, **kw)
+
+
+UPDATE_ROWS = [
+    row(
+        "owner lowers the limit of a pending job",
+        job(S.PENDING),
+        [upd(time_limit_s=600)],
+        S.PENDING,
+        effects=[WAKE],
+        time_limit_s=600,
+    ),
+    row(
+        "owner lowers the limit of a running job; the next tick past it times it out",
+        RUNNING2,
+        [upd(time_limit_s=5), Tick()],
+        S.COMPLETING,
+        BOTH,
+        effects=[WAKE, DROP, STOP_A, STOP_B],
+        says=["time limit 00:00:05 reached"],
+        time_limit_s=5,
+    ),
+    row(
+        "admin raises the limit of a running job",
+        RUNNING2,
+        [upd(True, time_limit_s=7200), Tick()],
+        S.RUNNING,
+        BOTH,
+        effects=[WAKE],
+        time_limit_s=7200,
+    ),
+    row(
+        "owner raises nice and picks a QOS of lower priority",
+        job(S.HELD),
+        [upd(nice=50, qos="low", qos_priorities=(("normal", 10), ("low", 0)))],
+        S.HELD,
+        effects=[WAKE],
+        nice=50,
+        qos="low",
+    ),
+    row(
+        "admin lowers nice and picks a QOS of higher priority",
+        job(S.PENDING, nice=50),
+        [upd(True, nice=-10, qos="high", qos_priorities=(("high", 100),))],
+        S.PENDING,
+        effects=[WAKE],
+        nice=-10,
+        qos="high",
+    ),
+    row(
+        "an update that changes nothing is no change",
+        job(S.PENDING),
+        [upd(time_limit_s=LIMIT, nice=0, qos="normal")],
+        S.PENDING,
+    ),
+]
+
 ROWS = (
     USER_ROWS
     + START_ROWS
@@ -1104,6 +1165,7 @@ ROWS = (
     + LOST_ROWS
     + TICK_ROWS
     + SIGNAL_ROWS
+    + UPDATE_ROWS
 )
 
 
@@ -1146,10 +1208,35 @@ def test_rows_have_unique_ids() -> None:
         ),
         pytest.param(RUNNING2, START, "not waiting to start", id="start running"),
         pytest.param(job(S.HELD), START, "it is HELD", id="start held"),
+        pytest.param(FINISHED, upd(True, nice=5), "already ended", id="update finished"),
+        pytest.param(
+            RUNNING2, upd(True, nice=5), "only a waiting job's nice", id="nice of running"
+        ),
+        pytest.param(RUNNING2, upd(True, qos="x"), "only a waiting job's QOS", id="qos running"),
     ],
 )
 def test_refused(start: Job, event: lc.Event, fragment: str) -> None:
     with pytest.raises(lc.Refused, match=re.escape(fragment)):
+        lc.apply(start, event, NOW)
+
+
+@pytest.mark.parametrize(
+    ("start", "event", "fragment"),
+    [
+        pytest.param(
+            RUNNING2, upd(time_limit_s=LIMIT + 1), "only an admin may raise", id="raise limit"
+        ),
+        pytest.param(job(S.PENDING), upd(nice=-1), "only an admin may lower nice", id="nice"),
+        pytest.param(
+            job(S.PENDING),
+            upd(qos="high", qos_priorities=(("high", 100),)),
+            "QOS of higher priority",
+            id="qos up",
+        ),
+    ],
+)
+def test_only_an_admin_may_give_a_job_more(start: Job, event: lc.Event, fragment: str) -> None:
+    with pytest.raises(lc.NotAllowed, match=re.escape(fragment)):
         lc.apply(start, event, NOW)
 
 
@@ -1248,7 +1335,17 @@ def event_for(draw: st.DrawFn, j: Job, starts: int) -> lc.Event:
     launch = draw(st.sampled_from([current] * 6 + [f"S{max(starts - 1, 0)}-{rank}", ""]))
     kind = draw(
         st.sampled_from(
-            ["cancel", "hold", "release", "requeue", "preempt", "start", "refused", "tick"]
+            [
+                "cancel",
+                "hold",
+                "release",
+                "requeue",
+                "preempt",
+                "update",
+                "start",
+                "refused",
+                "tick",
+            ]
             + ["not_running", "lost", "exited", "exited"]
             + ["started"] * 8
             + ["exited_0"] * 4
@@ -1265,6 +1362,8 @@ def event_for(draw: st.DrawFn, j: Job, starts: int) -> lc.Event:
             return REQUEUE
         case "preempt":
             return PREEMPT
+        case "update":
+            return lc.Update("bob", True, time_limit_s=draw(st.sampled_from([5, 20, 60])))
         case "start":
             return run_start(starts + 1, draw(st.sampled_from([PORT, PORT + 1])))
         case "refused":

@@ -88,6 +88,22 @@ async def test_finished_jobs_are_read_newest_first_with_a_limit(tmp_path: Path) 
     await s.close()
 
 
+async def test_finished_jobs_in_a_window_of_end_times(tmp_path: Path) -> None:
+    s = await Store.open(str(tmp_path / "s.db"))
+    ids = await s.add_jobs([_new(state="PENDING") for _ in range(4)])
+    jobs = {j.id: j for j in await s.live_jobs()}
+    done = [
+        dataclasses.replace(jobs[i], state="FAILED", end_ts=float(t))
+        for i, t in zip(ids, (10, 20, 30, 40), strict=True)
+    ]
+    await s.commit(Batch(jobs=done))
+    window = await s.finished_jobs({"FAILED"}, None, 10, since=20.0, until=40.0)
+    assert [j.id for j in window] == [ids[2], ids[1]]  # [since, until), newest first
+    assert len(await s.finished_jobs({"FAILED"}, None, 10, since=35.0)) == 1
+    assert len(await s.finished_jobs({"FAILED"}, None, 10, until=10.0)) == 0
+    await s.close()
+
+
 def test_terminal_states_have_no_way_out() -> None:
     for state in (S.COMPLETED, S.FAILED, S.CANCELLED, S.TIMEOUT, S.NODE_FAIL):
         assert state not in TRANSITIONS

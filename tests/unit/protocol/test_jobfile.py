@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from dcsched.protocol.jobfile import JobFileError, load_job_file, locate
-from dcsched.protocol.jobspec import JobSpecError, parse_duration, validate_spec
+from dcsched.protocol.jobspec import JobSpecError, parse_duration, runs_python, validate_spec
 
 GOOD = """\
 name = "llama-ft"
@@ -77,8 +77,9 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [
-        (90, 90),
-        ("90", 90),
+        (90, 5400),  # a bare number is minutes, as in Slurm
+        ("90", 5400),
+        ("30s", 30),
         ("30m", 1800),
         ("4h", 14400),
         ("1h30m", 5400),
@@ -110,3 +111,29 @@ def test_locate_handles_dotted_keys_and_tables() -> None:
     assert locate(text, ("resources", "nodes")) == 2
     assert locate(text, ("torchrun", "python")) == 4
     assert locate(text, ("absent",)) is None
+
+
+@pytest.mark.parametrize(
+    ("command", "python", "expected"),
+    [
+        (["train.py", "--lr", "1"], None, True),
+        (["/abs/path/train.py"], "/venv/bin/python", True),
+        (["-m", "pkg.train"], None, True),
+        (["bash", "run.sh"], None, False),
+        (["./train"], "/venv/bin/python", False),
+        (["python", "train.py"], None, False),  # each worker runs `python train.py` itself
+        (["train"], True, True),  # a script without .py, said so
+        (["train.py"], False, False),
+    ],
+)
+def test_which_commands_run_as_python_scripts(
+    command: list[str], python: str | bool | None, expected: bool
+) -> None:
+    assert runs_python(command, python) is expected
+
+
+def test_python_may_be_a_path_or_false() -> None:
+    with pytest.raises(JobSpecError, match="must be an absolute path"):
+        validate_spec({"name": "x", "command": ["a"], "torchrun": {"python": "venv/python"}})
+    ok = validate_spec({"name": "x", "command": ["a"], "torchrun": {"python": False}})
+    assert ok.torchrun.python is False

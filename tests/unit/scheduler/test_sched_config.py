@@ -6,6 +6,7 @@ import tomllib
 
 import pytest
 
+from dcsched.protocol.durations import parse_seconds
 from dcsched.scheduler import AccountConfig, QosLevel, SchedulerConfig
 
 EXAMPLE = """
@@ -52,14 +53,15 @@ priority = 0
 
 
 def test_the_documented_example_parses() -> None:
-    cfg = SchedulerConfig.from_mapping(tomllib.loads(EXAMPLE)["scheduler"])
+    cfg = SchedulerConfig.from_mapping(tomllib.loads(EXAMPLE)["scheduler"], duration=parse_seconds)
     assert cfg.policy == "default"
     assert cfg.half_life_s == 14 * 86400
     assert cfg.max_age_s == 12 * 3600
     assert cfg.backfill_depth == 32
     assert cfg.preempt_grace_s == 120
     assert cfg.starvation_s == 4 * 86400
-    assert SchedulerConfig.from_mapping({"starvation_age": 0}).starvation_s == 0
+    off = SchedulerConfig.from_mapping({"starvation_age": 0}, duration=parse_seconds)
+    assert off.starvation_s == 0
     assert cfg.size_ref_gpu_s == 1000 * 3600
     assert cfg.weights.qos == 5000
     assert cfg.bill("H100") == 2.0 and cfg.bill("other") == 1.0
@@ -81,8 +83,9 @@ def test_empty_table_is_the_default_config() -> None:
         ({"weights": {"agee": 1}}, "scheduler.weights.agee: unknown key"),
         ({"weights": {"age": -1}}, "scheduler.weights.age: must be a number >= 0"),
         ({"weights": {"age": "x"}}, "scheduler.weights.age: expected a number"),
-        ({"half_life": "7 days"}, "scheduler.half_life: expected a duration"),
-        ({"half_life": 0}, "scheduler.half_life: duration must be positive"),
+        ({"half_life": "7 days"}, "scheduler.half_life: cannot read '7 days' as a duration"),
+        ({"half_life": "1:75"}, "scheduler.half_life: '1:75': minutes and seconds"),
+        ({"half_life": 0}, "scheduler.half_life: a duration must be positive"),
         ({"accounts": {"a": {"share": 1}}}, "scheduler.accounts.a.share: unknown key"),
         ({"accounts": {"a": {"users": {"u": "x"}}}}, "scheduler.accounts.a.users.u"),
         ({"accounts": {"a": 1}}, "scheduler.accounts.a: expected a table"),
@@ -96,4 +99,17 @@ def test_empty_table_is_the_default_config() -> None:
 )
 def test_bad_keys_are_named(table: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        SchedulerConfig.from_mapping(table)
+        SchedulerConfig.from_mapping(table, duration=parse_seconds)
+
+
+def test_duration_keys_use_the_project_grammar_with_numbers_in_seconds() -> None:
+    cfg = SchedulerConfig.from_mapping(
+        {"half_life": 3600, "max_age": "1-00:00", "preempt_grace": "1:30"}, duration=parse_seconds
+    )
+    assert (cfg.half_life_s, cfg.max_age_s, cfg.preempt_grace_s) == (3600, 86400, 90)
+
+
+def test_without_a_grammar_only_seconds_are_read() -> None:
+    assert SchedulerConfig.from_mapping({"half_life": 60}).half_life_s == 60
+    with pytest.raises(ValueError, match=r"scheduler\.half_life: expected seconds"):
+        SchedulerConfig.from_mapping({"half_life": "7d"})

@@ -122,3 +122,36 @@ def test_itp_dev_default_meets_the_targets() -> None:
     for account, a in r["per_account"].items():
         assert a["avg_queue_s"] <= greedy[account], account
     assert r["wall_s"] <= 60
+
+
+def _write_trace(path: Path, jobs: list[TraceJob]) -> Path:
+    rows = ["job_id,submit_s,duration_s,gpus,user,account,time_limit_s"]
+    rows += [
+        f"{j.job_id},{j.submit_s},{j.duration_s},{j.gpus},{j.user},{j.account},{j.time_limit_s}"
+        for j in jobs
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_progress_is_reported_up_to_every_job() -> None:
+    seen: list[int] = []
+    replay(synthetic(40), 2, 8, SchedulerConfig(policy="greedy"), on_progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 40
+
+
+def test_a_progress_bar_on_stderr_and_a_one_screen_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = [TraceJob(f"j{i}", float(i), 100.0, 1, "u", f"acct{i % 12}", 200.0) for i in range(48)]
+    trace = _write_trace(tmp_path / "t.csv", jobs)
+    argv = ["replay", str(trace), "--nodes", "2", "--gpus-per-node", "4", "--policy", "fifo"]
+    assert main([*argv, "--progress", "always"]) == 0
+    cap = capsys.readouterr()
+    assert "replaying" in cap.err and "48/48" in cap.err
+    lines = cap.out.splitlines()
+    assert lines[0] == "t.csv on 2 x 4 GPUs, policy fifo"
+    assert len(lines) <= 24  # one screen, whatever the number of accounts
+    assert "... and 4 more accounts (--json has them all)" in cap.out
+    assert main([*argv, "--progress", "never"]) == 0
+    assert capsys.readouterr().err == ""
