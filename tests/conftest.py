@@ -113,6 +113,14 @@ def procs(request: pytest.FixtureRequest) -> Iterator[Procs]:
         yield p
 
 
+def fake_torchrun(path: Path) -> Path:
+    """An executable standing in for torchrun: it drops torchrun's options (and
+    `--no-python`) and runs the job's command as it is."""
+    path.write_text('#!/bin/sh\n[ "$1" = --no-python ] && shift\nshift 10\nexec "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

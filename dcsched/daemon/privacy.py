@@ -13,7 +13,20 @@ from typing import Any
 
 # The spec's keys anyone may see; every other key is the owner's.
 PUBLIC_SPEC = frozenset(
-    {"name", "account", "qos", "nice", "hold", "preemptible", "dependency", "resources"}
+    {
+        "name",
+        "account",
+        "qos",
+        "nice",
+        "hold",
+        "preemptible",
+        "dependency",
+        "resources",
+        "array",
+        "requeue",
+        "max_restarts",
+        "signal",
+    }
 )
 
 

@@ -40,6 +40,7 @@ from dcsched.protocol.messages import (
 )
 from dcsched.protocol.topics import Topics
 from tests.conftest import Broker, free_port, restart_mosquitto, start_mosquitto
+from tests.conftest import fake_torchrun as write_fake_torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_KEY = b"agent-mqtt-test-cluster-key-0000"
@@ -225,11 +226,8 @@ def prefix() -> str:
 
 @pytest.fixture
 def fake_torchrun(tmp_path: Path) -> str:
-    """Skips the ten torchrun option words and execs the command: for tests about the agent."""
-    path = tmp_path / "fake-torchrun"
-    path.write_text('#!/bin/sh\n[ "$1" = --no-python ] && shift\nshift 10\nexec "$@"\n')
-    path.chmod(0o755)
-    return str(path)
+    """For tests about the agent: torchrun's options dropped, the command run as it is."""
+    return str(write_fake_torchrun(tmp_path / "fake-torchrun"))
 
 
 def _launch(job_id: str, command: list[str], workdir: Path, **kw: Any) -> Launch:

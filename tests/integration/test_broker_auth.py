@@ -24,7 +24,7 @@ from dcsched.daemon.brokerauth import write_broker_auth
 from dcsched.daemon.main import main as dcd_main
 from dcsched.daemon.service import Daemon
 from dcsched.protocol.config import BrokerConfig, load_config
-from tests.conftest import PROCESS_TIMEOUT, Procs, free_port, wait_port
+from tests.conftest import PROCESS_TIMEOUT, Procs, fake_torchrun, free_port, wait_port
 from tests.integration.daemon_harness import api, state_is, until
 from tests.integration.test_agent_mqtt import running_agent
 
@@ -147,9 +147,7 @@ async def test_daemon_and_agent_over_tls_with_per_host_credentials(
 ) -> None:
     b = secure_broker
     (tmp_path / "cluster.key").write_text("tls-test-cluster-key-0123456789")
-    torchrun = tmp_path / "fake-torchrun"
-    torchrun.write_text('#!/bin/sh\nshift 10\nexec "$@"\n')
-    torchrun.chmod(0o755)
+    torchrun = fake_torchrun(tmp_path / "fake-torchrun")
     common = (
         f'[broker]\nurl = "mqtts://localhost:{b.tls_port}"\nca_file = "{b.ca}"\n'
         f'password_file = "{{pw}}"\nkeepalive_s = 5\n'

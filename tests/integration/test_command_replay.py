@@ -18,7 +18,7 @@ from dcsched.daemon.service import Daemon
 from dcsched.protocol.config import ConfigError, load_config
 from dcsched.protocol.messages import Ack, Command, JobStarted, Launch, SignedCommand
 from dcsched.protocol.topics import Topics
-from tests.conftest import PROCESS_TIMEOUT, Broker, Procs
+from tests.conftest import PROCESS_TIMEOUT, Broker, Procs, fake_torchrun
 from tests.integration.daemon_harness import api, running_daemon, state_is, until, write_config
 from tests.integration.test_agent_mqtt import agent_config
 
@@ -79,9 +79,7 @@ async def test_captured_launch_replayed_to_another_host_or_after_a_restart_start
     tmp_path: Path, mosquitto: Broker, prefix: str, procs: Procs
 ) -> None:
     conf = write_config(tmp_path, mosquitto, prefix)
-    torchrun = tmp_path / "fake-torchrun"
-    torchrun.write_text('#!/bin/sh\nshift 10\nexec "$@"\n')
-    torchrun.chmod(0o755)
+    torchrun = fake_torchrun(tmp_path / "fake-torchrun")
     confs, logs = {}, {}
     for host in ("n1", "n2"):
         (tmp_path / host).mkdir()
@@ -160,9 +158,7 @@ async def test_a_command_from_an_older_daemon_epoch_is_refused(
     """A launch the first daemon published while the agent hung (never delivered),
     replayed after a newer daemon has commanded the agent: refused for its epoch."""
     conf = write_config(tmp_path, mosquitto, prefix, node_timeout_s=60.0)
-    torchrun = tmp_path / "fake-torchrun"
-    torchrun.write_text('#!/bin/sh\nshift 10\nexec "$@"\n')
-    torchrun.chmod(0o755)
+    torchrun = fake_torchrun(tmp_path / "fake-torchrun")
     (tmp_path / "n1").mkdir()
     aconf = agent_config(
         tmp_path / "n1", mosquitto.url, prefix, "n1",

@@ -27,7 +27,7 @@ from dcsched.agents.errors import LaunchError
 from dcsched.agents.launcher import ExitStatus, Launcher
 from dcsched.agents.procs import is_alive, read_stat
 from dcsched.agents.state import JobRecord
-from tests.conftest import Procs
+from tests.conftest import Procs, fake_torchrun
 from tests.unit.agents.helpers import launch
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making cgroups needs root")
@@ -46,9 +46,7 @@ def base() -> Iterator[Path]:
         pytest.skip("no unprivileged user 'nobody' on this machine")
     d = Path(tempfile.mkdtemp(prefix="dcsched-cgroup-"))
     d.chmod(0o755)
-    torchrun = d / "torchrun"
-    torchrun.write_text('#!/bin/sh\nshift 10\nexec "$@"\n')
-    torchrun.chmod(0o755)
+    fake_torchrun(d / "torchrun")
     try:
         yield d
     finally:

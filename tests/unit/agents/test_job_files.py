@@ -21,6 +21,7 @@ from dcsched.agents.launcher import ExitStatus, Launcher, read_status_file
 from dcsched.agents.logs import read_chunk
 from dcsched.agents.state import JobRecord
 from dcsched.protocol.messages import FetchLog
+from tests.conftest import fake_torchrun
 from tests.unit.agents.helpers import launch
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run jobs as a user")
@@ -63,10 +64,7 @@ def fingerprint(path: Path) -> tuple[str, int, int, int]:
 
 
 def user_launcher(base: Path) -> Launcher:
-    torchrun = base / "torchrun"
-    # drops torchrun's options (and --no-python) and runs the command as it is
-    torchrun.write_text('#!/bin/sh\n[ "$1" = --no-python ] && shift\nshift 10\nexec "$@"\n')
-    torchrun.chmod(0o755)
+    torchrun = fake_torchrun(base / "torchrun")
     return Launcher(base / "state", str(torchrun), runner_python=SYSTEM_PYTHON)
 
 

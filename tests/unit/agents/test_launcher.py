@@ -26,6 +26,7 @@ from dcsched.agents.launcher import (
 from dcsched.agents.procs import TAG_VAR, is_alive
 from dcsched.agents.state import JobRecord, StateStore
 from dcsched.protocol.config import Config
+from tests.conftest import fake_torchrun
 from tests.unit.agents.helpers import launch, py
 
 
@@ -153,9 +154,7 @@ def test_job_runs_as_the_submitting_user() -> None:
     base = Path(tempfile.mkdtemp(prefix="dcsched-user-"))
     try:
         base.chmod(0o755)
-        torchrun = base / "torchrun"
-        torchrun.write_text('#!/bin/sh\n[ "$1" = --no-python ] && shift\nshift 10\nexec "$@"\n')
-        torchrun.chmod(0o755)
+        torchrun = fake_torchrun(base / "torchrun")
         launcher = Launcher(base / "state", str(torchrun), runner_python=python)
         ln = launch(base, ["sh", "-c", "id -u; echo $HOME $USER"], user="nobody", env={})
         rec = launcher.start(ln)
