@@ -30,8 +30,9 @@ from dcsched.daemon.errors import (
     Unavailable,
 )
 from dcsched.daemon.events import EventHub
+from dcsched.daemon.histogram import WAIT_BUCKETS_S, Histogram
 from dcsched.daemon.model import Model
-from dcsched.daemon.states import TERMINAL
+from dcsched.daemon.states import QUEUED, TERMINAL
 from dcsched.daemon.store import Batch, CommandRow, NotFound, Store
 from dcsched.protocol.jobspec import JobSpec, parse_dependencies, spec_to_dict
 from dcsched.protocol.messages import (
@@ -92,6 +93,7 @@ class JobManager:
         self._submits: list[tuple[lc.Job, asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.queue_wait_s = Histogram(WAIT_BUCKETS_S)  # submit to start, for /metrics
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -422,6 +424,8 @@ class JobManager:
         for old, out in outcomes:
             if out.job != old:
                 self.model.install(out.job, old)
+                if old.state in QUEUED and out.job.state == S.STARTING:
+                    self.queue_wait_s.observe(max(0.0, now - old.submit_ts))
                 self.hub.publish("job", _change(out.job))
                 if out.history:
                     log.info("job %d %s: %s", out.job.id, out.job.state, out.history[-1][1])

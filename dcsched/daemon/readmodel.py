@@ -19,6 +19,7 @@ from dcsched.daemon.model import Model
 from dcsched.daemon.scheduling import SchedulingLoop
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL
 from dcsched.daemon.store import Store
+from dcsched.scheduler import decay
 
 _encode = msgspec.json.Encoder().encode
 # (host, GPU index) -> (job id, user) for every GPU a job holds
@@ -105,6 +106,20 @@ class ReadModel:
 
     def counts(self) -> dict[str, int]:
         return {s: n for s, n in self.model.counts.items() if n}
+
+    def queue_depth(self) -> dict[tuple[str, str, str], tuple[int, int]]:
+        """(state, account, QOS) -> (jobs, GPUs asked for) over every job not finished."""
+        out: dict[tuple[str, str, str], tuple[int, int]] = {}
+        for job in self.model.jobs.values():
+            key = (job.state, job.account, job.qos)
+            n, gpus = out.get(key, (0, 0))
+            out[key] = (n + 1, gpus + job.nodes * job.gpus_per_node)
+        return out
+
+    def fairshare_usage(self, now: float) -> dict[tuple[str, str], float]:
+        """(account, user) -> decayed, billed GPU-seconds as of `now` (no charge made)."""
+        tracker = self.scheduling.usage
+        return dict(decay(tracker.usage, now, tracker.config.half_life_s).gpu_seconds)
 
     # --- nodes and GPUs ------------------------------------------------------------------------
 
