@@ -10,6 +10,7 @@ import sys
 
 import msgspec
 
+from dcsched import __version__
 from dcsched.agents.agent import Agent
 from dcsched.agents.errors import AgentError
 from dcsched.protocol.config import ConfigError, load_config
@@ -17,6 +18,7 @@ from dcsched.protocol.config import ConfigError, load_config
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dc-agent", description="dcsched GPU host agent")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the agent in the foreground (as systemd does)")
     run.add_argument(

@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+from dcsched import __version__
 from dcsched.cli.common import (
     add_connection_args,
     client_from,
@@ -474,6 +475,7 @@ def _follow_logs(c: Client, a: argparse.Namespace, watch: _JobWatch | None) -> i
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dcctl", description="Inspect and act on a dcsched cluster.")
     add_connection_args(p)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def add(name: str, help_: str, json_flag: bool = True) -> argparse.ArgumentParser:

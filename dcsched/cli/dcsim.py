@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dcsched import __version__
 from dcsched.scheduler import (
     Decisions,
     JobRequest,
@@ -279,6 +280,7 @@ def _config(policy: str, path: Path | None) -> SchedulerConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dcsim", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("replay", help="replay a trace (CSV, see docs/scheduler.md)")
     rp.add_argument("trace", type=Path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dcsched import __version__
 from dcsched.cli.common import add_connection_args, client_from, print_json, run_cli
 from dcsched.protocol.jobfile import JobFileError, load_job_file
 from dcsched.protocol.jobspec import spec_to_dict
@@ -12,6 +13,7 @@ from dcsched.protocol.jobspec import spec_to_dict
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dcsub", description="Submit a job file (TOML) to dcsched.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("job_file", help="the job's TOML file (reference: README.md)")
     p.add_argument("--json", action="store_true", help='print {"job_id": ...}')
     p.add_argument("--dry-run", action="store_true", help="validate only; submit nothing")

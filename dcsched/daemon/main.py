@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 
+from dcsched import __version__, missing_extra
 from dcsched.protocol.config import ConfigError, config_path, load_config
 
 
@@ -33,6 +34,7 @@ async def _run(config_file: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dcd", description="dcsched head-node daemon")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default="info")
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the daemon")
@@ -61,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dcd: {exc}", file=sys.stderr)
         return 2
-    except ImportError as exc:
-        print(
-            f"dcd: {exc}. The daemon needs its extras: pip install 'dcsched[daemon]'",
-            file=sys.stderr,
-        )
+    except ModuleNotFoundError as exc:
+        message = missing_extra("dcd", exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

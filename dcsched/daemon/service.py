@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import logging
 import os
 import socket
@@ -177,6 +178,8 @@ class Daemon:
 
     async def _serve_api(self) -> web.AppRunner:
         path = self.config.daemon.socket
+        group = self.config.daemon.socket_group
+        gid = _group_id(group) if group else None  # a wrong group is said before binding
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         if os.path.exists(path):
             if _answers(path):
@@ -185,7 +188,13 @@ class Daemon:
         runner = web.AppRunner(self.api.app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         await web.UnixSite(runner, path).start()
-        os.chmod(path, self.config.daemon.socket_mode)
+        try:
+            os.chmod(path, self.config.daemon.socket_mode)
+            if gid is not None:
+                _give_group(path, gid, group)
+        except BaseException:
+            await runner.cleanup()
+            raise
         return runner
 
     async def _serve_metrics(self) -> web.AppRunner:
@@ -302,6 +311,26 @@ class Daemon:
         node.drained, node.drain_reason = drained, reason
         self.hub.publish("node", {"host": host, "drained": drained, "reason": reason})
         self.scheduling.wake.set()
+
+
+def _group_id(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(
+            f"[daemon] socket_group = {group!r}: no such group; create it (groupadd --system"
+            f" {group}) or set socket_group = \"\""
+        ) from None
+
+
+def _give_group(path: str, gid: int, group: str) -> None:
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        raise ConfigError(
+            f"[daemon] socket_group = {group!r}: the daemon (uid {os.getuid()}) is not a member;"
+            " add it (SupplementaryGroups= in dcd.service, or usermod -aG)"
+        ) from None
 
 
 def _answers(path: str) -> bool:

@@ -64,6 +64,9 @@ class DaemonConfig(_Section):
     socket: str = DEFAULT_SOCKET
     # Unix mode of the API socket: 0o666 lets every local user submit (identity = SO_PEERCRED).
     socket_mode: int = 0o666
+    # Group given the API socket ("" keeps the daemon's own): with socket_mode = 0o660, only
+    # its members reach the daemon. The daemon must be a member (SupplementaryGroups=).
+    socket_group: str = ""
     metrics_listen: str = "127.0.0.1:9464"  # "" turns the Prometheus listener off
     admins: list[str] = []  # users who may act on any job and drain nodes; root always may
     port_range: str = "29500-29999"
