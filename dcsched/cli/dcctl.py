@@ -1,4 +1,5 @@
-"""`dcctl`: list, show, cancel, hold, release jobs; list, drain and resume nodes; read logs."""
+"""`dcctl`: list, show, cancel, hold, release jobs; list, drain and resume nodes; read logs;
+accounting (`acct`, `eff`: dcsched/cli/acct.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from typing import Any
 
 from dcsched import __version__
+from dcsched.cli import acct
 from dcsched.cli.common import (
     add_connection_args,
     client_from,
@@ -511,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--node", type=int, default=0, help="node rank (default 0)")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     lg.add_argument("--bytes", type=int, default=64 * 1024, help="how much of the tail (64 KiB)")
+    acct.add_parsers(add)
     ev = add("events", "job and node changes as they happen, until Ctrl-C (like scontrol listen)")
     ev.add_argument("--since", metavar="CURSOR", help="resume after this cursor (from --json)")
     ev.add_argument(
@@ -545,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_logs(c, args)
             case "events":
                 return cmd_events(c, args)
+            case "acct":
+                return acct.cmd_acct(c, args)
+            case "eff":
+                return acct.cmd_eff(c, args)
         return 2
 
     return run_cli("dcctl", go)

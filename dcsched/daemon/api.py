@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -27,8 +28,8 @@ from dcsched.daemon.errors import (
 )
 from dcsched.daemon.jobs import Caller
 from dcsched.daemon.peercred import peer_uid, user_name
-from dcsched.daemon.states import ACTIVE, QUEUED, JobState, TransitionError
-from dcsched.daemon.store import StoreError
+from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState, TransitionError
+from dcsched.daemon.store import AcctFilter, StoreError
 from dcsched.protocol.codec import MAX_PAYLOAD
 from dcsched.protocol.jobspec import JobSpecError, spec_to_dict, validate_spec
 from dcsched.scheduler import explain, fairshare_report
@@ -97,6 +98,16 @@ def _int_arg(text: str, what: str) -> int:
     return n
 
 
+def _float_arg(text: str, what: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise InvalidRequest(f"{text!r} is not a valid {what}") from None
+    if not math.isfinite(v):
+        raise InvalidRequest(f"{text!r} is not a valid {what}")
+    return v
+
+
 def _json(body: Any, status: int = 200) -> web.Response:
     # msgspec encodes the large listings several times faster than json.dumps.
     return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
@@ -161,6 +172,8 @@ class Api:
         r.add_get("/v1/gpus", self.gpus)
         r.add_get("/v1/cluster", self.cluster)
         r.add_get("/v1/events", self.events)
+        r.add_get("/v1/accounting", self.accounting)
+        r.add_get("/v1/jobs/{job_id}/efficiency", self.efficiency)
         self.app = app
         self.read = daemon.read
 
@@ -304,6 +317,41 @@ class Api:
                 "done": job.state not in QUEUED | ACTIVE,
             }
         )
+
+    async def accounting(self, request: web.Request) -> web.Response:
+        """Finished jobs' accounting (sacct): ?user= &account= &state=A,B &since= &until=
+        (Unix seconds: the job ended in [since, until)) &limit= (1000); totals per account
+        over every match."""
+        q = request.query
+        states = frozenset(s.strip().upper() for s in q.get("state", "").split(",") if s.strip())
+        bad = sorted(states - TERMINAL)
+        if bad:
+            raise InvalidRequest(
+                f"{bad[0]!r} is not a final state; accounting has " + ", ".join(sorted(TERMINAL))
+            )
+        where = AcctFilter(
+            user=q.get("user", ""),
+            account=q.get("account", ""),
+            states=states,
+            since=_float_arg(q["since"], "since (Unix seconds)") if "since" in q else None,
+            until=_float_arg(q["until"], "until (Unix seconds)") if "until" in q else None,
+        )
+        limit = _int_arg(q["limit"], "limit") if "limit" in q else 1000
+        rows, totals = await self.d.store.accounting(where, limit)
+        return _json({"jobs": rows, "totals": totals})
+
+    async def efficiency(self, request: web.Request) -> web.Response:
+        """One job's use of its GPUs (seff): from its accounting row once finished, so far
+        from the daemon's accumulation while it runs."""
+        job = await self.d.jobs.get(_job_id(request))
+        if job.state in TERMINAL:
+            row = await self.d.store.accounting_row(job.id)
+            if row is None:
+                raise NoSuchThing(
+                    f"job {job.id} finished before this daemon kept accounting; nothing recorded"
+                )
+            return _json(row)
+        return _json(self.d.jobs.accounting.live(job, time.time()))
 
     async def list_nodes(self, request: web.Request) -> web.Response:
         return _json({"nodes": self.read.node_views()})

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from dcsched.daemon import lifecycle as lc
+from dcsched.daemon.accounting import Accounting, run_gpu_seconds
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender, command_row, new_cmd_id
 from dcsched.daemon.errors import (
@@ -94,6 +95,7 @@ class JobManager:
         self._flusher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.queue_wait_s = Histogram(WAIT_BUCKETS_S)  # submit to start, for /metrics
+        self.accounting = Accounting(model)
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -389,12 +391,17 @@ class JobManager:
         batch = batch or Batch()
         now = time.time()
         superseded: list[CommandRow] = []  # stop resending these: journaled as acked
+        runs_ended: list[tuple[lc.Job, lc.Job, float]] = []
         for old, out in outcomes:
             new = out.job
             if new == old and not out.effects:
                 continue
             if new != old:
                 batch.jobs.append(new)
+                gpu_s = run_gpu_seconds(old, new, now)
+                runs_ended.append((old, new, gpu_s))
+                if new.state in TERMINAL and old.state not in TERMINAL:
+                    batch.accounting.append(self.accounting.row(new, gpu_s, now))
                 if new.parts != old.parts:
                     batch.parts_changed.add(new.id)
                 batch.history += [(new.id, now, st, why) for st, why in out.history]
@@ -418,6 +425,8 @@ class JobManager:
         batch.acks += [(c.cmd_id, False, "superseded", now) for c in superseded]
         await self.store.commit(batch)
         # Journaled: now memory, then the world.
+        for old, new, gpu_s in runs_ended:
+            self.accounting.committed(old, new, gpu_s)
         for c in superseded:
             self.sender.acked(c.cmd_id)
         wake = False

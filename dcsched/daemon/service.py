@@ -45,6 +45,7 @@ from dcsched.protocol.messages import (
     JobReport,
     JobStarted,
     LogChunk,
+    Telemetry,
 )
 from dcsched.scheduler import SchedulerConfig
 
@@ -68,7 +69,7 @@ class Daemon:
         client_id = (
             f"dcd-{socket.gethostname()}-{zlib.crc32(config.broker.topic_prefix.encode()):08x}"
         )
-        self.bus = Bus(config.broker, client_id, self.ingest.handle)
+        self.bus = Bus(config.broker, client_id, self._telemetry)
         self.sender = CommandSender(
             self.bus,
             load_key(config.cluster.key_file or None),
@@ -104,6 +105,10 @@ class Daemon:
             store, self.model, self.cluster, self.ingest, self.jobs, self.scheduling, self.bus
         )
         self.api = Api(self)
+
+    def _telemetry(self, msg: Telemetry) -> None:
+        if self.ingest.handle(msg):
+            self.jobs.accounting.on_telemetry(msg)
 
     @classmethod
     async def open(cls, config: Config) -> Daemon:
@@ -319,7 +324,7 @@ def _group_id(group: str) -> int:
     except KeyError:
         raise ConfigError(
             f"[daemon] socket_group = {group!r}: no such group; create it (groupadd --system"
-            f" {group}) or set socket_group = \"\""
+            f' {group}) or set socket_group = ""'
         ) from None
 
 

@@ -76,9 +76,19 @@ class Batch:
     history: list[tuple[int, float, str, str]] = field(default_factory=list)
     commands: list[CommandRow] = field(default_factory=list)
     acks: list[tuple[str, bool, str, float]] = field(default_factory=list)  # cmd, ok, error, ts
+    accounting: list[dict[str, Any]] = field(default_factory=list)  # rows of finished jobs
 
     def __bool__(self) -> bool:
-        return bool(self.jobs or self.history or self.commands or self.acks)
+        return bool(self.jobs or self.history or self.commands or self.acks or self.accounting)
+
+
+@dataclass(frozen=True, slots=True)
+class AcctFilter:
+    user: str = ""
+    account: str = ""
+    states: frozenset[str] = frozenset()
+    since: float | None = None  # jobs that ended at or after
+    until: float | None = None  # and before
 
 
 @dataclass(slots=True)
@@ -277,6 +287,27 @@ class Store:
                 " AND acked_ts IS NULL",
                 [(ts, int(ok), err, cid) for cid, ok, err, ts in batch.acks],
             )
+            db.executemany(
+                "INSERT OR REPLACE INTO job_accounting (job_id, user, account, qos, state,"
+                " submit_ts, end_ts, gpu_hours, energy_kwh, mean_util, row)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        r["job_id"],
+                        r["user"],
+                        r["account"],
+                        r["qos"],
+                        r["state"],
+                        r["submit_ts"],
+                        r["end_ts"],
+                        r["gpu_hours"],
+                        r["energy_kwh"],
+                        r["mean_util"],
+                        json.dumps(r, separators=(",", ":")),
+                    )
+                    for r in batch.accounting
+                ],
+            )
 
         if batch:
             await self._tx(run)
@@ -358,6 +389,59 @@ class Store:
             " WHERE acked_ts IS NULL ORDER BY created_ts"
         )
         return [CommandRow(**dict(r)) for r in rows]
+
+    # --- accounting --------------------------------------------------------------------------
+
+    async def accounting(
+        self, where: AcctFilter, limit: int
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Finished jobs' accounting rows, newest end first (at most `limit`), and the totals
+        per account over every row the filter matches."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        for col, value in (("user", where.user), ("account", where.account)):
+            if value:
+                clauses.append(f"{col} = ?")
+                args.append(value)
+        if where.states:
+            clauses.append(f"state IN ({','.join('?' * len(where.states))})")
+            args += sorted(where.states)
+        if where.since is not None:
+            clauses.append("end_ts >= ?")
+            args.append(where.since)
+        if where.until is not None:
+            clauses.append("end_ts < ?")
+            args.append(where.until)
+        cond = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+
+        def run(db: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            rows = db.execute(
+                f"SELECT row FROM job_accounting{cond} ORDER BY end_ts DESC, job_id DESC LIMIT ?",
+                [*args, limit],
+            ).fetchall()
+            totals = db.execute(
+                "SELECT account, COUNT(*), SUM(gpu_hours), SUM(energy_kwh),"
+                " SUM(mean_util * gpu_hours) / NULLIF(SUM(CASE WHEN mean_util IS NULL"
+                " THEN 0 ELSE gpu_hours END), 0)"
+                f" FROM job_accounting{cond} GROUP BY account ORDER BY account",
+                args,
+            ).fetchall()
+            return [json.loads(r[0]) for r in rows], [
+                {
+                    "account": t[0],
+                    "jobs": int(t[1]),
+                    "gpu_hours": float(t[2] or 0.0),
+                    "energy_kwh": float(t[3] or 0.0),
+                    "mean_util": t[4],
+                }
+                for t in totals
+            ]
+
+        return await self._run(run)
+
+    async def accounting_row(self, job_id: int) -> dict[str, Any] | None:
+        rows = await self._all("SELECT row FROM job_accounting WHERE job_id = ?", (job_id,))
+        return dict(json.loads(rows[0][0])) if rows else None
 
     # --- nodes -------------------------------------------------------------------------------
 

@@ -1,0 +1,164 @@
+"""Job accounting (what Slurm's sacct and seff show): each running job's GPU use, accumulated
+in memory from the telemetry of its GPUs, and one row per finished job, journaled in the
+same store transaction as the job's final state.
+
+Energy is the sum of the GPUs' energy-counter deltas while the job ran there (NVML's total
+energy counter; the sim backend integrates its power the same way). A counter that goes
+back (driver reload) starts a new baseline. What was accumulated is memory only: a daemon
+restart loses the running jobs' accumulation so far (`samples` says how much was seen).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from dcsched.daemon.lifecycle import Job
+from dcsched.daemon.model import Model
+from dcsched.daemon.states import TERMINAL, JobState
+from dcsched.protocol.messages import GpuSample, Telemetry
+
+
+@dataclass(slots=True)
+class GpuUse:
+    util_sum: float = 0.0
+    util_n: int = 0
+    mem_sum: float = 0.0
+    mem_n: int = 0
+    mem_max: int = 0
+    energy_j: float = 0.0
+    last_energy: float | None = None
+
+    def add(self, s: GpuSample) -> None:
+        if s.util is not None:
+            self.util_sum += s.util
+            self.util_n += 1
+        if s.mem_used is not None:
+            self.mem_sum += s.mem_used
+            self.mem_n += 1
+            self.mem_max = max(self.mem_max, s.mem_used)
+        if s.energy_j is not None:
+            last, self.last_energy = self.last_energy, s.energy_j
+            if last is not None and s.energy_j >= last:
+                self.energy_j += s.energy_j - last
+
+    def view(self, host: str, gpu: int) -> dict[str, Any]:
+        return {
+            "host": host,
+            "gpu": gpu,
+            "mean_util": self.util_sum / self.util_n if self.util_n else None,
+            "mean_mem_bytes": self.mem_sum / self.mem_n if self.mem_n else None,
+            "max_mem_bytes": self.mem_max if self.mem_n else None,
+            "energy_j": self.energy_j,
+            "samples": max(self.util_n, self.mem_n),
+        }
+
+
+@dataclass(slots=True)
+class JobUse:
+    gpus: dict[tuple[str, int], GpuUse] = field(default_factory=dict)
+    # allocated GPU-seconds of earlier runs (a requeued job's); the current run's is
+    # (now - start_ts) x GPUs
+    past_gpu_s: float = 0.0
+
+
+def run_gpu_seconds(old: Job, new: Job, now: float) -> float:
+    """The GPU-seconds of a run that this transition ends (0 when none ends)."""
+    if old.start_ts is None or not (new.start_ts is None or new.state in TERMINAL):
+        return 0.0
+    if old.state in TERMINAL:
+        return 0.0
+    gpus = sum(len(p.gpus) for p in old.parts) or old.nodes * old.gpus_per_node
+    return max(0.0, (new.end_ts or now) - old.start_ts) * gpus
+
+
+class Accounting:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.jobs: dict[int, JobUse] = {}
+
+    def on_telemetry(self, msg: Telemetry) -> None:
+        """A host's telemetry (accepted by ingest): added to each job running there."""
+        ids = self.model.on_host.get(msg.host)
+        if not ids:
+            return
+        by_index: dict[int, GpuSample] | None = None
+        for job_id in ids:
+            job = self.model.jobs.get(job_id)
+            if job is None or job.state != JobState.RUNNING:
+                continue
+            for part in job.parts:
+                if part.host != msg.host or part.state != "running":
+                    continue
+                if by_index is None:
+                    by_index = {s.index: s for s in msg.gpus}
+                use = self.jobs.get(job_id)
+                if use is None:
+                    use = self.jobs[job_id] = JobUse()
+                for g in part.gpus:
+                    sample = by_index.get(g)
+                    if sample is not None:
+                        key = (msg.host, g)
+                        gu = use.gpus.get(key)
+                        if gu is None:
+                            gu = use.gpus[key] = GpuUse()
+                        gu.add(sample)
+
+    def row(self, job: Job, ended_run_gpu_s: float, now: float) -> dict[str, Any]:
+        """The accounting row of a job that has just taken its final state."""
+        use = self.jobs.get(job.id) or JobUse()
+        return summary(job, use, use.past_gpu_s + ended_run_gpu_s, now)
+
+    def live(self, job: Job, now: float) -> dict[str, Any]:
+        """The same figures for a job not finished yet (so far)."""
+        use = self.jobs.get(job.id) or JobUse()
+        current = 0.0
+        if job.start_ts is not None:
+            current = (now - job.start_ts) * sum(len(p.gpus) for p in job.parts)
+        return summary(job, use, use.past_gpu_s + current, now)
+
+    def committed(self, old: Job, new: Job, ended_run_gpu_s: float) -> None:
+        """After the store has the transition: a finished job is forgotten, an ended run
+        (requeue) is kept for the job's total."""
+        if new.state in TERMINAL:
+            self.jobs.pop(new.id, None)
+        elif ended_run_gpu_s:
+            self.jobs.setdefault(new.id, JobUse()).past_gpu_s += ended_run_gpu_s
+
+
+def summary(job: Job, use: JobUse, gpu_s: float, now: float) -> dict[str, Any]:
+    per_gpu = [gu.view(h, g) for (h, g), gu in sorted(use.gpus.items())]
+    utils = [(gu.util_sum, gu.util_n) for gu in use.gpus.values() if gu.util_n]
+    mems = [(gu.mem_sum, gu.mem_n) for gu in use.gpus.values() if gu.mem_n]
+    # The mean over GPUs of each GPU's mean: every GPU counts the same.
+    mean_util = sum(s / n for s, n in utils) / len(utils) if utils else None
+    hosts = [p.host for p in job.parts]
+    return {
+        "job_id": job.id,
+        "name": job.name,
+        "user": job.user,
+        "account": job.account,
+        "qos": job.qos,
+        "state": job.state,
+        "nodes": job.nodes,
+        "gpus": job.nodes * job.gpus_per_node,
+        "hosts": hosts,
+        "alloc": {p.host: list(p.gpus) for p in job.parts},
+        "submit_ts": job.submit_ts,
+        "start_ts": job.start_ts,
+        "end_ts": job.end_ts if job.state in TERMINAL else None,
+        "exit_code": job.exit_code,
+        "signal": job.signal,
+        "gpu_hours": gpu_s / 3600,
+        "energy_kwh": sum(gu.energy_j for gu in use.gpus.values()) / 3.6e6,
+        "mean_util": mean_util,
+        "mean_mem_bytes": sum(s / n for s, n in mems) / len(mems) if mems else None,
+        "max_mem_bytes": max((gu.mem_max for gu in use.gpus.values() if gu.mem_n), default=None),
+        "per_gpu": per_gpu,
+        "samples": sum(v["samples"] for v in per_gpu),
+    }
+
+
+def row_json(row: dict[str, Any]) -> str:
+    return json.dumps(row, separators=(",", ":"))
