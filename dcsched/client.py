@@ -172,6 +172,9 @@ class Client:
         """Finished jobs' accounting: user, account, state, since, until, limit."""
         return dict(self.request("GET", "/v1/accounting", query=filters))
 
+    def node_events(self, host: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/nodes/{quote(host)}/events"))
+
     def efficiency(self, job_id: int | str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/jobs/{quote(str(job_id))}/efficiency"))
 

@@ -26,6 +26,7 @@ import aiomqtt
 
 from dcsched.agents.errors import AgentError, LaunchError, StateError
 from dcsched.agents.gpu import GpuBackend, make_backend
+from dcsched.agents.healthcheck import run_health_check
 from dcsched.agents.launcher import ExitStatus, Launcher, valid_job_id
 from dcsched.agents.logs import read_chunk
 from dcsched.agents.state import CommandResult, JobRecord, StateStore, exit_key, job_key
@@ -455,6 +456,8 @@ class Agent:
             running.cmd_ids.append(cmd.cmd_id)
         else:
             try:
+                check, limit = self.cfg.agent.health_check, self.cfg.agent.health_check_timeout_s
+                await asyncio.to_thread(run_health_check, check, limit, cmd)
                 rec = await asyncio.to_thread(self.launcher.start, cmd, self._gpu_indexes)
             except Exception as exc:
                 if isinstance(exc, LaunchError):

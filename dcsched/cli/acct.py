@@ -1,5 +1,5 @@
 """`dcctl acct` (like sacct) and `dcctl eff JOB` (like seff): finished jobs' accounting and
-one job's use of its GPUs."""
+one job's use of its GPUs; `dcctl node-events HOST`: a node's drains, resumes and faults."""
 
 from __future__ import annotations
 
@@ -72,6 +72,8 @@ def add_parsers(add: Any) -> None:
     a.add_argument("--csv", action="store_true", help="the jobs as CSV (totals: table or --json)")
     e = add("eff", "one job's use of its GPUs: GPU-hours, utilisation, energy (like seff)")
     e.add_argument("job")
+    n = add("node-events", "a node's drains, resumes and GPU faults, and its unhealthy GPUs")
+    n.add_argument("host")
 
 
 def cmd_acct(c: Client, a: argparse.Namespace) -> int:
@@ -191,3 +193,22 @@ def cmd_eff(c: Client, a: argparse.Namespace) -> int:
 
 def _gib(v: float | None) -> str:
     return "" if v is None else f"{v / GIB:.1f}G"
+
+
+def cmd_node_events(c: Client, a: argparse.Namespace) -> int:
+    r = c.node_events(a.host)
+    if a.json:
+        print_json(r)
+        return 0
+    state = f"drained: {r['drain_reason']}" if r["drained"] else "not drained"
+    print(f"{r['host']}: {state}")
+    for _, what in sorted(r["unhealthy_gpus"].items(), key=lambda kv: int(kv[0])):
+        print(f"  unhealthy: {what}")
+    print()
+    print(
+        table(
+            ("TIME", "EVENT", "DETAIL"),
+            [(timestamp(e["ts"]), e["kind"], e["detail"]) for e in r["events"]],
+        )
+    )
+    return 0

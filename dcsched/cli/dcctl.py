@@ -552,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
                 return acct.cmd_acct(c, args)
             case "eff":
                 return acct.cmd_eff(c, args)
+            case "node-events":
+                return acct.cmd_node_events(c, args)
         return 2
 
     return run_cli("dcctl", go)

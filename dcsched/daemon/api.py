@@ -174,6 +174,7 @@ class Api:
         r.add_get("/v1/events", self.events)
         r.add_get("/v1/accounting", self.accounting)
         r.add_get("/v1/jobs/{job_id}/efficiency", self.efficiency)
+        r.add_get("/v1/nodes/{host}/events", self.node_events)
         self.app = app
         self.read = daemon.read
 
@@ -352,6 +353,22 @@ class Api:
                 )
             return _json(row)
         return _json(self.d.jobs.accounting.live(job, time.time()))
+
+    async def node_events(self, request: web.Request) -> web.Response:
+        """A node's drains, resumes and GPU faults (oldest first), and its unhealthy GPUs."""
+        host = request.match_info["host"]
+        node = self.d.cluster.nodes.get(host)
+        if node is None:
+            raise NoSuchThing(f"no node {host!r}; `dcctl nodes` lists the nodes")
+        return _json(
+            {
+                "host": host,
+                "drained": node.drained,
+                "drain_reason": node.drain_reason,
+                "unhealthy_gpus": self.d.cluster.faults.get(host, {}),
+                "events": await self.d.store.node_events(host),
+            }
+        )
 
     async def list_nodes(self, request: web.Request) -> web.Response:
         return _json({"nodes": self.read.node_views()})

@@ -407,7 +407,9 @@ class JobManager:
                 batch.history += [(new.id, now, st, why) for st, why in out.history]
             rows = []
             for eff in out.effects:
-                if isinstance(eff, lc.SendLaunch):
+                if isinstance(eff, lc.DrainNode):
+                    batch.drains.append((eff.host, eff.reason, now))
+                elif isinstance(eff, lc.SendLaunch):
                     rows.append(command_row(eff.part.host, new.id, _launch(new, eff.part), now))
                 elif isinstance(eff, lc.SendCancel):
                     grace = self.timing.cancel_grace_s if eff.grace_s is None else eff.grace_s
@@ -427,6 +429,12 @@ class JobManager:
         # Journaled: now memory, then the world.
         for old, new, gpu_s in runs_ended:
             self.accounting.committed(old, new, gpu_s)
+        for host, reason, _ in batch.drains:
+            node = self.cluster.nodes.get(host)
+            if node is not None and not node.drained:
+                node.drained, node.drain_reason = True, reason
+                log.warning("node %s drained: %s", host, reason)
+                self.hub.publish("node", {"host": host, "drained": True, "reason": reason})
         for c in superseded:
             self.sender.acked(c.cmd_id)
         wake = False

@@ -139,6 +139,7 @@ class ReadModel:
                     "online": node.online,
                     "drained": node.drained,
                     "drain_reason": node.drain_reason,
+                    "unhealthy_gpus": sorted(self.cluster.unhealthy(node.host)),
                     "addr": st.addr,
                     "gpu_type": node.gpu_type,
                     "gpus": len(st.gpus),

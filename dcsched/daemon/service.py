@@ -23,6 +23,7 @@ from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender
 from dcsched.daemon.errors import NoSuchThing
 from dcsched.daemon.events import EventHub
+from dcsched.daemon.health import FAULT_KINDS, HealthPolicy, describe, drain_reason
 from dcsched.daemon.ingest import Ingest
 from dcsched.daemon.jobs import JobManager, Timing
 from dcsched.daemon.metrics import metrics_app
@@ -80,6 +81,13 @@ class Daemon:
             sched = SchedulerConfig.from_mapping(config.scheduler)
         except ValueError as exc:
             raise ConfigError(f"{config.path}: {exc} (see docs/scheduler.md)") from None
+        bad = sorted(set(dc.drain_on) - set(FAULT_KINDS))
+        if bad:
+            raise ConfigError(
+                f"{config.path}: [daemon] drain_on: unknown fault {bad[0]!r}; faults are "
+                + ", ".join(FAULT_KINDS)
+            )
+        self.health_policy = HealthPolicy(frozenset(dc.drain_on), frozenset(dc.ignore_xids))
         wake = asyncio.Event()
         self.jobs = JobManager(
             store,
@@ -261,16 +269,7 @@ class Daemon:
             case LogChunk():
                 self.sender.on_log_chunk(msg)
             case GpuFault():
-                log.warning(
-                    "GPU fault on %s GPU %d: %s %s %s",
-                    msg.host,
-                    msg.gpu_index,
-                    msg.kind,
-                    msg.code,
-                    msg.detail,
-                )
-                self.hub.publish("node", {"host": msg.host, "gpu_fault": msg.gpu_index})
-                self.scheduling.wake.set()
+                await self.on_fault(msg)
 
     async def _periodic(self) -> None:
         timeout = self.config.daemon.node_timeout_s
@@ -307,6 +306,23 @@ class Daemon:
         while not await self._until_stopped(interval):
             notify("WATCHDOG=1")
 
+    async def on_fault(self, fault: GpuFault) -> None:
+        """An agent's GPU fault: the GPU is unhealthy (avoided) until the node is resumed; the
+        health policy may drain the node, with the reason, kept in the node's events."""
+        what = describe(fault)
+        seen = self.cluster.faults.setdefault(fault.host, {})
+        if seen.get(fault.gpu_index) == what:
+            return  # the same fault again (events arrive at least once)
+        log.warning("GPU fault on %s: %s", fault.host, what)
+        await self.store.add_node_event(fault.host, fault.ts, "fault", what)
+        seen[fault.gpu_index] = what
+        self.hub.publish("node", {"host": fault.host, "gpu_fault": fault.gpu_index, "fault": what})
+        self.scheduling.wake.set()
+        reason = drain_reason(self.health_policy, fault)
+        node = self.cluster.nodes.get(fault.host)
+        if reason and node is not None and not node.drained:
+            await self.set_drain(fault.host, True, reason)
+
     async def set_drain(self, host: str, drained: bool, reason: str) -> None:
         try:
             await self.store.set_drain(host, drained, reason)
@@ -314,6 +330,9 @@ class Daemon:
             raise NoSuchThing(f"no node {host!r}; `dcctl nodes` lists the nodes") from None
         node = self.cluster.nodes[host]
         node.drained, node.drain_reason = drained, reason
+        if not drained:
+            self.cluster.faults.pop(host, None)  # resumed: its GPUs are trusted again
+        log.info("node %s %s", host, f"drained: {reason}" if drained else "resumed")
         self.hub.publish("node", {"host": host, "drained": drained, "reason": reason})
         self.scheduling.wake.set()
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -77,9 +78,12 @@ class Batch:
     commands: list[CommandRow] = field(default_factory=list)
     acks: list[tuple[str, bool, str, float]] = field(default_factory=list)  # cmd, ok, error, ts
     accounting: list[dict[str, Any]] = field(default_factory=list)  # rows of finished jobs
+    drains: list[tuple[str, str, float]] = field(default_factory=list)  # host, reason, ts
 
     def __bool__(self) -> bool:
-        return bool(self.jobs or self.history or self.commands or self.acks or self.accounting)
+        return bool(
+            self.jobs or self.history or self.commands or self.acks or self.accounting
+        ) or bool(self.drains)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +312,15 @@ class Store:
                     for r in batch.accounting
                 ],
             )
+            for host, reason, ts in batch.drains:  # a node already drained keeps its reason
+                if db.execute(
+                    "UPDATE nodes SET drained = 1, drain_reason = ? WHERE host = ? AND drained = 0",
+                    (reason, host),
+                ).rowcount:
+                    db.execute(
+                        "INSERT INTO node_events (host, ts, kind, detail) VALUES (?,?,?,?)",
+                        (host, ts, "drain", reason),
+                    )
 
         if batch:
             await self._tx(run)
@@ -457,17 +470,39 @@ class Store:
             )
         )
 
-    async def set_drain(self, host: str, drained: bool, reason: str) -> None:
-        rows = await self._tx(
-            lambda db: (
+    async def set_drain(self, host: str, drained: bool, reason: str, ts: float = 0.0) -> None:
+        """Drains or resumes a node, and records it in the node's events."""
+
+        def run(db: sqlite3.Connection) -> int:
+            n = db.execute(
+                "UPDATE nodes SET drained = ?, drain_reason = ? WHERE host = ?",
+                (int(drained), reason if drained else "", host),
+            ).rowcount
+            if n:
                 db.execute(
-                    "UPDATE nodes SET drained = ?, drain_reason = ? WHERE host = ?",
-                    (int(drained), reason if drained else "", host),
-                ).rowcount
+                    "INSERT INTO node_events (host, ts, kind, detail) VALUES (?,?,?,?)",
+                    (host, ts or time.time(), "drain" if drained else "resume", reason),
+                )
+            return int(n)
+
+        if await self._tx(run) == 0:
+            raise NotFound(f"no node {host!r}")
+
+    async def add_node_event(self, host: str, ts: float, kind: str, detail: str) -> None:
+        await self._tx(
+            lambda db: db.execute(
+                "INSERT INTO node_events (host, ts, kind, detail) VALUES (?,?,?,?)",
+                (host, ts, kind, detail),
             )
         )
-        if rows == 0:
-            raise NotFound(f"no node {host!r}")
+
+    async def node_events(self, host: str, limit: int = 100) -> list[dict[str, Any]]:
+        """A node's drains, resumes and faults, oldest first (the newest `limit`)."""
+        rows = await self._all(
+            "SELECT ts, kind, detail FROM node_events WHERE host = ? ORDER BY id DESC LIMIT ?",
+            (host, limit),
+        )
+        return [dict(r) for r in reversed(rows)]
 
     async def nodes(self) -> list[NodeRow]:
         rows = await self._all("SELECT * FROM nodes ORDER BY host")

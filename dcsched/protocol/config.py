@@ -75,6 +75,12 @@ class DaemonConfig(_Section):
     node_timeout_s: float = 30.0
     telemetry_flush_s: float = 10.0
     pass_interval_s: float = 5.0
+    # GPU faults (an agent's GpuFault kind) that drain the node, with the reason; [] = never.
+    # Every fault marks its GPU unhealthy (the scheduler avoids it) until the node is resumed.
+    drain_on: list[str] = msgspec.field(default_factory=lambda: ["xid", "ecc", "lost"])
+    # XIDs that the application causes (13 graphics engine exception, 31 MMU fault, 43 GPU
+    # stopped processing, 45 preemptive cleanup, 68 video processor exception): no drain.
+    ignore_xids: list[int] = msgspec.field(default_factory=lambda: [13, 31, 43, 45, 68])
 
     def ports(self) -> range:
         try:
@@ -100,6 +106,10 @@ class AgentConfig(_Section):
     torchrun: str = "torchrun"
     # An exit goes out again this often until the daemon's AckExit (and after every reconnect).
     exit_resend_s: float = 10.0
+    # A site's check run before each launch (argv; [] = none), e.g. ["/usr/local/sbin/gpu-check"]:
+    # a non-zero exit refuses the launch, the job goes back to the queue, the node is drained.
+    health_check: list[str] = []
+    health_check_timeout_s: float = 60.0
 
     def host_name(self) -> str:
         return self.host or os.uname().nodename

@@ -29,7 +29,7 @@ class GpuSample(msgspec.Struct, kw_only=True, omit_defaults=True):
     sm_clock_mhz: int | None = None
     energy_j: float | None = None  # cumulative since driver load
     pids: list[int] = []
-    health: str = "ok"  # "ok" | "lost" | "xid"
+    health: str = "ok"  # "ok" | "lost" | "xid" | "ecc" | "thermal" | "power"
 
 
 class JobProcs(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -149,7 +149,8 @@ class Ack(Message, tag="ack"):
     error: str = ""
     # why a command was refused, for the daemon to act on: "" (see error), "port_in_use"
     # (the rank-0 host could not bind the master port: retried with another port), "invalid"
-    # (the launch could never run here: the job fails at once)
+    # (the launch could never run here: the job fails at once), "unhealthy" (the host's health
+    # check failed: the job goes back to the queue, the node is drained)
     code: str = ""
 
 
@@ -179,7 +180,7 @@ class GpuFault(Message, tag="gpu_fault"):
     host: str
     gpu_index: int
     ts: float
-    kind: str  # "xid" | "lost"
+    kind: str  # "xid" | "ecc" | "thermal" | "power" | "lost"
     code: int | None = None
     detail: str = ""
 

@@ -17,3 +17,13 @@ CREATE TABLE job_accounting (
 CREATE INDEX job_accounting_end ON job_accounting(end_ts);
 CREATE INDEX job_accounting_user_end ON job_accounting(user, end_ts);
 CREATE INDEX job_accounting_account_end ON job_accounting(account, end_ts);
+
+-- A node's drains, resumes and GPU faults, newest last: why it is drained, and since when.
+CREATE TABLE node_events (
+    id INTEGER PRIMARY KEY,
+    host TEXT NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,     -- drain | resume | fault
+    detail TEXT NOT NULL
+);
+CREATE INDEX node_events_host ON node_events(host, id);
