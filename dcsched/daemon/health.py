@@ -9,6 +9,9 @@ from dcsched.protocol.messages import GpuFault
 
 # What an agent reports (GpuFault.kind, and GpuSample.health while it lasts).
 FAULT_KINDS = ("xid", "ecc", "thermal", "power", "lost")
+# Faults that last only while the agent's samples show them (a slowdown ends when the GPU
+# cools); the others mark the GPU unhealthy until an admin resumes the node.
+TRANSIENT = frozenset({"thermal", "power"})
 
 
 @dataclass(frozen=True, slots=True)

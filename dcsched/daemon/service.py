@@ -23,7 +23,13 @@ from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender
 from dcsched.daemon.errors import NoSuchThing
 from dcsched.daemon.events import EventHub
-from dcsched.daemon.health import FAULT_KINDS, HealthPolicy, describe, drain_reason
+from dcsched.daemon.health import (
+    FAULT_KINDS,
+    TRANSIENT,
+    HealthPolicy,
+    describe,
+    drain_reason,
+)
 from dcsched.daemon.ingest import Ingest
 from dcsched.daemon.jobs import JobManager, Timing
 from dcsched.daemon.metrics import metrics_app
@@ -315,7 +321,9 @@ class Daemon:
             return  # the same fault again (events arrive at least once)
         log.warning("GPU fault on %s: %s", fault.host, what)
         await self.store.add_node_event(fault.host, fault.ts, "fault", what)
-        seen[fault.gpu_index] = what
+        if fault.kind not in TRANSIENT:
+            seen[fault.gpu_index] = what
+        # A slowdown is unhealthy only while the agent's samples say so (Cluster.unhealthy).
         self.hub.publish("node", {"host": fault.host, "gpu_fault": fault.gpu_index, "fault": what})
         self.scheduling.wake.set()
         reason = drain_reason(self.health_policy, fault)

@@ -15,6 +15,7 @@ from dcsched.agents import main as agent_main
 from dcsched.agents.agent import Agent
 from dcsched.cli import dcctl
 from dcsched.client import Client
+from dcsched.daemon.service import Daemon
 from dcsched.protocol.config import load_config
 from tests.conftest import Broker
 from tests.integration.daemon_harness import api, running_daemon, until, write_config
@@ -41,6 +42,10 @@ async def running_agent(conf: Path) -> AsyncIterator[Agent]:
     finally:
         agent.stop()
         await asyncio.wait_for(task, 20)
+
+
+async def recorded(d: Daemon, host: str, what: str) -> bool:
+    return any(e["detail"] == what for e in await d.store.node_events(host))
 
 
 async def node(client: Client, host: str) -> dict[str, object]:
@@ -86,8 +91,14 @@ async def test_an_injected_xid_drains_the_node_and_resume_heals_it(
             args = ["sim-fault", "--config", str(aconf), "--gpu", "0", "--kind", kind]
             args += ["--code", code] if code else []
             assert await asyncio.to_thread(agent_main.main, args) == 0
-            await until(lambda w=what: w in d.cluster.faults.get("g1", {}).values(), what=what)
+            await until(lambda w=what: recorded(d, "g1", w), what=what)
         assert not d.cluster.nodes["g1"].drained
+        assert d.cluster.faults["g1"] == {0: "GPU 0: XID 13 (simulated)"}
+        assert d.cluster.unhealthy("g1") == frozenset({0})
+        # The slowdown ends: the XID still holds GPU 0 until the node is resumed.
+        clear = ["sim-fault", "--config", str(aconf), "--clear"]
+        assert await asyncio.to_thread(agent_main.main, clear) == 0
+        await until(lambda: d.ingest.hosts["g1"].latest.gpus[0].health == "ok", what="cool")
         assert d.cluster.unhealthy("g1") == frozenset({0})
 
         def cli() -> str:
