@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
 
 import msgspec
 
-from dcsched import __version__
+from dcsched import __version__, setup_logging
 from dcsched.agents.agent import Agent
+from dcsched.agents.checkconfig import check_agent
 from dcsched.agents.errors import AgentError
 from dcsched.agents.gpu import sim_faults_file
 from dcsched.agents.gpu.sim import FAULT_KINDS
@@ -33,6 +33,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--sim-gpus", type=int, help="overrides [agent] sim_gpus")
     run.add_argument("--state-dir", help="overrides [agent] state_dir")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    check = sub.add_parser(
+        "check-config", help="validate the config file: every problem with its file:line"
+    )
+    check.add_argument(
+        "--config", help="config file (default: $DCSCHED_CONFIG, else /etc/dcsched/dcsched.toml)"
+    )
     fault = sub.add_parser(
         "sim-fault", help="inject (or --clear) a fault on a simulated GPU of this host's agent"
     )
@@ -84,10 +90,14 @@ async def _run(agent: Agent) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(getattr(args, "log_level", "INFO"))
+    if args.command == "check-config":
+        try:
+            checked = load_config(args.config)
+        except ConfigError as exc:
+            print(exc)
+            return 1
+        return check_agent(checked).report("dc-agent")
     try:
         cfg = load_config(args.config)
         if args.command == "sim-fault":

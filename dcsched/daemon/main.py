@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 
-from dcsched import __version__, missing_extra
+from dcsched import __version__, missing_extra, setup_logging
 from dcsched.protocol.config import ConfigError, config_path, load_config
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 async def _run(config_file: str | None) -> int:
@@ -39,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", help=f"config file (default: $DCSCHED_CONFIG or {config_path()})")
+    check = sub.add_parser(
+        "check-config", help="validate the config file: every problem with its file:line"
+    )
+    check.add_argument(
+        "--config", help=f"config file (default: $DCSCHED_CONFIG or {config_path()})"
+    )
     demo = sub.add_parser(
         "demo",
         help="a whole cluster on this machine: broker, daemon and agents with simulated GPUs",
@@ -53,10 +50,19 @@ def main(argv: list[str] | None = None) -> int:
         help="embedded broker (auto: mosquitto when on PATH, else amqtt)",
     )
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     try:
         if args.cmd == "run":
             return asyncio.run(_run(args.config))
+        if args.cmd == "check-config":
+            from dcsched.daemon.checkconfig import check_daemon
+
+            try:
+                cfg = load_config(args.config)
+            except ConfigError as exc:
+                print(exc)
+                return 1
+            return check_daemon(cfg).report("dcd")
         from dcsched.daemon.demo import run_demo
 
         return asyncio.run(run_demo(args.agents, args.gpus, args.dir, args.broker))
