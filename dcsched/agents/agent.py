@@ -28,7 +28,7 @@ from dcsched.agents.errors import AgentError, LaunchError, StateError
 from dcsched.agents.gpu import GpuBackend, make_backend
 from dcsched.agents.healthcheck import run_health_check
 from dcsched.agents.launcher import ExitStatus, Launcher, valid_job_id
-from dcsched.agents.logs import read_chunk
+from dcsched.agents.logs import append_notice, read_chunk
 from dcsched.agents.state import CommandResult, JobRecord, StateStore, exit_key, job_key
 from dcsched.protocol.codec import CommandVerifier, ProtocolError, encode, load_key
 from dcsched.protocol.config import Config
@@ -45,6 +45,7 @@ from dcsched.protocol.messages import (
     JobReport,
     JobStarted,
     Launch,
+    LogNotice,
     Message,
     QueryJob,
     Telemetry,
@@ -419,6 +420,12 @@ class Agent:
                 exits=self.store.last_exits(cmd.job_id),
             )
             await self._publish_event(client, report)
+            return
+        if isinstance(cmd, LogNotice):
+            # A line for the job's log (the idle warning): neither remembered nor answered.
+            if valid_job_id(cmd.job_id):
+                path, _ = self.launcher.paths(cmd.job_id, cmd.node_rank)
+                await asyncio.to_thread(append_notice, str(path), cmd.text)
             return
         if isinstance(cmd, AckExit):
             # Idempotent: neither remembered nor answered (the daemon sends one per exit it

@@ -57,7 +57,7 @@ def cmd_queue(c: Client, a: argparse.Namespace) -> int:
             duration(j["time_limit_s"]),
             j["nodes"],
             j["nodes"] * j["gpus_per_node"],
-            pct(j.get("gpu_util")),
+            pct(j.get("gpu_util")) + (" IDLE" if j.get("idle_s") is not None else ""),
             _where(j),
         )
         for j in sorted(jobs, key=lambda j: j["id"])
@@ -110,6 +110,8 @@ def cmd_show(c: Client, a: argparse.Namespace) -> int:
         ("Command", " ".join(spec["command"])),
         ("WorkDir", spec.get("workdir", "")),
     ]
+    if job.get("idle_s") is not None:
+        lines.insert(7, ("Idle", f"its GPUs have been idle for {duration(job['idle_s'])}"))
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         print(f"{k.rjust(width)} = {v}")

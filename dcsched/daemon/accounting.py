@@ -11,6 +11,7 @@ restart loses the running jobs' accumulation so far (`samples` says how much was
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,10 @@ class JobUse:
     # allocated GPU-seconds of earlier runs (a requeued job's); the current run's is
     # (now - start_ts) x GPUs
     past_gpu_s: float = 0.0
+    # idle detection, this run (daemon clock): first telemetry seen running, and the last
+    # in which one of its GPUs was at or over the idle threshold
+    first_seen: float | None = None
+    last_busy: float | None = None
 
 
 def run_gpu_seconds(old: Job, new: Job, now: float) -> float:
@@ -74,15 +79,25 @@ def run_gpu_seconds(old: Job, new: Job, now: float) -> float:
 
 
 class Accounting:
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, idle_util_pct: float = 5.0) -> None:
         self.model = model
+        self.idle_util_pct = idle_util_pct
         self.jobs: dict[int, JobUse] = {}
+
+    def idle_for(self, job_id: int, now: float) -> float | None:
+        """How long every GPU of the running job has been under the idle threshold (seconds,
+        daemon clock), or None when nothing is known yet."""
+        use = self.jobs.get(job_id)
+        if use is None or use.first_seen is None:
+            return None
+        return now - (use.last_busy if use.last_busy is not None else use.first_seen)
 
     def on_telemetry(self, msg: Telemetry) -> None:
         """A host's telemetry (accepted by ingest): added to each job running there."""
         ids = self.model.on_host.get(msg.host)
         if not ids:
             return
+        now = time.time()
         by_index: dict[int, GpuSample] | None = None
         for job_id in ids:
             job = self.model.jobs.get(job_id)
@@ -96,6 +111,8 @@ class Accounting:
                 use = self.jobs.get(job_id)
                 if use is None:
                     use = self.jobs[job_id] = JobUse()
+                if use.first_seen is None:
+                    use.first_seen = now
                 for g in part.gpus:
                     sample = by_index.get(g)
                     if sample is not None:
@@ -104,6 +121,8 @@ class Accounting:
                         if gu is None:
                             gu = use.gpus[key] = GpuUse()
                         gu.add(sample)
+                        if sample.util is not None and sample.util >= self.idle_util_pct:
+                            use.last_busy = now
 
     def row(self, job: Job, ended_run_gpu_s: float, now: float) -> dict[str, Any]:
         """The accounting row of a job that has just taken its final state."""
@@ -124,7 +143,9 @@ class Accounting:
         if new.state in TERMINAL:
             self.jobs.pop(new.id, None)
         elif ended_run_gpu_s:
-            self.jobs.setdefault(new.id, JobUse()).past_gpu_s += ended_run_gpu_s
+            use = self.jobs.setdefault(new.id, JobUse())
+            use.past_gpu_s += ended_run_gpu_s
+            use.first_seen = use.last_busy = None  # the next run is judged on its own
 
 
 def summary(job: Job, use: JobUse, gpu_s: float, now: float) -> dict[str, Any]:

@@ -40,6 +40,11 @@ def check_daemon(cfg: Config) -> ConfigCheck:
     for key in ("cancel_grace_s", "command_retry_s", "node_timeout_s", "pass_interval_s"):
         if getattr(dc, key) <= 0:
             c.error(f"daemon.{key}", "must be > 0")
+    for key in ("idle_after_s", "idle_cancel_after_s"):
+        if getattr(dc, key) < 0:
+            c.error(f"daemon.{key}", "must be >= 0 (0 turns it off)")
+    if not 0 <= dc.idle_util_pct <= 100:
+        c.error("daemon.idle_util_pct", "a percentage: 0 to 100")
     if not 0 <= dc.socket_mode <= 0o777:
         c.error("daemon.socket_mode", f"{dc.socket_mode:o} is not a file mode (e.g. 0o660)")
     return c

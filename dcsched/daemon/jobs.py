@@ -44,6 +44,7 @@ from dcsched.protocol.messages import (
     JobReport,
     JobStarted,
     Launch,
+    LogNotice,
     QueryJob,
 )
 from dcsched.scheduler import SchedulerConfig
@@ -59,6 +60,16 @@ class Caller:
     uid: int
     user: str
     admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IdlePolicy:
+    """[daemon] idle_*: a running job whose GPUs all stay under util_pct for after_s is
+    flagged and warned (in its log); cancel_after_s > 0 cancels it that much later."""
+
+    util_pct: float = 5.0
+    after_s: float = 0.0  # 0: no check
+    cancel_after_s: float = 0.0  # 0: never cancel
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +107,8 @@ class JobManager:
         self._background: set[asyncio.Task[None]] = set()
         self.queue_wait_s = Histogram(WAIT_BUCKETS_S)  # submit to start, for /metrics
         self.accounting = Accounting(model)
+        self.idle = IdlePolicy()
+        self.idle_flagged: dict[int, float] = {}  # job -> when it was flagged idle
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -353,8 +366,48 @@ class JobManager:
                 self._queries.pop((host, job_id), None)
             elif self.cluster.is_online(host):
                 await self._query(host, job_id)
+        await self._check_idle(now)
         if self.storage_error:
             await self.store.probe()  # recovers by itself once the disk takes writes again
+
+    async def _check_idle(self, now: float) -> None:
+        """Flags (and warns) running jobs whose GPUs sit idle; cancels them by policy."""
+        p = self.idle
+        for job_id in [i for i in self.idle_flagged if i not in self.model.running]:
+            del self.idle_flagged[job_id]
+        if p.after_s <= 0:
+            return
+        cancels: list[tuple[int, lc.Event]] = []
+        for job_id in list(self.model.running):
+            job = self.model.jobs.get(job_id)
+            idle = self.accounting.idle_for(job_id, now)
+            if job is None or job.state != S.RUNNING or idle is None or idle < p.after_s:
+                self.idle_flagged.pop(job_id, None)  # busy (again)
+                continue
+            minutes = f"{idle / 60:.0f} min" if idle >= 60 else f"{idle:.0f} s"
+            if job_id not in self.idle_flagged:
+                self.idle_flagged[job_id] = now
+                text = (
+                    f"warning: this job's GPUs have all been under {p.util_pct:g}% utilisation"
+                    f" for {minutes}"
+                )
+                if p.cancel_after_s > 0:
+                    text += (
+                        f"; it will be cancelled in {p.cancel_after_s / 60:.0f} min unless they"
+                        " get busy ([daemon] idle_cancel_after_s)"
+                    )
+                log.warning("job %d idle: %s", job_id, text)
+                self.hub.publish("job", {**_change(job), "idle": True})
+                for part in job.parts:
+                    if part.live:
+                        notice = LogNotice(
+                            cmd_id=new_cmd_id(), job_id=str(job_id), node_rank=part.rank, text=text
+                        )
+                        await self.sender.send_once(part.host, notice)
+            elif p.cancel_after_s > 0 and idle >= p.after_s + p.cancel_after_s:
+                by = f"the idle-GPU policy (GPUs under {p.util_pct:g}% for {minutes})"
+                cancels.append((job_id, lc.Cancel(by, self.timing.cancel_grace_s)))
+        await self._apply_many(cancels)
 
     # --- the step ------------------------------------------------------------------------------
 

@@ -161,6 +161,23 @@ class DaemonCollector(Collector):
             "Time from submission to start, observed as each job starts.",
             d.jobs.queue_wait_s,
         )
+        idle = GaugeMetricFamily(
+            "dcsched_jobs_idle", "Running jobs flagged idle ([daemon] idle_after_s)."
+        )
+        idle.add_metric([], float(len(d.jobs.idle_flagged)))
+        yield idle
+        idle_s = GaugeMetricFamily(
+            "dcsched_job_idle_seconds",
+            "How long each job flagged idle has had all its GPUs under idle_util_pct.",
+            labels=["job", "user", "account"],
+        )
+        now = time.time()
+        for job_id in sorted(d.jobs.idle_flagged):
+            job = d.model.jobs.get(job_id)
+            secs = d.jobs.accounting.idle_for(job_id, now)
+            if job is not None and secs is not None:
+                idle_s.add_metric([str(job_id), job.user, job.account], secs)
+        yield idle_s
         usage = GaugeMetricFamily(
             "dcsched_fairshare_usage_gpu_seconds",
             "Decayed, billed GPU-seconds that fair-share charges to each account and user.",

@@ -70,6 +70,9 @@ class ReadModel:
                 u for p in parts if (u := self.ingest.job_util(p.host, list(p.gpus))) is not None
             ]
             out["gpu_util"] = sum(utils) / len(utils) if utils else None
+            # seconds its GPUs have all been idle, once the idle check has flagged it
+            flagged = job.id in self.jobs.idle_flagged
+            out["idle_s"] = self.jobs.accounting.idle_for(job.id, now) if flagged else None
         return out
 
     async def list_jobs(self, states: set[str], user: str | None, limit: int | None) -> bytes:

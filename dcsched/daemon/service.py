@@ -31,7 +31,7 @@ from dcsched.daemon.health import (
     drain_reason,
 )
 from dcsched.daemon.ingest import Ingest
-from dcsched.daemon.jobs import JobManager, Timing
+from dcsched.daemon.jobs import IdlePolicy, JobManager, Timing
 from dcsched.daemon.metrics import metrics_app
 from dcsched.daemon.model import Model
 from dcsched.daemon.readmodel import ReadModel
@@ -105,6 +105,8 @@ class Daemon:
             Timing(dc.cancel_grace_s, sched.preempt_grace_s, dc.node_timeout_s),
             wake.set,
         )
+        self.jobs.idle = IdlePolicy(dc.idle_util_pct, dc.idle_after_s, dc.idle_cancel_after_s)
+        self.jobs.accounting.idle_util_pct = dc.idle_util_pct
         self.scheduling = SchedulingLoop(
             self.model,
             self.cluster,

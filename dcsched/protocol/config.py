@@ -82,6 +82,12 @@ class DaemonConfig(_Section):
     # XIDs that the application causes (13 graphics engine exception, 31 MMU fault, 43 GPU
     # stopped processing, 45 preemptive cleanup, 68 video processor exception): no drain.
     ignore_xids: list[int] = msgspec.field(default_factory=lambda: [13, 31, 43, 45, 68])
+    # A running job whose GPUs all stay under idle_util_pct for idle_after_s is flagged idle
+    # (dcctl, /metrics) and its log gets a warning; idle_cancel_after_s > 0 cancels it that
+    # much later (0: never). idle_after_s = 0 turns the check off.
+    idle_util_pct: float = 5.0
+    idle_after_s: float = 1800.0
+    idle_cancel_after_s: float = 0.0
 
     def ports(self) -> range:
         try:

@@ -126,7 +126,17 @@ class QueryJob(Message, tag="query_job"):
     job_id: str
 
 
-Command = Launch | Cancel | FetchLog | AckExit | QueryJob
+class LogNotice(Message, tag="log_notice"):
+    """A line for a job's log from the daemon (the idle-GPU warning): the agent appends it to
+    the node's log, where the job's owner reads it. Fire and forget, never remembered."""
+
+    cmd_id: str
+    job_id: str
+    node_rank: int
+    text: str
+
+
+Command = Launch | Cancel | FetchLog | AckExit | QueryJob | LogNotice
 
 
 class SignedCommand(msgspec.Struct, kw_only=True, tag="signed", tag_field="type"):
