@@ -26,6 +26,7 @@ from dcsched.daemon.service import Daemon
 from dcsched.protocol.config import load_config
 from tests.conftest import Broker
 from tests.integration.daemon_harness import KEY, until
+from tests.integration.test_install import build_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "admin-guide.md"
@@ -148,12 +149,11 @@ def _rewrite(cmd: str, root: Path) -> str:
     ).strip()
 
 
-async def _install_wheel(venv: Path, wheels: Path) -> None:
+async def _install_wheel(venv: Path, wheel: Path) -> None:
     """What `pip install 'dcsched[...]'` would put in the virtualenv: the wheel built here,
     its dependencies read from this environment's site-packages."""
-    wheel = str(next(wheels.glob("dcsched-*.whl")))
     pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
-    proc = await asyncio.create_subprocess_exec(*pip, "install", "-q", "--no-deps", wheel)
+    proc = await asyncio.create_subprocess_exec(*pip, "install", "-q", "--no-deps", str(wheel))
     assert await proc.wait() == 0
     site = next((venv / "lib").glob("python3*/site-packages"))
     ours = next(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
@@ -162,12 +162,7 @@ async def _install_wheel(venv: Path, wheels: Path) -> None:
 
 @pytest.mark.timeout(240)
 async def test_the_admin_guide_runs(tmp_path: Path, mosquitto: Broker, prefix: str) -> None:
-    wheels = tmp_path / "wheels"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-        "-w", str(wheels), str(ROOT),
-    )  # fmt: skip
-    assert await proc.wait() == 0
+    wheel = await asyncio.to_thread(build_wheel, tmp_path)
     head, gpu = tmp_path / "head", tmp_path / "gpu"
     for root in (head, gpu):
         _scratch(root)
@@ -210,7 +205,7 @@ async def test_the_admin_guide_runs(tmp_path: Path, mosquitto: Broker, prefix: s
                 if cmd.startswith("/opt/dcsched/bin/pip install"):
                     venv = (gpu if section == "GPU hosts" else head) / "opt" / "dcsched"
                     if (venv / "bin" / "python").exists() and "--upgrade" not in cmd:
-                        await _install_wheel(venv, wheels)
+                        await _install_wheel(venv, wheel)
                 continue
             ran.append(cmd)
             words = cmd.split()

@@ -44,20 +44,33 @@ def _names(reqs: list[str]) -> list[str]:
     return [re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] for r in reqs]
 
 
+def build_wheel(d: Path) -> Path:
+    """The project's wheel, built from a copy of the source (a build leaves build/ behind)."""
+    src = d / "src"
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "__pycache__", "*.egg-info", ".*_cache", "tests"
+        ),
+    )
+    wheels = d / "wheels"
+    subprocess.run(
+        [*PIP, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
+        check=True,
+        timeout=300,
+    )
+    return next(wheels.glob("dcsched-*.whl"))
+
+
 @pytest.fixture(scope="module")
 def gpu_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A virtualenv with dcsched (the wheel, built here) and only what `dcsched[agent]`
     pulls in: the dependencies are linked from this environment instead of downloaded."""
     d = tmp_path_factory.mktemp("install")
-    wheels = d / "wheels"
-    subprocess.run(
-        [*PIP, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
-        check=True,
-        timeout=300,
-    )
+    wheel = str(build_wheel(d))
     venv = d / "opt-dcsched"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    wheel = str(next(wheels.glob("dcsched-*.whl")))
     subprocess.run(
         [*PIP, "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps", wheel],
         check=True,
