@@ -50,6 +50,7 @@ from dcsched.protocol.messages import (
     QueryJob,
     Telemetry,
 )
+from dcsched.protocol.sdnotify import notify, watchdog_interval
 from dcsched.protocol.topics import Topics
 
 log = logging.getLogger("dcsched.agent")
@@ -131,7 +132,12 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 watcher = tg.create_task(self._watch_jobs(), name="jobs")
                 bus = tg.create_task(self._bus(), name="bus")
+                watchdog = tg.create_task(self._watchdog(), name="watchdog")
+                # Ready once its jobs are adopted: it watches them with or without a broker.
+                notify(f"READY=1\nSTATUS=watching {len(self.jobs)} job(s)")
                 await self._stop.wait()
+                notify("STOPPING=1")
+                watchdog.cancel()
                 # The bus publishes "offline" and disconnects; a connect in progress is abandoned.
                 done, _ = await asyncio.wait({bus}, timeout=5.0)
                 if not done:
@@ -144,6 +150,15 @@ class Agent:
             with contextlib.suppress(StateError):
                 self.store.save()
         log.info("agent stopped; %d job(s) left running for the next start", len(self.jobs))
+
+    async def _watchdog(self) -> None:
+        """Fed from the event loop: a stuck loop stops feeding it and systemd restarts us."""
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
     def _adopt(self) -> None:
         for rec in self.jobs.values():

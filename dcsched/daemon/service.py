@@ -36,7 +36,6 @@ from dcsched.daemon.metrics import metrics_app
 from dcsched.daemon.model import Model
 from dcsched.daemon.readmodel import ReadModel
 from dcsched.daemon.scheduling import SchedulingLoop
-from dcsched.daemon.sdnotify import notify, watchdog_interval
 from dcsched.daemon.states import TERMINAL
 from dcsched.daemon.store import NotFound, Store, StoreError
 from dcsched.daemon.usage import UsageTracker
@@ -54,6 +53,7 @@ from dcsched.protocol.messages import (
     LogChunk,
     Telemetry,
 )
+from dcsched.protocol.sdnotify import notify, watchdog_interval
 from dcsched.scheduler import SchedulerConfig
 
 log = logging.getLogger("dcsched.daemon")

@@ -177,6 +177,7 @@ def test_units_fit_the_daemon_and_the_agent() -> None:
     ):
         assert line in dcd, line
     assert "Restart=on-failure" in agent and "StateDirectory=dcsched-agent" in agent
+    assert "Type=notify" in agent and "WatchdogSec=" in agent and "NotifyAccess=main" in agent
     assert "User=" not in agent  # root: it starts jobs as their users
     kept = re.search(r"^CapabilityBoundingSet=(.+)$", agent, re.M)
     assert kept
