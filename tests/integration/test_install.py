@@ -183,3 +183,33 @@ def test_units_fit_the_daemon_and_the_agent() -> None:
     assert kept
     for cap in kept.group(1).split():  # each capability kept says why
         assert re.search(rf"^#.*{cap.removeprefix('CAP_')}", agent, re.M), cap
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+def test_the_agents_capabilities_are_enough_to_start_a_job_as_its_user() -> None:
+    """The launcher's own test of a job run as `nobody`, under exactly the capability bounding
+    set that dc-agent.service keeps (and without CAP_CHOWN, to show the check bites)."""
+    unit = (ROOT / "systemd" / "dc-agent.service").read_text()
+    kept = re.search(r"^CapabilityBoundingSet=(.+)$", unit, re.M)
+    assert kept
+    caps = [c.removeprefix("CAP_").lower() for c in kept.group(1).split()]
+
+    def run(capabilities: list[str]) -> subprocess.CompletedProcess[str]:
+        bounding = ",".join(["-all", *(f"+{c}" for c in capabilities)])
+        setpriv = ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all"]
+        test = str(ROOT / "tests" / "unit" / "agents" / "test_launcher.py")
+        pytest_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "submitting_user"]
+        return subprocess.run(
+            [*setpriv, sys.executable, *pytest_args, test],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            check=False,
+        )
+
+    out = run(caps)
+    assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout + out.stderr
+    assert run([c for c in caps if c != "chown"]).returncode != 0
