@@ -4,8 +4,9 @@ same store transaction as the job's final state.
 
 Energy is the sum of the GPUs' energy-counter deltas while the job ran there (NVML's total
 energy counter; the sim backend integrates its power the same way). A counter that goes
-back (driver reload) starts a new baseline. What was accumulated is memory only: a daemon
-restart loses the running jobs' accumulation so far (`samples` says how much was seen).
+back (driver reload) starts a new baseline. The accumulation lives in memory and is saved
+with each telemetry flush and at stop (`dump`/`load`), so a daemon restart loses at most one
+flush interval of it; energy across the restart is still counted, from the counter's delta.
 """
 
 from __future__ import annotations
@@ -146,6 +147,36 @@ class Accounting:
             use = self.jobs.setdefault(new.id, JobUse())
             use.past_gpu_s += ended_run_gpu_s
             use.first_seen = use.last_busy = None  # the next run is judged on its own
+
+
+_GPU_FIELDS = ("util_sum", "util_n", "mem_sum", "mem_n", "mem_max", "energy_j", "last_energy")
+
+
+def dump(acct: Accounting) -> str:
+    """The running jobs' accumulation as JSON (kept in the store's key/value table)."""
+    return json.dumps(
+        {
+            str(job_id): {
+                "past_gpu_s": use.past_gpu_s,
+                "gpus": [
+                    [host, gpu, *(getattr(gu, f) for f in _GPU_FIELDS)]
+                    for (host, gpu), gu in use.gpus.items()
+                ],
+            }
+            for job_id, use in acct.jobs.items()
+        }
+    )
+
+
+def load(acct: Accounting, raw: str, live: set[int]) -> None:
+    """Back from `dump`, for the jobs that are still live (the idle clock starts afresh)."""
+    for key, v in json.loads(raw).items():
+        if int(key) not in live:
+            continue
+        use = JobUse(past_gpu_s=float(v["past_gpu_s"]))
+        for host, gpu, *values in v["gpus"]:
+            use.gpus[(str(host), int(gpu))] = GpuUse(**dict(zip(_GPU_FIELDS, values, strict=True)))
+        acct.jobs[int(key)] = use
 
 
 def summary(job: Job, use: JobUse, gpu_s: float, now: float) -> dict[str, Any]:

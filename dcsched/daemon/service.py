@@ -16,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from dcsched import __version__
+from dcsched.daemon import accounting
 from dcsched.daemon.aio import wait_event
 from dcsched.daemon.api import Api
 from dcsched.daemon.bus import Bus
@@ -58,6 +59,7 @@ from dcsched.scheduler import SchedulerConfig
 
 log = logging.getLogger("dcsched.daemon")
 TELEMETRY_KEEP_S = 7 * 24 * 3600
+ACCOUNTING_KEY = "job_accounting"  # the running jobs' accumulation (accounting.dump)
 
 
 class Daemon:
@@ -68,6 +70,7 @@ class Daemon:
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
         self._unsettled: set[str] = set()  # hosts whose status change the store lacks
+        self._accounting_saved = ""
         self.ingest = Ingest()
         self.cluster = Cluster(self.ingest, dc.node_timeout_s)
         self.model = Model(self.cluster.gpu_type)
@@ -133,6 +136,7 @@ class Daemon:
         try:
             d = cls(config, store)
             await d.scheduling.usage.load()
+            saved = await store.get_kv(ACCOUNTING_KEY)
             for n in await store.nodes():
                 # Offline until the broker replays the agent's retained status.
                 d.cluster.load(n.host, n.status, False, n.drained, n.drain_reason)
@@ -142,6 +146,11 @@ class Daemon:
             }
             finished = {i: s for i, s in (await store.job_states(deps)).items() if s in TERMINAL}
             d.model.load(live, await store.count_by_state(), finished)
+            if saved:
+                try:
+                    accounting.load(d.jobs.accounting, saved, set(d.model.jobs))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("saved job accounting unreadable (%s); starting afresh", exc)
             d.sender.add(await store.unacked_commands())
         except BaseException:
             await store.close()
@@ -171,7 +180,7 @@ class Daemon:
         finally:
             # A full disk must not keep the daemon from stopping: these are best effort.
             for what, work in (
-                ("telemetry", self._flush_once()),
+                ("telemetry and accounting", self._flush_once()),
                 ("fair-share usage", self.scheduling.usage.save()),
             ):
                 try:
@@ -297,6 +306,11 @@ class Daemon:
         rows = self.ingest.drain_rows(time.time())
         if rows:
             await self.store.add_gpu_samples(rows, time.time() - TELEMETRY_KEEP_S)
+        # Running jobs' accounting so far: a restart loses at most one flush of it.
+        saved = accounting.dump(self.jobs.accounting)
+        if saved != self._accounting_saved:
+            await self.store.set_kv(ACCOUNTING_KEY, saved)
+            self._accounting_saved = saved
 
     async def _flush_telemetry(self) -> None:
         while not await self._until_stopped(self.config.daemon.telemetry_flush_s):

@@ -107,3 +107,29 @@ async def test_a_finished_job_keeps_its_gpu_hours_energy_and_utilisation(
         assert "GPU-hours used:" in eff and "(80.0% of allocated" in eff
         assert "Energy: 0.000 kWh" in eff  # 600 J
         assert "n1    0    80%" in eff
+
+
+async def test_a_daemon_restart_keeps_a_running_jobs_accounting(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    conf = write_config(tmp_path, mosquitto, prefix)
+    async with ScriptedAgent(mosquitto, prefix, "n1") as a1:
+        a1.sample = {"util": 40.0, "energy_j": 1000.0}
+        async with running_daemon(conf) as d:
+            client = Client(d.config.daemon.socket)
+            await until(lambda: "n1" in d.cluster.nodes, what="node")
+            job = await api(client, "submit", spec("default", 1))
+            await run_on(a1, client, job)
+            await until(lambda: seen(d, job, 1000.0), what="energy 1000 accounted")
+            a1.sample = {"util": 40.0, "energy_j": 1100.0}
+            await until(lambda: seen(d, job, 1100.0), what="energy 1100 accounted")
+        # Stopped (its accumulation saved); the job runs on; energy used meanwhile counts.
+        a1.sample = {"util": 40.0, "energy_j": 1500.0}
+        async with running_daemon(conf) as d:
+            client = Client(d.config.daemon.socket)
+            await until(lambda: seen(d, job, 1500.0), what="energy 1500 accounted")
+            await a1.exit(str(job), 0, 0)
+            await until(lambda: state_is(client, job, "COMPLETED"), what="COMPLETED")
+            row = await api(client, "efficiency", job)
+    assert row["energy_kwh"] == pytest.approx(500 / 3.6e6)
+    assert row["mean_util"] == 40.0

@@ -6,7 +6,15 @@ import dataclasses
 
 import pytest
 
-from dcsched.daemon.accounting import Accounting, GpuUse, JobUse, run_gpu_seconds, summary
+from dcsched.daemon.accounting import (
+    Accounting,
+    GpuUse,
+    JobUse,
+    dump,
+    load,
+    run_gpu_seconds,
+    summary,
+)
 from dcsched.daemon.lifecycle import Job, Part
 from dcsched.daemon.model import Model
 from dcsched.protocol.messages import GpuSample, Telemetry
@@ -99,3 +107,18 @@ def test_a_requeued_jobs_earlier_runs_count_in_its_total() -> None:
 def test_a_job_with_no_telemetry_has_unknown_means() -> None:
     row = summary(JOB, JobUse(), 0.0, 200.0)
     assert (row["mean_util"], row["max_mem_bytes"], row["energy_kwh"]) == (None, None, 0.0)
+
+
+def test_the_accumulation_survives_a_dump_and_load_for_live_jobs_only() -> None:
+    model = Model(lambda host: "h100")
+    acct = Accounting(model)
+    use = acct.jobs[7] = JobUse(past_gpu_s=30.0)
+    use.gpus[("n1", 0)] = GpuUse(util_sum=150.0, util_n=2, energy_j=40.0, last_energy=1040.0)
+    acct.jobs[8] = JobUse()
+    again = Accounting(model)
+    load(again, dump(acct), live={7})
+    assert set(again.jobs) == {7}
+    got = again.jobs[7]
+    assert (got.past_gpu_s, got.gpus[("n1", 0)]) == (30.0, use.gpus[("n1", 0)])
+    got.gpus[("n1", 0)].add(sample(0, 1100.0))  # energy across the restart still counts
+    assert got.gpus[("n1", 0)].energy_j == 100.0
