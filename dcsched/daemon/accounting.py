@@ -210,7 +210,3 @@ def summary(job: Job, use: JobUse, gpu_s: float, now: float) -> dict[str, Any]:
         "per_gpu": per_gpu,
         "samples": sum(v["samples"] for v in per_gpu),
     }
-
-
-def row_json(row: dict[str, Any]) -> str:
-    return json.dumps(row, separators=(",", ":"))

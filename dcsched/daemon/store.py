@@ -81,9 +81,9 @@ class Batch:
     drains: list[tuple[str, str, float]] = field(default_factory=list)  # host, reason, ts
 
     def __bool__(self) -> bool:
-        return bool(
-            self.jobs or self.history or self.commands or self.acks or self.accounting
-        ) or bool(self.drains)
+        return any(
+            (self.jobs, self.history, self.commands, self.acks, self.accounting, self.drains)
+        )
 
 
 @dataclass(frozen=True, slots=True)
