@@ -206,6 +206,16 @@ class Client:
     def cluster(self) -> dict[str, Any]:
         return dict(self.request("GET", "/v1/cluster"))
 
+    def accounting(self, **filters: Any) -> dict[str, Any]:
+        """Finished jobs' accounting: user, account, state, since, until, limit."""
+        return dict(self.request("GET", "/v1/accounting", query=filters))
+
+    def node_events(self, host: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/nodes/{quote(host)}/events"))
+
+    def efficiency(self, job_id: int | str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/jobs/{quote(str(job_id))}/efficiency"))
+
     def events(
         self,
         since: str | None = None,

@@ -16,6 +16,16 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   fi
 fi
 
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+  && [ ! -d /run/systemd/system ]; then
+  # promtool lints a real /metrics scrape in the tests (skipped without it); Debian ships it
+  # in the prometheus package. Only where systemd does not run (CI, containers): elsewhere the
+  # package would also start a Prometheus server. Best effort: without it the lint skips.
+  echo "installing prometheus (for promtool)" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends prometheus >/dev/null) || echo "note: promtool not installed" >&2
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$VENV"
 fi

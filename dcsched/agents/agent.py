@@ -27,8 +27,9 @@ import aiomqtt
 from dcsched.agents.cgroups import Cgroups
 from dcsched.agents.errors import AgentError, LaunchError, StateError
 from dcsched.agents.gpu import GpuBackend, make_backend
+from dcsched.agents.healthcheck import run_health_check
 from dcsched.agents.launcher import ExitStatus, Launcher, ending_words, valid_job_id
-from dcsched.agents.logs import read_chunk
+from dcsched.agents.logs import append_notice, read_chunk
 from dcsched.agents.state import CommandResult, JobRecord, StateStore, exit_key, job_key
 from dcsched.protocol.codec import CommandVerifier, ProtocolError, encode, load_key
 from dcsched.protocol.config import Config
@@ -45,11 +46,13 @@ from dcsched.protocol.messages import (
     JobReport,
     JobStarted,
     Launch,
+    LogNotice,
     Message,
     QueryJob,
     Signal,
     Telemetry,
 )
+from dcsched.protocol.sdnotify import notify, watchdog_interval
 from dcsched.protocol.topics import Topics
 
 log = logging.getLogger("dcsched.agent")
@@ -165,7 +168,12 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 watcher = tg.create_task(self._watch_jobs(), name="jobs")
                 bus = tg.create_task(self._bus(), name="bus")
+                watchdog = tg.create_task(self._watchdog(), name="watchdog")
+                # Ready once its jobs are adopted: it watches them with or without a broker.
+                notify(f"READY=1\nSTATUS=watching {len(self.jobs)} job(s)")
                 await self._stop.wait()
+                notify("STOPPING=1")
+                watchdog.cancel()
                 # The bus publishes "offline" and disconnects; a connect in progress is abandoned.
                 done, _ = await asyncio.wait({bus}, timeout=5.0)
                 if not done:
@@ -178,6 +186,15 @@ class Agent:
             with contextlib.suppress(StateError):
                 self.store.save()
         log.info("agent stopped; %d job(s) left running for the next start", len(self.jobs))
+
+    async def _watchdog(self) -> None:
+        """Fed from the event loop: a stuck loop stops feeding it and systemd restarts us."""
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
     def _adopt(self) -> None:
         for rec in self.jobs.values():
@@ -462,6 +479,12 @@ class Agent:
             )
             await self._publish_event(client, report)
             return
+        if isinstance(cmd, LogNotice):
+            # A line for the job's log (the idle warning): neither remembered nor answered.
+            if valid_job_id(cmd.job_id):
+                path, _ = self.launcher.paths(cmd.job_id, cmd.node_rank)
+                await asyncio.to_thread(append_notice, str(path), cmd.text)
+            return
         if isinstance(cmd, AckExit):
             # Idempotent: neither remembered nor answered (the daemon sends one per exit it
             # receives, and a resent exit is simply acknowledged again).
@@ -500,6 +523,8 @@ class Agent:
             running.cmd_ids.append(cmd.cmd_id)
         else:
             try:
+                check, limit = self.cfg.agent.health_check, self.cfg.agent.health_check_timeout_s
+                await asyncio.to_thread(run_health_check, check, limit, cmd)
                 rec = await asyncio.to_thread(self.launcher.start, cmd, self._gpu_indexes)
             except Exception as exc:
                 if isinstance(exc, LaunchError):
@@ -667,7 +692,7 @@ class Agent:
             launch_id=rec.cmd_ids[0] if rec.cmd_ids else "",
         )
         line = ending_words(ev.exit_code, ev.signal, reason)
-        await asyncio.to_thread(self.launcher.append_to_log, rec, line)
+        await asyncio.to_thread(append_notice, rec.log_path, line)
         log.info(
             "job %s node %d exited: code %s, signal %s %s",
             rec.job_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 # Ack.code values (see dcsched.protocol.messages.Ack): what the daemon does with a refusal.
 INVALID = "invalid"  # the launch could never run here: the job fails at once
 PORT_IN_USE = "port_in_use"  # retried with another master port
+UNHEALTHY = "unhealthy"  # the health check failed: the job is requeued, the node drained
 
 
 class AgentError(Exception):

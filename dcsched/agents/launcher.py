@@ -177,7 +177,7 @@ def ending_words(exit_code: int | None, sig: int | None, reason: str) -> str:
         status = f"exit code {exit_code}"
     else:
         status = "no exit status"
-    return f"[dcsched] {why or 'ended'}: {status}"
+    return f"{why or 'ended'}: {status}"
 
 
 def check_port_free(port: int, host: str) -> None:
@@ -474,18 +474,6 @@ class Launcher:
         targets = workers or pids
         kill_pids(targets, sig)
         return targets
-
-    def append_to_log(self, rec: JobRecord, line: str) -> None:
-        """Adds a line at the end of the job's log (best effort: the log is the user's file
-        in our folder, opened without following links)."""
-        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        with contextlib.suppress(OSError):
-            fd = os.open(rec.log_path, flags)
-            try:
-                if stat.S_ISREG(os.fstat(fd).st_mode):
-                    os.write(fd, f"\n{line}\n".encode())
-            finally:
-                os.close(fd)
 
     def cleanup(self, rec: JobRecord) -> list[int]:
         """After the job ended: kill whatever of it is left (a worker torchrun left behind)."""

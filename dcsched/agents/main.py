@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import json
+import os
 import signal
 import sys
 
 import msgspec
 
+from dcsched import __version__, setup_logging
 from dcsched.agents.agent import Agent
+from dcsched.agents.checkconfig import check_agent
 from dcsched.agents.errors import AgentError
-from dcsched.protocol.config import ConfigError, load_config
+from dcsched.agents.gpu import sim_faults_file
+from dcsched.agents.gpu.sim import FAULT_KINDS
+from dcsched.protocol.config import AgentConfig, ConfigError, load_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dc-agent", description="dcsched GPU host agent")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the agent in the foreground (as systemd does)")
     run.add_argument(
@@ -33,7 +39,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run without [cluster] key_file: any broker client can run commands as root "
         "here (a single-user test only)",
     )
+    check = sub.add_parser(
+        "check-config", help="validate the config file: every problem with its file:line"
+    )
+    check.add_argument(
+        "--config", help="config file (default: $DCSCHED_CONFIG, else /etc/dcsched/dcsched.toml)"
+    )
+    fault = sub.add_parser(
+        "sim-fault", help="inject (or --clear) a fault on a simulated GPU of this host's agent"
+    )
+    fault.add_argument(
+        "--config", help="config file (default: $DCSCHED_CONFIG, else /etc/dcsched/dcsched.toml)"
+    )
+    fault.add_argument("--state-dir", help="overrides [agent] state_dir")
+    fault.add_argument("--gpu", type=int, help="GPU index")
+    fault.add_argument("--kind", choices=FAULT_KINDS, default="xid")
+    fault.add_argument("--code", type=int, help="the XID (e.g. 79: fallen off the bus)")
+    fault.add_argument("--detail", default="", help="text the fault carries")
+    fault.add_argument("--clear", action="store_true", help="heal the GPU (no --gpu: all)")
     return p.parse_args(argv)
+
+
+def sim_fault(cfg: AgentConfig, args: argparse.Namespace) -> None:
+    """Edits the sim backend's faults file (read by a running agent with each sample)."""
+    path = sim_faults_file(cfg)
+    try:
+        with open(path) as f:
+            faults: dict[str, object] = json.load(f)
+    except FileNotFoundError:
+        faults = {}
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"{path}: {exc}") from None
+    if args.clear:
+        faults = {} if args.gpu is None else {k: v for k, v in faults.items() if k != str(args.gpu)}
+    elif args.gpu is None:
+        raise AgentError("sim-fault: say which GPU (--gpu N), or --clear")
+    else:
+        entry: dict[str, object] = {"kind": args.kind, "detail": args.detail}
+        if args.code is not None:
+            entry["code"] = args.code
+        faults[str(args.gpu)] = entry
+    os.makedirs(cfg.state_dir, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(faults, f)
+    os.replace(tmp, path)
 
 
 async def _run(agent: Agent) -> None:
@@ -46,11 +96,23 @@ async def _run(agent: Agent) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(getattr(args, "log_level", "INFO"))
+    if args.command == "check-config":
+        try:
+            checked = load_config(args.config)
+        except ConfigError as exc:
+            print(exc)
+            return 1
+        return check_agent(checked).report("dc-agent")
     try:
         cfg = load_config(args.config)
+        if args.command == "sim-fault":
+            if args.state_dir:
+                cfg = msgspec.structs.replace(
+                    cfg, agent=msgspec.structs.replace(cfg.agent, state_dir=args.state_dir)
+                )
+            sim_fault(cfg.agent, args)
+            return 0
         overrides = {
             k: v
             for k, v in {

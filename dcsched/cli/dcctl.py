@@ -1,4 +1,5 @@
-"""`dcctl`: list, show, cancel, hold, release jobs; list, drain and resume nodes; read logs."""
+"""`dcctl`: list, show, cancel, hold, release jobs; list, drain and resume nodes; read logs;
+accounting (`acct`, `eff`: dcsched/cli/acct.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import threading
 import time
 from typing import Any
 
-from dcsched.cli import queue_format
+from dcsched import __version__
+from dcsched.cli import acct, queue_format
 from dcsched.cli.common import (
     add_connection_args,
     client_from,
@@ -186,6 +188,8 @@ def cmd_show(c: Client, a: argparse.Namespace) -> int:
         lines.append(("Hidden", ", ".join(job["hidden"]) + " (only its owner or an admin sees)"))
     else:
         lines += [("Command", " ".join(spec["command"])), ("WorkDir", spec.get("workdir", ""))]
+    if job.get("idle_s") is not None:
+        lines.insert(7, ("Idle", f"its GPUs have been idle for {duration(job['idle_s'])}"))
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         print(f"{k.rjust(width)} = {v}")
@@ -683,6 +687,7 @@ def _follow_logs(c: Client, a: argparse.Namespace, watch: _JobWatch | None) -> i
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dcctl", description="Inspect and act on a dcsched cluster.")
     add_connection_args(p)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def add(name: str, help_: str, json_flag: bool = True) -> argparse.ArgumentParser:
@@ -756,6 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--node", type=int, default=0, help="node rank (default 0)")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     lg.add_argument("--bytes", type=int, default=64 * 1024, help="how much of the tail (64 KiB)")
+    acct.add_parsers(add)
     ev = add("events", "job and node changes as they happen, until Ctrl-C (like scontrol listen)")
     ev.add_argument("--since", metavar="CURSOR", help="resume after this cursor (from --json)")
     ev.add_argument(
@@ -796,6 +802,12 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_logs(c, args)
             case "events":
                 return cmd_events(c, args)
+            case "acct":
+                return acct.cmd_acct(c, args)
+            case "eff":
+                return acct.cmd_eff(c, args)
+            case "node-events":
+                return acct.cmd_node_events(c, args)
         return 2
 
     return run_cli("dcctl", go)

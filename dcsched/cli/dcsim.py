@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dcsched import __version__
 from dcsched.protocol.durations import parse_seconds
 from dcsched.scheduler import (
     Decisions,
@@ -317,6 +318,7 @@ def _config(policy: str, path: Path | None) -> SchedulerConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsim", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("replay", help="replay a trace (CSV, see docs/scheduler.md)")
     rp.add_argument("trace", type=Path)

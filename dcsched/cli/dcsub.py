@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from dcsched import __version__
 from dcsched.cli.common import add_connection_args, client_from, duration, print_json, run_cli
 from dcsched.protocol.durations import FORMS
 from dcsched.protocol.jobfile import JobFileError, load_job_file
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dcsub",
         description="Submit a job file (TOML) to dcsched. Options override the file.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("job_file", help="the job's TOML file (reference: README.md)")
     p.add_argument("--json", action="store_true", help='print {"job_id": ...}')
     p.add_argument("--dry-run", action="store_true", help="validate only; submit nothing")

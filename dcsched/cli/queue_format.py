@@ -91,7 +91,11 @@ FIELDS: dict[str, tuple[str, Callable[[Job], object]]] = {
     "S": ("START_TIME", lambda j: timestamp(j.get("start_ts"))),
     "e": ("END_TIME", lambda j: timestamp(j.get("end_ts"))),
     # dcsched's own (Slurm's %U is a user id)
-    "U": ("UTIL", lambda j: pct(j.get("gpu_util"))),
+    # a running job whose GPUs all sit idle ([daemon] idle_after_s) is marked IDLE
+    "U": (
+        "UTIL",
+        lambda j: pct(j.get("gpu_util")) + (" IDLE" if j.get("idle_s") is not None else ""),
+    ),
 }
 
 _TOKEN = re.compile(r"%(\.?)(\d*)([A-Za-z%])")

@@ -31,8 +31,8 @@ from dcsched.daemon.jobs import Caller
 from dcsched.daemon.openapi import openapi
 from dcsched.daemon.peercred import peer_uid, user_name
 from dcsched.daemon.privacy import public_view
-from dcsched.daemon.states import ACTIVE, QUEUED, JobState, TransitionError
-from dcsched.daemon.store import AuditRow, StoreError
+from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState, TransitionError
+from dcsched.daemon.store import AcctFilter, AuditRow, StoreError
 from dcsched.protocol.jobspec import (
     MAX_SPEC_BYTES,
     MAX_TIME_LIMIT_S,
@@ -289,6 +289,9 @@ class Api:
         r.add_get("/v1/gpus", self.gpus)
         r.add_get("/v1/cluster", self.cluster)
         r.add_get("/v1/events", self.events)
+        r.add_get("/v1/accounting", self.accounting)
+        r.add_get("/v1/jobs/{job_id}/efficiency", self.efficiency)
+        r.add_get("/v1/nodes/{host}/events", self.node_events)
         self.app = app
         self.read = daemon.read
         self._openapi = _encoder.encode(openapi())
@@ -472,6 +475,57 @@ class Api:
                 "size": chunk.size,
                 "data": chunk.data,
                 "done": job.state not in QUEUED | ACTIVE,
+            }
+        )
+
+    async def accounting(self, request: web.Request) -> web.Response:
+        """Finished jobs' accounting (sacct): ?user= &account= &state=A,B &since= &until=
+        (Unix seconds: the job ended in [since, until)) &limit= (1000); totals per account
+        over every match."""
+        q = request.query
+        states = frozenset(s.strip().upper() for s in q.get("state", "").split(",") if s.strip())
+        bad = sorted(states - TERMINAL)
+        if bad:
+            raise InvalidRequest(
+                f"{bad[0]!r} is not a final state; accounting has " + ", ".join(sorted(TERMINAL))
+            )
+        where = AcctFilter(
+            user=q.get("user", ""),
+            account=q.get("account", ""),
+            states=states,
+            since=_float_arg(q["since"], "since (Unix seconds)") if "since" in q else None,
+            until=_float_arg(q["until"], "until (Unix seconds)") if "until" in q else None,
+        )
+        limit = _int_arg(q["limit"], "limit") if "limit" in q else 1000
+        rows, totals = await self.d.store.accounting(where, limit)
+        return _json({"jobs": rows, "totals": totals})
+
+    async def efficiency(self, request: web.Request) -> web.Response:
+        """One job's use of its GPUs (seff): from its accounting row once finished, so far
+        from the daemon's accumulation while it runs."""
+        job = await self.d.jobs.get(_job_id(request))
+        if job.state in TERMINAL:
+            row = await self.d.store.accounting_row(job.id)
+            if row is None:
+                raise NoSuchThing(
+                    f"job {job.id} finished before this daemon kept accounting; nothing recorded"
+                )
+            return _json(row)
+        return _json(self.d.jobs.accounting.live(job, time.time()))
+
+    async def node_events(self, request: web.Request) -> web.Response:
+        """A node's drains, resumes and GPU faults (oldest first), and its unhealthy GPUs."""
+        host = request.match_info["host"]
+        node = self.d.cluster.nodes.get(host)
+        if node is None:
+            raise NoSuchThing(f"no node {host!r}; `dcctl nodes` lists the nodes")
+        return _json(
+            {
+                "host": host,
+                "drained": node.drained,
+                "drain_reason": node.drain_reason,
+                "unhealthy_gpus": self.d.cluster.faults.get(host, {}),
+                "events": await self.d.store.node_events(host),
             }
         )
 

@@ -46,6 +46,9 @@ class Node:
 class Cluster:
     def __init__(self, ingest: Ingest, node_timeout_s: float) -> None:
         self.nodes: dict[str, Node] = {}
+        # host -> GPU index -> what went wrong: GPUs an agent reported a fault on, avoided by
+        # the scheduler until an admin resumes the node (memory only: a drain is in the store)
+        self.faults: dict[str, dict[int, str]] = {}
         self.ingest = ingest
         self.node_timeout_s = node_timeout_s
 
@@ -108,7 +111,8 @@ class Cluster:
         return None if ht is None else [jp.job_id for jp in ht.latest.jobs]
 
     def unhealthy(self, host: str) -> frozenset[int]:
+        faulty = self.faults.get(host, {}).keys()
         ht = self.ingest.hosts.get(host)
         if ht is None:
-            return frozenset()
-        return frozenset(s.index for s in ht.latest.gpus if s.health != "ok")
+            return frozenset(faulty)
+        return frozenset(s.index for s in ht.latest.gpus if s.health != "ok") | faulty

@@ -64,7 +64,8 @@ class Ingest:
         self.stale = 0  # messages older than one already seen from the host
         self._accum: dict[tuple[str, int], _Accum] = {}
 
-    def handle(self, msg: Telemetry) -> None:
+    def handle(self, msg: Telemetry) -> bool:
+        """False when the message is stale (dropped)."""
         now = time.monotonic()
         self.received += 1
         ht = self.hosts.get(msg.host)
@@ -72,7 +73,7 @@ class Ingest:
             ht = self.hosts[msg.host] = HostTelemetry(msg, now)
         elif msg.seq <= ht.latest.seq and msg.ts <= ht.latest.ts:
             self.stale += 1
-            return
+            return False
         ht.latest, ht.received = msg, now
         for s in msg.gpus:
             hist = ht.history.get(s.index)
@@ -84,6 +85,7 @@ class Ingest:
             if acc is None:
                 acc = self._accum[key] = _Accum()
             acc.add(s)
+        return True
 
     def drain_rows(
         self, ts: float

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import msgspec
 
 from dcsched.daemon import lifecycle as lc
+from dcsched.daemon.accounting import Accounting, run_gpu_seconds
 from dcsched.daemon.audit import written_with_change
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender, command_row, new_cmd_id
@@ -33,8 +34,9 @@ from dcsched.daemon.errors import (
     Unavailable,
 )
 from dcsched.daemon.events import EventHub
+from dcsched.daemon.histogram import WAIT_BUCKETS_S, Histogram
 from dcsched.daemon.model import Model
-from dcsched.daemon.states import TERMINAL
+from dcsched.daemon.states import QUEUED, TERMINAL
 from dcsched.daemon.store import AuditRow, Batch, CommandRow, NotFound, Store
 from dcsched.protocol.jobspec import (
     SINGLETON,
@@ -53,6 +55,7 @@ from dcsched.protocol.messages import (
     JobReport,
     JobStarted,
     Launch,
+    LogNotice,
     QueryJob,
     Signal,
 )
@@ -73,6 +76,16 @@ class Caller:
     def owns(self, job: lc.Job) -> bool:
         """May act on the job and read its spec, env and log: its owner or an admin."""
         return self.admin or self.uid == job.uid
+
+
+@dataclass(frozen=True, slots=True)
+class IdlePolicy:
+    """[daemon] idle_*: a running job whose GPUs all stay under util_pct for after_s is
+    flagged and warned (in its log); cancel_after_s > 0 cancels it that much later."""
+
+    util_pct: float = 5.0
+    after_s: float = 0.0  # 0: no check
+    cancel_after_s: float = 0.0  # 0: never cancel
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +124,10 @@ class JobManager:
         self._submits: list[tuple[lc.Job, asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.queue_wait_s = Histogram(WAIT_BUCKETS_S)  # submit to start, for /metrics
+        self.accounting = Accounting(model)
+        self.idle = IdlePolicy()
+        self.idle_flagged: dict[int, float] = {}  # job -> when it was flagged idle
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -451,8 +468,48 @@ class JobManager:
                 self._queries.pop((host, job_id), None)
             elif self.cluster.is_online(host):
                 await self._query(host, job_id)
+        await self._check_idle(now)
         if self.storage_error:
             await self.store.probe()  # recovers by itself once the disk takes writes again
+
+    async def _check_idle(self, now: float) -> None:
+        """Flags (and warns) running jobs whose GPUs sit idle; cancels them by policy."""
+        p = self.idle
+        for job_id in [i for i in self.idle_flagged if i not in self.model.running]:
+            del self.idle_flagged[job_id]
+        if p.after_s <= 0:
+            return
+        cancels: list[tuple[int, lc.Event]] = []
+        for job_id in list(self.model.running):
+            job = self.model.jobs.get(job_id)
+            idle = self.accounting.idle_for(job_id, now)
+            if job is None or job.state != S.RUNNING or idle is None or idle < p.after_s:
+                self.idle_flagged.pop(job_id, None)  # busy (again)
+                continue
+            minutes = f"{idle / 60:.0f} min" if idle >= 60 else f"{idle:.0f} s"
+            if job_id not in self.idle_flagged:
+                self.idle_flagged[job_id] = now
+                text = (
+                    f"warning: this job's GPUs have all been under {p.util_pct:g}% utilisation"
+                    f" for {minutes}"
+                )
+                if p.cancel_after_s > 0:
+                    text += (
+                        f"; it will be cancelled in {p.cancel_after_s / 60:.0f} min unless they"
+                        " get busy ([daemon] idle_cancel_after_s)"
+                    )
+                log.warning("job %d idle: %s", job_id, text)
+                self.hub.publish("job", {**_change(job), "idle": True})
+                for part in job.parts:
+                    if part.live:
+                        notice = LogNotice(
+                            cmd_id=new_cmd_id(), job_id=str(job_id), node_rank=part.rank, text=text
+                        )
+                        await self.sender.send_once(part.host, notice)
+            elif p.cancel_after_s > 0 and idle >= p.after_s + p.cancel_after_s:
+                by = f"the idle-GPU policy (GPUs under {p.util_pct:g}% for {minutes})"
+                cancels.append((job_id, lc.Cancel(by, self.timing.cancel_grace_s)))
+        await self._apply_many(cancels)
 
     # --- the step ------------------------------------------------------------------------------
 
@@ -489,18 +546,25 @@ class JobManager:
         batch = batch or Batch()
         now = time.time()
         superseded: list[CommandRow] = []  # stop resending these: journaled as acked
+        runs_ended: list[tuple[lc.Job, lc.Job, float]] = []
         for old, out in outcomes:
             new = out.job
             if new == old and not out.effects:
                 continue
             if new != old:
                 batch.jobs.append(new)
+                gpu_s = run_gpu_seconds(old, new, now)
+                runs_ended.append((old, new, gpu_s))
+                if new.state in TERMINAL and old.state not in TERMINAL:
+                    batch.accounting.append(self.accounting.row(new, gpu_s, now))
                 if new.parts != old.parts:
                     batch.parts_changed.add(new.id)
                 batch.history += [(new.id, now, st, why) for st, why in out.history]
             rows = []
             for eff in out.effects:
-                if isinstance(eff, lc.SendLaunch):
+                if isinstance(eff, lc.DrainNode):
+                    batch.drains.append((eff.host, eff.reason, now))
+                elif isinstance(eff, lc.SendLaunch):
                     rows.append(command_row(eff.part.host, new.id, _launch(new, eff.part), now))
                 elif isinstance(eff, lc.SendCancel):
                     grace = self.timing.cancel_grace_s if eff.grace_s is None else eff.grace_s
@@ -529,12 +593,22 @@ class JobManager:
         batch.acks += [(c.cmd_id, False, "superseded", now) for c in superseded]
         await self.store.commit(batch)
         # Journaled: now memory, then the world.
+        for old, new, gpu_s in runs_ended:
+            self.accounting.committed(old, new, gpu_s)
+        for host, reason, _ in batch.drains:
+            node = self.cluster.nodes.get(host)
+            if node is not None and not node.drained:
+                node.drained, node.drain_reason = True, reason
+                log.warning("node %s drained: %s", host, reason)
+                self.hub.publish("node", {"host": host, "drained": True, "reason": reason})
         for c in superseded:
             self.sender.acked(c.cmd_id)
         wake = False
         for old, out in outcomes:
             if out.job != old:
                 self.model.install(out.job, old)
+                if old.state in QUEUED and out.job.state == S.STARTING:
+                    self.queue_wait_s.observe(max(0.0, now - old.submit_ts))
                 self.hub.publish("job", _change(out.job))
                 if out.history:
                     log.info("job %d %s: %s", out.job.id, out.job.state, out.history[-1][1])

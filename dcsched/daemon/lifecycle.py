@@ -22,6 +22,9 @@ from dcsched.protocol.jobspec import max_restarts, warning_signal
 
 S = JobState
 RETRY_PORT = "port_in_use"  # Ack.code of a launch refused because its master port is taken
+# Ack.code of a launch refused by the host's pre-job health check: the job goes back to the
+# queue (the node is at fault, not the job) and the node is drained with the reason.
+UNHEALTHY = "unhealthy"
 
 
 # --- the data ----------------------------------------------------------------------------------
@@ -258,11 +261,28 @@ class AvoidPort:
 
 
 @dataclass(frozen=True, slots=True)
+class DrainNode:
+    """Take the host out of scheduling: its health check failed."""
+
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class WakeScheduler:
     pass
 
 
-Effect = SendLaunch | SendCancel | SendSignal | DropLaunches | AckExit | AvoidPort | WakeScheduler
+Effect = (
+    SendLaunch
+    | SendCancel
+    | SendSignal
+    | DropLaunches
+    | AckExit
+    | AvoidPort
+    | DrainNode
+    | WakeScheduler
+)
 
 
 class Refused(Exception):
@@ -591,10 +611,14 @@ def _launch_refused(out: Outcome, ev: LaunchRefused, now: float) -> None:
         now,
     ):
         return
+    if ev.code == UNHEALTHY:
+        out.effects.append(DrainNode(ev.host, f"health check failed: {ev.error}"))
     if job.state not in (S.STARTING, S.RUNNING):
         _maybe_finish(out, now)
         return
-    if ev.code == RETRY_PORT and job.master_port is not None:
+    if ev.code == UNHEALTHY:
+        _stop(out, S.REQUEUED, f"{ev.host} failed its health check; back in the queue", now)
+    elif ev.code == RETRY_PORT and job.master_port is not None:
         out.effects.append(AvoidPort(job.master_addr or ev.host, job.master_port))
         why = f"master port {job.master_port} is in use on {ev.host}; retrying with another"
         _stop(out, S.REQUEUED, why, now)

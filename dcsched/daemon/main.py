@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 
+from dcsched import __version__, missing_extra, setup_logging
 from dcsched.protocol.config import ConfigError, config_path, load_config
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 async def _run(config_file: str | None, insecure: bool) -> int:
@@ -33,6 +25,7 @@ async def _run(config_file: str | None, insecure: bool) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcd", description="dcsched head-node daemon")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default="info")
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the daemon")
@@ -41,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure",
         action="store_true",
         help="run without [cluster] key_file (commands unsigned: a single-user test only)",
+    )
+    check = sub.add_parser(
+        "check-config", help="validate the config file: every problem with its file:line"
+    )
+    check.add_argument(
+        "--config", help=f"config file (default: $DCSCHED_CONFIG or {config_path()})"
     )
     demo = sub.add_parser(
         "demo",
@@ -71,23 +70,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     try:
         if args.cmd == "broker-auth":
             return _broker_auth(args)
         if args.cmd == "run":
             return asyncio.run(_run(args.config, args.insecure))
+        if args.cmd == "check-config":
+            from dcsched.daemon.checkconfig import check_daemon
+
+            try:
+                cfg = load_config(args.config)
+            except ConfigError as exc:
+                print(exc)
+                return 1
+            return check_daemon(cfg).report("dcd")
         from dcsched.daemon.demo import run_demo
 
         return asyncio.run(run_demo(args.agents, args.gpus, args.dir, args.broker))
     except ConfigError as exc:
         print(f"dcd: {exc}", file=sys.stderr)
         return 2
-    except ImportError as exc:
-        print(
-            f"dcd: {exc}. The daemon needs its extras: pip install 'dcsched[daemon]'",
-            file=sys.stderr,
-        )
+    except ModuleNotFoundError as exc:
+        message = missing_extra("dcd", exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

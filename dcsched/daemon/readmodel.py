@@ -20,6 +20,7 @@ from dcsched.daemon.model import Model
 from dcsched.daemon.scheduling import SchedulingLoop
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL
 from dcsched.daemon.store import Store
+from dcsched.scheduler import decay
 
 _encode = msgspec.json.Encoder().encode
 # (host, GPU index) -> (job id, user) for every GPU a job holds
@@ -73,8 +74,9 @@ class ReadModel:
     def _moving_view(self, job: Job) -> dict[str, Any]:
         """What changes with the clock and the telemetry."""
         out: dict[str, Any] = {}
+        now = time.time()
         if job.start_ts is not None:
-            out["elapsed_s"] = (job.end_ts or time.time()) - job.start_ts
+            out["elapsed_s"] = (job.end_ts or now) - job.start_ts
         if job.state in ACTIVE:
             utils = [
                 u
@@ -82,6 +84,9 @@ class ReadModel:
                 if (u := self.ingest.job_util(p.host, list(p.gpus))) is not None
             ]
             out["gpu_util"] = sum(utils) / len(utils) if utils else None
+            # seconds its GPUs have all been idle, once the idle check has flagged it
+            flagged = job.id in self.jobs.idle_flagged
+            out["idle_s"] = self.jobs.accounting.idle_for(job.id, now) if flagged else None
         return out
 
     @staticmethod
@@ -141,6 +146,20 @@ class ReadModel:
     def counts(self) -> dict[str, int]:
         return {s: n for s, n in self.model.counts.items() if n}
 
+    def queue_depth(self) -> dict[tuple[str, str, str], tuple[int, int]]:
+        """(state, account, QOS) -> (jobs, GPUs asked for) over every job not finished."""
+        out: dict[tuple[str, str, str], tuple[int, int]] = {}
+        for job in self.model.jobs.values():
+            key = (job.state, job.account, job.qos)
+            n, gpus = out.get(key, (0, 0))
+            out[key] = (n + 1, gpus + job.nodes * job.gpus_per_node)
+        return out
+
+    def fairshare_usage(self, now: float) -> dict[tuple[str, str], float]:
+        """(account, user) -> decayed, billed GPU-seconds as of `now` (no charge made)."""
+        tracker = self.scheduling.usage
+        return dict(decay(tracker.usage, now, tracker.config.half_life_s).gpu_seconds)
+
     # --- nodes and GPUs ------------------------------------------------------------------------
 
     def node_views(self, alloc: Allocations | None = None) -> list[dict[str, Any]]:
@@ -161,6 +180,7 @@ class ReadModel:
                     # Slurm's words: DRAINING while jobs still run there, then DRAINED
                     "drain_state": drain_state(node.drained, len(held)),
                     "drain_reason": node.drain_reason,
+                    "unhealthy_gpus": sorted(self.cluster.unhealthy(node.host)),
                     "addr": st.addr,
                     "gpu_type": node.gpu_type,
                     "gpus": len(st.gpus),

@@ -13,6 +13,7 @@ from dcsched.daemon import lifecycle as lc
 from dcsched.daemon.aio import wait_event
 from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import new_cmd_id
+from dcsched.daemon.histogram import PASS_BUCKETS_S, Histogram
 from dcsched.daemon.jobs import JobManager, job_number
 from dcsched.daemon.model import Model
 from dcsched.daemon.store import StoreError
@@ -29,6 +30,8 @@ class PassStats:
     last_ms: float = 0.0  # decide() alone
     last_total_ms: float = 0.0  # snapshot + decide + apply, without the pauses between slices
     last: Decisions = field(default_factory=Decisions)
+    decide_s: Histogram = field(default_factory=lambda: Histogram(PASS_BUCKETS_S))
+    pass_s: Histogram = field(default_factory=lambda: Histogram(PASS_BUCKETS_S))
 
 
 class SchedulingLoop:
@@ -169,6 +172,7 @@ class SchedulingLoop:
         st = self.stats
         st.passes += 1
         st.last_ms, st.last = busy * 1000, decisions
+        st.decide_s.observe(busy)
         if decisions.preempt:
             await self.jobs.preempt(int(j) for j in decisions.preempt)
         used = self.model.used_ports()
@@ -198,4 +202,5 @@ class SchedulingLoop:
         }
         await self.usage.save_if_due(now)
         st.last_total_ms = (time.perf_counter() - t_start - paused) * 1000
+        st.pass_s.observe(st.last_total_ms / 1000)
         return decisions

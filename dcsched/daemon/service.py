@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import grp
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ import msgspec
 from aiohttp import web
 
 from dcsched import __version__
+from dcsched.daemon import accounting
 from dcsched.daemon.aio import wait_event
 from dcsched.daemon.api import Api
 from dcsched.daemon.audit import AuditLog, written_with_change
@@ -25,15 +27,21 @@ from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.commands import CommandSender
 from dcsched.daemon.errors import NoSuchThing
 from dcsched.daemon.events import EventHub
+from dcsched.daemon.health import (
+    FAULT_KINDS,
+    TRANSIENT,
+    HealthPolicy,
+    describe,
+    drain_reason,
+)
 from dcsched.daemon.ingest import Ingest
-from dcsched.daemon.jobs import JobManager, Timing
+from dcsched.daemon.jobs import IdlePolicy, JobManager, Timing
 from dcsched.daemon.metrics import metrics_app
 from dcsched.daemon.model import Model
 from dcsched.daemon.readmodel import ReadModel
 from dcsched.daemon.scheduling import SchedulingLoop
-from dcsched.daemon.sdnotify import notify, watchdog_interval
 from dcsched.daemon.states import TERMINAL
-from dcsched.daemon.store import AuditRow, NotFound, Store, StoreError
+from dcsched.daemon.store import HEALTH_POLICY, AuditRow, NotFound, Store, StoreError
 from dcsched.daemon.usage import UsageTracker
 from dcsched.protocol.codec import ProtocolError, load_key
 from dcsched.protocol.config import Config, ConfigError
@@ -48,11 +56,14 @@ from dcsched.protocol.messages import (
     JobReport,
     JobStarted,
     LogChunk,
+    Telemetry,
 )
+from dcsched.protocol.sdnotify import notify, watchdog_interval
 from dcsched.scheduler import SchedulerConfig
 
 log = logging.getLogger("dcsched.daemon")
 TELEMETRY_KEEP_S = 7 * 24 * 3600
+ACCOUNTING_KEY = "job_accounting"  # the running jobs' accumulation (accounting.dump)
 
 
 class Daemon:
@@ -63,6 +74,7 @@ class Daemon:
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
         self._unsettled: set[str] = set()  # hosts whose status change the store lacks
+        self._accounting_saved = ""
         self.ingest = Ingest()
         self.cluster = Cluster(self.ingest, dc.node_timeout_s)
         self.model = Model(self.cluster.gpu_type)
@@ -75,7 +87,7 @@ class Daemon:
         self.bus = Bus(
             config.broker,
             client_id,
-            self.ingest.handle,
+            self._telemetry,
             admit=host_filter(dc.hosts),
             known=lambda host: host in self.cluster.nodes,
         )
@@ -95,6 +107,13 @@ class Daemon:
             sched = SchedulerConfig.from_mapping(config.scheduler, duration=parse_seconds)
         except ValueError as exc:
             raise ConfigError(f"{config.path}: {exc} (see docs/scheduler.md)") from None
+        bad = sorted(set(dc.drain_on) - set(FAULT_KINDS))
+        if bad:
+            raise ConfigError(
+                f"{config.path}: [daemon] drain_on: unknown fault {bad[0]!r}; faults are "
+                + ", ".join(FAULT_KINDS)
+            )
+        self.health_policy = HealthPolicy(frozenset(dc.drain_on), frozenset(dc.ignore_xids))
         wake = asyncio.Event()
         self.jobs = JobManager(
             store,
@@ -106,6 +125,8 @@ class Daemon:
             Timing(dc.cancel_grace_s, sched.preempt_grace_s, dc.node_timeout_s),
             wake.set,
         )
+        self.jobs.idle = IdlePolicy(dc.idle_util_pct, dc.idle_after_s, dc.idle_cancel_after_s)
+        self.jobs.accounting.idle_util_pct = dc.idle_util_pct
         self.scheduling = SchedulingLoop(
             self.model,
             self.cluster,
@@ -121,6 +142,10 @@ class Daemon:
         )
         self.api = Api(self)
 
+    def _telemetry(self, msg: Telemetry) -> None:
+        if self.ingest.handle(msg):
+            self.jobs.accounting.on_telemetry(msg)
+
     @classmethod
     async def open(cls, config: Config, *, insecure: bool = False) -> Daemon:
         _cluster_key(config, insecure)  # refused before anything is created
@@ -131,6 +156,7 @@ class Daemon:
             d.sender.epoch = await _next_epoch(store)
             log.info("daemon epoch %d", d.sender.epoch)
             await d.scheduling.usage.load()
+            saved = await store.get_kv(ACCOUNTING_KEY)
             for n in await store.nodes():
                 # Offline until the broker replays the agent's retained status.
                 d.cluster.load(n.host, n.status, False, n.drained, n.drain_reason)
@@ -140,6 +166,11 @@ class Daemon:
             }
             finished = {i: s for i, s in (await store.job_states(deps)).items() if s in TERMINAL}
             d.model.load(live, await store.count_by_state(), finished)
+            if saved:
+                try:
+                    accounting.load(d.jobs.accounting, saved, set(d.model.jobs))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("saved job accounting unreadable (%s); starting afresh", exc)
             d.sender.add(await store.unacked_commands())
         except BaseException:
             await store.close()
@@ -170,7 +201,7 @@ class Daemon:
             # A full disk must not keep the daemon from stopping: these are best effort.
             for what, work in (
                 ("audit log", self.audit.flush()),
-                ("telemetry", self._flush_once()),
+                ("telemetry and accounting", self._flush_once()),
                 ("fair-share usage", self.scheduling.usage.save()),
             ):
                 try:
@@ -198,6 +229,8 @@ class Daemon:
 
     async def _serve_api(self) -> web.AppRunner:
         path = self.config.daemon.socket
+        group = self.config.daemon.socket_group
+        gid = _group_id(group) if group else None  # a wrong group is said before binding
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         if os.path.exists(path):
             if _answers(path):
@@ -206,7 +239,13 @@ class Daemon:
         runner = web.AppRunner(self.api.app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         await web.UnixSite(runner, path).start()
-        os.chmod(path, self.config.daemon.socket_mode)
+        try:
+            os.chmod(path, self.config.daemon.socket_mode)
+            if gid is not None:
+                _give_group(path, gid, group)
+        except BaseException:
+            await runner.cleanup()
+            raise
         return runner
 
     async def _serve_metrics(self) -> web.AppRunner:
@@ -268,16 +307,7 @@ class Daemon:
             case LogChunk():
                 self.sender.on_log_chunk(msg)
             case GpuFault():
-                log.warning(
-                    "GPU fault on %s GPU %d: %s %s %s",
-                    msg.host,
-                    msg.gpu_index,
-                    msg.kind,
-                    msg.code,
-                    msg.detail,
-                )
-                self.hub.publish("node", {"host": msg.host, "gpu_fault": msg.gpu_index})
-                self.scheduling.wake.set()
+                await self.on_fault(msg)
 
     async def _periodic(self) -> None:
         timeout = self.config.daemon.node_timeout_s
@@ -297,6 +327,11 @@ class Daemon:
         rows = self.ingest.drain_rows(time.time())
         if rows:
             await self.store.add_gpu_samples(rows, time.time() - TELEMETRY_KEEP_S)
+        # Running jobs' accounting so far: a restart loses at most one flush of it.
+        saved = accounting.dump(self.jobs.accounting)
+        if saved != self._accounting_saved:
+            await self.store.set_kv(ACCOUNTING_KEY, saved)
+            self._accounting_saved = saved
 
     async def _flush_telemetry(self) -> None:
         while not await self._until_stopped(self.config.daemon.telemetry_flush_s):
@@ -314,6 +349,26 @@ class Daemon:
         while not await self._until_stopped(interval):
             notify("WATCHDOG=1")
 
+    async def on_fault(self, fault: GpuFault) -> None:
+        """An agent's GPU fault: the GPU is unhealthy (avoided) until the node is resumed; the
+        health policy may drain the node, with the reason, kept in its drain history; the
+        fault itself is kept in the node's events."""
+        what = describe(fault)
+        seen = self.cluster.faults.setdefault(fault.host, {})
+        if seen.get(fault.gpu_index) == what:
+            return  # the same fault again (events arrive at least once)
+        log.warning("GPU fault on %s: %s", fault.host, what)
+        await self.store.add_node_event(fault.host, fault.ts, "fault", what)
+        if fault.kind not in TRANSIENT:
+            seen[fault.gpu_index] = what
+        # A slowdown is unhealthy only while the agent's samples say so (Cluster.unhealthy).
+        self.hub.publish("node", {"host": fault.host, "gpu_fault": fault.gpu_index, "fault": what})
+        self.scheduling.wake.set()
+        reason = drain_reason(self.health_policy, fault)
+        node = self.cluster.nodes.get(fault.host)
+        if reason and node is not None and not node.drained:
+            await self.set_drain(fault.host, True, reason, HEALTH_POLICY)
+
     async def set_drain(
         self, host: str, drained: bool, reason: str, by: str = "", audit: AuditRow | None = None
     ) -> None:
@@ -326,6 +381,9 @@ class Daemon:
             written_with_change()
         node = self.cluster.nodes[host]
         node.drained, node.drain_reason = drained, reason if drained else ""
+        if not drained:
+            self.cluster.faults.pop(host, None)  # resumed: its GPUs are trusted again
+        log.info("node %s %s", host, f"drained: {reason}" if drained else "resumed")
         self.hub.publish("node", {"host": host, "drained": drained, "reason": reason})
         self.scheduling.wake.set()
 
@@ -364,6 +422,26 @@ async def _next_epoch(store: Store) -> int:
     epoch = max(int(old) + 1 if old and old.isdigit() else 0, int(time.time()))
     await store.set_kv("epoch", str(epoch))
     return epoch
+
+
+def _group_id(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(
+            f"[daemon] socket_group = {group!r}: no such group; create it (groupadd --system"
+            f' {group}) or set socket_group = ""'
+        ) from None
+
+
+def _give_group(path: str, gid: int, group: str) -> None:
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        raise ConfigError(
+            f"[daemon] socket_group = {group!r}: the daemon (uid {os.getuid()}) is not a member;"
+            " add it (SupplementaryGroups= in dcd.service, or usermod -aG)"
+        ) from None
 
 
 def _answers(path: str) -> bool:

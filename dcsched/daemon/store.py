@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from dcsched.daemon.lifecycle import Job, Part
 from dcsched.daemon.states import TERMINAL
 
+HEALTH_POLICY = "health policy"  # who drained a node that failed a check ([daemon] drain_on)
 log = logging.getLogger("dcsched.store")
 T = TypeVar("T")
 
@@ -106,9 +107,30 @@ class Batch:
     commands: list[CommandRow] = field(default_factory=list)
     acks: list[tuple[str, bool, str, float]] = field(default_factory=list)  # cmd, ok, error, ts
     audit: list[AuditRow] = field(default_factory=list)  # the API call this step carries out
+    accounting: list[dict[str, Any]] = field(default_factory=list)  # rows of finished jobs
+    drains: list[tuple[str, str, float]] = field(default_factory=list)  # host, reason, ts
 
     def __bool__(self) -> bool:
-        return bool(self.jobs or self.history or self.commands or self.acks or self.audit)
+        return any(
+            (
+                self.jobs,
+                self.history,
+                self.commands,
+                self.acks,
+                self.audit,
+                self.accounting,
+                self.drains,
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AcctFilter:
+    user: str = ""
+    account: str = ""
+    states: frozenset[str] = frozenset()
+    since: float | None = None  # jobs that ended at or after
+    until: float | None = None  # and before
 
 
 @dataclass(slots=True)
@@ -334,6 +356,37 @@ class Store:
                 [(ts, int(ok), err, cid) for cid, ok, err, ts in batch.acks],
             )
             _insert_audit(db, batch.audit)
+            db.executemany(
+                "INSERT OR REPLACE INTO job_accounting (job_id, user, account, qos, state,"
+                " submit_ts, end_ts, gpu_hours, energy_kwh, mean_util, row)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        r["job_id"],
+                        r["user"],
+                        r["account"],
+                        r["qos"],
+                        r["state"],
+                        r["submit_ts"],
+                        r["end_ts"],
+                        r["gpu_hours"],
+                        r["energy_kwh"],
+                        r["mean_util"],
+                        json.dumps(r, separators=(",", ":")),
+                    )
+                    for r in batch.accounting
+                ],
+            )
+            for host, reason, ts in batch.drains:  # a node already drained keeps its reason
+                if db.execute(
+                    "UPDATE nodes SET drained = 1, drain_reason = ? WHERE host = ? AND drained = 0",
+                    (reason, host),
+                ).rowcount:
+                    db.execute(
+                        "INSERT INTO node_drains (host, ts, user, drained, reason)"
+                        " VALUES (?,?,?,?,?)",
+                        (host, ts, HEALTH_POLICY, 1, reason),
+                    )
 
         if batch:
             await self._tx(run)
@@ -438,6 +491,59 @@ class Store:
         )
         return [CommandRow(**dict(r)) for r in rows]
 
+    # --- accounting --------------------------------------------------------------------------
+
+    async def accounting(
+        self, where: AcctFilter, limit: int
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Finished jobs' accounting rows, newest end first (at most `limit`), and the totals
+        per account over every row the filter matches."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        for col, value in (("user", where.user), ("account", where.account)):
+            if value:
+                clauses.append(f"{col} = ?")
+                args.append(value)
+        if where.states:
+            clauses.append(f"state IN ({','.join('?' * len(where.states))})")
+            args += sorted(where.states)
+        if where.since is not None:
+            clauses.append("end_ts >= ?")
+            args.append(where.since)
+        if where.until is not None:
+            clauses.append("end_ts < ?")
+            args.append(where.until)
+        cond = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+
+        def run(db: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            rows = db.execute(
+                f"SELECT row FROM job_accounting{cond} ORDER BY end_ts DESC, job_id DESC LIMIT ?",
+                [*args, limit],
+            ).fetchall()
+            totals = db.execute(
+                "SELECT account, COUNT(*), SUM(gpu_hours), SUM(energy_kwh),"
+                " SUM(mean_util * gpu_hours) / NULLIF(SUM(CASE WHEN mean_util IS NULL"
+                " THEN 0 ELSE gpu_hours END), 0)"
+                f" FROM job_accounting{cond} GROUP BY account ORDER BY account",
+                args,
+            ).fetchall()
+            return [json.loads(r[0]) for r in rows], [
+                {
+                    "account": t[0],
+                    "jobs": int(t[1]),
+                    "gpu_hours": float(t[2] or 0.0),
+                    "energy_kwh": float(t[3] or 0.0),
+                    "mean_util": t[4],
+                }
+                for t in totals
+            ]
+
+        return await self._run(run)
+
+    async def accounting_row(self, job_id: int) -> dict[str, Any] | None:
+        rows = await self._all("SELECT row FROM job_accounting WHERE job_id = ?", (job_id,))
+        return dict(json.loads(rows[0][0])) if rows else None
+
     # --- nodes -------------------------------------------------------------------------------
 
     async def upsert_node(
@@ -474,6 +580,22 @@ class Store:
 
         if await self._tx(run) == 0:
             raise NotFound(f"no node {host!r}")
+
+    async def add_node_event(self, host: str, ts: float, kind: str, detail: str) -> None:
+        await self._tx(
+            lambda db: db.execute(
+                "INSERT INTO node_events (host, ts, kind, detail) VALUES (?,?,?,?)",
+                (host, ts, kind, detail),
+            )
+        )
+
+    async def node_events(self, host: str, limit: int = 100) -> list[dict[str, Any]]:
+        """A node's drains, resumes and faults, oldest first (the newest `limit`)."""
+        rows = await self._all(
+            "SELECT ts, kind, detail FROM node_events WHERE host = ? ORDER BY id DESC LIMIT ?",
+            (host, limit),
+        )
+        return [dict(r) for r in reversed(rows)]
 
     async def drain_history(self, host: str, limit: int = 100) -> list[dict[str, Any]]:
         """A node's drains and resumes, oldest first (the last `limit`)."""

@@ -7,6 +7,7 @@ documented in docs/dcsched.example.toml.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import tomllib
 from pathlib import Path
@@ -86,6 +87,9 @@ class DaemonConfig(_Section):
     socket: str = DEFAULT_SOCKET
     # Unix mode of the API socket: 0o666 lets every local user submit (identity = SO_PEERCRED).
     socket_mode: int = 0o666
+    # Group given the API socket ("" keeps the daemon's own): with socket_mode = 0o660, only
+    # its members reach the daemon. The daemon must be a member (SupplementaryGroups=).
+    socket_group: str = ""
     metrics_listen: str = "127.0.0.1:9464"  # "" turns the Prometheus listener off
     admins: list[str] = []  # users who may act on any job and drain nodes; root always may
     # Host names (or shell patterns, "gpu-*") that may be nodes; a message from any other is
@@ -97,6 +101,18 @@ class DaemonConfig(_Section):
     node_timeout_s: float = 30.0
     telemetry_flush_s: float = 10.0
     pass_interval_s: float = 5.0
+    # GPU faults (an agent's GpuFault kind) that drain the node, with the reason; [] = never.
+    # Every fault marks its GPU unhealthy (the scheduler avoids it) until the node is resumed.
+    drain_on: list[str] = msgspec.field(default_factory=lambda: ["xid", "ecc", "lost"])
+    # XIDs that the application causes (13 graphics engine exception, 31 MMU fault, 43 GPU
+    # stopped processing, 45 preemptive cleanup, 68 video processor exception): no drain.
+    ignore_xids: list[int] = msgspec.field(default_factory=lambda: [13, 31, 43, 45, 68])
+    # A running job whose GPUs all stay under idle_util_pct for idle_after_s is flagged idle
+    # (dcctl, /metrics) and its log gets a warning; idle_cancel_after_s > 0 cancels it that
+    # much later (0: never). idle_after_s = 0 turns the check off.
+    idle_util_pct: float = 5.0
+    idle_after_s: float = 1800.0
+    idle_cancel_after_s: float = 0.0
 
     def ports(self) -> range:
         try:
@@ -125,6 +141,10 @@ class AgentConfig(_Section):
     # Each job in a cgroup of its own (GPU device limits, kill-all): "auto" where the host
     # has them (see docs/security.md, Job isolation), "off" never.
     cgroups: Literal["auto", "off"] = "auto"
+    # A site's check run before each launch (argv; [] = none), e.g. ["/usr/local/sbin/gpu-check"]:
+    # a non-zero exit refuses the launch, the job goes back to the queue, the node is drained.
+    health_check: list[str] = []
+    health_check_timeout_s: float = 60.0
 
     def host_name(self) -> str:
         return self.host or os.uname().nodename
@@ -157,14 +177,52 @@ def load_config(path: str | None = None, *, missing_ok: bool = False) -> Config:
             "(example: docs/dcsched.example.toml)"
         ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: {exc}") from None
+        m = re.search(r"at line (\d+)", str(exc))
+        raise ConfigError(f"{p}:{m.group(1)}: {exc}" if m else f"{p}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{p}: {exc.strerror}") from None
     try:
         cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{p}: {exc} (see docs/dcsched.example.toml)") from None
+        where = _validation_key(str(exc))
+        line = locate(Path(p).read_text(), where) if where else None
+        at = f"{p}:{line}" if line else p
+        raise ConfigError(f"{at}: {exc} (see docs/dcsched.example.toml)") from None
     return msgspec.structs.replace(cfg, path=p)
+
+
+def _validation_key(message: str) -> str:
+    """The dotted key a msgspec validation error is about ("daemon.port_range")."""
+    m = re.search(r"- at `\$\.?([^`]*)`", message)
+    path = m.group(1) if m else ""
+    field = re.search(r"unknown field `([^`]+)`", message)
+    if field:
+        path = f"{path}.{field.group(1)}" if path else field.group(1)
+    return re.sub(r"\[\d+\]", "", path)
+
+
+def locate(text: str, dotted: str) -> int | None:
+    """The line (1-based) of a TOML file where the dotted key is set, or where the closest
+    table above it starts; None when neither is there."""
+    want = dotted.split(".")
+    best: tuple[int, int] | None = None  # (matched parts, line)
+    table: list[str] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line.startswith("["):
+            head = re.match(r"\[\[?\s*([^\]]+?)\s*\]", line)
+            table = [k.strip().strip('"') for k in head.group(1).split(".")] if head else []
+            key = table
+        else:
+            m = re.match(r"([A-Za-z0-9_.\"' -]+?)\s*=", line)
+            if not m or line.startswith("#"):
+                continue
+            key = table + [k.strip().strip("\"'") for k in m.group(1).split(".")]
+        if key == want[: len(key)] and (best is None or len(key) > best[0]):
+            best = (len(key), n)
+            if len(key) == len(want):
+                return n
+    return best[1] if best else None
 
 
 def socket_path(cli_value: str | None, config: Config | None) -> str:
@@ -175,3 +233,61 @@ def socket_path(cli_value: str | None, config: Config | None) -> str:
     if env:
         return env
     return config.daemon.socket if config else DEFAULT_SOCKET
+
+
+# --- check-config ------------------------------------------------------------------------------
+
+
+class ConfigCheck:
+    """What `dcd check-config` and `dc-agent check-config` found: lines `FILE:LINE: message`,
+    errors and warnings apart."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.path = cfg.path
+        try:
+            self._text = Path(cfg.path).read_text() if cfg.path else ""
+        except OSError:
+            self._text = ""
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def at(self, key: str) -> str:
+        line = locate(self._text, key) if self._text else None
+        return f"{self.path}:{line}" if line else self.path
+
+    def error(self, key: str, message: str) -> None:
+        self.errors.append(f"{self.at(key)}: {key}: {message}")
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(f"{self.at(key)}: warning: {key}: {message}")
+
+    def common(self) -> None:
+        """What every part reads: the broker and the cluster key."""
+        b = self.cfg.broker
+        try:
+            b.host_port()
+            b.password()
+        except ConfigError as exc:
+            key = "broker.url" if "url" in str(exc) else "broker.password_file"
+            self.error(key, str(exc).split(": ", 1)[-1])
+        key_file = self.cfg.cluster.key_file
+        if not key_file:
+            self.warn("cluster.key_file", "empty: commands are not signed (a demo only)")
+            return
+        try:
+            with open(key_file, "rb") as f:
+                size = len(f.read().strip())
+        except OSError as exc:
+            self.error("cluster.key_file", f"{key_file}: {exc.strerror}")
+            return
+        if size < 16:
+            self.error("cluster.key_file", f"{key_file} is shorter than 16 bytes")
+
+    def report(self, prog: str) -> int:
+        """Prints what was found; the exit status (0: no error)."""
+        for line in self.errors + self.warnings:
+            print(line)
+        if not self.errors:
+            print(f"{self.path}: ok for {prog}")
+        return 1 if self.errors else 0

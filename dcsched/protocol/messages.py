@@ -32,7 +32,7 @@ class GpuSample(msgspec.Struct, kw_only=True, omit_defaults=True):
     sm_clock_mhz: int | None = None
     energy_j: float | None = None  # cumulative since driver load
     pids: list[int] = []
-    health: str = "ok"  # "ok" | "lost" | "xid"
+    health: str = "ok"  # "ok" | "lost" | "xid" | "ecc" | "thermal" | "power"
 
 
 class JobProcs(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -143,7 +143,17 @@ class QueryJob(Message, tag="query_job"):
     job_id: str
 
 
-Command = Launch | Cancel | Signal | FetchLog | AckExit | QueryJob
+class LogNotice(Message, tag="log_notice"):
+    """A line for a job's log from the daemon (the idle-GPU warning): the agent appends it to
+    the node's log, where the job's owner reads it. Fire and forget, never remembered."""
+
+    cmd_id: str
+    job_id: str
+    node_rank: int
+    text: str
+
+
+Command = Launch | Cancel | Signal | FetchLog | AckExit | QueryJob | LogNotice
 
 
 class SignedCommand(msgspec.Struct, kw_only=True, tag="signed", tag_field="type"):
@@ -169,7 +179,8 @@ class Ack(Message, tag="ack"):
     error: str = ""
     # why a command was refused, for the daemon to act on: "" (see error), "port_in_use"
     # (the rank-0 host could not bind the master port: retried with another port), "invalid"
-    # (the launch could never run here: the job fails at once)
+    # (the launch could never run here: the job fails at once), "unhealthy" (the host's health
+    # check failed: the job goes back to the queue, the node is drained)
     code: str = ""
 
 
@@ -199,7 +210,7 @@ class GpuFault(Message, tag="gpu_fault"):
     host: str
     gpu_index: int
     ts: float
-    kind: str  # "xid" | "lost"
+    kind: str  # "xid" | "ecc" | "thermal" | "power" | "lost"
     code: int | None = None
     detail: str = ""
 

@@ -22,6 +22,7 @@ from textual.command import Hit, Hits, Provider
 from textual.widgets import Footer, Input, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
+from dcsched import __version__
 from dcsched.client import ApiError, Client, ClientError, DaemonUnreachable
 from dcsched.tui.data import Snapshot, Source, fetch_snapshot, summary
 from dcsched.tui.messages import (
@@ -420,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls (1)")
     p.add_argument("--theme", choices=("dark", "light"), default="dark")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 

@@ -87,6 +87,7 @@ class ScriptedAgent:
         self.auto_ack = True
         self.running: set[str] = set()
         self.on_command: Callable[[Command], None] | None = None
+        self.sample: dict[str, Any] = {"util": 50.0}  # each GPU's telemetry fields
         self._client: aiomqtt.Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -162,7 +163,8 @@ class ScriptedAgent:
                 seq=seq,
                 simulated=True,
                 gpus=[
-                    GpuSample(index=i, uuid=f"{self.host}-{i}", util=50.0) for i in range(self.gpus)
+                    GpuSample(index=i, uuid=f"{self.host}-{i}", **self.sample)
+                    for i in range(self.gpus)
                 ],
                 jobs=[JobProcs(job_id=j, node_rank=0) for j in self.running],
             )

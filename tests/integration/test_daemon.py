@@ -9,7 +9,6 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 
 from dcsched.client import ApiError, Client
 from dcsched.daemon.service import Daemon
-from tests.conftest import Broker, free_port
+from tests.conftest import Broker
 from tests.integration.daemon_harness import (
     ScriptedAgent,
     api,
@@ -250,24 +249,3 @@ async def test_only_the_owner_or_an_admin_may_cancel(mosquitto: Broker, prefix: 
             assert (await api(client, "job", job_id))["state"] == "CANCELLED"
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-async def test_metrics_endpoint_speaks_prometheus(
-    tmp_path: Path, mosquitto: Broker, prefix: str
-) -> None:
-    port = free_port()
-    conf = write_config(tmp_path, mosquitto, prefix, metrics_listen=f"127.0.0.1:{port}")
-    async with running_daemon(conf) as d, ScriptedAgent(mosquitto, prefix, "n1"):
-        await until(lambda: d.ingest.received > 0, what="telemetry")
-        # two nodes on a one-node cluster: an admin (root) queues it anyway, and it waits
-        await api(Client(d.config.daemon.socket), "submit", SPEC, force=True)
-
-        def scrape() -> str:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                return str(r.read().decode())
-
-        text = await asyncio.to_thread(scrape)
-    assert 'dcsched_jobs{state="PENDING"} 1' in text
-    assert 'dcsched_nodes{state="up"} 1' in text
-    assert 'dcsched_gpu_utilization_percent{host="n1",gpu="0"} 50.0' in text
-    assert "# TYPE dcsched_telemetry_messages_total counter" in text

@@ -60,9 +60,13 @@ class NvmlQuery:
         self._warned: set[tuple[str, int | None]] = set()
 
     def call(self, name: str, *args: Any) -> Any:
-        """nv.<name>(*args), or None when the value is not available."""
+        """nv.<name>(*args), or None when the value is not available (also when this
+        nvidia-ml-py has no such function)."""
+        fn = getattr(self.nv, name, None)
+        if fn is None:
+            return None
         try:
-            value = getattr(self.nv, name)(*args)
+            value = fn(*args)
         except self.nv.NVMLError as exc:
             code = getattr(exc, "value", None)
             if code in self._lost:
@@ -94,6 +98,29 @@ def _init_once(nv: ModuleType) -> None:
         _initialised.add(nv)
 
 
+# Clock event ("throttle") reasons that mean the GPU is in trouble, not merely idle or capped
+# by its application clocks: nvidia-ml-py's names, with their values as a fallback.
+_THERMAL = (("nvmlClocksThrottleReasonHwThermalSlowdown", 0x40),
+            ("nvmlClocksThrottleReasonSwThermalSlowdown", 0x20))  # fmt: skip
+_POWER = (("nvmlClocksThrottleReasonHwPowerBrakeSlowdown", 0x80),
+          ("nvmlClocksThrottleReasonHwSlowdown", 0x08))  # fmt: skip
+
+
+def _health(nv: Any, ecc: int | None, slowdown: int | None) -> tuple[str, str]:
+    """(GpuSample.health, detail) from the uncorrectable ECC count since the driver loaded
+    and the current clock event reasons."""
+    if ecc:
+        return "ecc", f"{ecc} uncorrectable ECC errors"
+    if slowdown:
+        for kind, bits in (("thermal", _THERMAL), ("power", _POWER)):
+            mask = 0
+            for name, value in bits:
+                mask |= int(getattr(nv, name, value))
+            if slowdown & mask:
+                return kind, f"clock event reasons 0x{slowdown:x}"
+    return "ok", ""
+
+
 class NvmlBackend:
     name = "nvml"
     simulated = False
@@ -115,6 +142,7 @@ class NvmlBackend:
         self.q = NvmlQuery(nv)
         count = self.q.call("nvmlDeviceGetCount") or 0
         self._lost: set[int] = set()
+        self._health: dict[int, str] = {}  # the last health reported per GPU, when not ok
         self._handles = [self._handle(i) for i in range(count)]
         self._handler: FaultHandler | None = None
         self._stop = threading.Event()
@@ -169,6 +197,13 @@ class NvmlBackend:
             sm = q.call("nvmlDeviceGetClockInfo", h, nv.NVML_CLOCK_SM)
             energy_mj = q.call("nvmlDeviceGetTotalEnergyConsumption", h)
             procs = q.call("nvmlDeviceGetComputeRunningProcesses", h)
+            ecc = q.call(
+                "nvmlDeviceGetTotalEccErrors",
+                h,
+                getattr(nv, "NVML_MEMORY_ERROR_TYPE_UNCORRECTED", 1),
+                getattr(nv, "NVML_VOLATILE_ECC", 0),
+            )
+            slowdown = q.call("nvmlDeviceGetCurrentClocksThrottleReasons", h)
         except GpuLost as exc:
             if index not in self._lost:
                 self._lost.add(index)
@@ -178,7 +213,15 @@ class NvmlBackend:
             return GpuSample(index=index, uuid=uuid, health="lost")
         if index in self._lost:
             self._lost.discard(index)  # came back (after a reset): healthy again
+        health, detail = _health(nv, ecc, slowdown)
+        if health != self._health.get(index, "ok"):
+            self._health[index] = health
+            if health != "ok":  # a new trouble: reported once, as it begins
+                self._fault(
+                    GpuFault(host=self.host, gpu_index=index, ts=now, kind=health, detail=detail)
+                )
         return GpuSample(
+            health=health,
             index=index,
             uuid=uuid,
             util=float(util.gpu) if util is not None else None,

@@ -2,18 +2,29 @@
 
 A GPU held by a job runs hot (high utilisation, memory, power); an idle one sits near zero.
 The energy counter integrates power over time as NVML's does. Always labelled simulated.
+
+Faults are injected through a file (`dc-agent sim-fault` writes it): `{"GPU": {"kind": K,
+"code": C, "detail": D}}` with K one of xid, ecc, thermal, power, lost. A GPU listed there
+reports that health in its samples, and each new entry is reported once as a GpuFault, as
+the nvml backend does for real faults.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 import random
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dcsched.agents.gpu.base import FaultHandler
-from dcsched.protocol.messages import GpuInfo, GpuSample
+from dcsched.protocol.messages import GpuFault, GpuInfo, GpuSample
+
+log = logging.getLogger("dcsched.agent.sim")
+FAULT_KINDS = ("xid", "ecc", "thermal", "power", "lost")
 
 _GIB = 1024**3
 _IDLE_W, _MAX_W = 62.0, 700.0
@@ -31,8 +42,20 @@ class SimBackend:
     name = "sim"
     simulated = True
 
-    def __init__(self, host: str, count: int, model: str, mem_gib: int, seed: int | None = None):
+    def __init__(
+        self,
+        host: str,
+        count: int,
+        model: str,
+        mem_gib: int,
+        seed: int | None = None,
+        faults_file: str | None = None,
+    ):
         self.host = host
+        self.faults_file = faults_file
+        self._faults: dict[int, dict[str, object]] = {}
+        self._faults_mtime: float | None = None
+        self._handler: FaultHandler | None = None
         self.model = model
         self.mem_total = mem_gib * _GIB
         # uuid5 keeps a host's simulated GPUs the same across agent restarts.
@@ -51,9 +74,50 @@ class SimBackend:
     def driver_version(self) -> str:
         return "simulated"
 
+    def _read_faults(self, now: float) -> dict[int, dict[str, object]]:
+        """The injected faults; each one new since the last read is reported once."""
+        if not self.faults_file:
+            return self._faults
+        try:
+            mtime: float | None = os.stat(self.faults_file).st_mtime
+        except FileNotFoundError:
+            mtime = None
+        if mtime == self._faults_mtime:
+            return self._faults
+        self._faults_mtime = mtime
+        faults: dict[int, dict[str, object]] = {}
+        if mtime is not None:
+            try:
+                with open(self.faults_file) as fh:
+                    raw = json.load(fh)
+                faults = {int(k): dict(v) for k, v in raw.items() if int(k) < len(self._state)}
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                log.warning("sim faults file %s unreadable: %s", self.faults_file, exc)
+                return self._faults
+        for i, f in faults.items():
+            if self._faults.get(i) != f and self._handler is not None:
+                code = f.get("code")
+                self._handler(
+                    GpuFault(
+                        host=self.host,
+                        gpu_index=i,
+                        ts=now,
+                        kind=str(f.get("kind", "xid")),
+                        code=int(code) if isinstance(code, int) else None,
+                        detail=str(f.get("detail", "")) or "simulated",
+                    )
+                )
+        self._faults = faults
+        return faults
+
     def sample(self, now: float, busy: Mapping[int, Sequence[int]]) -> list[GpuSample]:
+        faults = self._read_faults(now)
         out = []
         for i, st in enumerate(self._state):
+            fault = faults.get(i)
+            if fault is not None and fault.get("kind") == "lost":
+                out.append(GpuSample(index=i, uuid=self._uuids[i], health="lost"))
+                continue
             dt = 0.0 if st.last is None else max(0.0, now - st.last)
             st.last = now
             held = i in busy
@@ -79,12 +143,14 @@ class SimBackend:
                     sm_clock_mhz=1980 if st.util > 5 else 345,
                     energy_j=round(st.energy_j, 1),
                     pids=list(busy.get(i, ())),
+                    health=str(fault.get("kind", "xid")) if fault is not None else "ok",
                 )
             )
         return out
 
     def watch_faults(self, handler: FaultHandler) -> None:
-        """Simulated GPUs do not fail."""
+        """Faults come only from the injection file, read with each sample."""
+        self._handler = handler
 
     def close(self) -> None:
         pass

@@ -357,8 +357,9 @@ def test_the_warning_signal_goes_to_the_workers_not_torchrun(
     launcher = Launcher(agent_config.agent.state_dir, agent_config.agent.torchrun)
     rec = launcher.start(launch(tmp_path, py(WARNED_TREE)))
     worker = _worker_pid(rec)
-    deadline = time.monotonic() + 10
-    while "ready" not in Path(rec.log_path).read_text() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60  # the worker has its handler in place
+    while "ready" not in Path(rec.log_path).read_text():
+        assert time.monotonic() < deadline, Path(rec.log_path).read_text()
         time.sleep(0.05)
     assert launcher.signal_workers(rec, signal.SIGUSR1) == [worker]
     assert wait_exit(launcher, rec).exit_code == 0
@@ -401,12 +402,12 @@ def test_a_script_in_the_workdir_or_a_module_is_not_refused(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("code", "sig", "reason", "line"),
     [
-        (0, None, "", "[dcsched] ended: exit code 0"),
-        (3, None, "", "[dcsched] ended: exit code 3"),
-        (None, 9, "", "[dcsched] ended: signal 9 (SIGKILL)"),
-        (None, 15, "timeout", "[dcsched] stopped: the time limit was reached: signal 15 (SIGTERM)"),
-        (None, 15, "node_fail", "[dcsched] stopped: another node of the job was lost: signal 15"),
-        (None, None, "lost", "[dcsched] its process was lost (killed from outside the agent)"),
+        (0, None, "", "ended: exit code 0"),
+        (3, None, "", "ended: exit code 3"),
+        (None, 9, "", "ended: signal 9 (SIGKILL)"),
+        (None, 15, "timeout", "stopped: the time limit was reached: signal 15 (SIGTERM)"),
+        (None, 15, "node_fail", "stopped: another node of the job was lost: signal 15"),
+        (None, None, "lost", "its process was lost (killed from outside the agent)"),
     ],
 )
 def test_the_logs_last_line_says_how_the_node_ended(

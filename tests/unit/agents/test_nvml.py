@@ -35,6 +35,12 @@ class FakeNvml(types.ModuleType):
     NVML_TEMPERATURE_GPU = 0
     NVML_CLOCK_SM = 1
     nvmlEventTypeXidCriticalError = 0x8
+    NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+    NVML_VOLATILE_ECC = 0
+    nvmlClocksThrottleReasonHwSlowdown = 0x8
+    nvmlClocksThrottleReasonSwThermalSlowdown = 0x20
+    nvmlClocksThrottleReasonHwThermalSlowdown = 0x40
+    nvmlClocksThrottleReasonHwPowerBrakeSlowdown = 0x80
     NVMLError = NVMLError
 
     def __init__(self, count: int = 2) -> None:
@@ -44,6 +50,8 @@ class FakeNvml(types.ModuleType):
         self.unsupported: set[str] = set()  # function names that raise NotSupported
         self.lost: set[int] = set()
         self.events: list[Any] = []
+        self.ecc: dict[int, int] = {}  # uncorrectable ECC errors per GPU
+        self.reasons: dict[int, int] = {}  # clock event reasons per GPU
         self.event_lock = threading.Lock()
 
     def _check(self, name: str, h: int | None = None) -> None:
@@ -102,6 +110,15 @@ class FakeNvml(types.ModuleType):
     def nvmlDeviceGetComputeRunningProcesses(self, h: int) -> list[Any]:
         self._check("nvmlDeviceGetComputeRunningProcesses", h)
         return [types.SimpleNamespace(pid=100 + h, usedGpuMemory=1 << 30)]
+
+    def nvmlDeviceGetTotalEccErrors(self, h: int, kind: int, counter: int) -> int:
+        self._check("nvmlDeviceGetTotalEccErrors", h)
+        assert (kind, counter) == (self.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, self.NVML_VOLATILE_ECC)
+        return self.ecc.get(h, 0)
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h: int) -> int:
+        self._check("nvmlDeviceGetCurrentClocksThrottleReasons", h)
+        return self.reasons.get(h, 0x1)  # 0x1: GPU idle, no trouble
 
     def nvmlEventSetCreate(self) -> str:
         return "event-set"
@@ -200,6 +217,29 @@ def test_lost_gpu_gives_health_lost_and_one_fault(fake: FakeNvml) -> None:
         s0, s1 = backend.sample(float(t), {})
         assert s0.health == "ok" and s1.health == "lost" and s1.util is None
     assert [(f.gpu_index, f.kind) for f in faults] == [(1, "lost")]
+    backend.close()
+
+
+def test_ecc_errors_and_slowdowns_give_health_and_one_fault_each(fake: FakeNvml) -> None:
+    backend = NvmlBackend("h", fake)
+    faults: list[GpuFault] = []
+    backend.watch_faults(faults.append)
+    assert [s.health for s in backend.sample(0.0, {})] == ["ok", "ok"]
+    fake.ecc[0] = 2
+    fake.reasons[1] = 0x40 | 0x1  # hardware thermal slowdown
+    for t in (1.0, 2.0):
+        assert [s.health for s in backend.sample(t, {})] == ["ecc", "thermal"]
+    fake.reasons[1] = 0x80  # power brake
+    assert [s.health for s in backend.sample(3.0, {})] == ["ecc", "power"]
+    fake.reasons[1] = 0x4  # capped by application clocks: no trouble
+    assert [s.health for s in backend.sample(4.0, {})] == ["ecc", "ok"]
+    assert [(f.gpu_index, f.kind, f.detail) for f in faults] == [
+        (0, "ecc", "2 uncorrectable ECC errors"),
+        (1, "thermal", "clock event reasons 0x41"),
+        (1, "power", "clock event reasons 0x80"),
+    ]
+    fake.unsupported |= {"nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetCurrentClocksThrottleReasons"}
+    assert [s.health for s in backend.sample(5.0, {})] == ["ok", "ok"]  # no counters: no verdict
     backend.close()
 
 

@@ -142,6 +142,8 @@ def name(eff: lc.Effect) -> str:
             return f"AckExit:{eff.host}:{eff.launch_id}"
         case lc.AvoidPort():
             return f"AvoidPort:{eff.addr}:{eff.port}"
+        case lc.DrainNode():
+            return f"DrainNode:{eff.host}"
     return type(eff).__name__
 
 
@@ -589,6 +591,7 @@ STOP_ROWS = [
 
 INVALID = LaunchRefused("a", "L0", "gpu 9 does not exist", "invalid")
 PORT_TAKEN = LaunchRefused("a", "L0", "port 29500 is in use", lc.RETRY_PORT)
+UNHEALTHY = LaunchRefused("a", "L0", "gpu-check: XID 79 on GPU 1", lc.UNHEALTHY)
 
 REFUSED_ROWS = [
     row(
@@ -638,6 +641,32 @@ REFUSED_ROWS = [
         S.REQUEUED,
         "",
         [f"AvoidPort:a:{PORT}", DROP, WAKE],
+    ),
+    row(
+        "health check failed: back in the queue, the node drained",
+        job(S.STARTING, "launching"),
+        [UNHEALTHY],
+        S.REQUEUED,
+        "",
+        ["DrainNode:a", DROP, WAKE],
+        reason="",
+    ),
+    row(
+        "health check failed on one of two",
+        LAUNCHING2,
+        [UNHEALTHY],
+        S.COMPLETING,
+        "exited launching",
+        ["DrainNode:a", DROP, STOP_B],
+        ending=S.REQUEUED,
+    ),
+    row(
+        "health check failed while cancelling: the node is drained all the same",
+        job(S.COMPLETING, "launching launching", ending=S.CANCELLED),
+        [UNHEALTHY, gone("b")],
+        S.CANCELLED,
+        "exited exited",
+        ["DrainNode:a", WAKE],
     ),
     row(
         "refusal of an earlier run's launch",
@@ -1367,7 +1396,7 @@ def event_for(draw: st.DrawFn, j: Job, starts: int) -> lc.Event:
         case "start":
             return run_start(starts + 1, draw(st.sampled_from([PORT, PORT + 1])))
         case "refused":
-            code = draw(st.sampled_from(["invalid", lc.RETRY_PORT, ""]))
+            code = draw(st.sampled_from(["invalid", lc.RETRY_PORT, lc.UNHEALTHY, ""]))
             return LaunchRefused(host, launch, "no", code)
         case "not_running":
             return NotRunning(host, "gone")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dcsched.daemon.sdnotify import notify, watchdog_interval
+from dcsched.protocol.sdnotify import notify, watchdog_interval
 
 
 def test_notify_sends_the_state_to_systemds_socket(

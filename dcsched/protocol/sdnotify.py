@@ -1,4 +1,5 @@
-"""systemd's notify protocol (READY=1, WATCHDOG=1, STOPPING=1) without a dependency."""
+"""systemd's notify protocol (READY=1, WATCHDOG=1, STOPPING=1) without a dependency: dcd and
+dc-agent are both Type=notify units."""
 
 from __future__ import annotations
 
