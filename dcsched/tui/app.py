@@ -33,6 +33,7 @@ from dcsched.tui.messages import (
     PollFailed,
     SnapshotReady,
 )
+from dcsched.tui.prefs import Prefs, load_prefs, save_prefs
 from dcsched.tui.screens import (
     ConfirmScreen,
     DetailScreen,
@@ -66,6 +67,44 @@ class DctopCommands(Provider):
         ]
         out.append(("Theme: toggle light / dark", app.action_toggle_theme, "key t"))
         out.append(("Help: keys", app.action_help, "key ?"))
+        out.append(("Command line", app.action_command_line, "key :"))
+        out.append(("Quit", app.exit, "key q"))
+        view = app.current_view
+        out.append((f"{view.title}: filter", view.action_filter, "key /"))
+        if view.filter.text:
+            out.append((f"{view.title}: clear filter", view.action_clear_filter, "escape"))
+        t = view.table
+        labels = {col.key: col.label or col.key for col in view.columns}
+        for key in t.shown:
+            out.append((f"{view.title}: sort by {labels[key]}", partial(t.sort_by, key), "s / S"))
+            if len(t.shown) > 1:
+                out.append(
+                    (
+                        f"{view.title}: hide column {labels[key]}",
+                        partial(app.hide_column, key),
+                        "saved in " + str(app.prefs.path or ""),
+                    )
+                )
+        for col in view.columns:
+            if col.key not in t.shown:
+                out.append(
+                    (
+                        f"{view.title}: show column {labels[col.key]}",
+                        partial(app.show_column, col.key),
+                        "saved in " + str(app.prefs.path or ""),
+                    )
+                )
+        for binding in view.BINDINGS:
+            if isinstance(binding, Binding) and binding.show and binding.action != "filter":
+                target = view.table.selected_key
+                if target is not None:
+                    out.append(
+                        (
+                            f"{binding.description}: {target}",
+                            partial(view.run_action, binding.action),
+                            f"key {binding.key}",
+                        )
+                    )
         snap = app.snapshot
         if snap is not None:
             for j in snap.jobs:
@@ -105,12 +144,12 @@ class DctopApp(App[None]):
     TITLE = "dctop"
     COMMANDS = App.COMMANDS | {DctopCommands}
     BINDINGS = [
-        Binding("1", "view('cluster')", "Cluster", id="view.cluster"),
-        Binding("2", "view('gpus')", "GPUs", id="view.gpus"),
-        Binding("3", "view('jobs')", "Jobs", id="view.jobs"),
-        Binding("4", "view('fairshare')", "Fair-share", id="view.fairshare"),
-        Binding("5", "view('history')", "History", id="view.history"),
-        Binding("colon", "command_line", ":cmd", id="app.command_line"),
+        Binding("1", "view('cluster')", "Cluster", show=False, id="view.cluster"),
+        Binding("2", "view('gpus')", "GPUs", show=False, id="view.gpus"),
+        Binding("3", "view('jobs')", "Jobs", show=False, id="view.jobs"),
+        Binding("4", "view('fairshare')", "Fair-share", show=False, id="view.fairshare"),
+        Binding("5", "view('history')", "History", show=False, id="view.history"),
+        Binding("colon", "command_line", "Command", id="app.command_line"),
         Binding("question_mark", "help", "Help", id="app.help"),
         Binding("t", "toggle_theme", "Theme", show=False, id="app.theme"),
         Binding("q", "quit", "Quit", id="app.quit"),
@@ -126,6 +165,8 @@ class DctopApp(App[None]):
         theme: str = "textual-dark",
         target: str = "",
         tune_gc: bool = False,
+        prefs: Prefs | None = None,
+        start_filter: str = "",
     ) -> None:
         super().__init__()
         self.source = source
@@ -138,6 +179,8 @@ class DctopApp(App[None]):
         self._polling = False
         self._wanted_theme = theme
         self._tune_gc = tune_gc
+        self.prefs = prefs if prefs is not None else Prefs()
+        self.start_filter = start_filter
         self.sub_title = target + ("  [read-only]" if readonly else "")
 
     # ------------------------------------------------------------ layout
@@ -162,6 +205,16 @@ class DctopApp(App[None]):
 
     def on_mount(self) -> None:
         self.theme = self._wanted_theme
+        for view in self.query(View):
+            vp = self.prefs.view(view.name)
+            if vp.columns:
+                view.table.set_columns(vp.columns)
+            if vp.sort in {col.key for col in view.columns}:
+                view.table.sort_by(vp.sort, reverse=vp.reverse)
+            if self.start_filter:
+                view.set_filter(self.start_filter)
+        if self.prefs.error:
+            self.notify(self.prefs.error, title="dctop settings", severity="warning", markup=False)
         self.poll()
         if self.interval > 0:
             self.set_interval(self.interval, self.poll, name="poll")
@@ -229,8 +282,7 @@ class DctopApp(App[None]):
         self._polling = False
         banner = self.query_one("#banner", Banner)
         lead = "daemon unreachable — retrying" if message.unreachable else "daemon error"
-        banner.update(f"{lead}: {message.error}")
-        banner.display = True
+        banner.show(f"{lead}: {message.error}")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place a worker's unexpected error lands: shown, never a crash."""
@@ -309,10 +361,56 @@ class DctopApp(App[None]):
             self.theme = "textual-light" if args and args[0] == "light" else "textual-dark"
         elif head == "help":
             self.action_help()
+        elif head == "filter":
+            self.current_view.set_filter(" ".join(args))
+        elif head in ("columns", "cols"):
+            self.set_columns(args)
+        elif head == "sort" and args:
+            self.sort(args[0], reverse=args[1:] in (["desc"], ["reverse"]))
         elif head in ("q", "quit", "exit"):
             self.exit()
         else:
             self.notify(f"unknown command {text!r}; ? lists them", severity="warning")
+
+    # ------------------------------------------------------------ columns and sort
+
+    def set_columns(self, keys: list[str]) -> None:
+        """`:columns KEY...` shows these columns of the current view in this order (no
+        keys: the defaults) and saves the choice."""
+        view = self.current_view
+        known = [col.key for col in view.columns]
+        wrong = [k for k in keys if k not in known]
+        if wrong:
+            self.notify(
+                f"no column {', '.join(wrong)} in {view.title}; columns: {' '.join(known)}",
+                severity="warning",
+                markup=False,
+            )
+            return
+        view.table.set_columns(keys or known)
+        self.prefs.view(view.name).columns = list(keys)
+        self._save_prefs()
+
+    def hide_column(self, key: str) -> None:
+        self.set_columns([k for k in self.current_view.table.shown if k != key])
+
+    def show_column(self, key: str) -> None:
+        self.set_columns([*self.current_view.table.shown, key])
+
+    def sort(self, key: str, *, reverse: bool) -> None:
+        view = self.current_view
+        if key not in {col.key for col in view.columns}:
+            known = " ".join(col.key for col in view.columns)
+            self.notify(f"no column {key} in {view.title}; columns: {known}", severity="warning")
+            return
+        view.table.sort_by(key, reverse=reverse)
+        vp = self.prefs.view(view.name)
+        vp.sort, vp.reverse = key, reverse
+        self._save_prefs()
+
+    def _save_prefs(self) -> None:
+        if error := save_prefs(self.prefs):
+            self.notify(error, title="dctop settings", severity="warning", markup=False)
 
     def on_key(self, event: events.Key) -> None:
         if event.key == "escape":
@@ -396,7 +494,7 @@ class DctopApp(App[None]):
             self.notify(message.text, title="done")
         else:
             title = {"permission_denied": "permission denied"}.get(message.code, message.code)
-            self.notify(message.text, title=title, severity="error", timeout=8)
+            self.notify(message.text, title=title, severity="error", timeout=8, markup=False)
         self.poll()
         if isinstance(self.screen, DetailScreen):
             self.screen.poll()
@@ -420,6 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls (1)")
     p.add_argument("--theme", choices=("dark", "light"), default="dark")
+    p.add_argument(
+        "--filter",
+        default="",
+        help="start with this filter in every view, as `/` takes it "
+        "(e.g. 'user=alice state=running'); a key= a view has no column for is skipped there",
+    )
     return p
 
 
@@ -443,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         theme=f"textual-{args.theme}",
         target=str(Path(path)),
         tune_gc=True,
+        prefs=load_prefs(),
+        start_filter=args.filter,
     )
     app.run()
     return 0

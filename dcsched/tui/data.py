@@ -248,6 +248,74 @@ class Column:
 Rows = dict[str, tuple[Cell, ...]]
 
 
+def order_rows(rows: Rows, column: int, *, reverse: bool = False) -> list[str]:
+    """The row keys sorted by one column's sort key (ties keep the given order)."""
+    keys = {k: sort_key(cells[column].key) for k, cells in rows.items()}
+    return sorted(keys, key=keys.__getitem__, reverse=reverse)
+
+
+#: `key=value` names that mean another column in some views (the jobs view lists hosts in
+#: its nodelist column, the GPUs view shows the job id as "job")
+FILTER_ALIASES = {"host": ("where",), "id": ("job",), "job": ("id",), "name": ("who",)}
+
+
+@dataclass(frozen=True, slots=True)
+class RowFilter:
+    """The `/` filter (and `dctop --filter`): whitespace-separated terms, all of which must
+    match. `key=value` matches a column's text exactly (case-insensitive; one item of a
+    comma-separated list counts), any other term is a substring of any cell. A `key=`
+    that names no column of the view is skipped there (listed in `ignored`), so one
+    start-up filter such as `user=alice` applies wherever it can."""
+
+    text: str = ""
+
+    def terms(self, columns: Sequence[Column]) -> tuple[list[tuple[list[int], str]], list[str]]:
+        index = {col.key: i for i, col in enumerate(columns)}
+        keyed: list[tuple[list[int], str]] = []
+        ignored: list[str] = []
+        for term in self.text.lower().split():
+            k, eq, v = term.partition("=")
+            if not eq:
+                keyed.append(([], term))
+                continue
+            cols = [index[k]] if k in index else []
+            cols += [index[a] for a in FILTER_ALIASES.get(k, ()) if a in index]
+            if cols:
+                keyed.append((cols, v))
+            else:
+                ignored.append(k)
+        return keyed, ignored
+
+    def apply(self, rows: Rows, columns: Sequence[Column]) -> tuple[Rows, list[str]]:
+        """The rows that match, and the keys of `key=` terms this view has no column for."""
+        terms, ignored = self.terms(columns)
+        if not terms:
+            return rows, ignored
+        out: Rows = {}
+        for k, cells in rows.items():
+            for cols, v in terms:
+                if cols:
+                    if not any(_equals(cells[i].text, v) for i in cols):
+                        break
+                elif not any(v in cell.text.lower() for cell in cells):
+                    break
+            else:
+                out[k] = cells
+        return out, ignored
+
+
+def _equals(text: str, value: str) -> bool:
+    t = text.lower()
+    return t == value or value in (p.strip() for p in t.split(","))
+
+
+def exit_text(code: Any, signal: Any) -> str:
+    """How a job ended: "exit 0", "exit 1", "signal 9"; "" when not known yet."""
+    if code is not None:
+        return f"exit {code}"
+    return f"signal {signal}" if signal else ""
+
+
 def summary(cluster: JSON) -> list[tuple[str, str]]:
     """The header as (text, style) runs: nodes, GPUs, utilisation, power, jobs."""
     n = cluster.get("nodes") or {}
@@ -402,31 +470,6 @@ def gpu_rows(gpus: Iterable[JSON]) -> Rows:
     return rows
 
 
-def gpu_matches(g: JSON, needle: str) -> bool:
-    """The `/` filter: a case-insensitive substring of host, model, job, user or health;
-    `key=value` (host=, model=, job=, user=, state=) matches one field exactly."""
-    needle = needle.strip().lower()
-    if not needle:
-        return True
-    fields = {
-        "host": str(g.get("host", "")),
-        "model": str(g.get("model") or ""),
-        "job": "" if g.get("job_id") is None else str(g.get("job_id")),
-        "user": str(g.get("user") or ""),
-        "health": str(g.get("health") or ""),
-        "state": str(g.get("node_state") or ""),
-    }
-    terms = needle.split()
-    for term in terms:
-        if "=" in term:
-            k, _, v = term.partition("=")
-            if fields.get(k, "").lower() != v:
-                return False
-        elif not any(term in f.lower() for f in fields.values()):
-            return False
-    return True
-
-
 def job_idle(j: JSON) -> bool:
     """A running job whose GPUs sit idle: the waste dctop is meant to show."""
     u = _num(j.get("gpu_util"))
@@ -486,8 +529,7 @@ def job_rows(jobs: Iterable[JSON], now: float) -> Rows:
         elif state in ACTIVE:
             where = ",".join(j.get("hosts") or [])
         else:
-            code, sig = j.get("exit_code"), j.get("signal")
-            where = f"exit {code}" if code is not None else (f"signal {sig}" if sig else "")
+            where = exit_text(j.get("exit_code"), j.get("signal"))
             if j.get("reason"):
                 where += f" ({j['reason']})"
         limit = duration(j.get("time_limit_s"))
@@ -535,8 +577,7 @@ def history_rows(jobs: Iterable[JSON], now: float) -> Rows:
         state = str(j.get("state", ""))
         nodes = int(j.get("nodes") or 0)
         gpn = int(j.get("gpus_per_node") or 0)
-        code, sig = j.get("exit_code"), j.get("signal")
-        where = f"exit {code}" if code is not None else (f"signal {sig}" if sig else "")
+        where = exit_text(j.get("exit_code"), j.get("signal"))
         if j.get("reason"):
             where += f" ({j['reason']})"
         rows[str(j.get("id"))] = (

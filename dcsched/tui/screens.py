@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
@@ -75,6 +76,10 @@ class DetailScreen(Screen[None]):
         if self.interval > 0:
             self.set_interval(self.interval, self.poll)
 
+    def on_resize(self, event: events.Resize) -> None:
+        # side-by-side panels stack on a narrow terminal instead of clipping
+        self.set_class(event.size.width < 100, "narrow")
+
     def poll(self) -> None:
         if not self._busy:
             self._busy = True
@@ -117,10 +122,11 @@ class JobDetailScreen(DetailScreen):
         try:
             job = self.source.job(self.job_id)
             detail = JobDetail(job=job)
-            try:
-                detail.explain = self.source.explain(self.job_id)
-            except ApiError as exc:
-                detail.explain_error = f"{exc.code}: {exc.message}"
+            if job.get("state") in data.QUEUED:  # only a queued job's priority means anything
+                try:
+                    detail.explain = self.source.explain(self.job_id)
+                except ApiError as exc:
+                    detail.explain_error = f"{exc.code}: {exc.message}"
             for host in dict.fromkeys(p.get("host") for p in job.get("node_parts") or []):
                 if host:
                     with contextlib.suppress(ApiError):
@@ -169,7 +175,7 @@ class JobDetailScreen(DetailScreen):
                 ("GPU util", Text(data.pct(j["gpu_util"]), style=data.util_style(j["gpu_util"])))
             )
         if j.get("exit_code") is not None or j.get("signal"):
-            info.append(("Exit", f"code {j.get('exit_code')} signal {j.get('signal')}"))
+            info.append(("Exit", data.exit_text(j.get("exit_code"), j.get("signal"))))
         if j.get("reason"):
             info.append(("Reason", str(j["reason"])))
         cmd = (j.get("spec") or {}).get("command")
@@ -184,6 +190,10 @@ class JobDetailScreen(DetailScreen):
 
     def _priority(self, d: JobDetail, now: float) -> RenderableType:
         parts: list[RenderableType] = [Text("Priority", style="bold underline")]
+        state = str(d.job.get("state", ""))
+        if state not in data.QUEUED:
+            parts.append(Text(f"not ranked: the job is {state} (priority orders the queue)"))
+            return Group(*parts)
         ex = d.explain
         if ex is not None:
             t = Table(box=None, padding=(0, 1), show_edge=False)

@@ -78,13 +78,48 @@ def test_cluster_rows_mark_allocation_and_colour_by_util() -> None:
     assert rows["sim-3"][1].text == "drained (fan check)"
 
 
-def test_gpu_filter_terms() -> None:
-    gpus = FixtureSource().gpus()
-    assert len([g for g in gpus if data.gpu_matches(g, "alice")]) == 3
-    assert len([g for g in gpus if data.gpu_matches(g, "host=sim-1")]) == 4
-    assert len([g for g in gpus if data.gpu_matches(g, "host=sim-1 job=9")]) == 1
-    assert len([g for g in gpus if data.gpu_matches(g, "health=lost")]) == 1
-    assert all(data.gpu_matches(g, "  ") for g in gpus)
+def test_row_filter_terms() -> None:
+    rows = data.gpu_rows(FixtureSource().gpus())
+
+    def n(text: str) -> int:
+        return len(data.RowFilter(text).apply(rows, data.GPU_COLUMNS)[0])
+
+    assert n("alice") == 3
+    assert n("host=sim-1") == 4
+    assert n("HOST=SIM-1 job=9") == 1
+    assert n("health=lost") == 1
+    assert n("  ") == len(rows)
+    # a key= the view has no column for is skipped (and reported), not "nothing matches"
+    shown, ignored = data.RowFilter("account=vision host=sim-1").apply(rows, data.GPU_COLUMNS)
+    assert len(shown) == 4 and ignored == ["account"]
+
+
+def test_row_filter_in_the_jobs_view_host_means_the_nodelist() -> None:
+    rows = data.job_rows(load("jobs.json")["jobs"], NOW)
+    shown, _ = data.RowFilter("host=sim-2").apply(rows, data.JOB_COLUMNS)
+    assert shown and all("sim-2" in cells[10].text for cells in shown.values())
+    users = {
+        cells[2].text
+        for cells in data.RowFilter("user=alice").apply(rows, data.JOB_COLUMNS)[0].values()
+    }
+    assert users == {"alice"}
+
+
+def test_order_rows_by_a_column() -> None:
+    rows = data.gpu_rows(FixtureSource().gpus())
+    ci = [c.key for c in data.GPU_COLUMNS].index("util")
+    keys = data.order_rows(rows, ci)
+    utils = [data.sort_key(rows[k][ci].key) for k in keys]
+    assert utils == sorted(utils)
+    assert data.order_rows(rows, ci, reverse=True) == sorted(
+        keys, key=lambda k: data.sort_key(rows[k][ci].key), reverse=True
+    )
+
+
+def test_exit_text() -> None:
+    assert data.exit_text(0, None) == "exit 0"
+    assert data.exit_text(None, 9) == "signal 9"
+    assert data.exit_text(None, None) == ""
 
 
 def test_jobs_running_first_queue_by_priority_and_idle_flagged() -> None:
