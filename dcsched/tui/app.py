@@ -280,7 +280,10 @@ class DctopApp(App[None]):
 
     def on_poll_failed(self, message: PollFailed) -> None:
         self._polling = False
-        banner = self.query_one("#banner", Banner)
+        found = self.query("#banner").results(Banner)
+        banner = next(found, None)
+        if banner is None:  # failed before the main screen was up: the next poll shows it
+            return
         lead = "daemon unreachable — retrying" if message.unreachable else "daemon error"
         banner.show(f"{lead}: {message.error}")
 
