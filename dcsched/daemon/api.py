@@ -195,6 +195,8 @@ class Api:
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         q = request.query
+        if "ids" in q:
+            return await self._jobs_by_id(q["ids"])
         states: list[str] = sorted(JobState.__members__)
         if "state" in q:
             states = [s.strip().upper() for s in q["state"].split(",") if s.strip()]
@@ -209,6 +211,21 @@ class Api:
         limit = _int_arg(q["limit"], "limit") if "limit" in q else None
         body = await self.read.list_jobs(set(states), q.get("user") or None, limit)
         return web.Response(body=body, content_type="application/json")
+
+    async def _jobs_by_id(self, text: str) -> web.Response:
+        """`?ids=1,2,3`: those jobs' listing rows, in any state (unknown ids are left out),
+        so that a client following `/v1/events` rereads only the jobs that changed."""
+        ids = [_int_arg(t, "ids") for t in text.split(",") if t.strip()]
+        if len(ids) > 1000:
+            raise InvalidRequest(f"ids lists {len(ids)} jobs; ask for at most 1000 at a time")
+        rows = []
+        for i in dict.fromkeys(ids):
+            try:
+                job = await self.d.jobs.get(i)
+            except NoSuchThing:
+                continue
+            rows.append(self.read.job_view(job, detail=False))
+        return _json({"jobs": rows})
 
     async def show(self, request: web.Request) -> web.Response:
         job = await self.d.jobs.get(_job_id(request))
@@ -341,6 +358,8 @@ class Api:
         return web.json_response({"host": request.match_info["host"], "drained": False})
 
     async def gpus(self, request: web.Request) -> web.Response:
+        if request.query.get("form") == "columns":
+            return _json(self.read.gpu_columns())
         return _json({"gpus": self.read.gpu_views()})
 
     async def cluster(self, request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from textual import events, on, work
 from textual.app import App, ComposeResult
@@ -23,7 +24,8 @@ from textual.widgets import Footer, Input, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from dcsched.client import ApiError, Client, ClientError, DaemonUnreachable
-from dcsched.tui.data import Snapshot, Source, fetch_snapshot, summary
+from dcsched.tui.data import Snapshot, Source, fetch_extras, fetch_snapshot, summary
+from dcsched.tui.live import Feed, LiveSource, LiveState
 from dcsched.tui.messages import (
     ActionDone,
     JobAction,
@@ -181,6 +183,12 @@ class DctopApp(App[None]):
         self._tune_gc = tune_gc
         self.prefs = prefs if prefs is not None else Prefs()
         self.start_filter = start_filter
+        # live mode: the event stream says what changed, reads fetch only that
+        self.feed = Feed()
+        self.state = LiveState()
+        self.live = False  # the stream is up (else: every read a full one)
+        self.live_error = ""  # why not (an older daemon: 404)
+        self._stream: Any = None
         self.sub_title = target + ("  [read-only]" if readonly else "")
 
     # ------------------------------------------------------------ layout
@@ -218,7 +226,41 @@ class DctopApp(App[None]):
         self.poll()
         if self.interval > 0:
             self.set_interval(self.interval, self.poll, name="poll")
+            self._follow()
         self.current_view.focus_table()
+
+    def on_unmount(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+    # ------------------------------------------------------------ the event stream
+
+    @work(thread=True, group="events", exit_on_error=False)
+    def _follow(self) -> None:
+        """Follows `GET /v1/events` for as long as dctop runs: each change marks what the
+        next read must fetch. An older daemon (404) leaves dctop polling in full; a lost
+        stream is reopened after a pause (the next read after it is a full one)."""
+        events = getattr(self.source, "events", None)
+        if events is None or not hasattr(self.source, "gpu_columns"):
+            self.live_error = "this source has no event stream"
+            return
+        try:
+            self._stream = stream = events()
+            for ev in stream:
+                if ev.kind == "hello":
+                    self.feed.reset()  # what changed before the stream opened: read it all
+                    self.live, self.live_error = True, ""
+                else:
+                    self.feed.on_event(ev.kind, ev.data)
+        except ApiError as exc:
+            self.live_error = f"GET /v1/events: {exc.code}: {exc}"
+            self.live = False
+            return
+        except ClientError as exc:
+            self.live_error = f"event stream lost: {exc}"
+        self.live = False
+        if self.is_running:
+            self.call_from_thread(self.set_timer, 5.0, self._follow)
 
     @property
     def current_view(self) -> View:
@@ -234,18 +276,33 @@ class DctopApp(App[None]):
             return
         self._polling = True
         active = self.query_one("#views", TabbedContent).active
-        self._fetch(active == "history", active == "fairshare")
+        # GPU telemetry changes every second: read only while something shows it
+        telemetry = active in ("cluster", "gpus", "jobs") or isinstance(
+            self.screen, NodeDetailScreen
+        )
+        self._fetch(active == "history", active == "fairshare", telemetry)
 
     @work(thread=True, group="poll", exit_on_error=False)
-    def _fetch(self, finished: bool, fairshare: bool) -> None:
+    def _fetch(self, finished: bool, fairshare: bool, telemetry: bool) -> None:
         try:
-            snap = fetch_snapshot(
-                self.source,
-                finished=finished,
-                fairshare=fairshare,
-                clock=self.clock,
-                unavailable=(ApiError,),
-            )
+            if self.live:
+                source: LiveSource = self.source  # type: ignore[assignment]
+                snap = self.state.read(source, self.feed, telemetry=telemetry, clock=self.clock)
+                snap = fetch_extras(
+                    self.source,
+                    snap,
+                    finished=finished,
+                    fairshare=fairshare,
+                    unavailable=(ApiError,),
+                )
+            else:
+                snap = fetch_snapshot(
+                    self.source,
+                    finished=finished,
+                    fairshare=fairshare,
+                    clock=self.clock,
+                    unavailable=(ApiError,),
+                )
         except DaemonUnreachable as exc:
             self.post_message(PollFailed(str(exc), unreachable=True))
         except ClientError as exc:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 JSON = dict[str, Any]
@@ -57,6 +57,7 @@ class Snapshot:
     finished: list[JSON] | None = None
     fairshare: JSON | None = None
     fairshare_error: str = ""
+    job_series: Mapping[str, Series] = field(default_factory=dict)
 
 
 def fetch_snapshot(
@@ -67,9 +68,31 @@ def fetch_snapshot(
     clock: Callable[[], float] = time.time,
     unavailable: tuple[type[Exception], ...] = (),
 ) -> Snapshot:
-    """The main poll. `unavailable` are the errors that mean "this daemon has no such
-    endpoint yet" for the optional parts (fair-share), shown in place of the view."""
+    """The main poll: every read a full one (a daemon without the event stream)."""
     jobs = source.jobs()
+    snap = Snapshot(
+        cluster=source.cluster(),
+        nodes=source.nodes(),
+        gpus=source.gpus(),
+        jobs=jobs,
+        now=clock(),
+    )
+    return fetch_extras(
+        source, snap, finished=finished, fairshare=fairshare, unavailable=unavailable
+    )
+
+
+def fetch_extras(
+    source: Source,
+    snap: Snapshot,
+    *,
+    finished: bool,
+    fairshare: bool,
+    unavailable: tuple[type[Exception], ...] = (),
+) -> Snapshot:
+    """What only one view shows, read only while it shows: the finished jobs, fair-share.
+    `unavailable` are the errors that mean "this daemon has no such endpoint yet" for the
+    optional parts (fair-share), shown in place of the view."""
     done: list[JSON] | None = None
     if finished:
         done = [j for j in source.jobs(all_states=True) if j.get("state") not in QUEUED + ACTIVE]
@@ -81,16 +104,7 @@ def fetch_snapshot(
         except unavailable as exc:
             code = getattr(exc, "code", "")
             fs_error = f"GET /v1/fairshare: {code + ': ' if code else ''}{exc}"
-    return Snapshot(
-        cluster=source.cluster(),
-        nodes=source.nodes(),
-        gpus=source.gpus(),
-        jobs=jobs,
-        now=clock(),
-        finished=done,
-        fairshare=fs,
-        fairshare_error=fs_error,
-    )
+    return replace(snap, finished=done, fairshare=fs, fairshare_error=fs_error)
 
 
 # ---------------------------------------------------------------- formatting
@@ -245,7 +259,45 @@ class Column:
     width: int | None = None
 
 
-Rows = dict[str, tuple[Cell, ...]]
+Row = tuple[Cell, ...]
+Rows = Mapping[str, Row]
+
+
+class LazyRows(Mapping[str, Row]):
+    """A view's rows over its plain items (key -> item), each row built on first access and
+    kept while its item is the same object: the table reads only the rows in view, so at
+    10,000 GPUs a refresh builds the few dozen rows on screen, not all of them."""
+
+    __slots__ = ("_build", "_items", "_memo")
+
+    def __init__(
+        self,
+        items: dict[str, Any],
+        build: Callable[[Any], Row],
+        memo: dict[str, tuple[Any, Row]],
+    ) -> None:
+        self._items, self._build, self._memo = items, build, memo
+        if len(memo) > 2 * len(items) + 1000:
+            for k in [k for k in memo if k not in items]:
+                del memo[k]
+
+    def __getitem__(self, key: str) -> Row:
+        item = self._items[key]
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is item:
+            return hit[1]
+        row = self._build(item)
+        self._memo[key] = (item, row)
+        return row
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
 
 
 def order_rows(rows: Rows, column: int, *, reverse: bool = False) -> list[str]:
@@ -291,7 +343,7 @@ class RowFilter:
         terms, ignored = self.terms(columns)
         if not terms:
             return rows, ignored
-        out: Rows = {}
+        out: dict[str, Row] = {}
         for k, cells in rows.items():
             for cols, v in terms:
                 if cols:
@@ -346,19 +398,28 @@ def summary(cluster: JSON) -> list[tuple[str, str]]:
     return runs
 
 
+def gpu_healthy(g: JSON) -> bool:
+    return str(g.get("health") or "unknown") in ("ok", "unknown")
+
+
 def gpu_glyph(g: JSON) -> tuple[str, str]:
-    """One GPU in the cluster map: '●' allocated / '○' free, then its utilisation."""
-    mark = "●" if g.get("job_id") is not None else "○"
+    """One GPU in the cluster map: '●' allocated, '○' free, '!' allocated but idle (the
+    waste to look at), '✗' unhealthy; then its utilisation, coloured by heat."""
+    allocated = g.get("job_id") is not None
     u = _num(g.get("util"))
+    if not gpu_healthy(g):
+        return f"✗{'--' if u is None else min(round(u), 99):>2}", "bold red1"
     if g.get("node_state") == "down" or u is None:
-        return f"{mark}--", "dim"
-    return f"{mark}{min(round(u), 99):>2}", util_style(u)
+        return f"{'●' if allocated else '○'}--", "dim"
+    if allocated and u < IDLE_UTIL:
+        return f"!{min(round(u), 99):>2}", "bold magenta"
+    return f"{'●' if allocated else '○'}{min(round(u), 99):>2}", util_style(u)
 
 
 CLUSTER_COLUMNS = [
     Column("host", "Host"),
     Column("state", "State"),
-    Column("gpus", "GPUs  (● allocated ○ free, colour = util)"),
+    Column("gpus", "GPUs (● allocated ○ free ! idle ✗ unhealthy; colour: util)"),
     Column("alloc", "Alloc"),
     Column("util", "Util"),
     Column("model", "Model"),
@@ -366,34 +427,47 @@ CLUSTER_COLUMNS = [
 ]
 
 
-def cluster_rows(nodes: Iterable[JSON], gpus: Iterable[JSON]) -> dict[str, tuple[Cell, ...]]:
+def gpus_by_host(gpus: Iterable[JSON]) -> dict[str, list[JSON]]:
     by_host: dict[str, list[JSON]] = {}
     for g in gpus:
         by_host.setdefault(str(g.get("host")), []).append(g)
-    rows: dict[str, tuple[Cell, ...]] = {}
-    for n in nodes:
-        host = str(n.get("host"))
-        state = str(n.get("state", "?"))
-        gl = sorted(by_host.get(host, []), key=lambda g: int(g.get("index") or 0))
-        glyphs = [gpu_glyph(g) for g in gl]
-        runs: list[tuple[str, str]] = []
-        for i, glyph in enumerate(glyphs):
-            if i:
-                runs.append((" ", ""))
-            runs.append(glyph)
-        alloc = f"{n.get('gpus_allocated', 0)}/{n.get('gpus', 0)}"
-        jobs = n.get("jobs") or []
-        state_text = state if not n.get("drain_reason") else f"{state} ({n['drain_reason']})"
-        rows[host] = (
-            c(host),
-            Cell(state_text, STATE_STYLE.get(state, ""), state),
-            Cell("".join(t for t, _ in runs), "", n.get("mean_util"), tuple(runs)),
-            c(alloc, key=n.get("gpus_allocated", 0)),
-            Cell(pct(n.get("mean_util")), util_style(n.get("mean_util")), n.get("mean_util")),
-            c(n.get("model") or ""),
-            c(",".join(str(j) for j in jobs), key=len(jobs)),
-        )
-    return rows
+    return by_host
+
+
+def cluster_row(item: tuple[JSON, Sequence[JSON]]) -> Row:
+    """A node's row from (node, its GPUs)."""
+    n, host_gpus = item
+    host = str(n.get("host"))
+    state = str(n.get("state", "?"))
+    gl = sorted(host_gpus, key=lambda g: int(g.get("index") or 0))
+    runs: list[tuple[str, str]] = []
+    for i, g in enumerate(gl):
+        if i:
+            runs.append((" ", ""))
+        runs.append(gpu_glyph(g))
+    alloc = f"{n.get('gpus_allocated', 0)}/{n.get('gpus', 0)}"
+    jobs = n.get("jobs") or []
+    state_text = state if not n.get("drain_reason") else f"{state} ({n['drain_reason']})"
+    utils = [u for g in gl if (u := _num(g.get("util"))) is not None]
+    mean = sum(utils) / len(utils) if utils else _num(n.get("mean_util"))
+    return (
+        c(host),
+        Cell(state_text, STATE_STYLE.get(state, ""), state),
+        Cell("".join(t for t, _ in runs), "", mean, tuple(runs)),
+        c(alloc, key=n.get("gpus_allocated", 0)),
+        Cell(pct(mean), util_style(mean), mean),
+        c(n.get("model") or ""),
+        c(",".join(str(j) for j in jobs), key=len(jobs)),
+    )
+
+
+def cluster_items(nodes: Iterable[JSON], gpus: Iterable[JSON]) -> dict[str, Any]:
+    by_host = gpus_by_host(gpus)
+    return {str(n.get("host")): (n, tuple(by_host.get(str(n.get("host")), ()))) for n in nodes}
+
+
+def cluster_rows(nodes: Iterable[JSON], gpus: Iterable[JSON]) -> dict[str, Row]:
+    return {k: cluster_row(v) for k, v in cluster_items(nodes, gpus).items()}
 
 
 GPU_COLUMNS = [
@@ -445,29 +519,30 @@ def _gpu_static(g: JSON) -> tuple[Cell, ...]:
     return cells
 
 
-def gpu_rows(gpus: Iterable[JSON]) -> Rows:
-    rows: Rows = {}
-    for g in gpus:
-        host, index, model, job, user, health = _gpu_static(g)
-        util, mem_used, temp, power = (
-            g.get("util"),
-            g.get("mem_used"),
-            g.get("temp_c"),
-            g.get("power_w"),
-        )
-        rows[f"{g.get('host')}/{g.get('index')}"] = (
-            host,
-            index,
-            model,
-            Cell(pct(util), util_style(util), _num(util)),
-            Cell(memory(mem_used, g.get("mem_total")), "", _num(mem_used)),
-            Cell(celsius(temp), "", _num(temp)),
-            Cell(watts(power), "", _num(power)),
-            job,
-            user,
-            health,
-        )
-    return rows
+def gpu_row(g: JSON) -> Row:
+    host, index, model, job, user, health = _gpu_static(g)
+    util, mem_used, temp, power = (
+        g.get("util"),
+        g.get("mem_used"),
+        g.get("temp_c"),
+        g.get("power_w"),
+    )
+    return (
+        host,
+        index,
+        model,
+        Cell(pct(util), util_style(util), _num(util)),
+        Cell(memory(mem_used, g.get("mem_total")), "", _num(mem_used)),
+        Cell(celsius(temp), "", _num(temp)),
+        Cell(watts(power), "", _num(power)),
+        job,
+        user,
+        health,
+    )
+
+
+def gpu_rows(gpus: Iterable[JSON]) -> dict[str, Row]:
+    return {gpu_key(g): gpu_row(g) for g in gpus}
 
 
 def job_idle(j: JSON) -> bool:
@@ -490,9 +565,23 @@ JOB_COLUMNS = [
     Column("gpus", "GPUs"),
     Column("time", "Elapsed / Limit"),
     Column("util", "Util"),
+    Column("util_trend", "Util trend"),
+    Column("mem_trend", "Mem trend"),
     Column("where", "Nodelist (Reason)"),
     Column("flag", ""),
 ]
+
+#: samples in a job's spark lines (one per refresh)
+TREND = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """A running job's recent GPU utilisation and memory use (% of its GPUs' memory), one
+    sample per telemetry read, kept by dctop itself (the daemon keeps no per-job series)."""
+
+    util: tuple[float | None, ...] = ()
+    mem: tuple[float | None, ...] = ()
 
 
 def _reasons(j: JSON) -> str:
@@ -514,47 +603,68 @@ def job_order(jobs: Iterable[JSON]) -> list[JSON]:
     return sorted(jobs, key=key)
 
 
-def job_rows(jobs: Iterable[JSON], now: float) -> Rows:
-    rows: Rows = {}
-    for j in job_order(jobs):
-        state = str(j.get("state", ""))
-        queued = state in QUEUED
-        nodes = int(j.get("nodes") or 0)
-        gpn = int(j.get("gpus_per_node") or 0)
-        if queued:
-            where = f"({_reasons(j)})"
-            est = relative(j.get("est_start"), now)
-            if est and state == "PENDING":
-                where += f" start {est}"
-        elif state in ACTIVE:
-            where = ",".join(j.get("hosts") or [])
-        else:
-            where = exit_text(j.get("exit_code"), j.get("signal"))
-            if j.get("reason"):
-                where += f" ({j['reason']})"
-        limit = duration(j.get("time_limit_s"))
-        elapsed = duration(j.get("elapsed_s")) if not queued else ""
-        idle = job_idle(j)
-        prio = _num(j.get("priority"))
-        rows[str(j.get("id"))] = (
-            c(j.get("id", ""), key=int(j.get("id") or 0)),
-            c(j.get("name", "")),
-            c(j.get("user", "")),
-            c(j.get("account", "")),
-            Cell(state, STATE_STYLE.get(state, ""), state),
-            c("" if prio is None else f"{prio:.0f}", key=prio),
-            c(nodes, key=nodes),
-            c(nodes * gpn, key=nodes * gpn),
-            Cell(f"{elapsed} / {limit}" if elapsed else limit, "", _num(j.get("elapsed_s"))),
-            Cell(
-                pct(j.get("gpu_util")) if state in ACTIVE else "",
-                util_style(j.get("gpu_util")),
-                _num(j.get("gpu_util")),
-            ),
-            c(where),
-            Cell("IDLE GPUs" if idle else "", "bold red1" if idle else "", int(idle)),
-        )
-    return rows
+def job_row(item: tuple[JSON, float, Series | None]) -> Row:
+    j, now, series = item
+    state = str(j.get("state", ""))
+    queued = state in QUEUED
+    nodes = int(j.get("nodes") or 0)
+    gpn = int(j.get("gpus_per_node") or 0)
+    if queued:
+        where = f"({_reasons(j)})"
+        est = relative(j.get("est_start"), now)
+        if est and state == "PENDING":
+            where += f" start {est}"
+    elif state in ACTIVE:
+        where = ",".join(j.get("hosts") or [])
+    else:
+        where = exit_text(j.get("exit_code"), j.get("signal"))
+        if j.get("reason"):
+            where += f" ({j['reason']})"
+    limit = duration(j.get("time_limit_s"))
+    elapsed = duration(j.get("elapsed_s")) if not queued else ""
+    idle = job_idle(j)
+    prio = _num(j.get("priority"))
+    util = j.get("gpu_util")
+    active = state in ACTIVE
+    s = series if active and series is not None else Series()
+    return (
+        c(j.get("id", ""), key=int(j.get("id") or 0)),
+        c(j.get("name", "")),
+        c(j.get("user", "")),
+        c(j.get("account", "")),
+        Cell(state, STATE_STYLE.get(state, ""), state),
+        c("" if prio is None or not queued else f"{prio:.0f}", key=prio),
+        c(nodes, key=nodes),
+        c(nodes * gpn, key=nodes * gpn),
+        Cell(f"{elapsed} / {limit}" if elapsed else limit, "", _num(j.get("elapsed_s"))),
+        Cell(pct(util) if active else "", util_style(util), _num(util)),
+        Cell(
+            sparkline(s.util, 0, 100, TREND) if s.util else "",
+            util_style(util),
+            _num(util),
+        ),
+        Cell(
+            sparkline(s.mem, 0, 100, TREND) if s.mem else "",
+            "cyan",
+            s.mem[-1] if s.mem else None,
+        ),
+        c(where),
+        Cell("IDLE GPUs" if idle else "", "bold red1" if idle else "", int(idle)),
+    )
+
+
+def job_items(
+    jobs: Iterable[JSON], now: float, series: Mapping[str, Series] | None = None
+) -> dict[str, Any]:
+    """Key -> (job, now, series), in the Jobs view's order (job_order)."""
+    series = series or {}
+    return {(k := str(j.get("id"))): (j, now, series.get(k)) for j in job_order(jobs)}
+
+
+def job_rows(
+    jobs: Iterable[JSON], now: float, series: Mapping[str, Series] | None = None
+) -> dict[str, Row]:
+    return {k: job_row(v) for k, v in job_items(jobs, now, series).items()}
 
 
 HISTORY_COLUMNS = [
@@ -572,7 +682,7 @@ HISTORY_COLUMNS = [
 
 
 def history_rows(jobs: Iterable[JSON], now: float) -> Rows:
-    rows: Rows = {}
+    rows: dict[str, Row] = {}
     for j in sorted(jobs, key=lambda j: -int(j.get("id") or 0)):
         state = str(j.get("state", ""))
         nodes = int(j.get("nodes") or 0)
@@ -617,7 +727,7 @@ def _f(v: Any, fmt: str) -> str:
 def fairshare_rows(payload: JSON) -> Rows:
     """Accounts, each followed by its users (indented), as `dcctl fairshare` lists them.
     A row with an empty user is the account's own."""
-    rows: Rows = {}
+    rows: dict[str, Row] = {}
     accounts: dict[str, list[JSON]] = {}
     for r in payload.get("rows") or []:
         accounts.setdefault(str(r.get("account")), []).append(r)

@@ -140,26 +140,28 @@ class LiveTable(ScrollView, can_focus=True):
         return self._index[key]
 
     def sync(self, rows: Rows) -> None:
-        """Applies a whole new row set (in the caller's order unless a sort is set)."""
+        """Applies a whole new row set (in the caller's order unless a sort is set). `rows`
+        may build its rows lazily (data.LazyRows): only the rows drawn are read, unless a
+        sort needs every row's key."""
         selected = self.selected_key
         old = self.rows
         self.rows = rows
         same_keys = len(old) == len(rows) and old.keys() == rows.keys()
-        self._fit_columns(old if same_keys else None)
         order = self._ordered()
         moved = order != self.order
         if moved:
             self.order = order
             self._index = {k: i for i, k in enumerate(order)}
-            self.virtual_size = Size(self._total_width(), len(order) + 1)
         if selected is not None and selected in self._index:
             self.cursor_row = self._index[selected]
         else:
             self.cursor_row = min(self.cursor_row, max(len(order) - 1, 0))
+        self._fit_columns(reset=not same_keys)
         if moved:
+            self.virtual_size = Size(self._total_width(), len(order) + 1)
             self.refresh()
         else:
-            self._refresh_changed(old)
+            self._refresh_changed()
         if not self._strips.keys() <= rows.keys():
             self._strips = {k: v for k, v in self._strips.items() if k in rows}
         self.post_message(self.Synced())
@@ -170,12 +172,16 @@ class LiveTable(ScrollView, can_focus=True):
         ci = [col.key for col in self.spec].index(self.sort_column)
         return order_rows(self.rows, ci, reverse=self.sort_reverse)
 
-    def _refresh_changed(self, old: Rows) -> None:
-        """Repaints only the visible lines whose row changed."""
+    def _visible(self) -> range:
         top = int(self.scroll_y)
-        for i in range(top, min(top + self.size.height, len(self.order))):
+        return range(top, min(top + max(self.size.height, 1), len(self.order)))
+
+    def _refresh_changed(self) -> None:
+        """Repaints only the visible lines whose row is not the one last drawn."""
+        for i in self._visible():
             k = self.order[i]
-            if old.get(k) != self.rows[k]:
+            hit = self._strips.get(k)
+            if hit is None or hit[0] is not self.rows[k]:
                 self.refresh_line(i + 1)
 
     def set_columns(self, keys: Sequence[str]) -> None:
@@ -188,20 +194,29 @@ class LiveTable(ScrollView, can_focus=True):
             self.virtual_size = Size(self._total_width(), len(self.order) + 1)
             self.refresh()
 
-    def _fit_columns(self, old: Rows | None) -> None:
-        """Column widths from the cells' text lengths. Between syncs with the same keys only
-        the rows that changed are measured and widths only grow; a new key set measures all."""
-        widths: dict[str, int]
-        rows: Iterable[tuple[Cell, ...]]
-        if old is None:
-            widths = {col.key: len(self._label(col)) for col in self.spec}
-            rows = self.rows.values()
-        else:
-            widths = dict(self._widths)
-            rows = (cells for k, cells in self.rows.items() if old[k] is not cells)
+    #: tables up to this many rows fit their columns to every row; larger ones to the rows
+    #: drawn so far (widths then only grow while the same rows stay)
+    MEASURE_ALL = 2000
+
+    def _fit_columns(self, *, reset: bool = False) -> None:
+        """Column widths from the cells' text lengths: of every row in a small table, of
+        the rows in view in a large one (building every row to measure it would cost more
+        than the rest of a refresh). A new set of rows starts from the labels again."""
         spec = self.spec
-        for cells in rows:
-            for i, cell in enumerate(cells):
+        widths = (
+            {col.key: len(self._label(col)) for col in spec}
+            if reset or not self._widths
+            else dict(self._widths)
+        )
+        if len(self.order) <= self.MEASURE_ALL:
+            keys: Iterable[str] = self.order
+            if not reset:
+                widths = {col.key: len(self._label(col)) for col in spec}
+        else:
+            keys = [self.order[i] for i in self._visible()]
+        rows = self.rows
+        for k in keys:
+            for i, cell in enumerate(rows[k]):
                 n = len(cell.text)
                 key = spec[i].key
                 widths[key] = max(widths[key], n)
@@ -213,6 +228,14 @@ class LiveTable(ScrollView, can_focus=True):
             self._layout += 1
             self.virtual_size = Size(self._total_width(), len(self.order) + 1)
             self.refresh()
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if len(self.order) > self.MEASURE_ALL:
+            self._fit_columns()
+
+    def on_resize(self) -> None:
+        self._fit_columns()
 
     def _total_width(self) -> int:
         return sum(self._widths.get(k, 0) + GAP for k in self.shown) + GAP
@@ -335,12 +358,11 @@ class LiveTable(ScrollView, can_focus=True):
             reverse = (not self.sort_reverse) if column == self.sort_column else False
         self.sort_column, self.sort_reverse = column, reverse
         selected = self.selected_key
-        self._widths = {}  # the labels' arrows may widen a column
-        self._fit_columns(None)
         self.order = self._ordered()
         self._index = {k: i for i, k in enumerate(self.order)}
         if selected is not None:
             self.cursor_row = self._index[selected]
+        self._fit_columns(reset=True)  # the label's arrow may widen a column
         self._layout += 1
         self.refresh()
         self._scroll_to_cursor()

@@ -29,6 +29,7 @@ class View(Vertical):
         super().__init__(id=id)
         self.filter = data.RowFilter()
         self._last: Snapshot | None = None
+        self._memo: dict[str, tuple[object, data.Row]] = {}  # LazyRows' built rows
 
     def compose(self) -> ComposeResult:
         inp = Input(
@@ -106,7 +107,8 @@ class ClusterView(View):
     ]
 
     def rows(self, snap: Snapshot) -> Rows:
-        return data.cluster_rows(snap.nodes, snap.gpus)
+        items = data.cluster_items(snap.nodes, snap.gpus)
+        return data.LazyRows(items, data.cluster_row, self._memo)
 
     def action_open(self) -> None:
         if (k := self.table.selected_key) is not None:
@@ -135,8 +137,8 @@ class GpusView(View):
         self._by_key: dict[str, data.JSON] = {}
 
     def rows(self, snap: Snapshot) -> Rows:
-        self._by_key = {data.gpu_key(g): g for g in snap.gpus}
-        return data.gpu_rows(snap.gpus)
+        self._by_key = {f"{g.get('host')}/{g.get('index')}": g for g in snap.gpus}
+        return data.LazyRows(self._by_key, data.gpu_row, self._memo)
 
     def _selected(self) -> data.JSON | None:
         k = self.table.selected_key
@@ -170,7 +172,8 @@ class JobsView(View):
     ]
 
     def rows(self, snap: Snapshot) -> Rows:
-        return data.job_rows(snap.jobs, snap.now)
+        items = data.job_items(snap.jobs, snap.now, snap.job_series)
+        return data.LazyRows(items, data.job_row, self._memo)
 
     def action_open(self) -> None:
         if (k := self.table.selected_key) is not None:

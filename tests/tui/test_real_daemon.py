@@ -36,6 +36,7 @@ async def test_dctop_on_a_real_daemon(tmp_path: Path, mosquitto: Broker) -> None
         app = DctopApp(client, interval=0.2)
         async with app.run_test(size=(140, 40)) as pilot:
             cluster = table(app, "cluster")
+            await wait_for(pilot, lambda: app.live, what="the event stream")
             await wait_for(pilot, lambda: set(cluster.rows) == {"n1", "n2"}, what="nodes")
             await wait_for(pilot, lambda: app.snapshot and len(app.snapshot.gpus) == 4)
             # the agents report 50 % on every GPU: the map shows it
@@ -50,6 +51,8 @@ async def test_dctop_on_a_real_daemon(tmp_path: Path, mosquitto: Broker) -> None
             assert isinstance(app.screen, ConfirmScreen)
             await pilot.press("y")
             await wait_for(pilot, lambda: jobs.rows[job_id][4].text != "HELD", what="release")
+            # live: the release came by the event stream, and reads since were partial
+            assert app.feed.events > 0 and app.state.partial_reads > 0
 
             await pilot.press("enter")
             assert isinstance(app.screen, JobDetailScreen)

@@ -1,0 +1,201 @@
+"""dctop's copy of the daemon's state between reads, and what it reads each second.
+
+With the daemon's event stream (`GET /v1/events`) dctop reads everything once, then only:
+the cluster summary (small), the GPU telemetry as columns (`/v1/gpus?form=columns`, only
+while a view shows GPUs or jobs' utilisation), the jobs the stream said changed
+(`/v1/jobs?ids=`), and the nodes and full GPU rows when a node changed. Without the stream
+(an older daemon) every read is a full one, as before. Pure Python, no textual: the event
+thread and the poll worker share only a `Feed`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dcsched.tui.data import ACTIVE, JSON, QUEUED, TREND, Series, Snapshot, Source, _num
+
+#: a batch of changed jobs larger than this is read as one full listing
+MAX_IDS = 500
+
+
+class LiveSource(Source, Protocol):
+    """What the live mode needs beyond Source (dcsched.client.Client has these)."""
+
+    def gpu_columns(self) -> JSON: ...
+    def jobs_by_id(self, ids: Any) -> list[JSON]: ...
+
+
+class Feed:
+    """What the event stream said changed since the last read, gathered by the event
+    thread and taken by the poll worker. Starts dirty: the first read is a full one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: set[str] = set()
+        self._nodes = False
+        self._reset = True
+        self.events = 0
+
+    def job(self, job_id: Any) -> None:
+        with self._lock:
+            self._jobs.add(str(job_id))
+            self.events += 1
+
+    def node(self) -> None:
+        with self._lock:
+            self._nodes = True
+            self.events += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self._reset = True
+
+    def on_event(self, kind: str, data: JSON) -> None:
+        if kind == "job" and data.get("id") is not None:
+            self.job(data["id"])
+        elif kind == "node":
+            self.node()
+        elif kind == "reset":
+            self.reset()
+
+    def take(self) -> tuple[bool, set[str], bool]:
+        """(re-read everything, changed job ids, nodes changed), and clears them."""
+        with self._lock:
+            out = (self._reset, self._jobs, self._nodes)
+            self._reset, self._jobs, self._nodes = False, set(), False
+            return out
+
+
+@dataclass
+class LiveState:
+    cluster: JSON = field(default_factory=dict)
+    nodes: list[JSON] = field(default_factory=list)
+    gpus: list[JSON] = field(default_factory=list)
+    jobs: dict[str, JSON] = field(default_factory=dict)  # waiting and running, by id
+    series: dict[str, tuple[deque[float | None], deque[float | None]]] = field(default_factory=dict)
+    full_reads = 0
+    partial_reads = 0
+
+    def read(
+        self,
+        source: LiveSource,
+        feed: Feed,
+        *,
+        telemetry: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> Snapshot:
+        """One refresh, following the stream: reads only what `feed` says changed."""
+        reset, ids, nodes = feed.take()
+        cluster = source.cluster()
+        if reset:
+            self.full_reads += 1
+            self.nodes = source.nodes()
+            self.gpus = source.gpus()
+            self.jobs = {str(j.get("id")): j for j in source.jobs()}
+            self._prune_series()
+        else:
+            self.partial_reads += 1
+            if nodes:
+                self.nodes = source.nodes()
+                self.gpus = source.gpus()
+            elif telemetry:
+                self._telemetry(source)
+            if ids:
+                self._jobs_changed(source, ids)
+        self.cluster = cluster
+        now = clock()
+        if telemetry or reset or nodes:
+            self._job_util_from_gpus(now)
+        return Snapshot(
+            cluster=cluster,
+            nodes=self.nodes,
+            gpus=self.gpus,
+            jobs=list(self.jobs.values()),
+            now=now,
+            job_series={
+                k: Series(tuple(u), tuple(m)) for k, (u, m) in self.series.items() if k in self.jobs
+            },
+        )
+
+    def _telemetry(self, source: LiveSource) -> None:
+        cols = source.gpu_columns()
+        if "keys" not in cols:  # an older daemon: its full rows
+            self.gpus = list(cols.get("gpus") or [])
+            return
+        keys = cols["keys"]
+        if len(keys) != len(self.gpus) or any(
+            k != f"{g.get('host')}/{g.get('index')}" for k, g in zip(keys, self.gpus, strict=False)
+        ):
+            self.gpus = source.gpus()  # GPUs came or went between two node events
+            return
+        names = [n for n in cols if n not in ("keys", "form")]
+        values = [cols[n] for n in names]
+        self.gpus = [
+            {**g, **dict(zip(names, row, strict=True))}
+            for g, row in zip(self.gpus, zip(*values, strict=True), strict=True)
+        ]
+
+    def _jobs_changed(self, source: LiveSource, ids: set[str]) -> None:
+        if len(ids) > MAX_IDS:
+            self.jobs = {str(j.get("id")): j for j in source.jobs()}
+            return
+        got = {str(j.get("id")): j for j in source.jobs_by_id(sorted(ids, key=_id_order))}
+        if set(got) - ids:  # an older daemon ignored ids= and listed every live job
+            self.jobs = got
+            return
+        for k in ids:
+            j = got.get(k)
+            if j is not None and j.get("state") in QUEUED + ACTIVE:
+                self.jobs[k] = j
+            else:
+                self.jobs.pop(k, None)
+
+    def _prune_series(self) -> None:
+        self.series = {k: v for k, v in self.series.items() if k in self.jobs}
+
+    def _job_util_from_gpus(self, now: float) -> None:
+        """Each running job's mean utilisation and memory use from the GPU telemetry (the
+        listing's gpu_util is as old as the job's last change), and its elapsed time from
+        its start: one pass over the GPUs, then one sample onto each job's series."""
+        acc: dict[str, list[float]] = {}
+        for g in self.gpus:
+            jid = g.get("job_id")
+            if jid is None:
+                continue
+            a = acc.get(k := str(jid))
+            if a is None:
+                a = acc[k] = [0.0, 0.0, 0.0, 0.0]
+            u, m, t = _num(g.get("util")), _num(g.get("mem_used")), _num(g.get("mem_total"))
+            if u is not None:
+                a[0] += u
+                a[1] += 1
+            if m is not None and t:
+                a[2] += m / t * 100
+                a[3] += 1
+        for k, j in list(self.jobs.items()):
+            if j.get("state") not in ACTIVE:
+                continue
+            a = acc.get(k)
+            util = a[0] / a[1] if a and a[1] else None
+            mem = a[2] / a[3] if a and a[3] else None
+            start = _num(j.get("start_ts"))
+            # a new dict: the UI thread may still be drawing the previous snapshot's
+            new = self.jobs[k] = {**j, "gpu_util": util}
+            if start is not None:
+                new["elapsed_s"] = max(now - start, 0.0)
+            s = self.series.get(k)
+            if s is None:
+                s = self.series[k] = (deque(maxlen=TREND), deque(maxlen=TREND))
+            s[0].append(util)
+            s[1].append(mem)
+        if len(self.series) > len(self.jobs) + 1000:
+            self._prune_series()
+
+
+def _id_order(k: str) -> tuple[int, str]:
+    return (int(k), "") if k.isdigit() else (0, k)
