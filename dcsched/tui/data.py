@@ -7,9 +7,11 @@ daemon reports may be null; it reads "N/A", never raises.
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
@@ -58,6 +60,8 @@ class Snapshot:
     fairshare: JSON | None = None
     fairshare_error: str = ""
     job_series: Mapping[str, Series] = field(default_factory=dict)
+    #: "host/index" of each of `gpus`, when the reader has them at hand
+    gpu_keys: Sequence[str] = ()
 
 
 def fetch_snapshot(
@@ -293,6 +297,9 @@ class LazyRows(Mapping[str, Row]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
 
+    def keys(self) -> KeysView[str]:  # the dict's own: compared in C, not per key
+        return self._items.keys()
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -429,9 +436,13 @@ CLUSTER_COLUMNS = [
 
 def gpus_by_host(gpus: Iterable[JSON]) -> dict[str, list[JSON]]:
     by_host: dict[str, list[JSON]] = {}
-    for g in gpus:
-        by_host.setdefault(str(g.get("host")), []).append(g)
+    # the daemon lists GPUs host by host: grouped runs, in C, then joined
+    for host, run in itertools.groupby(gpus, key=_host):
+        by_host.setdefault(str(host), []).extend(run)
     return by_host
+
+
+_host = operator.itemgetter("host")
 
 
 def cluster_row(item: tuple[JSON, Sequence[JSON]]) -> Row:

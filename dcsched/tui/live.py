@@ -76,6 +76,7 @@ class LiveState:
     cluster: JSON = field(default_factory=dict)
     nodes: list[JSON] = field(default_factory=list)
     gpus: list[JSON] = field(default_factory=list)
+    gpu_keys: list[str] = field(default_factory=list)
     jobs: dict[str, JSON] = field(default_factory=dict)  # waiting and running, by id
     series: dict[str, tuple[deque[float | None], deque[float | None]]] = field(default_factory=dict)
     full_reads = 0
@@ -95,14 +96,14 @@ class LiveState:
         if reset:
             self.full_reads += 1
             self.nodes = source.nodes()
-            self.gpus = source.gpus()
+            self._set_gpus(source.gpus())
             self.jobs = {str(j.get("id")): j for j in source.jobs()}
             self._prune_series()
         else:
             self.partial_reads += 1
             if nodes:
                 self.nodes = source.nodes()
-                self.gpus = source.gpus()
+                self._set_gpus(source.gpus())
             elif telemetry:
                 self._telemetry(source)
             if ids:
@@ -120,25 +121,28 @@ class LiveState:
             job_series={
                 k: Series(tuple(u), tuple(m)) for k, (u, m) in self.series.items() if k in self.jobs
             },
+            gpu_keys=self.gpu_keys,
         )
+
+    def _set_gpus(self, gpus: list[JSON]) -> None:
+        self.gpus = gpus
+        self.gpu_keys = [f"{g.get('host')}/{g.get('index')}" for g in gpus]
 
     def _telemetry(self, source: LiveSource) -> None:
         cols = source.gpu_columns()
         if "keys" not in cols:  # an older daemon: its full rows
-            self.gpus = list(cols.get("gpus") or [])
+            self._set_gpus(list(cols.get("gpus") or []))
             return
-        keys = cols["keys"]
-        if len(keys) != len(self.gpus) or any(
-            k != f"{g.get('host')}/{g.get('index')}" for k, g in zip(keys, self.gpus, strict=False)
-        ):
-            self.gpus = source.gpus()  # GPUs came or went between two node events
+        if cols["keys"] != self.gpu_keys:
+            self._set_gpus(source.gpus())  # GPUs came or went between two node events
             return
         names = [n for n in cols if n not in ("keys", "form")]
-        values = [cols[n] for n in names]
-        self.gpus = [
-            {**g, **dict(zip(names, row, strict=True))}
-            for g, row in zip(self.gpus, zip(*values, strict=True), strict=True)
-        ]
+        out = []
+        for g, row in zip(self.gpus, zip(*(cols[n] for n in names), strict=True), strict=True):
+            new = g.copy()  # new dicts: the UI thread may still draw the last ones
+            new.update(zip(names, row, strict=True))
+            out.append(new)
+        self.gpus = out
 
     def _jobs_changed(self, source: LiveSource, ids: set[str]) -> None:
         if len(ids) > MAX_IDS:

@@ -196,7 +196,7 @@ class LiveTable(ScrollView, can_focus=True):
 
     #: tables up to this many rows fit their columns to every row; larger ones to the rows
     #: drawn so far (widths then only grow while the same rows stay)
-    MEASURE_ALL = 2000
+    MEASURE_ALL = 200
 
     def _fit_columns(self, *, reset: bool = False) -> None:
         """Column widths from the cells' text lengths: of every row in a small table, of

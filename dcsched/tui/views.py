@@ -137,7 +137,10 @@ class GpusView(View):
         self._by_key: dict[str, data.JSON] = {}
 
     def rows(self, snap: Snapshot) -> Rows:
-        self._by_key = {f"{g.get('host')}/{g.get('index')}": g for g in snap.gpus}
+        if len(snap.gpu_keys) == len(snap.gpus):
+            self._by_key = dict(zip(snap.gpu_keys, snap.gpus, strict=True))
+        else:
+            self._by_key = {f"{g.get('host')}/{g.get('index')}": g for g in snap.gpus}
         return data.LazyRows(self._by_key, data.gpu_row, self._memo)
 
     def _selected(self) -> data.JSON | None:
