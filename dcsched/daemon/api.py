@@ -331,6 +331,7 @@ class Api:
         if ht is None:
             raise NoSuchThing(f"no telemetry from {host!r}; `dcctl nodes` lists the nodes")
         keys = ("ts", "util", "mem_used", "power_w", "temp_c")
+        latest = ht.latest
         return web.json_response(
             {
                 "host": host,
@@ -338,6 +339,13 @@ class Api:
                     str(i): [dict(zip(keys, row, strict=True)) for row in hist]
                     for i, hist in ht.history.items()
                 },
+                # the latest sample's processes: per GPU (pid, user, cmd, gpu_mem) and per
+                # job (its pids, CPU and host memory over its process tree)
+                "procs": {
+                    str(g.index): msgspec.to_builtins(g.procs) for g in latest.gpus if g.procs
+                },
+                "jobs": msgspec.to_builtins(latest.jobs),
+                "ts": latest.ts,
             }
         )
 

@@ -793,3 +793,94 @@ def gpu_series(history: JSON | None, index: int | str, key: str) -> list[Any]:
 
 def log_tail(data: str, lines: int) -> str:
     return "\n".join(data.splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------- processes (nvitop-like)
+
+
+def bytes_text(v: Any) -> str:
+    """Bytes as MiB below 1 GiB, else GiB; N/A when not reported."""
+    f = _num(v)
+    if f is None:
+        return "N/A"
+    return f"{f / 2**20:.0f} MiB" if f < 2**30 else f"{f / 2**30:.1f} GiB"
+
+
+def cpu_text(v: Any) -> str:
+    f = _num(v)
+    return "N/A" if f is None else f"{f:.0f}%"
+
+
+PROC_HEADER = ("GPU", "PID", "user", "GPU mem", "job", "job CPU", "job mem", "command")
+
+
+def node_procs(history: JSON | None) -> list[tuple[str, ...]]:
+    """The node's GPU processes from its latest sample, a row each (GPU order): GPU, pid,
+    user, the GPU memory it holds, its job and that job's CPU and host memory on this node
+    (measured over the job's process tree), command line."""
+    if not history:
+        return []
+    by_pid: dict[int, JSON] = {}
+    for j in history.get("jobs") or []:
+        for pid in j.get("pids") or []:
+            by_pid[int(pid)] = j
+    rows: list[tuple[str, ...]] = []
+    procs = history.get("procs") or {}
+    for index in sorted(procs, key=lambda i: int(i) if str(i).isdigit() else 0):
+        for p in procs[index] or []:
+            pid = int(p.get("pid") or 0)
+            job = by_pid.get(pid) or {}
+            rows.append(
+                (
+                    str(index),
+                    str(pid),
+                    str(p.get("user") or "?"),
+                    bytes_text(p.get("gpu_mem")),
+                    str(job.get("job_id") or ""),
+                    cpu_text(job.get("cpu_pct")) if job else "",
+                    bytes_text(job.get("rss")) if job else "",
+                    str(p.get("cmd") or ""),
+                )
+            )
+    return rows
+
+
+JOB_PROC_HEADER = ("host", "GPU", "PID", "user", "GPU mem", "command")
+
+
+def job_procs(
+    job_id: Any, histories: Mapping[str, JSON]
+) -> tuple[list[tuple[str, ...]], list[tuple[str, str, str, str]]]:
+    """A job's GPU processes on every node it runs on, and per node (host, pids, CPU, host
+    memory) over its process tree."""
+    jid = str(job_id)
+    procs: list[tuple[str, ...]] = []
+    nodes: list[tuple[str, str, str, str]] = []
+    for host in sorted(histories):
+        hist = histories[host]
+        mine = [j for j in hist.get("jobs") or [] if str(j.get("job_id")) == jid]
+        pids = {int(p) for j in mine for p in j.get("pids") or []}
+        for j in mine:
+            nodes.append(
+                (
+                    host,
+                    str(len(j.get("pids") or [])),
+                    cpu_text(j.get("cpu_pct")),
+                    bytes_text(j.get("rss")),
+                )
+            )
+        gpus = {int(g) for j in mine for g in j.get("gpus") or []}
+        for index, plist in sorted((hist.get("procs") or {}).items(), key=lambda kv: int(kv[0])):
+            for p in plist or []:
+                if int(p.get("pid") or 0) in pids or (not pids and int(index) in gpus):
+                    procs.append(
+                        (
+                            host,
+                            str(index),
+                            str(p.get("pid")),
+                            str(p.get("user") or "?"),
+                            bytes_text(p.get("gpu_mem")),
+                            str(p.get("cmd") or ""),
+                        )
+                    )
+    return procs, nodes

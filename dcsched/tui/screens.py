@@ -115,6 +115,7 @@ class JobDetailScreen(DetailScreen):
                 yield Static("loading…", id="job-info", classes="box")
                 yield Static("", id="job-priority", classes="box")
             yield Static("", id="job-alloc", classes="box")
+            yield Static("", id="job-procs", classes="box")
             yield Static("", id="job-log", classes="box")
         yield Footer()
 
@@ -186,7 +187,29 @@ class JobDetailScreen(DetailScreen):
         )
         self.query_one("#job-priority", Static).update(self._priority(d, now))
         self.query_one("#job-alloc", Static).update(self._alloc(d))
+        procs = self.query_one("#job-procs", Static)
+        procs.display = bool(j.get("node_parts")) and j.get("state") in data.ACTIVE
+        if procs.display:
+            procs.update(self._procs(d))
         self.query_one("#job-log", Static).update(self._log(d))
+
+    def _procs(self, d: JobDetail) -> RenderableType:
+        rows, nodes = data.job_procs(d.job.get("id"), d.histories)
+        t = _titled_table("Processes on every node", data.JOB_PROC_HEADER)
+        t.columns[-1].overflow = "ellipsis"
+        t.columns[-1].no_wrap = True
+        for row in rows:
+            t.add_row(*row)
+        per_node = _titled_table(
+            "CPU and host memory per node", ("host", "processes", "CPU", "memory")
+        )
+        for n in nodes:
+            per_node.add_row(*n)
+        if not rows and not nodes:
+            return Group(
+                Text("Processes", style="bold underline"), Text("none reported yet", style="dim")
+            )
+        return Group(t, per_node)
 
     def _priority(self, d: JobDetail, now: float) -> RenderableType:
         parts: list[RenderableType] = [Text("Priority", style="bold underline")]
@@ -297,6 +320,7 @@ class NodeDetailScreen(DetailScreen):
             yield Static("", id="detail-error")
             yield Static("loading…", id="node-info", classes="box")
             yield Static("", id="node-gpus", classes="box")
+            yield Static("", id="node-procs", classes="box")
         yield Footer()
 
     def fetch(self) -> None:
@@ -386,6 +410,21 @@ class NodeDetailScreen(DetailScreen):
             )
         else:
             self.query_one("#node-gpus", Static).update(t)
+        procs = _titled_table(
+            "Processes (per job: CPU and host memory over its processes)", data.PROC_HEADER
+        )
+        procs.columns[-1].overflow = "ellipsis"
+        procs.columns[-1].no_wrap = True
+        rows = data.node_procs(hist)
+        for row in rows:
+            procs.add_row(*row)
+        self.query_one("#node-procs", Static).update(
+            procs
+            if rows
+            else Group(
+                Text("Processes", style="bold underline"), Text("no GPU processes", style="dim")
+            )
+        )
 
     def action_act(self, action: str) -> None:
         self.post_message(NodeAction(self.host, action))
