@@ -13,7 +13,7 @@ import operator
 import time
 from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, overload
 
 JSON = dict[str, Any]
 
@@ -47,21 +47,124 @@ class Source(Protocol):
     def fairshare(self) -> JSON: ...
 
 
+class GpuList(Sequence[JSON]):
+    """Every GPU: the full rows (read at start and on a node event) overlaid with the latest
+    telemetry columns (read every second). A GPU's merged row is built only when something
+    asks for it (a row drawn, a node's detail), so a refresh at 10,000 GPUs does not build
+    10,000 dicts; whole columns (`column`) are read without building any."""
+
+    __slots__ = ("_built", "_cols", "_index", "rows")
+
+    def __init__(
+        self,
+        rows: Sequence[JSON],
+        cols: Mapping[str, Sequence[Any]] | None = None,
+        index: GpuIndex | None = None,
+    ) -> None:
+        self.rows = rows
+        self._cols = cols or {}
+        self._built: list[JSON | None] = [None] * len(rows)
+        self._index = index if index is not None else GpuIndex(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, i: int) -> JSON: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[JSON]: ...
+    def __getitem__(self, i: int | slice) -> JSON | list[JSON]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        g = self._built[i]
+        if g is None:
+            g = self.rows[i]
+            if self._cols:
+                g = {**g, **{n: c[i] for n, c in self._cols.items()}}
+            self._built[i] = g
+        return g
+
+    def __iter__(self) -> Iterator[JSON]:
+        for i in range(len(self.rows)):
+            yield self[i]
+
+    def with_columns(self, cols: Mapping[str, Sequence[Any]]) -> GpuList:
+        return GpuList(self.rows, cols, self._index)
+
+    @property
+    def layout(self) -> GpuIndex:
+        return self._index
+
+    def column(self, name: str) -> Sequence[Any]:
+        col = self._cols.get(name)
+        return col if col is not None else [g.get(name) for g in self.rows]
+
+    def host(self, host: str) -> list[JSON]:
+        return [self[i] for i in self._index.hosts.get(host, ())]
+
+
+class GpuIndex:
+    """Where each GPU and each host's GPUs are in a GPU listing (kept while it stays)."""
+
+    __slots__ = ("hosts", "keys", "positions")
+
+    def __init__(self, rows: Sequence[JSON]) -> None:
+        self.keys = [f"{g.get('host')}/{g.get('index')}" for g in rows]
+        self.positions = {k: i for i, k in enumerate(self.keys)}
+        self.hosts: dict[str, list[int]] = {}
+        for i, g in enumerate(rows):
+            self.hosts.setdefault(str(g.get("host")), []).append(i)
+
+
+class GpusByKey(Mapping[str, JSON]):
+    """A GpuList by "host/index", without building any GPU until it is read."""
+
+    __slots__ = ("_gpus",)
+
+    def __init__(self, gpus: GpuList) -> None:
+        self._gpus = gpus
+
+    def __getitem__(self, key: str) -> JSON:
+        return self._gpus[self._gpus.layout.positions[key]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._gpus.layout.positions)
+
+    def __len__(self) -> int:
+        return len(self._gpus)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._gpus.layout.positions
+
+    def keys(self) -> KeysView[str]:
+        return self._gpus.layout.positions.keys()
+
+
+def gpus_by_key(gpus: Sequence[JSON]) -> Mapping[str, JSON]:
+    if isinstance(gpus, GpuList):
+        return GpusByKey(gpus)
+    return {f"{g.get('host')}/{g.get('index')}": g for g in gpus}
+
+
+def host_gpus(gpus: Sequence[JSON], host: str) -> list[JSON]:
+    if isinstance(gpus, GpuList):
+        return gpus.host(host)
+    return [g for g in gpus if g.get("host") == host]
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """One poll of the daemon: everything the main views show."""
 
     cluster: JSON
     nodes: list[JSON]
-    gpus: list[JSON]
+    gpus: Sequence[JSON]
     jobs: list[JSON]
     now: float
     finished: list[JSON] | None = None
     fairshare: JSON | None = None
     fairshare_error: str = ""
     job_series: Mapping[str, Series] = field(default_factory=dict)
-    #: "host/index" of each of `gpus`, when the reader has them at hand
-    gpu_keys: Sequence[str] = ()
 
 
 def fetch_snapshot(
@@ -276,7 +379,7 @@ class LazyRows(Mapping[str, Row]):
 
     def __init__(
         self,
-        items: dict[str, Any],
+        items: Mapping[str, Any],
         build: Callable[[Any], Row],
         memo: dict[str, tuple[Any, Row]],
     ) -> None:
@@ -472,12 +575,34 @@ def cluster_row(item: tuple[JSON, Sequence[JSON]]) -> Row:
     )
 
 
-def cluster_items(nodes: Iterable[JSON], gpus: Iterable[JSON]) -> dict[str, Any]:
+def cluster_items(nodes: Iterable[JSON], gpus: Sequence[JSON]) -> dict[str, Any]:
+    if isinstance(gpus, GpuList):  # each node's GPUs built only if its row is drawn
+        return {str(n.get("host")): (n, _HostGpus(gpus, str(n.get("host")))) for n in nodes}
     by_host = gpus_by_host(gpus)
     return {str(n.get("host")): (n, tuple(by_host.get(str(n.get("host")), ()))) for n in nodes}
 
 
-def cluster_rows(nodes: Iterable[JSON], gpus: Iterable[JSON]) -> dict[str, Row]:
+class _HostGpus(Sequence[JSON]):
+    __slots__ = ("_gpus", "_host")
+
+    def __init__(self, gpus: GpuList, host: str) -> None:
+        self._gpus, self._host = gpus, host
+
+    def __len__(self) -> int:
+        return len(self._gpus.layout.hosts.get(self._host, ()))
+
+    @overload
+    def __getitem__(self, i: int) -> JSON: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[JSON]: ...
+    def __getitem__(self, i: int | slice) -> JSON | list[JSON]:
+        at = self._gpus.layout.hosts.get(self._host, [])
+        if isinstance(i, slice):
+            return [self._gpus[k] for k in at[i]]
+        return self._gpus[at[i]]
+
+
+def cluster_rows(nodes: Iterable[JSON], gpus: Sequence[JSON]) -> dict[str, Row]:
     return {k: cluster_row(v) for k, v in cluster_items(nodes, gpus).items()}
 
 

@@ -17,7 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dcsched.tui.data import ACTIVE, JSON, QUEUED, TREND, Series, Snapshot, Source, _num
+from dcsched.tui.data import (
+    ACTIVE,
+    JSON,
+    QUEUED,
+    TREND,
+    GpuList,
+    Series,
+    Snapshot,
+    Source,
+    _num,
+)
 
 #: a batch of changed jobs larger than this is read as one full listing
 MAX_IDS = 500
@@ -75,8 +85,7 @@ class Feed:
 class LiveState:
     cluster: JSON = field(default_factory=dict)
     nodes: list[JSON] = field(default_factory=list)
-    gpus: list[JSON] = field(default_factory=list)
-    gpu_keys: list[str] = field(default_factory=list)
+    gpus: GpuList = field(default_factory=lambda: GpuList([]))
     jobs: dict[str, JSON] = field(default_factory=dict)  # waiting and running, by id
     series: dict[str, tuple[deque[float | None], deque[float | None]]] = field(default_factory=dict)
     full_reads = 0
@@ -121,28 +130,23 @@ class LiveState:
             job_series={
                 k: Series(tuple(u), tuple(m)) for k, (u, m) in self.series.items() if k in self.jobs
             },
-            gpu_keys=self.gpu_keys,
         )
 
     def _set_gpus(self, gpus: list[JSON]) -> None:
-        self.gpus = gpus
-        self.gpu_keys = [f"{g.get('host')}/{g.get('index')}" for g in gpus]
+        self.gpus = GpuList(gpus)
 
     def _telemetry(self, source: LiveSource) -> None:
         cols = source.gpu_columns()
         if "keys" not in cols:  # an older daemon: its full rows
             self._set_gpus(list(cols.get("gpus") or []))
             return
-        if cols["keys"] != self.gpu_keys:
+        if cols["keys"] != self.gpus.layout.keys:
             self._set_gpus(source.gpus())  # GPUs came or went between two node events
             return
-        names = [n for n in cols if n not in ("keys", "form")]
-        out = []
-        for g, row in zip(self.gpus, zip(*(cols[n] for n in names), strict=True), strict=True):
-            new = g.copy()  # new dicts: the UI thread may still draw the last ones
-            new.update(zip(names, row, strict=True))
-            out.append(new)
-        self.gpus = out
+        # a new overlay, not the old rows changed: the UI thread may still draw the last one
+        self.gpus = self.gpus.with_columns(
+            {n: v for n, v in cols.items() if n not in ("keys", "form") and isinstance(v, list)}
+        )
 
     def _jobs_changed(self, source: LiveSource, ids: set[str]) -> None:
         if len(ids) > MAX_IDS:
@@ -167,14 +171,21 @@ class LiveState:
         listing's gpu_util is as old as the job's last change), and its elapsed time from
         its start: one pass over the GPUs, then one sample onto each job's series."""
         acc: dict[str, list[float]] = {}
-        for g in self.gpus:
-            jid = g.get("job_id")
+        g = self.gpus
+        columns = zip(
+            g.column("job_id"),
+            g.column("util"),
+            g.column("mem_used"),
+            g.column("mem_total"),
+            strict=True,
+        )
+        for jid, util, used, total in columns:
             if jid is None:
                 continue
             a = acc.get(k := str(jid))
             if a is None:
                 a = acc[k] = [0.0, 0.0, 0.0, 0.0]
-            u, m, t = _num(g.get("util")), _num(g.get("mem_used")), _num(g.get("mem_total"))
+            u, m, t = _num(util), _num(used), _num(total)
             if u is not None:
                 a[0] += u
                 a[1] += 1

@@ -343,7 +343,7 @@ class NodeDetailScreen(DetailScreen):
     def render_node(self) -> None:
         snap = self.dctop.snapshot
         node = next((n for n in snap.nodes if n.get("host") == self.host), {}) if snap else {}
-        gpus = [g for g in (snap.gpus if snap else []) if g.get("host") == self.host]
+        gpus = data.host_gpus(snap.gpus, self.host) if snap else []
         gpus.sort(key=lambda g: int(g.get("index") or 0))
         state = str(node.get("state", "?"))
         self.query_one("#node-title", Static).update(

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -134,13 +136,10 @@ class GpusView(View):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self._by_key: dict[str, data.JSON] = {}
+        self._by_key: Mapping[str, data.JSON] = {}
 
     def rows(self, snap: Snapshot) -> Rows:
-        if len(snap.gpu_keys) == len(snap.gpus):
-            self._by_key = dict(zip(snap.gpu_keys, snap.gpus, strict=True))
-        else:
-            self._by_key = {f"{g.get('host')}/{g.get('index')}": g for g in snap.gpus}
+        self._by_key = data.gpus_by_key(snap.gpus)
         return data.LazyRows(self._by_key, data.gpu_row, self._memo)
 
     def _selected(self) -> data.JSON | None:

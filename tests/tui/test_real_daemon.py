@@ -86,3 +86,13 @@ async def test_dctop_on_a_real_daemon(tmp_path: Path, mosquitto: Broker) -> None
                 )
         job = await api(client, "job", int(job_id))
         assert job["state"] in ("CANCELLED", "COMPLETING", "PENDING", "STARTING")
+        # what the live mode reads: telemetry as columns, jobs by id, processes in history
+        cols = await api(client, "gpu_columns")
+        full = await api(client, "gpus")
+        assert cols["keys"] == [f"{g['host']}/{g['index']}" for g in full]
+        assert len(cols["util"]) == len(full)
+        assert [j["id"] for j in await api(client, "jobs_by_id", [int(job_id), 999999])] == [
+            int(job_id)
+        ]
+        hist = await api(client, "node_history", "n1")
+        assert "procs" in hist and "jobs" in hist
