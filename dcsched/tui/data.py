@@ -97,7 +97,12 @@ class GpuList(Sequence[JSON]):
 
     def column(self, name: str) -> Sequence[Any]:
         col = self._cols.get(name)
-        return col if col is not None else [g.get(name) for g in self.rows]
+        if col is not None:
+            return col
+        static = self._index.columns.get(name)  # a field of the rows: kept with them
+        if static is None:
+            static = self._index.columns[name] = [g.get(name) for g in self.rows]
+        return static
 
     def host(self, host: str) -> list[JSON]:
         return [self[i] for i in self._index.hosts.get(host, ())]
@@ -106,9 +111,10 @@ class GpuList(Sequence[JSON]):
 class GpuIndex:
     """Where each GPU and each host's GPUs are in a GPU listing (kept while it stays)."""
 
-    __slots__ = ("hosts", "keys", "positions")
+    __slots__ = ("columns", "hosts", "keys", "positions")
 
     def __init__(self, rows: Sequence[JSON]) -> None:
+        self.columns: dict[str, list[Any]] = {}
         self.keys = [f"{g.get('host')}/{g.get('index')}" for g in rows]
         self.positions = {k: i for i, k in enumerate(self.keys)}
         self.hosts: dict[str, list[int]] = {}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -87,7 +86,7 @@ class LiveState:
     nodes: list[JSON] = field(default_factory=list)
     gpus: GpuList = field(default_factory=lambda: GpuList([]))
     jobs: dict[str, JSON] = field(default_factory=dict)  # waiting and running, by id
-    series: dict[str, tuple[deque[float | None], deque[float | None]]] = field(default_factory=dict)
+    series: dict[str, Series] = field(default_factory=dict)
     full_reads = 0
     partial_reads = 0
 
@@ -127,9 +126,7 @@ class LiveState:
             gpus=self.gpus,
             jobs=list(self.jobs.values()),
             now=now,
-            job_series={
-                k: Series(tuple(u), tuple(m)) for k, (u, m) in self.series.items() if k in self.jobs
-            },
+            job_series=dict(self.series),
         )
 
     def _set_gpus(self, gpus: list[JSON]) -> None:
@@ -179,23 +176,24 @@ class LiveState:
             g.column("mem_total"),
             strict=True,
         )
-        for jid, util, used, total in columns:
+        # (the daemon's JSON numbers are numbers or null: no per-value type checks here)
+        for jid, u, m, t in columns:
             if jid is None:
                 continue
-            a = acc.get(k := str(jid))
+            a = acc.get(jid)
             if a is None:
-                a = acc[k] = [0.0, 0.0, 0.0, 0.0]
-            u, m, t = _num(util), _num(used), _num(total)
+                a = acc[jid] = [0.0, 0.0, 0.0, 0.0]
             if u is not None:
                 a[0] += u
                 a[1] += 1
             if m is not None and t:
                 a[2] += m / t * 100
                 a[3] += 1
+        by_id = {str(k): v for k, v in acc.items()}
         for k, j in list(self.jobs.items()):
             if j.get("state") not in ACTIVE:
                 continue
-            a = acc.get(k)
+            a = by_id.get(k)
             util = a[0] / a[1] if a and a[1] else None
             mem = a[2] / a[3] if a and a[3] else None
             start = _num(j.get("start_ts"))
@@ -203,11 +201,13 @@ class LiveState:
             new = self.jobs[k] = {**j, "gpu_util": util}
             if start is not None:
                 new["elapsed_s"] = max(now - start, 0.0)
+            # new tuples, not appends: the UI thread may still read the last ones
             s = self.series.get(k)
-            if s is None:
-                s = self.series[k] = (deque(maxlen=TREND), deque(maxlen=TREND))
-            s[0].append(util)
-            s[1].append(mem)
+            self.series[k] = (
+                Series((util,), (mem,))
+                if s is None
+                else Series((*s.util[1 - TREND :], util), (*s.mem[1 - TREND :], mem))
+            )
         if len(self.series) > len(self.jobs) + 1000:
             self._prune_series()
 
