@@ -311,6 +311,9 @@ class DctopApp(App[None]):
             self.post_message(SnapshotReady(snap))
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        if not self.query("#banner"):  # read before the main screen is composed: soon
+            self.set_timer(0.01, partial(self.on_snapshot_ready, message))
+            return
         self._polling = False
         prev = self.snapshot
         snap = message.snapshot
@@ -336,11 +339,11 @@ class DctopApp(App[None]):
             self.screen.render_node()
 
     def on_poll_failed(self, message: PollFailed) -> None:
-        self._polling = False
-        found = self.query("#banner").results(Banner)
-        banner = next(found, None)
-        if banner is None:  # failed before the main screen was up: the next poll shows it
+        banner = next(self.query("#banner").results(Banner), None)
+        if banner is None:  # failed before the main screen was composed: soon
+            self.set_timer(0.01, partial(self.on_poll_failed, message))
             return
+        self._polling = False
         lead = "daemon unreachable — retrying" if message.unreachable else "daemon error"
         banner.show(f"{lead}: {message.error}")
 

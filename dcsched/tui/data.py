@@ -171,6 +171,9 @@ class Snapshot:
     fairshare: JSON | None = None
     fairshare_error: str = ""
     job_series: Mapping[str, Series] = field(default_factory=dict)
+    #: changes whenever a job comes, goes or changes state or priority (not at every
+    #: utilisation sample): a view may keep its order while it stays; None: unknown
+    jobs_version: int | None = None
 
 
 def fetch_snapshot(
@@ -717,13 +720,13 @@ JOB_COLUMNS = [
 TREND = 10
 
 
-@dataclass(frozen=True, slots=True)
-class Series:
+class Series(NamedTuple):
     """A running job's recent GPU utilisation and memory use (% of its GPUs' memory), one
-    sample per telemetry read, kept by dctop itself (the daemon keeps no per-job series)."""
+    sample per telemetry read, kept by dctop itself (the daemon keeps no per-job series).
+    The latest utilisation is the job's: fresher than the listing's."""
 
-    util: tuple[float | None, ...] = ()
-    mem: tuple[float | None, ...] = ()
+    util: Sequence[float | None] = ()
+    mem: Sequence[float | None] = ()
 
 
 def _reasons(j: JSON) -> str:
@@ -731,23 +734,47 @@ def _reasons(j: JSON) -> str:
     return ", ".join(str(r) for r in reasons)
 
 
-def job_order(jobs: Iterable[JSON]) -> list[JSON]:
-    """Running first (oldest first), then the queue by priority (highest first)."""
+def _job_order_key(j: JSON) -> tuple[int, float, int]:
+    jid = int(j.get("id") or 0)
+    if j.get("state") in ACTIVE:
+        return (0, 0.0, jid)
+    if j.get("state") in QUEUED:
+        return (1, -(_num(j.get("priority")) or 0.0), jid)
+    return (2, 0.0, -jid)
 
-    def key(j: JSON) -> tuple[int, float, int]:
-        jid = int(j.get("id") or 0)
-        if j.get("state") in ACTIVE:
-            return (0, 0.0, jid)
-        if j.get("state") in QUEUED:
-            return (1, -(_num(j.get("priority")) or 0.0), jid)
-        return (2, 0.0, -jid)
 
-    return sorted(jobs, key=key)
+def job_order(
+    jobs: Iterable[JSON], memo: dict[int, tuple[JSON, tuple[int, float, int]]] | None = None
+) -> list[JSON]:
+    """Running first (oldest first), then the queue by priority (highest first). `memo`
+    keeps each job's key while its dict stays the same (the live mode replaces only the
+    dicts of jobs that changed), so a resort compares ready tuples."""
+    if memo is None:
+        return sorted(jobs, key=_job_order_key)
+    keyed = []
+    for j in jobs:
+        hit = memo.get(id(j))
+        if hit is None or hit[0] is not j:
+            hit = memo[id(j)] = (j, _job_order_key(j))
+        keyed.append((hit[1], j))
+    if len(memo) > 2 * len(keyed) + 1000:
+        live = {id(j) for _, j in keyed}
+        for k in [k for k in memo if k not in live]:
+            del memo[k]
+    keyed.sort(key=operator.itemgetter(0))
+    return [j for _, j in keyed]
 
 
 def job_row(item: tuple[JSON, float, Series | None]) -> Row:
     j, now, series = item
     state = str(j.get("state", ""))
+    active = state in ACTIVE
+    s = Series(list(series.util), list(series.mem)) if active and series else Series()
+    if s.util:  # the live mode: fresher than the listing, which it reads only on changes
+        start = _num(j.get("start_ts"))
+        j = dict(j, gpu_util=s.util[-1])
+        if start is not None:
+            j["elapsed_s"] = max(now - start, 0.0)
     queued = state in QUEUED
     nodes = int(j.get("nodes") or 0)
     gpn = int(j.get("gpus_per_node") or 0)
@@ -767,8 +794,6 @@ def job_row(item: tuple[JSON, float, Series | None]) -> Row:
     idle = job_idle(j)
     prio = _num(j.get("priority"))
     util = j.get("gpu_util")
-    active = state in ACTIVE
-    s = series if active and series is not None else Series()
     return (
         c(j.get("id", ""), key=int(j.get("id") or 0)),
         c(j.get("name", "")),
@@ -796,11 +821,19 @@ def job_row(item: tuple[JSON, float, Series | None]) -> Row:
 
 
 def job_items(
-    jobs: Iterable[JSON], now: float, series: Mapping[str, Series] | None = None
+    jobs: Iterable[JSON],
+    now: float,
+    series: Mapping[str, Series] | None = None,
+    order: Sequence[str] | None = None,
+    memo: dict[int, tuple[JSON, tuple[int, float, int]]] | None = None,
 ) -> dict[str, Any]:
-    """Key -> (job, now, series), in the Jobs view's order (job_order)."""
+    """Key -> (job, now, series), in the Jobs view's order (job_order, or `order`: the
+    same jobs' keys in that order, kept while only their numbers changed)."""
     series = series or {}
-    return {(k := str(j.get("id"))): (j, now, series.get(k)) for j in job_order(jobs)}
+    if order is None:
+        return {(k := str(j.get("id"))): (j, now, series.get(k)) for j in job_order(jobs, memo)}
+    by_id = {str(j.get("id")): j for j in jobs}
+    return {k: (by_id[k], now, series.get(k)) for k in order}
 
 
 def job_rows(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,7 +26,6 @@ from dcsched.tui.data import (
     Series,
     Snapshot,
     Source,
-    _num,
 )
 
 #: a batch of changed jobs larger than this is read as one full listing
@@ -89,6 +89,7 @@ class LiveState:
     series: dict[str, Series] = field(default_factory=dict)
     full_reads = 0
     partial_reads = 0
+    jobs_version = 0  # bumped when the set of jobs or one's state / priority changes
 
     def read(
         self,
@@ -106,6 +107,7 @@ class LiveState:
             self.nodes = source.nodes()
             self._set_gpus(source.gpus())
             self.jobs = {str(j.get("id")): j for j in source.jobs()}
+            self.jobs_version += 1
             self._prune_series()
         else:
             self.partial_reads += 1
@@ -116,6 +118,7 @@ class LiveState:
                 self._telemetry(source)
             if ids:
                 self._jobs_changed(source, ids)
+                self.jobs_version += 1
         self.cluster = cluster
         now = clock()
         if telemetry or reset or nodes:
@@ -125,8 +128,9 @@ class LiveState:
             nodes=self.nodes,
             gpus=self.gpus,
             jobs=list(self.jobs.values()),
+            jobs_version=self.jobs_version,
             now=now,
-            job_series=dict(self.series),
+            job_series=self.series,
         )
 
     def _set_gpus(self, gpus: list[JSON]) -> None:
@@ -165,8 +169,8 @@ class LiveState:
 
     def _job_util_from_gpus(self, now: float) -> None:
         """Each running job's mean utilisation and memory use from the GPU telemetry (the
-        listing's gpu_util is as old as the job's last change), and its elapsed time from
-        its start: one pass over the GPUs, then one sample onto each job's series."""
+        listing's gpu_util is as old as the job's last change): one pass over the GPUs,
+        then one sample onto each job's series (the row reads its latest)."""
         acc: dict[str, list[float]] = {}
         g = self.gpus
         columns = zip(
@@ -190,24 +194,16 @@ class LiveState:
                 a[2] += m / t * 100
                 a[3] += 1
         by_id = {str(k): v for k, v in acc.items()}
-        for k, j in list(self.jobs.items()):
+        for k, j in self.jobs.items():
             if j.get("state") not in ACTIVE:
                 continue
             a = by_id.get(k)
-            util = a[0] / a[1] if a and a[1] else None
-            mem = a[2] / a[3] if a and a[3] else None
-            start = _num(j.get("start_ts"))
-            # a new dict: the UI thread may still be drawing the previous snapshot's
-            new = self.jobs[k] = {**j, "gpu_util": util}
-            if start is not None:
-                new["elapsed_s"] = max(now - start, 0.0)
-            # new tuples, not appends: the UI thread may still read the last ones
             s = self.series.get(k)
-            self.series[k] = (
-                Series((util,), (mem,))
-                if s is None
-                else Series((*s.util[1 - TREND :], util), (*s.mem[1 - TREND :], mem))
-            )
+            if s is None:
+                s = self.series[k] = Series(deque(maxlen=TREND), deque(maxlen=TREND))
+            # appends (atomic): the UI thread copies a series whole when it draws the row
+            s.util.append(a[0] / a[1] if a and a[1] else None)  # type: ignore[attr-defined]
+            s.mem.append(a[2] / a[3] if a and a[3] else None)  # type: ignore[attr-defined]
         if len(self.series) > len(self.jobs) + 1000:
             self._prune_series()
 

@@ -173,8 +173,19 @@ class JobsView(View):
         Binding("r", "job('release')", "Release", id="job.release"),
     ]
 
+    _order: tuple[int | None, list[str]] = (None, [])
+    _keys: dict[int, tuple[data.JSON, tuple[int, float, int]]]
+
+    def on_mount(self) -> None:
+        self._keys = {}
+
     def rows(self, snap: Snapshot) -> Rows:
-        items = data.job_items(snap.jobs, snap.now, snap.job_series)
+        version, order = self._order
+        same = snap.jobs_version is not None and snap.jobs_version == version
+        items = data.job_items(
+            snap.jobs, snap.now, snap.job_series, order if same else None, self._keys
+        )
+        self._order = (snap.jobs_version, list(items))
         return data.LazyRows(items, data.job_row, self._memo)
 
     def action_open(self) -> None:

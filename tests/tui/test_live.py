@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from dcsched.tui import data
 from dcsched.tui.live import Feed, LiveState
 from tests.tui.fakes import NOW, FixtureSource
 
@@ -56,8 +57,10 @@ def test_first_read_is_full_then_only_telemetry_and_changed_jobs() -> None:
     assert src.calls == ["cluster", "gpu_columns"]  # nothing changed but telemetry
     assert {g["util"] for g in snap.gpus} == {42.0}
     running = [j for j in snap.jobs if j["state"] == "RUNNING"]
-    assert running and all(j["gpu_util"] == 42.0 for j in running)  # from telemetry
-    assert all(len(snap.job_series[str(j["id"])].util) == 2 for j in running)
+    series = [snap.job_series[str(j["id"])] for j in running]
+    assert running and all(len(s.util) == 2 and s.util[-1] == 42.0 for s in series)
+    row = data.job_row((running[0], NOW + 1, series[0]))
+    assert row[9].text == "42%" and row[10].text.strip()  # util, and its spark line
     # a job ends, one is held: the stream says so, only those two are read
     src.store["2"] = dict(src.store["2"], state="COMPLETED")
     src.store["13"] = dict(src.store["13"], state="HELD")
