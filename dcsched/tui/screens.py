@@ -497,28 +497,35 @@ HELP = """\
 [b]dctop[/b]: the cluster live, and the queue you can act on.
 
 [b]Views[/b]
-  1  Cluster     a row per node, a cell per GPU: ● allocated ○ free, colour = util
-  2  GPUs        every GPU; s or a header click sorts, S reverses; / filters
-                 (text, or host= model= job= user= state=), escape clears
-  3  Jobs        running and pending jobs; IDLE GPUs: a running job doing nothing
-  4  Fair-share  accounts and users: shares, usage, factor
-  5  History     finished jobs
-  :              command line: cluster gpus jobs fairshare history,
-                 job ID, node HOST, theme dark|light, help, quit
+  1 Cluster     a row per node, a cell per GPU: ● allocated ○ free
+                ! allocated but idle ✗ unhealthy; colour = util
+  2 GPUs        every GPU
+  3 Jobs        running and waiting jobs, util and memory trends;
+                IDLE GPUs: a running job doing nothing
+  4 Fair-share  accounts and users: shares, usage, factor
+  5 History     finished jobs
 
-[b]Details[/b]
-  enter          the selected node or job (GPUs view: j opens the GPU's job)
-  escape         back
+[b]In every view[/b]
+  /             filter: text, or user= account= state= host= name=
+                job= ...; escape clears (dctop --filter sets one)
+  s / S         sort by the next column / reverse; or click a header
+  enter         the selected node or job (GPUs view: j, the job)
+  escape        back
 
 [b]Actions[/b] (each asks first; all off with --readonly)
-  c / h / r      cancel, hold, release the selected job
-  d / u          drain, resume the selected node
+  c / h / r     cancel, hold, release the selected job
+  d / u         drain, resume the selected node
+
+[b]Commands[/b] (: opens the command line)
+  cluster gpus jobs fairshare history   job ID   node HOST
+  filter TEXT   sort KEY [desc]   columns KEY...   (saved)
+  theme dark|light   help   quit
 
 [b]Elsewhere[/b]
-  t              light / dark theme
-  ctrl+p         command palette (views, jobs, nodes, theme)
-  ?              this help
-  q              quit
+  ctrl+p        command palette: every action
+  t             light / dark theme
+  ?             this help
+  q             quit
 """
 
 
