@@ -7,6 +7,7 @@ daemon reports may be null; it reads "N/A", never raises.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import operator
@@ -174,6 +175,9 @@ class Snapshot:
     #: changes whenever a job comes, goes or changes state or priority (not at every
     #: utilisation sample): a view may keep its order while it stays; None: unknown
     jobs_version: int | None = None
+    #: the jobs by id, and which of them changed since the last version (None: unknown)
+    jobs_by_id: Mapping[str, JSON] | None = None
+    jobs_changed: frozenset[str] | None = None
 
 
 def fetch_snapshot(
@@ -743,26 +747,47 @@ def _job_order_key(j: JSON) -> tuple[int, float, int]:
     return (2, 0.0, -jid)
 
 
-def job_order(
-    jobs: Iterable[JSON], memo: dict[int, tuple[JSON, tuple[int, float, int]]] | None = None
-) -> list[JSON]:
-    """Running first (oldest first), then the queue by priority (highest first). `memo`
-    keeps each job's key while its dict stays the same (the live mode replaces only the
-    dicts of jobs that changed), so a resort compares ready tuples."""
-    if memo is None:
-        return sorted(jobs, key=_job_order_key)
-    keyed = []
-    for j in jobs:
-        hit = memo.get(id(j))
-        if hit is None or hit[0] is not j:
-            hit = memo[id(j)] = (j, _job_order_key(j))
-        keyed.append((hit[1], j))
-    if len(memo) > 2 * len(keyed) + 1000:
-        live = {id(j) for _, j in keyed}
-        for k in [k for k in memo if k not in live]:
-            del memo[k]
-    keyed.sort(key=operator.itemgetter(0))
-    return [j for _, j in keyed]
+def job_order(jobs: Iterable[JSON]) -> list[JSON]:
+    """Running first (oldest first), then the queue by priority (highest first)."""
+    return sorted(jobs, key=_job_order_key)
+
+
+class JobOrder:
+    """The Jobs view's order (job_order's), kept between refreshes: unchanged while no job
+    changed, only the changed jobs moved (taken out, put back by key) when the stream named
+    a few, and a full sort otherwise. At 4,000 jobs with a few changing every second this
+    is the difference between sorting 4,000 jobs and inserting a few."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.keys: list[tuple[int, float, int]] = []
+        self.ids: list[str] = []
+
+    def update(
+        self, jobs: Mapping[str, JSON], version: int | None, changed: frozenset[str] | None
+    ) -> list[str]:
+        if version is not None and version == self.version:
+            return self.ids
+        if (
+            version is not None
+            and self.version is not None
+            and version == self.version + 1
+            and changed is not None
+            and len(changed) <= 200
+        ):
+            keep = [(k, i) for k, i in zip(self.keys, self.ids, strict=True) if i not in changed]
+            keys, ids = [k for k, _ in keep], [i for _, i in keep]
+            for i in changed:
+                if (j := jobs.get(i)) is not None:
+                    key = _job_order_key(j)
+                    at = bisect.bisect_left(keys, key)
+                    keys.insert(at, key)
+                    ids.insert(at, i)
+        else:
+            ordered = sorted((_job_order_key(j), i) for i, j in jobs.items())
+            keys, ids = [k for k, _ in ordered], [i for _, i in ordered]
+        self.version, self.keys, self.ids = version, keys, ids
+        return ids
 
 
 def job_row(item: tuple[JSON, float, Series | None]) -> Row:
@@ -821,18 +846,20 @@ def job_row(item: tuple[JSON, float, Series | None]) -> Row:
 
 
 def job_items(
-    jobs: Iterable[JSON],
+    jobs: Iterable[JSON] | Mapping[str, JSON],
     now: float,
     series: Mapping[str, Series] | None = None,
     order: Sequence[str] | None = None,
-    memo: dict[int, tuple[JSON, tuple[int, float, int]]] | None = None,
 ) -> dict[str, Any]:
     """Key -> (job, now, series), in the Jobs view's order (job_order, or `order`: the
-    same jobs' keys in that order, kept while only their numbers changed)."""
+    jobs' keys in that order, kept by JobOrder)."""
     series = series or {}
+    if isinstance(jobs, Mapping):
+        by_id: Mapping[str, JSON] = jobs
+    else:
+        by_id = {str(j.get("id")): j for j in jobs}
     if order is None:
-        return {(k := str(j.get("id"))): (j, now, series.get(k)) for j in job_order(jobs, memo)}
-    by_id = {str(j.get("id")): j for j in jobs}
+        order = [str(j.get("id")) for j in job_order(by_id.values())]
     return {k: (by_id[k], now, series.get(k)) for k in order}
 
 

@@ -101,6 +101,7 @@ class LiveState:
     ) -> Snapshot:
         """One refresh, following the stream: reads only what `feed` says changed."""
         reset, ids, nodes = feed.take()
+        changed: frozenset[str] | None = None  # the jobs that changed, when known
         cluster = source.cluster()
         if reset:
             self.full_reads += 1
@@ -117,7 +118,7 @@ class LiveState:
             elif telemetry:
                 self._telemetry(source)
             if ids:
-                self._jobs_changed(source, ids)
+                changed = None if self._jobs_changed(source, ids) else frozenset(ids)
                 self.jobs_version += 1
         self.cluster = cluster
         now = clock()
@@ -129,6 +130,8 @@ class LiveState:
             gpus=self.gpus,
             jobs=list(self.jobs.values()),
             jobs_version=self.jobs_version,
+            jobs_by_id=dict(self.jobs),
+            jobs_changed=changed,
             now=now,
             job_series=self.series,
         )
@@ -149,20 +152,22 @@ class LiveState:
             {n: v for n, v in cols.items() if n not in ("keys", "form") and isinstance(v, list)}
         )
 
-    def _jobs_changed(self, source: LiveSource, ids: set[str]) -> None:
+    def _jobs_changed(self, source: LiveSource, ids: set[str]) -> bool:
+        """Reads the changed jobs; True when that became a read of them all."""
         if len(ids) > MAX_IDS:
             self.jobs = {str(j.get("id")): j for j in source.jobs()}
-            return
+            return True
         got = {str(j.get("id")): j for j in source.jobs_by_id(sorted(ids, key=_id_order))}
         if set(got) - ids:  # an older daemon ignored ids= and listed every live job
             self.jobs = got
-            return
+            return True
         for k in ids:
             j = got.get(k)
             if j is not None and j.get("state") in QUEUED + ACTIVE:
                 self.jobs[k] = j
             else:
                 self.jobs.pop(k, None)
+        return False
 
     def _prune_series(self) -> None:
         self.series = {k: v for k, v in self.series.items() if k in self.jobs}

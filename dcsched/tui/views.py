@@ -173,19 +173,15 @@ class JobsView(View):
         Binding("r", "job('release')", "Release", id="job.release"),
     ]
 
-    _order: tuple[int | None, list[str]] = (None, [])
-    _keys: dict[int, tuple[data.JSON, tuple[int, float, int]]]
-
     def on_mount(self) -> None:
-        self._keys = {}
+        self._order = data.JobOrder()
 
     def rows(self, snap: Snapshot) -> Rows:
-        version, order = self._order
-        same = snap.jobs_version is not None and snap.jobs_version == version
-        items = data.job_items(
-            snap.jobs, snap.now, snap.job_series, order if same else None, self._keys
-        )
-        self._order = (snap.jobs_version, list(items))
+        if snap.jobs_by_id is None:  # every read a full one: sort them all
+            items = data.job_items(snap.jobs, snap.now, snap.job_series)
+        else:
+            order = self._order.update(snap.jobs_by_id, snap.jobs_version, snap.jobs_changed)
+            items = data.job_items(snap.jobs_by_id, snap.now, snap.job_series, order)
         return data.LazyRows(items, data.job_row, self._memo)
 
     def action_open(self) -> None:

@@ -166,3 +166,19 @@ def test_fetch_snapshot_marks_a_missing_fairshare() -> None:
     snap = data.fetch_snapshot(FixtureSource(), fairshare=True, finished=True, clock=lambda: NOW)
     assert snap.fairshare is not None and snap.finished is not None
     assert {j["state"] for j in snap.finished} == {"COMPLETED", "FAILED", "CANCELLED"}
+
+
+def test_job_order_moves_only_the_changed_jobs_and_matches_a_full_sort() -> None:
+    jobs = {str(j["id"]): j for j in load("jobs.json")["jobs"]}
+    order = data.JobOrder()
+    full = [str(j["id"]) for j in data.job_order(jobs.values())]
+    assert order.update(jobs, 1, None) == full
+    assert order.update(jobs, 1, frozenset({"2"})) == full  # same version: kept
+    # job 13 (pending) is now first in the queue; job 2 ended
+    jobs = dict(jobs, **{"13": dict(jobs["13"], priority=10**9)})
+    del jobs["2"]
+    moved = order.update(jobs, 2, frozenset({"13", "2"}))
+    assert moved == [str(j["id"]) for j in data.job_order(jobs.values())]
+    assert "2" not in moved
+    # a version skipped (a refresh this view did not see): a full sort
+    assert order.update(jobs, 5, frozenset()) == moved
