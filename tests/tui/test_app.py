@@ -243,6 +243,7 @@ async def test_no_socket_at_all_is_unreachable(tmp_path: Path) -> None:
         banner = app.query_one("#banner", Banner)
         await wait_for(pilot, lambda: banner.display, what="the banner")
         assert "no daemon socket" in str(banner.render())
+        assert "the config's [daemon] socket" in str(banner.render())  # not eaten as markup
 
 
 class ChangingSource(FixtureSource):
