@@ -1176,7 +1176,15 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             }
             _log(f"CPU, telemetry only: {cpu['telemetry_only']}")
         with _phase("cpu_dctop", out):
-            paths = ("/v1/cluster", "/v1/nodes", "/v1/gpus", "/v1/jobs")
+            # polled: what dctop reads from a daemon without /v1/events, every second;
+            # live: what it reads following the stream (telemetry as columns, ~10 changed
+            # jobs by id; nodes and full rows only on a node event, none in this window)
+            live_ids = ",".join(str(i) for i in range(1, 11))
+            paths: tuple[str, ...] = (
+                ("/v1/cluster", "/v1/gpus?form=columns", f"/v1/jobs?ids={live_ids}")
+                if a.dctop == "live"
+                else ("/v1/cluster", "/v1/nodes", "/v1/gpus", "/v1/jobs")
+            )
             per: dict[str, list[float]] = {p: [] for p in paths}
             rounds: list[float] = []
             others = {n: p.pid for n, p in procs.procs if n != "dcd"}
@@ -1196,6 +1204,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             wall = time.monotonic() - t0
             pct = round(100 * (_cpu_seconds(daemon.pid) - c0) / wall, 1)
             cpu["with_dctop"] = {
+                "dctop": a.dctop,
                 "seconds": round(wall, 1),
                 "daemon_cpu_pct": pct,
                 "dctop_rounds": len(rounds),
@@ -1340,6 +1349,13 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=30, help="calls per latency figure (default 30)")
     p.add_argument("--pass-samples", type=int, default=20, help="passes to trigger (default 20)")
     p.add_argument("--cpu-window", type=float, default=30.0, help="seconds with dctop polling")
+    p.add_argument(
+        "--dctop",
+        choices=("polled", "live"),
+        default="polled",
+        help="what the simulated dctop reads each second: everything (a daemon without "
+        "/v1/events) or what the live mode reads (default polled)",
+    )
     p.add_argument("--idle-window", type=float, default=10.0, help="seconds, telemetry only")
     p.add_argument("--submit-timeout", type=float, default=150.0, help="cap of the submissions")
     p.add_argument("--settle-timeout", type=float, default=60.0, help="cap of the wait for steady")

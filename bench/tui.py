@@ -14,14 +14,18 @@ import asyncio
 import json
 import os
 import platform
+import queue
 import random
+import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dcsched.client import StreamEvent
 from dcsched.tui import data
 from dcsched.tui.app import DctopApp
 
@@ -45,10 +49,34 @@ def data_layer_ms(source: Any, n: int = 10) -> dict[str, float]:
     }
 
 
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+class EventStream:
+    """Stands for dcsched.client.EventStream: iterated until closed."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[StreamEvent | None] = queue.Queue()
+
+    def put(self, event: StreamEvent) -> None:
+        self._queue.put(event)
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        while (event := self._queue.get()) is not None:
+            yield event
+
+
 class SyntheticSource:
     """The Source protocol over a synthetic cluster; each `advance()` is one new second."""
 
-    def __init__(self, hosts: int, gpus: int, jobs: int, variants: int = 8) -> None:
+    def __init__(
+        self, hosts: int, gpus: int, jobs: int, variants: int = 8, changes_per_tick: int = 10
+    ) -> None:
         rnd = random.Random(42)
         self.tick = 0
         self.frames: list[dict[str, bytes]] = []
@@ -142,14 +170,35 @@ class SyntheticSource:
                 "power_w": sum(g["power_w"] for g in gpu_rows),
                 "jobs": {"RUNNING": sum(1 for j in job_list if j["state"] == "RUNNING")},
             }
+            columns = {
+                "form": "columns",
+                "keys": [f"{g['host']}/{g['index']}" for g in gpu_rows],
+                **{
+                    name: [g[name] for g in gpu_rows]
+                    for name in (
+                        "util",
+                        "mem_used",
+                        "temp_c",
+                        "power_w",
+                        "health",
+                        "job_id",
+                        "user",
+                    )
+                },
+            }
             self.frames.append(
                 {
                     "cluster": json.dumps(cluster).encode(),
                     "nodes": json.dumps({"nodes": node_rows}).encode(),
                     "gpus": json.dumps({"gpus": gpu_rows}).encode(),
                     "jobs": json.dumps({"jobs": job_list}).encode(),
+                    "columns": json.dumps(columns).encode(),
                 }
             )
+        self.job_list = job_list
+        self.changes_per_tick = changes_per_tick
+        self._rnd = rnd
+        self._streams: list[EventStream] = []
 
     def _get(self, what: str) -> Any:
         return json.loads(self.frames[self.tick % len(self.frames)][what])
@@ -167,6 +216,28 @@ class SyntheticSource:
     def jobs(self, *, all_states: bool = False) -> list[dict[str, Any]]:
         return list(self._get("jobs")["jobs"])
 
+    # the live mode: telemetry as columns, changed jobs by id, and the event stream
+
+    def gpu_columns(self) -> dict[str, Any]:
+        self.tick += 1
+        # each second a few jobs change (state, priority), and the stream says which
+        for _ in range(self.changes_per_tick):
+            j = self._rnd.choice(self.job_list)
+            for s in self._streams:
+                s.put(StreamEvent("job", "", {"id": j["id"], "state": j["state"]}))
+        return dict(self._get("columns"))
+
+    def jobs_by_id(self, ids: Any) -> list[dict[str, Any]]:
+        want = {int(i) for i in ids}
+        encoded = json.dumps({"jobs": [j for j in self.job_list if j["id"] in want]}).encode()
+        return list(json.loads(encoded)["jobs"])
+
+    def events(self) -> EventStream:
+        stream = EventStream()
+        stream.put(StreamEvent("hello", "c-0", {}))
+        self._streams.append(stream)
+        return stream
+
     def fairshare(self) -> dict[str, Any]:
         return {"rows": []}
 
@@ -178,12 +249,21 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     source = SyntheticSource(args.hosts, args.gpus, args.jobs)
     t0 = time.perf_counter()
     app = DctopApp(source, interval=0, tune_gc=True)  # type: ignore[arg-type]  # as dctop runs
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"mode": "polled" if args.polled else "live"}
+    rss0 = rss_mb()
     async with app.run_test(size=(160, 50)) as pilot:
         while app.polls < 1:  # noqa: ASYNC110 (the app is polled, not awaited)
             await asyncio.sleep(0.001)
         await pilot.pause()
         out["first_paint_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        if not args.polled:
+            app._follow()
+            while not app.live:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
+            n = app.polls
+            app.poll()  # the full read after the stream opened
+            while app.polls <= n:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
         per_view: dict[str, Any] = {}
         for key, view in (("1", "cluster"), ("2", "gpus"), ("3", "jobs")):
             await pilot.press(key)
@@ -218,6 +298,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "cpu_percent": round(cpu / wall * 100, 1),
                 "cpu_ms_per_second": round(cpu / wall * 1000, 1),
             }
+    out["memory_mb"] = {
+        "rss_peak": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_app": rss0,
+        "of_which_synthetic_source_bytes": round(
+            sum(len(b) for f in source.frames for b in f.values()) / 2**20, 1
+        ),
+    }
+    out["reads"] = {"full": app.state.full_reads, "partial": app.state.partial_reads}
     out["data_layer_cpu_ms"] = data_layer_ms(SyntheticSource(args.hosts, args.gpus, args.jobs))
     return out
 
@@ -229,6 +317,11 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=400)
     p.add_argument("--refreshes", type=int, default=30)
     p.add_argument("--live-s", type=float, default=10.0)
+    p.add_argument(
+        "--polled",
+        action="store_true",
+        help="no event stream: every refresh a full read (a daemon older than /v1/events)",
+    )
     args = p.parse_args()
     result = asyncio.run(measure(args))
     report = {
@@ -237,7 +330,7 @@ def main() -> int:
         "gpus_per_host": args.gpus,
         "gpus": args.hosts * args.gpus,
         "jobs": args.jobs,
-        "target_cpu_ms_per_refresh": 50,
+        "target_cpu_ms_per_refresh": 25,
         **result,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }

@@ -216,6 +216,17 @@ class Client:
     def efficiency(self, job_id: int | str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/jobs/{quote(str(job_id))}/efficiency"))
 
+    def gpu_columns(self) -> dict[str, Any]:
+        """Every GPU's telemetry as one list per field (`GET /v1/gpus?form=columns`). An
+        older daemon answers its full rows instead: the answer then has "gpus", not "keys"."""
+        return dict(self.request("GET", "/v1/gpus", query={"form": "columns"}))
+
+    def jobs_by_id(self, ids: Iterable[int | str]) -> list[dict[str, Any]]:
+        """These jobs' listing rows, any state; unknown ids are left out. An older daemon
+        ignores `ids` and lists every waiting and running job."""
+        q = {"ids": ",".join(str(i) for i in ids)}
+        return list(self.request("GET", "/v1/jobs", query=q)["jobs"])
+
     def events(
         self,
         since: str | None = None,

@@ -30,10 +30,12 @@ from dcsched.agents.gpu import GpuBackend, make_backend
 from dcsched.agents.healthcheck import run_health_check
 from dcsched.agents.launcher import ExitStatus, Launcher, ending_words, valid_job_id
 from dcsched.agents.logs import append_notice, read_chunk
+from dcsched.agents.procs import CpuMeter, ProcNames, usage
 from dcsched.agents.state import CommandResult, JobRecord, StateStore, exit_key, job_key
 from dcsched.protocol.codec import CommandVerifier, ProtocolError, encode, load_key
 from dcsched.protocol.config import Config
 from dcsched.protocol.messages import (
+    CMD_MAX,
     Ack,
     AckExit,
     Cancel,
@@ -126,6 +128,8 @@ class Agent:
         self._outbox_dirty = asyncio.Event()
         self._cancels: dict[str, asyncio.Task[None]] = {}
         self._seq = 0
+        self._proc_names = ProcNames(CMD_MAX)
+        self._cpu = CpuMeter()
         self._last_drop_log = 0.0
         self._addr = ""
         self._inventory = self.backend.inventory()
@@ -406,17 +410,32 @@ class Agent:
         procs = []
         for r in jobs:
             job_pids = pids.get(r.tag, [])
+            # CPU and host memory over the job's process tree (its tagged processes)
+            ticks, rss = usage(job_pids)
             procs.append(
-                JobProcs(job_id=r.job_id, node_rank=r.node_rank, gpus=r.gpus, pids=job_pids)
+                JobProcs(
+                    job_id=r.job_id,
+                    node_rank=r.node_rank,
+                    gpus=r.gpus,
+                    pids=job_pids,
+                    cpu_pct=self._cpu.percent(r.tag, now, ticks) if job_pids else None,
+                    rss=rss if job_pids else None,
+                )
             )
             for g in r.gpus:
                 busy.setdefault(g, []).extend(job_pids)
+        self._cpu.forget_except(r.tag for r in jobs)
+        gpus = self.backend.sample(now, busy)
+        for sample in gpus:
+            for proc in sample.procs:
+                if not proc.user and not proc.cmd:
+                    proc.user, proc.cmd = self._proc_names.get(proc.pid)
         self._seq += 1
         return Telemetry(
             host=self.host,
             ts=now,
             seq=self._seq,
-            gpus=self.backend.sample(now, busy),
+            gpus=gpus,
             jobs=procs,
             simulated=self.backend.simulated,
         )

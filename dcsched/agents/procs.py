@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import signal
 import threading
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,8 @@ class ProcStat:
     ppid: int
     pgid: int
     starttime: int  # clock ticks after boot: with the pid, names one process for good
+    cpu_ticks: int = 0  # user + system time, clock ticks
+    rss_pages: int = 0
 
 
 def read_stat(pid: int) -> ProcStat | None:
@@ -35,7 +38,15 @@ def read_stat(pid: int) -> ProcStat | None:
     # The command name may hold spaces and parentheses: split after the last ')'.
     rest = raw[raw.rfind(")") + 2 :].split()
     try:
-        return ProcStat(pid, rest[0], int(rest[1]), int(rest[2]), int(rest[19]))
+        return ProcStat(
+            pid,
+            rest[0],
+            int(rest[1]),
+            int(rest[2]),
+            int(rest[19]),
+            int(rest[11]) + int(rest[12]),
+            int(rest[21]),
+        )
     except (IndexError, ValueError):
         return None
 
@@ -97,6 +108,84 @@ class ProcScanner:
 
     def pids_of(self, tag: str, pgid: int) -> list[int]:
         return self.scan({tag: pgid})[tag]
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def usage(pids: Iterable[int]) -> tuple[int, int]:
+    """(CPU clock ticks used, resident bytes) summed over these processes (gone ones: 0)."""
+    ticks = rss = 0
+    for pid in pids:
+        st = read_stat(pid)
+        if st is not None:
+            ticks += st.cpu_ticks
+            rss += st.rss_pages * PAGE
+    return ticks, rss
+
+
+class CpuMeter:
+    """Each job's CPU use between two samples, as percent of one core."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def percent(self, key: str, now: float, ticks: int) -> float | None:
+        last = self._last.get(key)
+        self._last[key] = (now, ticks)
+        if last is None or now <= last[0] or ticks < last[1]:
+            return None  # the first sample (or the set of processes shrank): no rate yet
+        return round((ticks - last[1]) / CLK_TCK / (now - last[0]) * 100, 1)
+
+    def forget_except(self, keys: Iterable[str]) -> None:
+        keep = set(keys)
+        for k in self._last.keys() - keep:
+            del self._last[k]
+
+
+class ProcNames:
+    """A process's user and command line, read from /proc once per (pid, starttime)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._cache: dict[tuple[int, int], tuple[str, str]] = {}
+        self._users: dict[int, str] = {}
+
+    def get(self, pid: int) -> tuple[str, str]:
+        st = read_stat(pid)
+        if st is None:
+            return "", ""
+        key = (pid, st.starttime)
+        hit = self._cache.get(key)
+        if hit is None:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            hit = self._cache[key] = (self._user(pid), self._cmd(pid))
+        return hit
+
+    def _user(self, pid: int) -> str:
+        try:
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            return ""
+        name = self._users.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = str(uid)
+            self._users[uid] = name
+        return name
+
+    def _cmd(self, pid: int) -> str:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                raw = f.read(4 * self.limit)
+        except OSError:
+            return ""
+        text = raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+        return text[: self.limit]
 
 
 def _pids() -> Iterable[int]:

@@ -348,6 +348,8 @@ class Api:
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         q = request.query
+        if "ids" in q:
+            return await self._jobs_by_id(q["ids"])
         states: list[str] = sorted(JobState.__members__)
         if "state" in q:
             states = [s.strip().upper() for s in q["state"].split(",") if s.strip()]
@@ -365,6 +367,21 @@ class Api:
             set(states), q.get("user") or None, limit, since=since, until=until
         )
         return web.Response(body=body, content_type="application/json")
+
+    async def _jobs_by_id(self, text: str) -> web.Response:
+        """`?ids=1,2,3`: those jobs' listing rows, in any state (unknown ids are left out),
+        so that a client following `/v1/events` rereads only the jobs that changed."""
+        ids = [_int_arg(t, "ids") for t in text.split(",") if t.strip()]
+        if len(ids) > 1000:
+            raise InvalidRequest(f"ids lists {len(ids)} jobs; ask for at most 1000 at a time")
+        rows = []
+        for i in dict.fromkeys(ids):
+            try:
+                job = await self.d.jobs.get(i)
+            except NoSuchThing:
+                continue
+            rows.append(self.read.job_view(job, detail=False))
+        return _json({"jobs": rows})
 
     async def show(self, request: web.Request) -> web.Response:
         who = caller(request)
@@ -538,6 +555,7 @@ class Api:
         if ht is None:
             raise NoSuchThing(f"no telemetry from {host!r}; `dcctl nodes` lists the nodes")
         keys = ("ts", "util", "mem_used", "power_w", "temp_c")
+        latest = ht.latest
         return web.json_response(
             {
                 "host": host,
@@ -545,6 +563,13 @@ class Api:
                     str(i): [dict(zip(keys, row, strict=True)) for row in hist]
                     for i, hist in ht.history.items()
                 },
+                # the latest sample's processes: per GPU (pid, user, cmd, gpu_mem) and per
+                # job (its pids, CPU and host memory over its process tree)
+                "procs": {
+                    str(g.index): msgspec.to_builtins(g.procs) for g in latest.gpus if g.procs
+                },
+                "jobs": msgspec.to_builtins(latest.jobs),
+                "ts": latest.ts,
             }
         )
 
@@ -617,6 +642,8 @@ class Api:
         return _json({"entries": rows})
 
     async def gpus(self, request: web.Request) -> web.Response:
+        if request.query.get("form") == "columns":
+            return _json(self.read.gpu_columns())
         return _json({"gpus": self.read.gpu_views()})
 
     async def cluster(self, request: web.Request) -> web.Response:

@@ -233,6 +233,34 @@ class ReadModel:
                 )
         return out
 
+    #: what `GET /v1/gpus?form=columns` carries: what changes every second, plus what says
+    #: whose the GPU is (so a client refetches the full rows only when GPUs come or go)
+    TELEMETRY_COLUMNS = ("util", "mem_used", "temp_c", "power_w", "health", "job_id", "user")
+
+    def gpu_columns(self) -> dict[str, Any]:
+        """Every GPU's telemetry as one list per field, in `gpu_views` order, keyed
+        "host/index": a tenth of the bytes of the rows and far cheaper to decode, for
+        clients (dctop) that read it every second and hold the rest from one full read."""
+        alloc = self.model.allocations()
+        keys: list[str] = []
+        cols: dict[str, list[Any]] = {c: [] for c in self.TELEMETRY_COLUMNS}
+        util, mem, temp, power, health, job_id, user = cols.values()
+        for node in sorted(self.cluster.nodes.values(), key=lambda n: n.host):
+            ht = self.ingest.hosts.get(node.host)
+            samples = {s.index: s for s in ht.latest.gpus} if ht else {}
+            for g in node.status.gpus:
+                keys.append(f"{node.host}/{g.index}")
+                s = samples.get(g.index)
+                job = alloc.get((node.host, g.index))
+                util.append(s.util if s else None)
+                mem.append(s.mem_used if s else None)
+                temp.append(s.temp_c if s else None)
+                power.append(s.power_w if s else None)
+                health.append(s.health if s else "unknown")
+                job_id.append(job[0] if job else None)
+                user.append(job[1] if job else None)
+        return {"form": "columns", "keys": keys, **cols}
+
     def cluster_summary(self) -> dict[str, Any]:
         # Polled every second by every dctop: counted in one walk, no per-GPU views.
         alloc = self.model.allocations()

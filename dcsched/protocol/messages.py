@@ -19,6 +19,20 @@ class Message(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True
 # --- telemetry: agent -> daemon, QoS 0, latest wins --------------------------------------
 
 
+#: a process's command line is cut to this many characters on the wire (telemetry budget)
+CMD_MAX = 160
+
+
+class GpuProc(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A process using a GPU (NVML's running compute processes; the sim backend invents them
+    for the jobs it runs). user and cmd come from /proc; empty when it cannot be read."""
+
+    pid: int
+    user: str = ""
+    cmd: str = ""  # the command line, space-joined, cut to CMD_MAX
+    gpu_mem: int | None = None  # bytes of this GPU's memory it holds
+
+
 class GpuSample(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One GPU at one instant. None means the driver does not report that field (N/A)."""
 
@@ -33,6 +47,7 @@ class GpuSample(msgspec.Struct, kw_only=True, omit_defaults=True):
     energy_j: float | None = None  # cumulative since driver load
     pids: list[int] = []
     health: str = "ok"  # "ok" | "lost" | "xid" | "ecc" | "thermal" | "power"
+    procs: list[GpuProc] = []  # added in 0.2; older agents send none
 
 
 class JobProcs(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -40,6 +55,9 @@ class JobProcs(msgspec.Struct, kw_only=True, omit_defaults=True):
     node_rank: int
     gpus: list[int] = []
     pids: list[int] = []
+    # over the job's process tree on this host (added in 0.2; None from older agents)
+    cpu_pct: float | None = None  # percent of one core since the last sample
+    rss: int | None = None  # bytes of host memory resident
 
 
 class Telemetry(Message, tag="telemetry"):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from textual import events, on, work
 from textual.app import App, ComposeResult
@@ -24,7 +25,8 @@ from textual.worker import Worker, WorkerState
 
 from dcsched import __version__
 from dcsched.client import ApiError, Client, ClientError, DaemonUnreachable
-from dcsched.tui.data import Snapshot, Source, fetch_snapshot, summary
+from dcsched.tui.data import Snapshot, Source, fetch_extras, fetch_snapshot, summary
+from dcsched.tui.live import Feed, LiveSource, LiveState
 from dcsched.tui.messages import (
     ActionDone,
     JobAction,
@@ -34,6 +36,7 @@ from dcsched.tui.messages import (
     PollFailed,
     SnapshotReady,
 )
+from dcsched.tui.prefs import Prefs, load_prefs, save_prefs
 from dcsched.tui.screens import (
     ConfirmScreen,
     DetailScreen,
@@ -67,6 +70,44 @@ class DctopCommands(Provider):
         ]
         out.append(("Theme: toggle light / dark", app.action_toggle_theme, "key t"))
         out.append(("Help: keys", app.action_help, "key ?"))
+        out.append(("Command line", app.action_command_line, "key :"))
+        out.append(("Quit", app.exit, "key q"))
+        view = app.current_view
+        out.append((f"{view.title}: filter", view.action_filter, "key /"))
+        if view.filter.text:
+            out.append((f"{view.title}: clear filter", view.action_clear_filter, "escape"))
+        t = view.table
+        labels = {col.key: col.label or col.key for col in view.columns}
+        for key in t.shown:
+            out.append((f"{view.title}: sort by {labels[key]}", partial(t.sort_by, key), "s / S"))
+            if len(t.shown) > 1:
+                out.append(
+                    (
+                        f"{view.title}: hide column {labels[key]}",
+                        partial(app.hide_column, key),
+                        "saved in " + str(app.prefs.path or ""),
+                    )
+                )
+        for col in view.columns:
+            if col.key not in t.shown:
+                out.append(
+                    (
+                        f"{view.title}: show column {labels[col.key]}",
+                        partial(app.show_column, col.key),
+                        "saved in " + str(app.prefs.path or ""),
+                    )
+                )
+        for binding in view.BINDINGS:
+            if isinstance(binding, Binding) and binding.show and binding.action != "filter":
+                target = view.table.selected_key
+                if target is not None:
+                    out.append(
+                        (
+                            f"{binding.description}: {target}",
+                            partial(view.run_action, binding.action),
+                            f"key {binding.key}",
+                        )
+                    )
         snap = app.snapshot
         if snap is not None:
             for j in snap.jobs:
@@ -106,12 +147,12 @@ class DctopApp(App[None]):
     TITLE = "dctop"
     COMMANDS = App.COMMANDS | {DctopCommands}
     BINDINGS = [
-        Binding("1", "view('cluster')", "Cluster", id="view.cluster"),
-        Binding("2", "view('gpus')", "GPUs", id="view.gpus"),
-        Binding("3", "view('jobs')", "Jobs", id="view.jobs"),
-        Binding("4", "view('fairshare')", "Fair-share", id="view.fairshare"),
-        Binding("5", "view('history')", "History", id="view.history"),
-        Binding("colon", "command_line", ":cmd", id="app.command_line"),
+        Binding("1", "view('cluster')", "Cluster", show=False, id="view.cluster"),
+        Binding("2", "view('gpus')", "GPUs", show=False, id="view.gpus"),
+        Binding("3", "view('jobs')", "Jobs", show=False, id="view.jobs"),
+        Binding("4", "view('fairshare')", "Fair-share", show=False, id="view.fairshare"),
+        Binding("5", "view('history')", "History", show=False, id="view.history"),
+        Binding("colon", "command_line", "Command", id="app.command_line"),
         Binding("question_mark", "help", "Help", id="app.help"),
         Binding("t", "toggle_theme", "Theme", show=False, id="app.theme"),
         Binding("q", "quit", "Quit", id="app.quit"),
@@ -127,6 +168,8 @@ class DctopApp(App[None]):
         theme: str = "textual-dark",
         target: str = "",
         tune_gc: bool = False,
+        prefs: Prefs | None = None,
+        start_filter: str = "",
     ) -> None:
         super().__init__()
         self.source = source
@@ -139,6 +182,14 @@ class DctopApp(App[None]):
         self._polling = False
         self._wanted_theme = theme
         self._tune_gc = tune_gc
+        self.prefs = prefs if prefs is not None else Prefs()
+        self.start_filter = start_filter
+        # live mode: the event stream says what changed, reads fetch only that
+        self.feed = Feed()
+        self.state = LiveState()
+        self.live = False  # the stream is up (else: every read a full one)
+        self.live_error = ""  # why not (an older daemon: 404)
+        self._stream: Any = None
         self.sub_title = target + ("  [read-only]" if readonly else "")
 
     # ------------------------------------------------------------ layout
@@ -163,10 +214,54 @@ class DctopApp(App[None]):
 
     def on_mount(self) -> None:
         self.theme = self._wanted_theme
+        for view in self.query(View):
+            vp = self.prefs.view(view.name)
+            if vp.columns:
+                view.table.set_columns(vp.columns)
+            if vp.sort in {col.key for col in view.columns}:
+                view.table.sort_by(vp.sort, reverse=vp.reverse)
+            if self.start_filter:
+                view.set_filter(self.start_filter)
+        if self.prefs.error:
+            self.notify(self.prefs.error, title="dctop settings", severity="warning", markup=False)
         self.poll()
         if self.interval > 0:
             self.set_interval(self.interval, self.poll, name="poll")
+            self._follow()
         self.current_view.focus_table()
+
+    def on_unmount(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+    # ------------------------------------------------------------ the event stream
+
+    @work(thread=True, group="events", exit_on_error=False)
+    def _follow(self) -> None:
+        """Follows `GET /v1/events` for as long as dctop runs: each change marks what the
+        next read must fetch. An older daemon (404) leaves dctop polling in full; a lost
+        stream is reopened after a pause (the next read after it is a full one)."""
+        events = getattr(self.source, "events", None)
+        if events is None or not hasattr(self.source, "gpu_columns"):
+            self.live_error = "this source has no event stream"
+            return
+        try:
+            self._stream = stream = events()
+            for ev in stream:
+                if ev.kind == "hello":
+                    self.feed.reset()  # what changed before the stream opened: read it all
+                    self.live, self.live_error = True, ""
+                else:
+                    self.feed.on_event(ev.kind, ev.data)
+        except ApiError as exc:
+            self.live_error = f"GET /v1/events: {exc.code}: {exc}"
+            self.live = False
+            return
+        except ClientError as exc:
+            self.live_error = f"event stream lost: {exc}"
+        self.live = False
+        if self.is_running:
+            self.call_from_thread(self.set_timer, 5.0, self._follow)
 
     @property
     def current_view(self) -> View:
@@ -182,18 +277,33 @@ class DctopApp(App[None]):
             return
         self._polling = True
         active = self.query_one("#views", TabbedContent).active
-        self._fetch(active == "history", active == "fairshare")
+        # GPU telemetry changes every second: read only while something shows it
+        telemetry = active in ("cluster", "gpus", "jobs") or isinstance(
+            self.screen, NodeDetailScreen
+        )
+        self._fetch(active == "history", active == "fairshare", telemetry)
 
     @work(thread=True, group="poll", exit_on_error=False)
-    def _fetch(self, finished: bool, fairshare: bool) -> None:
+    def _fetch(self, finished: bool, fairshare: bool, telemetry: bool) -> None:
         try:
-            snap = fetch_snapshot(
-                self.source,
-                finished=finished,
-                fairshare=fairshare,
-                clock=self.clock,
-                unavailable=(ApiError,),
-            )
+            if self.live:
+                source: LiveSource = self.source  # type: ignore[assignment]
+                snap = self.state.read(source, self.feed, telemetry=telemetry, clock=self.clock)
+                snap = fetch_extras(
+                    self.source,
+                    snap,
+                    finished=finished,
+                    fairshare=fairshare,
+                    unavailable=(ApiError,),
+                )
+            else:
+                snap = fetch_snapshot(
+                    self.source,
+                    finished=finished,
+                    fairshare=fairshare,
+                    clock=self.clock,
+                    unavailable=(ApiError,),
+                )
         except DaemonUnreachable as exc:
             self.post_message(PollFailed(str(exc), unreachable=True))
         except ClientError as exc:
@@ -202,6 +312,9 @@ class DctopApp(App[None]):
             self.post_message(SnapshotReady(snap))
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        if not self.query("#banner"):  # read before the main screen is composed: soon
+            self.set_timer(0.01, partial(self.on_snapshot_ready, message))
+            return
         self._polling = False
         prev = self.snapshot
         snap = message.snapshot
@@ -227,11 +340,13 @@ class DctopApp(App[None]):
             self.screen.render_node()
 
     def on_poll_failed(self, message: PollFailed) -> None:
+        banner = next(self.query("#banner").results(Banner), None)
+        if banner is None:  # failed before the main screen was composed: soon
+            self.set_timer(0.01, partial(self.on_poll_failed, message))
+            return
         self._polling = False
-        banner = self.query_one("#banner", Banner)
         lead = "daemon unreachable — retrying" if message.unreachable else "daemon error"
-        banner.update(f"{lead}: {message.error}")
-        banner.display = True
+        banner.show(f"{lead}: {message.error}")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place a worker's unexpected error lands: shown, never a crash."""
@@ -310,10 +425,56 @@ class DctopApp(App[None]):
             self.theme = "textual-light" if args and args[0] == "light" else "textual-dark"
         elif head == "help":
             self.action_help()
+        elif head == "filter":
+            self.current_view.set_filter(" ".join(args))
+        elif head in ("columns", "cols"):
+            self.set_columns(args)
+        elif head == "sort" and args:
+            self.sort(args[0], reverse=args[1:] in (["desc"], ["reverse"]))
         elif head in ("q", "quit", "exit"):
             self.exit()
         else:
             self.notify(f"unknown command {text!r}; ? lists them", severity="warning")
+
+    # ------------------------------------------------------------ columns and sort
+
+    def set_columns(self, keys: list[str]) -> None:
+        """`:columns KEY...` shows these columns of the current view in this order (no
+        keys: the defaults) and saves the choice."""
+        view = self.current_view
+        known = [col.key for col in view.columns]
+        wrong = [k for k in keys if k not in known]
+        if wrong:
+            self.notify(
+                f"no column {', '.join(wrong)} in {view.title}; columns: {' '.join(known)}",
+                severity="warning",
+                markup=False,
+            )
+            return
+        view.table.set_columns(keys or known)
+        self.prefs.view(view.name).columns = list(keys)
+        self._save_prefs()
+
+    def hide_column(self, key: str) -> None:
+        self.set_columns([k for k in self.current_view.table.shown if k != key])
+
+    def show_column(self, key: str) -> None:
+        self.set_columns([*self.current_view.table.shown, key])
+
+    def sort(self, key: str, *, reverse: bool) -> None:
+        view = self.current_view
+        if key not in {col.key for col in view.columns}:
+            known = " ".join(col.key for col in view.columns)
+            self.notify(f"no column {key} in {view.title}; columns: {known}", severity="warning")
+            return
+        view.table.sort_by(key, reverse=reverse)
+        vp = self.prefs.view(view.name)
+        vp.sort, vp.reverse = key, reverse
+        self._save_prefs()
+
+    def _save_prefs(self) -> None:
+        if error := save_prefs(self.prefs):
+            self.notify(error, title="dctop settings", severity="warning", markup=False)
 
     def on_key(self, event: events.Key) -> None:
         if event.key == "escape":
@@ -397,7 +558,7 @@ class DctopApp(App[None]):
             self.notify(message.text, title="done")
         else:
             title = {"permission_denied": "permission denied"}.get(message.code, message.code)
-            self.notify(message.text, title=title, severity="error", timeout=8)
+            self.notify(message.text, title=title, severity="error", timeout=8, markup=False)
         self.poll()
         if isinstance(self.screen, DetailScreen):
             self.screen.poll()
@@ -422,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls (1)")
     p.add_argument("--theme", choices=("dark", "light"), default="dark")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "--filter",
+        default="",
+        help="start with this filter in every view, as `/` takes it "
+        "(e.g. 'user=alice state=running'); a key= a view has no column for is skipped there",
+    )
     return p
 
 
@@ -445,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         theme=f"textual-{args.theme}",
         target=str(Path(path)),
         tune_gc=True,
+        prefs=load_prefs(),
+        start_filter=args.filter,
     )
     app.run()
     return 0

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
@@ -75,6 +76,10 @@ class DetailScreen(Screen[None]):
         if self.interval > 0:
             self.set_interval(self.interval, self.poll)
 
+    def on_resize(self, event: events.Resize) -> None:
+        # side-by-side panels stack on a narrow terminal instead of clipping
+        self.set_class(event.size.width < 100, "narrow")
+
     def poll(self) -> None:
         if not self._busy:
             self._busy = True
@@ -110,6 +115,7 @@ class JobDetailScreen(DetailScreen):
                 yield Static("loading…", id="job-info", classes="box")
                 yield Static("", id="job-priority", classes="box")
             yield Static("", id="job-alloc", classes="box")
+            yield Static("", id="job-procs", classes="box")
             yield Static("", id="job-log", classes="box")
         yield Footer()
 
@@ -117,10 +123,11 @@ class JobDetailScreen(DetailScreen):
         try:
             job = self.source.job(self.job_id)
             detail = JobDetail(job=job)
-            try:
-                detail.explain = self.source.explain(self.job_id)
-            except ApiError as exc:
-                detail.explain_error = f"{exc.code}: {exc.message}"
+            if job.get("state") in data.QUEUED:  # only a queued job's priority means anything
+                try:
+                    detail.explain = self.source.explain(self.job_id)
+                except ApiError as exc:
+                    detail.explain_error = f"{exc.code}: {exc.message}"
             for host in dict.fromkeys(p.get("host") for p in job.get("node_parts") or []):
                 if host:
                     with contextlib.suppress(ApiError):
@@ -169,7 +176,7 @@ class JobDetailScreen(DetailScreen):
                 ("GPU util", Text(data.pct(j["gpu_util"]), style=data.util_style(j["gpu_util"])))
             )
         if j.get("exit_code") is not None or j.get("signal"):
-            info.append(("Exit", f"code {j.get('exit_code')} signal {j.get('signal')}"))
+            info.append(("Exit", data.exit_text(j.get("exit_code"), j.get("signal"))))
         if j.get("reason"):
             info.append(("Reason", str(j["reason"])))
         cmd = (j.get("spec") or {}).get("command")
@@ -180,10 +187,36 @@ class JobDetailScreen(DetailScreen):
         )
         self.query_one("#job-priority", Static).update(self._priority(d, now))
         self.query_one("#job-alloc", Static).update(self._alloc(d))
+        procs = self.query_one("#job-procs", Static)
+        procs.display = bool(j.get("node_parts")) and j.get("state") in data.ACTIVE
+        if procs.display:
+            procs.update(self._procs(d))
         self.query_one("#job-log", Static).update(self._log(d))
+
+    def _procs(self, d: JobDetail) -> RenderableType:
+        rows, nodes = data.job_procs(d.job.get("id"), d.histories)
+        t = _titled_table("Processes on every node", data.JOB_PROC_HEADER)
+        t.columns[-1].overflow = "ellipsis"
+        t.columns[-1].no_wrap = True
+        for row in rows:
+            t.add_row(*row)
+        per_node = _titled_table(
+            "CPU and host memory per node", ("host", "processes", "CPU", "memory")
+        )
+        for n in nodes:
+            per_node.add_row(*n)
+        if not rows and not nodes:
+            return Group(
+                Text("Processes", style="bold underline"), Text("none reported yet", style="dim")
+            )
+        return Group(t, per_node)
 
     def _priority(self, d: JobDetail, now: float) -> RenderableType:
         parts: list[RenderableType] = [Text("Priority", style="bold underline")]
+        state = str(d.job.get("state", ""))
+        if state not in data.QUEUED:
+            parts.append(Text(f"not ranked: the job is {state} (priority orders the queue)"))
+            return Group(*parts)
         ex = d.explain
         if ex is not None:
             t = Table(box=None, padding=(0, 1), show_edge=False)
@@ -287,6 +320,7 @@ class NodeDetailScreen(DetailScreen):
             yield Static("", id="detail-error")
             yield Static("loading…", id="node-info", classes="box")
             yield Static("", id="node-gpus", classes="box")
+            yield Static("", id="node-procs", classes="box")
         yield Footer()
 
     def fetch(self) -> None:
@@ -309,7 +343,7 @@ class NodeDetailScreen(DetailScreen):
     def render_node(self) -> None:
         snap = self.dctop.snapshot
         node = next((n for n in snap.nodes if n.get("host") == self.host), {}) if snap else {}
-        gpus = [g for g in (snap.gpus if snap else []) if g.get("host") == self.host]
+        gpus = data.host_gpus(snap.gpus, self.host) if snap else []
         gpus.sort(key=lambda g: int(g.get("index") or 0))
         state = str(node.get("state", "?"))
         self.query_one("#node-title", Static).update(
@@ -376,6 +410,21 @@ class NodeDetailScreen(DetailScreen):
             )
         else:
             self.query_one("#node-gpus", Static).update(t)
+        procs = _titled_table(
+            "Processes (per job: CPU and host memory over its processes)", data.PROC_HEADER
+        )
+        procs.columns[-1].overflow = "ellipsis"
+        procs.columns[-1].no_wrap = True
+        rows = data.node_procs(hist)
+        for row in rows:
+            procs.add_row(*row)
+        self.query_one("#node-procs", Static).update(
+            procs
+            if rows
+            else Group(
+                Text("Processes", style="bold underline"), Text("no GPU processes", style="dim")
+            )
+        )
 
     def action_act(self, action: str) -> None:
         self.post_message(NodeAction(self.host, action))
@@ -448,28 +497,35 @@ HELP = """\
 [b]dctop[/b]: the cluster live, and the queue you can act on.
 
 [b]Views[/b]
-  1  Cluster     a row per node, a cell per GPU: ● allocated ○ free, colour = util
-  2  GPUs        every GPU; s or a header click sorts, S reverses; / filters
-                 (text, or host= model= job= user= state=), escape clears
-  3  Jobs        running and pending jobs; IDLE GPUs: a running job doing nothing
-  4  Fair-share  accounts and users: shares, usage, factor
-  5  History     finished jobs
-  :              command line: cluster gpus jobs fairshare history,
-                 job ID, node HOST, theme dark|light, help, quit
+  1 Cluster     a row per node, a cell per GPU: ● allocated ○ free
+                ! allocated but idle ✗ unhealthy; colour = util
+  2 GPUs        every GPU
+  3 Jobs        running and waiting jobs, util and memory trends;
+                IDLE GPUs: a running job doing nothing
+  4 Fair-share  accounts and users: shares, usage, factor
+  5 History     finished jobs
 
-[b]Details[/b]
-  enter          the selected node or job (GPUs view: j opens the GPU's job)
-  escape         back
+[b]In every view[/b]
+  /             filter: text, or user= account= state= host= name=
+                job= ...; escape clears (dctop --filter sets one)
+  s / S         sort by the next column / reverse; or click a header
+  enter         the selected node or job (GPUs view: j, the job)
+  escape        back
 
 [b]Actions[/b] (each asks first; all off with --readonly)
-  c / h / r      cancel, hold, release the selected job
-  d / u          drain, resume the selected node
+  c / h / r     cancel, hold, release the selected job
+  d / u         drain, resume the selected node
+
+[b]Commands[/b] (: opens the command line)
+  cluster gpus jobs fairshare history   job ID   node HOST
+  filter TEXT   sort KEY [desc]   columns KEY...   (saved)
+  theme dark|light   help   quit
 
 [b]Elsewhere[/b]
-  t              light / dark theme
-  ctrl+p         command palette (views, jobs, nodes, theme)
-  ?              this help
-  q              quit
+  ctrl+p        command palette: every action
+  t             light / dark theme
+  ?             this help
+  q             quit
 """
 
 

@@ -1,40 +1,105 @@
-"""The five main views; each turns a Snapshot into its table's rows (data.py) and asks
-the app, by message, to open details or to act."""
+"""The five main views; each turns a Snapshot into its table's rows (data.py), filters them
+(`/`, data.RowFilter) and asks the app, by message, to open details or to act."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import Input, Static
 
 from dcsched.tui import data
-from dcsched.tui.data import Snapshot
+from dcsched.tui.data import Rows, Snapshot
 from dcsched.tui.messages import JobAction, NodeAction, OpenJob, OpenNode
-from dcsched.tui.widgets import LiveTable
+from dcsched.tui.table import LiveTable
 
 
 class View(Vertical):
-    """One tab's content: a live table plus, for some views, a note."""
+    """One tab's content: a filter line (hidden until `/`), a note, a live table."""
 
+    name = ""
     title = ""
     columns: list[data.Column] = []
+    BINDINGS = [
+        Binding("slash", "filter", "Filter", id="view.filter"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="view.clear_filter"),
+    ]
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.filter = data.RowFilter()
+        self._last: Snapshot | None = None
+        self._memo: dict[str, tuple[object, data.Row]] = {}  # LazyRows' built rows
 
     def compose(self) -> ComposeResult:
+        inp = Input(
+            placeholder="filter: text, or user= account= state= host= name= (enter keeps)",
+            id=f"{self.name}-filter",
+            classes="filter",
+        )
+        inp.display = False
+        yield inp
+        yield Static("", id=f"{self.name}-note", classes="note")
         yield LiveTable(self.columns, id=f"{self.id}-table")
 
     @property
     def table(self) -> LiveTable:
         return self.query_one(LiveTable)
 
-    def refresh_from(self, snap: Snapshot) -> None:
+    def rows(self, snap: Snapshot) -> Rows | None:
+        """This view's rows of a snapshot (None: nothing fetched for it yet)."""
         raise NotImplementedError
+
+    def refresh_from(self, snap: Snapshot) -> None:
+        self._last = snap
+        rows = self.rows(snap)
+        if rows is None:
+            return
+        shown, ignored = self.filter.apply(rows, self.columns)
+        self.table.sync(shown)
+        self.show_note(len(shown), len(rows), ignored)
+
+    def show_note(self, shown: int, total: int, ignored: list[str]) -> None:
+        note = self.query_one(f"#{self.name}-note", Static)
+        note.display = bool(self.filter.text)
+        if self.filter.text:
+            skip = f"; no {', '.join(k + '=' for k in ignored)} here" if ignored else ""
+            note.update(f"filter: {self.filter.text}  ({shown} of {total}{skip}; esc clears)")
 
     def focus_table(self) -> None:
         self.table.focus()
 
+    def action_filter(self) -> None:
+        inp = self.query_one(f"#{self.name}-filter", Input)
+        inp.display = True
+        inp.value = self.filter.text
+        inp.focus()
+
+    def action_clear_filter(self) -> None:
+        self.set_filter("")
+
+    def set_filter(self, text: str) -> None:
+        self.filter = data.RowFilter(text.strip())
+        self.query_one(f"#{self.name}-filter", Input).display = False
+        self.table.focus()
+        if self._last is not None:
+            self.refresh_from(self._last)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.set_filter(event.value)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        if self._last is not None and event.input.display:
+            self.filter = data.RowFilter(event.value.strip())
+            self.refresh_from(self._last)
+
 
 class ClusterView(View):
+    name = "cluster"
     title = "Cluster"
     columns = data.CLUSTER_COLUMNS
     BINDINGS = [
@@ -43,8 +108,9 @@ class ClusterView(View):
         Binding("u", "node('resume')", "Resume", id="node.resume"),
     ]
 
-    def refresh_from(self, snap: Snapshot) -> None:
-        self.table.sync(data.cluster_rows(snap.nodes, snap.gpus))
+    def rows(self, snap: Snapshot) -> Rows:
+        items = data.cluster_items(snap.nodes, snap.gpus)
+        return data.LazyRows(items, data.cluster_row, self._memo)
 
     def action_open(self) -> None:
         if (k := self.table.selected_key) is not None:
@@ -54,73 +120,27 @@ class ClusterView(View):
         if (k := self.table.selected_key) is not None:
             self.post_message(NodeAction(k, action))
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_live_table_row_selected(self, event: LiveTable.RowSelected) -> None:
         event.stop()
-        if event.row_key.value is not None:
-            self.post_message(OpenNode(event.row_key.value))
+        self.post_message(OpenNode(event.key))
 
 
 class GpusView(View):
+    name = "gpus"
     title = "GPUs"
     columns = data.GPU_COLUMNS
     BINDINGS = [
-        Binding("slash", "filter", "Filter", id="gpus.filter"),
         Binding("enter", "open", "Node detail", id="gpus.open_node"),
         Binding("j", "open_job", "Job detail", id="gpus.open_job"),
-        Binding("escape", "clear_filter", "Clear filter", show=False, id="gpus.clear_filter"),
     ]
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self.needle = ""
-        self._last: Snapshot | None = None
-        self._by_key: dict[str, data.JSON] = {}
+        self._by_key: Mapping[str, data.JSON] = {}
 
-    def compose(self) -> ComposeResult:
-        inp = Input(placeholder="filter: text, or host= model= job= user= state=", id="gpus-filter")
-        inp.display = False
-        yield inp
-        yield Static("", id="gpus-filter-note")
-        yield from super().compose()
-
-    def refresh_from(self, snap: Snapshot) -> None:
-        self._last = snap
-        gpus = [g for g in snap.gpus if data.gpu_matches(g, self.needle)]
-        self._by_key = {data.gpu_key(g): g for g in gpus}
-        self.table.sync(data.gpu_rows(gpus))
-        note = self.query_one("#gpus-filter-note", Static)
-        note.display = bool(self.needle)
-        if self.needle:
-            note.update(
-                f"filter: {self.needle}  ({len(gpus)} of {len(snap.gpus)} GPUs; esc clears)"
-            )
-
-    def action_filter(self) -> None:
-        inp = self.query_one("#gpus-filter", Input)
-        inp.display = True
-        inp.value = self.needle
-        inp.focus()
-
-    def action_clear_filter(self) -> None:
-        self._set_filter("")
-
-    def _set_filter(self, needle: str) -> None:
-        self.needle = needle.strip()
-        inp = self.query_one("#gpus-filter", Input)
-        inp.display = False
-        self.table.focus()
-        if self._last is not None:
-            self.refresh_from(self._last)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        self._set_filter(event.value)
-
-    def on_input_changed(self, event: Input.Changed) -> None:
-        event.stop()
-        if self._last is not None and event.input.display:
-            self.needle = event.value.strip()
-            self.refresh_from(self._last)
+    def rows(self, snap: Snapshot) -> Rows:
+        self._by_key = data.gpus_by_key(snap.gpus)
+        return data.LazyRows(self._by_key, data.gpu_row, self._memo)
 
     def _selected(self) -> data.JSON | None:
         k = self.table.selected_key
@@ -137,12 +157,13 @@ class GpusView(View):
         else:
             self.notify("no job on this GPU", severity="warning")
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_live_table_row_selected(self, event: LiveTable.RowSelected) -> None:
         event.stop()
         self.action_open()
 
 
 class JobsView(View):
+    name = "jobs"
     title = "Jobs"
     columns = data.JOB_COLUMNS
     BINDINGS = [
@@ -152,8 +173,16 @@ class JobsView(View):
         Binding("r", "job('release')", "Release", id="job.release"),
     ]
 
-    def refresh_from(self, snap: Snapshot) -> None:
-        self.table.sync(data.job_rows(snap.jobs, snap.now))
+    def on_mount(self) -> None:
+        self._order = data.JobOrder()
+
+    def rows(self, snap: Snapshot) -> Rows:
+        if snap.jobs_by_id is None:  # every read a full one: sort them all
+            items = data.job_items(snap.jobs, snap.now, snap.job_series)
+        else:
+            order = self._order.update(snap.jobs_by_id, snap.jobs_version, snap.jobs_changed)
+            items = data.job_items(snap.jobs_by_id, snap.now, snap.job_series, order)
+        return data.LazyRows(items, data.job_row, self._memo)
 
     def action_open(self) -> None:
         if (k := self.table.selected_key) is not None:
@@ -163,49 +192,47 @@ class JobsView(View):
         if (k := self.table.selected_key) is not None:
             self.post_message(JobAction(k, action))
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_live_table_row_selected(self, event: LiveTable.RowSelected) -> None:
         event.stop()
-        if event.row_key.value is not None:
-            self.post_message(OpenJob(event.row_key.value))
+        self.post_message(OpenJob(event.key))
 
 
 class FairshareView(View):
+    name = "fairshare"
     title = "Fair-share"
     columns = data.FAIRSHARE_COLUMNS
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="fairshare-note")
+        yield Static("", id="fairshare-unavailable", classes="note")
         yield from super().compose()
 
-    def refresh_from(self, snap: Snapshot) -> None:
-        note = self.query_one("#fairshare-note", Static)
+    def rows(self, snap: Snapshot) -> Rows:
+        note = self.query_one("#fairshare-unavailable", Static)
         if snap.fairshare is None:
             note.display = True
             why = snap.fairshare_error or "not fetched yet"
             note.update(f"Fair-share is not available from this daemon: {why}")
-            self.table.sync({})
-            return
+            return {}
         note.display = False
-        self.table.sync(data.fairshare_rows(snap.fairshare))
+        return data.fairshare_rows(snap.fairshare)
 
 
 class HistoryView(View):
+    name = "history"
     title = "History"
     columns = data.HISTORY_COLUMNS
     BINDINGS = [Binding("enter", "open", "Job detail", id="history.open")]
 
-    def refresh_from(self, snap: Snapshot) -> None:
-        if snap.finished is not None:
-            self.table.sync(data.history_rows(snap.finished, snap.now))
+    def rows(self, snap: Snapshot) -> Rows | None:
+        return None if snap.finished is None else data.history_rows(snap.finished, snap.now)
 
     def action_open(self) -> None:
         if (k := self.table.selected_key) is not None:
             self.post_message(OpenJob(k))
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_live_table_row_selected(self, event: LiveTable.RowSelected) -> None:
         event.stop()
-        if event.row_key.value is not None:
-            self.post_message(OpenJob(event.row_key.value))
+        self.post_message(OpenJob(event.key))
 
 
 VIEWS: dict[str, type[View]] = {

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from textual.pilot import Pilot
 
 from dcsched.tui.app import DctopApp
-from dcsched.tui.widgets import LiveTable
+from dcsched.tui.table import LiveTable
 
 
 async def wait_for(

@@ -41,17 +41,17 @@ async def test_views_switch_by_number_colon_and_mouse(fake: FakeDaemon) -> None:
     app = make_app(fake)
     async with app.run_test(size=SIZE) as pilot:
         await polled(pilot, app)
-        assert set(table(app, "cluster")._cells) == {"sim-1", "sim-2", "sim-3"}
+        assert set(table(app, "cluster").rows) == {"sim-1", "sim-2", "sim-3"}
         await pilot.press("2")
         assert app.current_view.id == "view-gpus"
-        assert len(table(app, "gpus")._cells) == 12
+        assert len(table(app, "gpus").rows) == 12
         await pilot.press("3")
         assert app.current_view.id == "view-jobs"
-        assert "13" in table(app, "jobs")._cells
+        assert "13" in table(app, "jobs").rows
         await pilot.press("4")
-        await wait_for(pilot, lambda: "vision/alice" in table(app, "fairshare")._cells)
+        await wait_for(pilot, lambda: "vision/alice" in table(app, "fairshare").rows)
         await pilot.press("5")
-        await wait_for(pilot, lambda: "3" in table(app, "history")._cells, what="history rows")
+        await wait_for(pilot, lambda: "3" in table(app, "history").rows, what="history rows")
         await pilot.press("colon", *"gpus", "enter")
         assert app.current_view.id == "view-gpus"
         await pilot.press("colon", *"job 13", "enter")
@@ -87,7 +87,15 @@ async def test_job_detail_shows_priority_allocation_and_log(fake: FakeDaemon) ->
         await wait_for(pilot, lambda: screen.detail is not None, what="job detail")
         d = screen.detail
         assert d is not None and "sim-1" in d.histories and d.log is not None
-        assert d.explain is None and "404" in d.explain_error  # explain not served: shown
+        assert d.explain is None and not d.explain_error  # a running job is not ranked
+        await pilot.press("escape")
+        await select(pilot, app, "jobs", "7")  # held, and no explain served for it
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, JobDetailScreen)
+        await wait_for(pilot, lambda: screen.detail is not None, what="job detail")
+        d = screen.detail
+        assert d is not None and d.explain is None and "404" in d.explain_error
 
 
 async def test_node_detail_from_cluster_and_gpus(fake: FakeDaemon) -> None:
@@ -223,7 +231,7 @@ async def test_lost_daemon_shows_a_banner_and_recovers(fake: FakeDaemon) -> None
         await fake.go_down()
         await wait_for(pilot, lambda: banner.display, what="the banner")
         assert "daemon unreachable — retrying" in str(banner.render())
-        assert len(table(app, "cluster")._cells) == 3  # the last data stays on screen
+        assert len(table(app, "cluster").rows) == 3  # the last data stays on screen
         await fake.come_back()
         await wait_for(pilot, lambda: not banner.display, what="recovery")
 
@@ -235,6 +243,7 @@ async def test_no_socket_at_all_is_unreachable(tmp_path: Path) -> None:
         banner = app.query_one("#banner", Banner)
         await wait_for(pilot, lambda: banner.display, what="the banner")
         assert "no daemon socket" in str(banner.render())
+        assert "the config's [daemon] socket" in str(banner.render())  # not eaten as markup
 
 
 class ChangingSource(FixtureSource):
@@ -277,14 +286,14 @@ async def test_refresh_updates_in_place_and_keeps_selection_and_sort() -> None:
             await repoll(pilot, app)
             assert gpus.selected_key == "sim-2/1"
             assert gpus.scroll_y == scroll
-            utils = [sort_key(gpus._cells[r.key.value or ""][3].key) for r in gpus.ordered_rows]
+            utils = [sort_key(gpus.rows[k][3].key) for k in gpus.order]
             assert utils == sorted(utils)
         await pilot.press("3")
         jobs = table(app, "jobs")
         await select(pilot, app, "jobs", "13")
         source.tick += 1
         await repoll(pilot, app)
-        assert "2" not in jobs._cells and f"{100 + source.tick}" in jobs._cells
+        assert "2" not in jobs.rows and f"{100 + source.tick}" in jobs.rows
         assert jobs.selected_key == "13"
 
 
@@ -295,11 +304,11 @@ async def test_gpu_filter_and_header_sort(fake: FakeDaemon) -> None:
         await pilot.press("2", "slash", *"alice")
         await pilot.press("enter")
         gpus = table(app, "gpus")
-        assert set(gpus._cells) == {"sim-2/0", "sim-2/1", "sim-2/2"}
+        assert set(gpus.rows) == {"sim-2/0", "sim-2/1", "sim-2/2"}
         await pilot.press("escape")
-        assert len(gpus._cells) == 12
+        assert len(gpus.rows) == 12
         await pilot.press("slash", *"host=sim-3", "enter")
-        assert {k.split("/")[0] for k in gpus._cells} == {"sim-3"}
+        assert {k.split("/")[0] for k in gpus.rows} == {"sim-3"}
         await pilot.press("escape")
         await pilot.click("#view-gpus-table", offset=(60, 0))  # the Power header
         await pilot.pause()
@@ -309,30 +318,24 @@ async def test_gpu_filter_and_header_sort(fake: FakeDaemon) -> None:
         assert gpus.sort_column != first
 
 
-async def test_rows_off_screen_are_written_when_they_scroll_into_view() -> None:
+async def test_only_rows_in_view_are_drawn_and_a_changed_row_is_redrawn() -> None:
     source = ChangingSource()
     app = DctopApp(source, interval=0, clock=lambda: NOW)
     async with app.run_test(size=(140, 12)) as pilot:
         await polled(pilot, app)
         await pilot.press("2")
         gpus = table(app, "gpus")
-        gpus.flush_margin = 0  # only the rows in view are written at each refresh
+        await pilot.pause()
+        drawn = set(gpus._strips)
+        assert drawn and len(drawn) < len(gpus.rows)  # 12 lines high: not every row
         source.tick += 1
         await repoll(pilot, app)
-        # rows off screen get their new cells when they scroll into view
-        stale = [
-            r.key.value
-            for r in gpus.ordered_rows
-            if str(gpus.get_cell(r.key.value or "", "util"))
-            != gpus._cells[r.key.value or ""][3].text
-        ]
-        assert stale  # (12 lines high: some rows were not on screen)
+        first = gpus.order[0]
+        assert gpus._strips[first][0] is gpus.rows[first]  # redrawn from the new cells
         gpus.scroll_end(animate=False)
         await pilot.pause(0.1)
-        for row in gpus.ordered_rows:
-            key = row.key.value or ""
-            assert str(gpus.get_cell(key, "util")) == gpus._cells[key][3].text
-            assert str(gpus.get_cell(key, "power")) == gpus._cells[key][6].text
+        last = gpus.order[-1]
+        assert gpus._strips[last][0] is gpus.rows[last]
 
 
 async def test_command_palette_opens_views_jobs_and_nodes(fake: FakeDaemon) -> None:

@@ -78,13 +78,49 @@ def test_cluster_rows_mark_allocation_and_colour_by_util() -> None:
     assert rows["sim-3"][1].text == "drained (fan check)"
 
 
-def test_gpu_filter_terms() -> None:
-    gpus = FixtureSource().gpus()
-    assert len([g for g in gpus if data.gpu_matches(g, "alice")]) == 3
-    assert len([g for g in gpus if data.gpu_matches(g, "host=sim-1")]) == 4
-    assert len([g for g in gpus if data.gpu_matches(g, "host=sim-1 job=9")]) == 1
-    assert len([g for g in gpus if data.gpu_matches(g, "health=lost")]) == 1
-    assert all(data.gpu_matches(g, "  ") for g in gpus)
+def test_row_filter_terms() -> None:
+    rows = data.gpu_rows(FixtureSource().gpus())
+
+    def n(text: str) -> int:
+        return len(data.RowFilter(text).apply(rows, data.GPU_COLUMNS)[0])
+
+    assert n("alice") == 3
+    assert n("host=sim-1") == 4
+    assert n("HOST=SIM-1 job=9") == 1
+    assert n("health=lost") == 1
+    assert n("  ") == len(rows)
+    # a key= the view has no column for is skipped (and reported), not "nothing matches"
+    shown, ignored = data.RowFilter("account=vision host=sim-1").apply(rows, data.GPU_COLUMNS)
+    assert len(shown) == 4 and ignored == ["account"]
+
+
+def test_row_filter_in_the_jobs_view_host_means_the_nodelist() -> None:
+    rows = data.job_rows(load("jobs.json")["jobs"], NOW)
+    shown, _ = data.RowFilter("host=sim-2").apply(rows, data.JOB_COLUMNS)
+    where = [c.key for c in data.JOB_COLUMNS].index("where")
+    assert shown and all("sim-2" in cells[where].text for cells in shown.values())
+    users = {
+        cells[2].text
+        for cells in data.RowFilter("user=alice").apply(rows, data.JOB_COLUMNS)[0].values()
+    }
+    assert users == {"alice"}
+
+
+def test_order_rows_by_a_column() -> None:
+    rows = data.gpu_rows(FixtureSource().gpus())
+    ci = [c.key for c in data.GPU_COLUMNS].index("util")
+    keys = data.order_rows(rows, ci)
+    utils = [data.sort_key(rows[k][ci].key) for k in keys]
+    assert utils == sorted(utils)
+    assert data.order_rows(rows, ci, reverse=True) == sorted(
+        keys, key=lambda k: data.sort_key(rows[k][ci].key), reverse=True
+    )
+
+
+def test_exit_text() -> None:
+    assert data.exit_text(0, None) == "exit 0"
+    assert data.exit_text(None, 9) == "signal 9"
+    assert data.exit_text(None, None) == ""
 
 
 def test_jobs_running_first_queue_by_priority_and_idle_flagged() -> None:
@@ -94,8 +130,8 @@ def test_jobs_running_first_queue_by_priority_and_idle_flagged() -> None:
     assert ids[:2] == ["2", "4"] and ids[-2:] == ["7", "13"]
     assert rows["9"][-1].text == "IDLE GPUs"  # running 10 min at 1 %
     assert [r[-1].text for k, r in rows.items() if k != "9"] == [""] * (len(rows) - 1)
-    assert rows["13"][10].text == "(Resources) start in 15m"
-    assert rows["7"][10].text == "(JobHeldUser)"
+    assert rows["13"][-2].text == "(Resources) start in 15m"
+    assert rows["7"][-2].text == "(JobHeldUser)"
     young = dict(jobs[0], gpu_util=0.0, elapsed_s=30.0)
     assert not data.job_idle(young)  # start-up is allowed to be quiet
 
@@ -130,3 +166,19 @@ def test_fetch_snapshot_marks_a_missing_fairshare() -> None:
     snap = data.fetch_snapshot(FixtureSource(), fairshare=True, finished=True, clock=lambda: NOW)
     assert snap.fairshare is not None and snap.finished is not None
     assert {j["state"] for j in snap.finished} == {"COMPLETED", "FAILED", "CANCELLED"}
+
+
+def test_job_order_moves_only_the_changed_jobs_and_matches_a_full_sort() -> None:
+    jobs = {str(j["id"]): j for j in load("jobs.json")["jobs"]}
+    order = data.JobOrder()
+    full = [str(j["id"]) for j in data.job_order(jobs.values())]
+    assert order.update(jobs, 1, None) == full
+    assert order.update(jobs, 1, frozenset({"2"})) == full  # same version: kept
+    # job 13 (pending) is now first in the queue; job 2 ended
+    jobs = dict(jobs, **{"13": dict(jobs["13"], priority=10**9)})
+    del jobs["2"]
+    moved = order.update(jobs, 2, frozenset({"13", "2"}))
+    assert moved == [str(j["id"]) for j in data.job_order(jobs.values())]
+    assert "2" not in moved
+    # a version skipped (a refresh this view did not see): a full sort
+    assert order.update(jobs, 5, frozenset()) == moved

@@ -36,20 +36,23 @@ async def test_dctop_on_a_real_daemon(tmp_path: Path, mosquitto: Broker) -> None
         app = DctopApp(client, interval=0.2)
         async with app.run_test(size=(140, 40)) as pilot:
             cluster = table(app, "cluster")
-            await wait_for(pilot, lambda: set(cluster._cells) == {"n1", "n2"}, what="nodes")
+            await wait_for(pilot, lambda: app.live, what="the event stream")
+            await wait_for(pilot, lambda: set(cluster.rows) == {"n1", "n2"}, what="nodes")
             await wait_for(pilot, lambda: app.snapshot and len(app.snapshot.gpus) == 4)
             # the agents report 50 % on every GPU: the map shows it
-            await wait_for(pilot, lambda: "○50" in cluster._cells["n1"][2].text, what="util")
+            await wait_for(pilot, lambda: "○50" in cluster.rows["n1"][2].text, what="util")
 
             # release the held job from the Jobs view; the daemon starts it
             await pilot.press("3")
             jobs = table(app, "jobs")
-            await wait_for(pilot, lambda: job_id in jobs._cells, what="the job")
+            await wait_for(pilot, lambda: job_id in jobs.rows, what="the job")
             await select(pilot, app, "jobs", job_id)
             await pilot.press("r")
             assert isinstance(app.screen, ConfirmScreen)
             await pilot.press("y")
-            await wait_for(pilot, lambda: jobs._cells[job_id][4].text != "HELD", what="release")
+            await wait_for(pilot, lambda: jobs.rows[job_id][4].text != "HELD", what="release")
+            # live: the release came by the event stream, and reads since were partial
+            assert app.feed.events > 0 and app.state.partial_reads > 0
 
             await pilot.press("enter")
             assert isinstance(app.screen, JobDetailScreen)
@@ -72,14 +75,24 @@ async def test_dctop_on_a_real_daemon(tmp_path: Path, mosquitto: Broker) -> None
             await pilot.press(*"maintenance", "enter")
             if os.getuid() == 0:
                 await wait_for(
-                    pilot, lambda: "drained" in cluster._cells["n2"][1].text, what="drained"
+                    pilot, lambda: "drained" in cluster.rows["n2"][1].text, what="drained"
                 )
-                assert "maintenance" in cluster._cells["n2"][1].text
+                assert "maintenance" in cluster.rows["n2"][1].text
                 await pilot.press("u", "y")
-                await wait_for(pilot, lambda: cluster._cells["n2"][1].text == "up", what="resume")
+                await wait_for(pilot, lambda: cluster.rows["n2"][1].text == "up", what="resume")
             else:
                 await wait_for(
                     pilot, lambda: any("permission" in n for n in notices(app)), what="refusal"
                 )
         job = await api(client, "job", int(job_id))
         assert job["state"] in ("CANCELLED", "COMPLETING", "PENDING", "STARTING")
+        # what the live mode reads: telemetry as columns, jobs by id, processes in history
+        cols = await api(client, "gpu_columns")
+        full = await api(client, "gpus")
+        assert cols["keys"] == [f"{g['host']}/{g['index']}" for g in full]
+        assert len(cols["util"]) == len(full)
+        assert [j["id"] for j in await api(client, "jobs_by_id", [int(job_id), 999999])] == [
+            int(job_id)
+        ]
+        hist = await api(client, "node_history", "n1")
+        assert "procs" in hist and "jobs" in hist

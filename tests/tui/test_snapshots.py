@@ -16,7 +16,7 @@ from dcsched.tui.screens import DetailScreen
 from tests.tui.fakes import NOW, FixtureSource
 from tests.tui.helpers import select, wait_for
 
-SIZE = (130, 36)
+SIZE = (80, 24)
 Compare = Callable[..., bool]
 
 
@@ -46,19 +46,29 @@ def keys(*press: str, job: str | None = None) -> Callable[[Pilot[None]], Awaitab
     return run_before
 
 
-@pytest.mark.parametrize(
-    ("name", "press"),
-    [
-        ("cluster", ()),
-        ("gpus", ("2",)),
-        ("jobs", ("3",)),
-        ("fairshare", ("4",)),
-        ("history", ("5",)),
-        ("help", ("question_mark",)),
-    ],
-)
-def test_view(snap_compare: Compare, name: str, press: tuple[str, ...]) -> None:
-    assert snap_compare(app(), terminal_size=SIZE, run_before=keys(*press))
+SIZES = {"80x24": (80, 24), "200x60": (200, 60)}
+SCREENS = {
+    "cluster": keys(),
+    "gpus": keys("2"),
+    "jobs": keys("3"),
+    "fairshare": keys("4"),
+    "history": keys("5"),
+    "help": keys("question_mark"),
+    "job-running": keys("3", job="2"),
+    "job-pending": keys("3", job="13"),
+    "node": keys("enter"),
+}
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("name", list(SCREENS))
+def test_screen(snap_compare: Compare, name: str, size: str) -> None:
+    assert snap_compare(app(), terminal_size=SIZES[size], run_before=SCREENS[name])
+
+
+def test_small_terminal_job_detail(snap_compare: Compare) -> None:
+    """60x15: panels stack, nothing essential is cut off."""
+    assert snap_compare(app(), terminal_size=(60, 15), run_before=keys("3", job="2"))
 
 
 def test_gpus_sorted_by_util_and_filtered(snap_compare: Compare) -> None:
@@ -66,20 +76,13 @@ def test_gpus_sorted_by_util_and_filtered(snap_compare: Compare) -> None:
     assert snap_compare(app(), terminal_size=SIZE, run_before=keys(*press))
 
 
+def test_jobs_filtered_by_user(snap_compare: Compare) -> None:
+    press = ("3", "slash", *"user=alice", "enter")
+    assert snap_compare(app(), terminal_size=SIZE, run_before=keys(*press))
+
+
 def test_fairshare_unavailable(snap_compare: Compare) -> None:
     assert snap_compare(app(fairshare=False), terminal_size=SIZE, run_before=keys("4"))
-
-
-def test_job_detail_pending_with_explain(snap_compare: Compare) -> None:
-    assert snap_compare(app(), terminal_size=SIZE, run_before=keys("3", job="13"))
-
-
-def test_job_detail_running(snap_compare: Compare) -> None:
-    assert snap_compare(app(), terminal_size=SIZE, run_before=keys("3", job="2"))
-
-
-def test_node_detail(snap_compare: Compare) -> None:
-    assert snap_compare(app(), terminal_size=SIZE, run_before=keys("enter"))
 
 
 def test_confirm_modal(snap_compare: Compare) -> None:

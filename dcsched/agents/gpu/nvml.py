@@ -20,7 +20,7 @@ from typing import Any
 
 from dcsched.agents.errors import BackendError
 from dcsched.agents.gpu.base import FaultHandler
-from dcsched.protocol.messages import GpuFault, GpuInfo, GpuSample
+from dcsched.protocol.messages import GpuFault, GpuInfo, GpuProc, GpuSample
 
 log = logging.getLogger("dcsched.agent.nvml")
 
@@ -232,6 +232,10 @@ class NvmlBackend:
             sm_clock_mhz=int(sm) if sm is not None else None,
             energy_j=energy_mj / 1000.0 if energy_mj is not None else None,
             pids=sorted({int(p.pid) for p in procs}) if procs else [],
+            procs=[
+                GpuProc(pid=int(p.pid), gpu_mem=_gpu_mem(getattr(p, "usedGpuMemory", None)))
+                for p in sorted(procs or [], key=lambda p: int(p.pid))
+            ],
         )
 
     def _fault(self, fault: GpuFault) -> None:
@@ -316,3 +320,11 @@ class NvmlBackend:
             self._thread = None
         # NVML stays initialised: other backends in this process may share it, and the
         # process is about to end anyway.
+
+
+def _gpu_mem(value: Any) -> int | None:
+    """NVML's per-process memory; None (N/A) where the driver does not say (it reports
+    NVML_VALUE_NOT_AVAILABLE, all ones, e.g. under MIG or without permission)."""
+    if not isinstance(value, int) or value < 0 or value >= 2**63:
+        return None
+    return value

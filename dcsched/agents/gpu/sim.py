@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dcsched.agents.gpu.base import FaultHandler
-from dcsched.protocol.messages import GpuFault, GpuInfo, GpuSample
+from dcsched.protocol.messages import GpuFault, GpuInfo, GpuProc, GpuSample
 
 log = logging.getLogger("dcsched.agent.sim")
 FAULT_KINDS = ("xid", "ecc", "thermal", "power", "lost")
@@ -144,9 +144,23 @@ class SimBackend:
                     energy_j=round(st.energy_j, 1),
                     pids=list(busy.get(i, ())),
                     health=str(fault.get("kind", "xid")) if fault is not None else "ok",
+                    procs=self._procs(i, busy, int(self.mem_total * frac)),
                 )
             )
         return out
+
+    @staticmethod
+    def _procs(index: int, busy: Mapping[int, Sequence[int]], mem_used: int) -> list[GpuProc]:
+        """What a real GPU would list: one of the job's real processes (the agent names it
+        from /proc) per GPU the job holds, the newest ones (torchrun's workers start after
+        it), holding nearly all of the memory in use."""
+        pids = sorted(busy.get(index, ()))
+        if not pids:
+            return []
+        held = sorted(g for g, p in busy.items() if sorted(p) == pids)
+        workers = pids[-len(held) :] if len(pids) >= len(held) else pids
+        pid = workers[held.index(index) % len(workers)]
+        return [GpuProc(pid=pid, gpu_mem=int(mem_used * 0.97))]
 
     def watch_faults(self, handler: FaultHandler) -> None:
         """Faults come only from the injection file, read with each sample."""

@@ -173,6 +173,7 @@ def test_sample_converts_units(fake: FakeNvml) -> None:
     assert s0.mem_used == 10 << 30 and s0.mem_total == 80 << 30
     assert s0.power_w == 350.5 and s0.temp_c == 60.0 and s0.sm_clock_mhz == 1980
     assert s0.pids == [100] and s1.pids == [101]
+    assert [(p.pid, p.gpu_mem) for p in s0.procs] == [(100, 1 << 30)]
     assert s0.energy_j is None  # sentinel -> absent
     assert s0.health == "ok"
     backend.close()
