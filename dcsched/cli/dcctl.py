@@ -76,12 +76,6 @@ def cmd_queue(c: Client, a: argparse.Namespace) -> int:
 
 # --- job arrays ----------------------------------------------------------------------------------
 
-# Which tasks of a whole array an action applies to (the others would only be refused).
-_ACTION_STATES = {
-    "hold": ("PENDING", "REQUEUED"),
-    "release": ("HELD",),
-    "requeue": ("STARTING", "RUNNING"),
-}
 _WAITING = ("PENDING", "HELD", "REQUEUED")
 
 
@@ -97,8 +91,9 @@ def index_ranges(indexes: list[int]) -> str:
 
 
 def collapse_arrays(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row for the waiting tasks of an array in one state (`123_[4-9%8]`, as squeue
-    shows them); running and finished tasks keep a row each."""
+    """One row for the waiting tasks of an array in one state (`123_[4-9%8]`, with the
+    array's limit on tasks running at once, as squeue shows them); running and finished
+    tasks keep a row each."""
     out: list[dict[str, Any]] = []
     groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for j in jobs:
@@ -113,43 +108,14 @@ def collapse_arrays(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (array_id, _), tasks in groups.items():
         if len(tasks) > 1:
             ranges = index_ranges([t["array_task_id"] for t in tasks])
+            limit = tasks[0].get("array_limit")
+            ranges += f"%{limit}" if limit else ""
             tasks[0]["display_id"] = f"{array_id}_[{ranges}]"
     return out
 
 
-def resolve_jobs(c: Client, ref: str, action: str = "") -> list[str]:
-    """The job ids `ref` names: `123_4` is task 4 of array 123; an array's id is all of its
-    live tasks (those `action` applies to); anything else is itself."""
-    head, sep, task = ref.partition("_")
-    if not head.isdigit() or (sep and not task.isdigit()):
-        return [ref]
-    if not sep:
-        try:
-            job = c.job(head)
-        except ApiError:
-            return [ref]  # the action says what is wrong
-        if job.get("array_job_id") != int(head):
-            return [ref]  # a plain job, or one task: no listing needed
-    live = [j for j in c.jobs() if j.get("array_job_id") == int(head)]
-    if sep:
-        found = [j for j in live if j.get("array_task_id") == int(task)]
-        if not found:
-            found = [
-                j
-                for j in c.jobs(all_states=True)
-                if j.get("array_job_id") == int(head) and j.get("array_task_id") == int(task)
-            ]
-        if not found:
-            raise ClientError(f"no task {task} of array {head}")
-        return [str(found[0]["id"])]
-    if not live:
-        return [ref]
-    states = _ACTION_STATES.get(action)
-    return [str(j["id"]) for j in live if states is None or j["state"] in states]
-
-
 def cmd_show(c: Client, a: argparse.Namespace) -> int:
-    job = c.job(resolve_jobs(c, a.job)[0] if "_" in a.job else a.job)
+    job = c.job(a.job)
     if a.json:
         print_json(job)
         return 0
@@ -252,29 +218,36 @@ def cmd_update(c: Client, a: argparse.Namespace) -> int:
 
 
 def _job_actions(c: Client, a: argparse.Namespace, action: str) -> int:
+    """The action on each job named: a job, an array task (`123_4`) or a whole array (its
+    id); the daemon resolves them (and says which tasks of an array it left alone)."""
     rc = 0
     done = []
-    ids: list[str] = []
     for ref in a.jobs:
         try:
-            ids += resolve_jobs(c, ref, action)
-        except ClientError as exc:
-            print(f"dcctl: {exc}", file=sys.stderr)
-            rc = 1
-    for job_id in ids:
-        try:
-            job = c.job_action(job_id, action)
+            job = c.job_action(ref, action)
         except ApiError as exc:
-            msg = exc.message if f"job {job_id} " in exc.message else f"job {job_id}: {exc.message}"
+            msg = exc.message if f"job {ref} " in exc.message else f"job {ref}: {exc.message}"
             print(f"dcctl: {msg}", file=sys.stderr)
             rc = 1
             continue
         done.append(job)
         if not a.json:
-            print(f"job {job_id}: {job['state']}")
+            print(_acted(job))
     if a.json:
         print_json({"jobs": done})
     return rc
+
+
+def _acted(job: dict[str, Any]) -> str:
+    """`job 12: HELD`; for an array, one line per task changed and per task left alone."""
+    if "tasks" not in job:
+        return f"job {queue_format.display_id(job)}: {job['state']}"
+    lines = [f"job {queue_format.display_id(t)}: {t['state']}" for t in job["tasks"]]
+    lines += [
+        f"job {queue_format.display_id(t)}: {t['state']} (left as it is: {t['why']})"
+        for t in job["skipped"]
+    ]
+    return "\n".join(lines)
 
 
 def cmd_explain(c: Client, a: argparse.Namespace) -> int:

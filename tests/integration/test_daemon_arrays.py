@@ -75,7 +75,7 @@ async def test_an_array_runs_n_at_a_time_and_is_acted_on_whole_or_by_task(
 
         # One line for the waiting tasks; -r: one a task.
         queue = await _dcctl(sock, "queue")
-        assert f"{array}_[2-4]" in queue and f"{array}_0" in queue, queue
+        assert f"{array}_[2-4%2]" in queue and f"{array}_0" in queue, queue
         assert (
             sum(f"{array}_" in line for line in (await _dcctl(sock, "queue", "-r")).splitlines())
             == 5
@@ -87,6 +87,16 @@ async def test_an_array_runs_n_at_a_time_and_is_acted_on_whole_or_by_task(
         assert deps == ["afterok:" + ":".join(map(str, ids))]
         task3 = await api(c, "submit", _spec("t3", dependency=[f"after:{array}_3"]))
         assert (await api(c, "job", task3))["spec"]["dependency"] == [f"after:{ids[3]}"]
+
+        # The API takes ARRAY_TASK ids and an array's id, for every client.
+        assert (await api(c, "job", f"{array}_3"))["id"] == ids[3]
+        held = await api(c, "job_action", str(array), "hold")  # the waiting tasks only
+        assert sorted(t["id"] for t in held["tasks"]) == ids[2:]
+        assert sorted(t["id"] for t in held["skipped"]) == ids[:2]  # not waiting
+        assert await _states(c, ids[2:]) == ["HELD", "HELD", "HELD"]
+        released = await _dcctl(sock, "release", str(array))
+        assert f"job {array}_2: PENDING" in released, released
+        assert f"job {array}_0: STARTING (left as it is" in released, released
 
         # One task held by its ARRAY_TASK id; then the whole array cancelled by its id.
         await _dcctl(sock, "hold", f"{array}_3")
