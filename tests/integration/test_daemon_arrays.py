@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from dcsched.cli import dcctl
+from dcsched.cli import dcctl, dcsub
 from dcsched.client import Client
 from dcsched.protocol.messages import Cancel, Signal
 from tests.conftest import Broker
@@ -108,6 +108,36 @@ async def test_an_array_runs_n_at_a_time_and_is_acted_on_whole_or_by_task(
             await a1.exit(str(i), 0, None, signal=15, reason="cancelled")
         await until(lambda: _all_are(c, ids, "CANCELLED"), what="every task cancelled")
         assert (await api(c, "job", after))["reason"] == "DependencyNeverSatisfied"
+
+
+async def test_dcsub_array_overrides_the_file_and_says_how_many_tasks(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    job_file = tmp_path / "sweep.toml"
+    job_file.write_text(
+        'name = "sweep"\ncommand = ["t.py"]\narray = "0-1"\n[resources]\ngpus_per_node = 1\n'
+    )
+    async with (
+        running_daemon(write_config(tmp_path, mosquitto, prefix)) as d,
+        ScriptedAgent(mosquitto, prefix, "n1", gpus=4),
+    ):
+        sock = d.config.daemon.socket
+        out = await asyncio.to_thread(_run_dcsub, sock, str(job_file), "--array", "0-9:3%2")
+        array = int(out.split()[3].rstrip(":"))
+        assert out.strip() == (
+            f"Submitted array job {array}: 4 tasks, {array}_0 to {array}_9, at most 2 at once"
+        )
+        c = Client(sock)
+        tasks = [await api(c, "job", f"{array}_{i}") for i in (0, 3, 6, 9)]
+        assert [t["id"] for t in tasks] == list(range(array, array + 4))
+        assert {t["spec"]["array"] for t in tasks} == {"0-9:3%2"}
+
+
+def _run_dcsub(sock: str, *args: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert dcsub.main([*args, "--socket", sock]) == 0
+    return out.getvalue()
 
 
 async def _all_are(c: Client, ids: list[int], state: str) -> bool:
