@@ -483,7 +483,9 @@ def event_line(ev: StreamEvent, now: float | None = None) -> str | None:
         elif "gpu_fault" in d:
             line = f"node {host} GPU {d['gpu_fault']} fault"
         elif "drained" in d:
-            line = f"node {host} " + ("drained" if d["drained"] else "resumed")
+            # "draining" while jobs still run there, "drained" again when the last ends
+            state = (d.get("drain_state") or "drained") if d["drained"] else "resumed"
+            line = f"node {host} {state}"
             if d["drained"] and d.get("reason"):
                 line += f" ({d['reason']})"
         else:

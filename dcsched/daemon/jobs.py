@@ -583,8 +583,27 @@ class JobManager:
                 elif isinstance(eff, lc.AvoidPort):
                     self.avoid_ports[(eff.addr, eff.port)] = time.monotonic() + PORT_AVOID_S
         self.sender.add(batch.commands)
+        self._drained(outcomes)
         if wake:
             self.wake_scheduler()
+
+    def _drained(self, outcomes: list[tuple[lc.Job, lc.Outcome]]) -> None:
+        """A draining node whose last job just left it is DRAINED now: said on the change
+        feed (`dcctl events`, dctop), as `dcctl drain` said DRAINING."""
+        left = {p.host for old, out in outcomes if out.job != old for p in old.parts if p.live}
+        for host in sorted(left - self.model.on_host.keys()):
+            node = self.cluster.nodes.get(host)
+            if node is not None and node.drained:
+                log.info("node %s drained: its last job has ended", host)
+                self.hub.publish(
+                    "node",
+                    {
+                        "host": host,
+                        "drained": True,
+                        "reason": node.drain_reason,
+                        "drain_state": "drained",
+                    },
+                )
 
     async def _ack_exit(self, host: str, job_id: str, ex: lc.Exited | lc.AckExit) -> None:
         await self.sender.send_once(

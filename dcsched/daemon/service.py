@@ -29,7 +29,7 @@ from dcsched.daemon.ingest import Ingest
 from dcsched.daemon.jobs import JobManager, Timing
 from dcsched.daemon.metrics import metrics_app
 from dcsched.daemon.model import Model
-from dcsched.daemon.readmodel import ReadModel
+from dcsched.daemon.readmodel import ReadModel, drain_state
 from dcsched.daemon.scheduling import SchedulingLoop
 from dcsched.daemon.sdnotify import notify, watchdog_interval
 from dcsched.daemon.states import TERMINAL
@@ -326,7 +326,11 @@ class Daemon:
             written_with_change()
         node = self.cluster.nodes[host]
         node.drained, node.drain_reason = drained, reason if drained else ""
-        self.hub.publish("node", {"host": host, "drained": drained, "reason": reason})
+        # DRAINING while jobs still run there; the executor says DRAINED when the last ends.
+        state = drain_state(drained, len(self.model.on_host.get(host, ())))
+        self.hub.publish(
+            "node", {"host": host, "drained": drained, "reason": reason, "drain_state": state}
+        )
         self.scheduling.wake.set()
 
 
