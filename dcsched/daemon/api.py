@@ -256,6 +256,37 @@ def update_event(body: Any, who: Caller, config: SchedulerConfig) -> lc.Update:
     )
 
 
+def _never_ran(part: lc.Part) -> bool:
+    """A node's part of this run that ended without a process: a refused launch, or one
+    stopped before it started."""
+    return not part.live and part.pid is None and part.exit_code is None and part.signal is None
+
+
+def _never_ran_line(job: lc.Job, part: lc.Part) -> str:
+    why = part.reason if part.reason.startswith("launch refused") else job.reason or part.reason
+    return f"[dcsched] no process was started on {part.host}: {why or job.state}\n"
+
+
+def _log_chunk(
+    job: lc.Job, part: lc.Part, text: str, offset: int, max_bytes: int
+) -> dict[str, Any]:
+    """`text` as a log file's chunk would be answered: from `offset` (-1: the tail)."""
+    data = text.encode()
+    size = len(data)
+    start = max(0, size - max_bytes) if offset < 0 else min(offset, size)
+    piece = data[start : start + max(0, max_bytes)]
+    return {
+        "job_id": job.id,
+        "node": part.rank,
+        "host": part.host,
+        "offset": start,
+        "next_offset": start + len(piece),
+        "size": size,
+        "data": piece.decode(errors="replace"),
+        "done": job.state not in QUEUED | ACTIVE,
+    }
+
+
 def _job_ref(request: web.Request) -> tuple[int, int | None]:
     """(job id, None) for `123`; (array id, task index) for Slurm's `123_4`."""
     text = request.match_info["job_id"]
@@ -478,6 +509,12 @@ class Api:
             if not parts:
                 raise NoSuchThing(f"job {job.id} has not started on any node yet ({job.state})")
             raise NoSuchThing(f"job {job.id} has nodes 0..{len(parts) - 1}, not {rank}")
+        if _never_ran(part):
+            # No process, so no log file this run (an earlier run's may be there): the log
+            # a user reads is the reason, as the agent's last line says how a run ended.
+            return web.json_response(
+                _log_chunk(job, part, _never_ran_line(job, part), offset, max_bytes)
+            )
         try:
             chunk = await self.d.sender.fetch_log(part.host, job.id, rank, offset, max_bytes)
         except TimeoutError:
