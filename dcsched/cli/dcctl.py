@@ -209,11 +209,14 @@ def cmd_update(c: Client, a: argparse.Namespace) -> int:
     job = c.update(a.job, _assignments(a.fields))
     if a.json:
         print_json(job)
-    else:
+        return 0
+    for t in job.get("tasks", [job]):  # an array's id: every task it changed
         print(
-            f"job {job['id']}: time_limit {duration(job['time_limit_s'])}, nice {job['nice']}, "
-            f"qos {job['qos']}"
+            f"job {queue_format.display_id(t)}: time_limit {duration(t['time_limit_s'])}, "
+            f"nice {t['nice']}, qos {t['qos']}"
         )
+    for t in job.get("skipped", []):
+        print(f"job {queue_format.display_id(t)}: {t['state']} (left as it is: {t['why']})")
     return 0
 
 
