@@ -167,6 +167,8 @@ async def test_the_guide_runs_on_a_real_daemon(
     assert outputs["dcctl release 7_2"].strip() == "job 7_2: PENDING"
     assert "job 15_3: CANCELLED" in outputs["dcctl cancel 15"]
     assert outputs["dcctl update 7"].count("time_limit 00:30:00") == 8
+    assert "driver update" in outputs["dcctl show-node gpu01"]  # its drain history
+    assert "hold" in outputs["dcctl audit --since"] and "job 7" in outputs["dcctl audit --since"]
     # the checkpointing job: requeued with its warning, run again with a restart counted
     shown = outputs["dcctl show 1"]
     assert "Signal = USR1@300" in shown and "Restarts = 1" in shown, shown
