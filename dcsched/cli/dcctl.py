@@ -229,7 +229,8 @@ def _job_actions(c: Client, a: argparse.Namespace, action: str) -> int:
         try:
             job = c.job_action(ref, action)
         except ApiError as exc:
-            msg = exc.message if f"job {ref} " in exc.message else f"job {ref}: {exc.message}"
+            named = f"job {ref} " in exc.message or exc.message.startswith(f"array {ref}")
+            msg = exc.message if named else f"job {ref}: {exc.message}"
             print(f"dcctl: {msg}", file=sys.stderr)
             rc = 1
             continue

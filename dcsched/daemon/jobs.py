@@ -297,13 +297,14 @@ class JobManager:
         """The action on every live task of array `array_id` it applies to, in one
         transaction: (the tasks changed, the tasks left as they are with why). The lifecycle
         decides which tasks it applies to (a hold leaves running tasks alone); it is refused
-        only when it applies to none."""
+        only when it applies to none (a repeat, e.g. a hold of held tasks, is no error)."""
         self._writable()
         tasks = await self.store.array_tasks(array_id)
         async with self._lock:
             now = time.time()
             pairs: list[tuple[lc.Job, lc.Outcome]] = []
             skipped: list[tuple[lc.Job, str]] = []
+            already: list[tuple[lc.Job, str]] = []
             for _, task_id in sorted(tasks.items()):
                 job = self.model.jobs.get(task_id)
                 if job is None:
@@ -316,14 +317,18 @@ class JobManager:
                 except lc.Refused as exc:
                     skipped.append((job, str(exc)))
                     continue
+                if out.job == job and not out.effects:
+                    already.append((job, f"already {job.state}"))  # a repeat: no error
+                    continue
                 pairs.append((job, out))
-            if not pairs:
+            if not pairs and not already:
                 why = skipped[0][1] if skipped else "every task has ended"
                 raise Conflict(f"array {array_id}: no task it applies to ({why})")
-            rows = [_audit_row(caller, ev, job, out, now) for job, out in pairs]
-            await self._commit(pairs, Batch(audit=rows))
-            written_with_change()
-            return [out.job for _, out in pairs], skipped
+            if pairs:
+                rows = [_audit_row(caller, ev, job, out, now) for job, out in pairs]
+                await self._commit(pairs, Batch(audit=rows))
+                written_with_change()
+            return [out.job for _, out in pairs], already + skipped
 
     def cancel_event(self, caller: Caller) -> lc.Cancel:
         return lc.Cancel(caller.user, self.timing.cancel_grace_s)

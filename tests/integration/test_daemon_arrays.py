@@ -45,6 +45,13 @@ def _run_dcctl(sock: str, *args: str) -> str:
     return out.getvalue()
 
 
+def _dcctl_rc(sock: str, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = dcctl.main(["--socket", sock, *args])
+    return rc, out.getvalue(), err.getvalue()
+
+
 async def _dcctl(sock: str, *args: str) -> str:
     """dcctl off the event loop the daemon runs on."""
     return await asyncio.to_thread(_run_dcctl, sock, *args)
@@ -90,10 +97,14 @@ async def test_an_array_runs_n_at_a_time_and_is_acted_on_whole_or_by_task(
 
         # The API takes ARRAY_TASK ids and an array's id, for every client.
         assert (await api(c, "job", f"{array}_3"))["id"] == ids[3]
+        rc, _, err = await asyncio.to_thread(_dcctl_rc, sock, "release", str(array))
+        assert rc == 1 and err.startswith(f"dcctl: array {array}: no task it applies to ("), err
         held = await api(c, "job_action", str(array), "hold")  # the waiting tasks only
         assert sorted(t["id"] for t in held["tasks"]) == ids[2:]
         assert sorted(t["id"] for t in held["skipped"]) == ids[:2]  # not waiting
         assert await _states(c, ids[2:]) == ["HELD", "HELD", "HELD"]
+        again = await api(c, "job_action", str(array), "hold")  # a repeat is no error
+        assert again["tasks"] == [] and len(again["skipped"]) == 5
         released = await _dcctl(sock, "release", str(array))
         assert f"job {array}_2: PENDING" in released, released
         assert f"job {array}_0: STARTING (left as it is" in released, released
