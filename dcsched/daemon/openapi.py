@@ -85,6 +85,11 @@ class JobView(msgspec.Struct):
     hosts: list[str]
     spec: dict[str, Any] = {}
     hidden: list[str] = []
+    restart_count: int = 0
+    # an array task: the array's id (its first task's), its index, the array's `%N`
+    array_job_id: int | None = None
+    array_task_id: int | None = None
+    array_limit: int | None = None
 
 
 class JobList(msgspec.Struct):
