@@ -384,17 +384,30 @@ def cmd_gpus(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_show_node(c: Client, a: argparse.Namespace) -> int:
-    node = next((n for n in c.nodes() if n["host"] == a.host), None)
-    if node is None:
-        print(f"dcctl: no node {a.host!r}; `dcctl nodes` lists the nodes", file=sys.stderr)
-        return 1
-    drains = c.drain_history(a.host)["history"]
+    """Each node of a hostlist (`gpu[01-02]`), with its drain history."""
+    nodes = {n["host"]: n for n in c.nodes()}
+    rc, shown = 0, []
+    for host in a.hosts:
+        node = nodes.get(host)
+        if node is None:
+            print(f"dcctl: no node {host!r}; `dcctl nodes` lists the nodes", file=sys.stderr)
+            rc = 1
+            continue
+        shown.append({**node, "drain_history": c.drain_history(host)["history"]})
     if a.json:
-        print_json({**node, "drain_history": drains})
-        return 0
+        print_json(shown[0] if len(a.hosts) == 1 and shown else {"nodes": shown})
+        return rc
+    for i, node in enumerate(shown):
+        if i:
+            print()
+        _print_node(node)
+    return rc
+
+
+def _print_node(node: dict[str, Any]) -> None:
     lines = [
         ("Host", node["host"]),
-        ("State", node["state"] + (" (simulated)" if node["simulated"] else "")),
+        ("State", _node_state(node).replace("(sim)", "(simulated)")),
         ("Reason", node["drain_reason"]),
         ("Addr", node["addr"]),
         ("GPUs", f"{node['gpus']} x {node['model']} ({node['gpus_allocated']} allocated)"),
@@ -406,9 +419,10 @@ def cmd_show_node(c: Client, a: argparse.Namespace) -> int:
     for k, v in lines:
         print(f"{k.rjust(width)} = {v}")
     print()
+    drains = node["drain_history"]
     if not drains:
         print("Never drained.")
-        return 0
+        return
     print(
         table(
             ("TIME", "ACTION", "BY", "REASON"),
@@ -418,7 +432,6 @@ def cmd_show_node(c: Client, a: argparse.Namespace) -> int:
             ],
         )
     )
-    return 0
 
 
 def cmd_audit(c: Client, a: argparse.Namespace) -> int:
@@ -720,7 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("resume", "schedule on drained nodes again")
     r.add_argument("hosts", type=_hosts, metavar="HOSTLIST")
     r.add_argument("--reason", default="", help="kept in the node's drain history")
-    add("show-node", "one node, with its drain and resume history").add_argument("host")
+    add("show-node", "nodes, each with its drain and resume history").add_argument(
+        "hosts", type=_hosts, metavar="HOSTLIST", help="e.g. gpu01 or gpu[01-04]"
+    )
     au = add("audit", "who did what: state changes and refusals (yours; an admin's: all)")
     au.add_argument("--user", help="only this user's entries (admins)")
     au.add_argument(
