@@ -114,18 +114,21 @@ async def test_the_guide_runs_on_a_real_daemon(
             if words[0] != "dcsub" and words[1] not in (*_SETTLE, "drain"):
                 return
             await asyncio.sleep(0.6)  # a scheduling pass (pass_interval_s = 0.5)
-            for agent in (a1, a2):
-                for cmd in list(agent.commands):
-                    if isinstance(cmd, Cancel) and cmd.cmd_id not in stopped:
-                        stopped.add(cmd.cmd_id)
-                        ranks = {ln.node_rank for ln in launches(agent, job_id=int(cmd.job_id))}
-                        for rank in sorted(ranks):
-                            code, sig = (0, None) if cmd.signal else (None, 15)
-                            await agent.exit(cmd.job_id, rank, code, sig, cmd.reason)
-            await until(
-                lambda: all(j.state != "COMPLETING" for j in d.model.jobs.values()),
-                what="stopped jobs ended",
-            )
+
+            async def stopped_jobs_ended() -> bool:
+                for agent in (a1, a2):  # a cancel may still be on its way: looked at again
+                    for cmd in list(agent.commands):
+                        if isinstance(cmd, Cancel) and cmd.cmd_id not in stopped:
+                            stopped.add(cmd.cmd_id)
+                            job = int(cmd.job_id)
+                            for rank in sorted(
+                                {ln.node_rank for ln in launches(agent, job_id=job)}
+                            ):
+                                code, sig = (0, None) if cmd.signal else (None, 15)
+                                await agent.exit(cmd.job_id, rank, code, sig, cmd.reason)
+                return all(j.state != "COMPLETING" for j in d.model.jobs.values())
+
+            await until(stopped_jobs_ended, what="stopped jobs ended")
             for agent in (a1, a2):
                 for launch in launches(agent):
                     if launch.cmd_id not in started:
