@@ -78,12 +78,6 @@ def cmd_queue(c: Client, a: argparse.Namespace) -> int:
 
 # --- job arrays ----------------------------------------------------------------------------------
 
-# Which tasks of a whole array an action applies to (the others would only be refused).
-_ACTION_STATES = {
-    "hold": ("PENDING", "REQUEUED"),
-    "release": ("HELD",),
-    "requeue": ("STARTING", "RUNNING"),
-}
 _WAITING = ("PENDING", "HELD", "REQUEUED")
 
 
@@ -99,8 +93,9 @@ def index_ranges(indexes: list[int]) -> str:
 
 
 def collapse_arrays(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row for the waiting tasks of an array in one state (`123_[4-9%8]`, as squeue
-    shows them); running and finished tasks keep a row each."""
+    """One row for the waiting tasks of an array in one state (`123_[4-9%8]`, with the
+    array's limit on tasks running at once, as squeue shows them); running and finished
+    tasks keep a row each."""
     out: list[dict[str, Any]] = []
     groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for j in jobs:
@@ -115,43 +110,14 @@ def collapse_arrays(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (array_id, _), tasks in groups.items():
         if len(tasks) > 1:
             ranges = index_ranges([t["array_task_id"] for t in tasks])
+            limit = tasks[0].get("array_limit")
+            ranges += f"%{limit}" if limit else ""
             tasks[0]["display_id"] = f"{array_id}_[{ranges}]"
     return out
 
 
-def resolve_jobs(c: Client, ref: str, action: str = "") -> list[str]:
-    """The job ids `ref` names: `123_4` is task 4 of array 123; an array's id is all of its
-    live tasks (those `action` applies to); anything else is itself."""
-    head, sep, task = ref.partition("_")
-    if not head.isdigit() or (sep and not task.isdigit()):
-        return [ref]
-    if not sep:
-        try:
-            job = c.job(head)
-        except ApiError:
-            return [ref]  # the action says what is wrong
-        if job.get("array_job_id") != int(head):
-            return [ref]  # a plain job, or one task: no listing needed
-    live = [j for j in c.jobs() if j.get("array_job_id") == int(head)]
-    if sep:
-        found = [j for j in live if j.get("array_task_id") == int(task)]
-        if not found:
-            found = [
-                j
-                for j in c.jobs(all_states=True)
-                if j.get("array_job_id") == int(head) and j.get("array_task_id") == int(task)
-            ]
-        if not found:
-            raise ClientError(f"no task {task} of array {head}")
-        return [str(found[0]["id"])]
-    if not live:
-        return [ref]
-    states = _ACTION_STATES.get(action)
-    return [str(j["id"]) for j in live if states is None or j["state"] in states]
-
-
 def cmd_show(c: Client, a: argparse.Namespace) -> int:
-    job = c.job(resolve_jobs(c, a.job)[0] if "_" in a.job else a.job)
+    job = c.job(a.job)
     if a.json:
         print_json(job)
         return 0
@@ -247,38 +213,49 @@ def cmd_update(c: Client, a: argparse.Namespace) -> int:
     job = c.update(a.job, _assignments(a.fields))
     if a.json:
         print_json(job)
-    else:
+        return 0
+    for t in job.get("tasks", [job]):  # an array's id: every task it changed
         print(
-            f"job {job['id']}: time_limit {duration(job['time_limit_s'])}, nice {job['nice']}, "
-            f"qos {job['qos']}"
+            f"job {queue_format.display_id(t)}: time_limit {duration(t['time_limit_s'])}, "
+            f"nice {t['nice']}, qos {t['qos']}"
         )
+    for t in job.get("skipped", []):
+        print(f"job {queue_format.display_id(t)}: {t['state']} (left as it is: {t['why']})")
     return 0
 
 
 def _job_actions(c: Client, a: argparse.Namespace, action: str) -> int:
+    """The action on each job named: a job, an array task (`123_4`) or a whole array (its
+    id); the daemon resolves them (and says which tasks of an array it left alone)."""
     rc = 0
     done = []
-    ids: list[str] = []
     for ref in a.jobs:
         try:
-            ids += resolve_jobs(c, ref, action)
-        except ClientError as exc:
-            print(f"dcctl: {exc}", file=sys.stderr)
-            rc = 1
-    for job_id in ids:
-        try:
-            job = c.job_action(job_id, action)
+            job = c.job_action(ref, action)
         except ApiError as exc:
-            msg = exc.message if f"job {job_id} " in exc.message else f"job {job_id}: {exc.message}"
+            named = f"job {ref} " in exc.message or exc.message.startswith(f"array {ref}")
+            msg = exc.message if named else f"job {ref}: {exc.message}"
             print(f"dcctl: {msg}", file=sys.stderr)
             rc = 1
             continue
         done.append(job)
         if not a.json:
-            print(f"job {job_id}: {job['state']}")
+            print(_acted(job))
     if a.json:
         print_json({"jobs": done})
     return rc
+
+
+def _acted(job: dict[str, Any]) -> str:
+    """`job 12: HELD`; for an array, one line per task changed and per task left alone."""
+    if "tasks" not in job:
+        return f"job {queue_format.display_id(job)}: {job['state']}"
+    lines = [f"job {queue_format.display_id(t)}: {t['state']}" for t in job["tasks"]]
+    lines += [
+        f"job {queue_format.display_id(t)}: {t['state']} (left as it is: {t['why']})"
+        for t in job["skipped"]
+    ]
+    return "\n".join(lines)
 
 
 def cmd_explain(c: Client, a: argparse.Namespace) -> int:
@@ -411,17 +388,30 @@ def cmd_gpus(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_show_node(c: Client, a: argparse.Namespace) -> int:
-    node = next((n for n in c.nodes() if n["host"] == a.host), None)
-    if node is None:
-        print(f"dcctl: no node {a.host!r}; `dcctl nodes` lists the nodes", file=sys.stderr)
-        return 1
-    drains = c.drain_history(a.host)["history"]
+    """Each node of a hostlist (`gpu[01-02]`), with its drain history."""
+    nodes = {n["host"]: n for n in c.nodes()}
+    rc, shown = 0, []
+    for host in a.hosts:
+        node = nodes.get(host)
+        if node is None:
+            print(f"dcctl: no node {host!r}; `dcctl nodes` lists the nodes", file=sys.stderr)
+            rc = 1
+            continue
+        shown.append({**node, "drain_history": c.drain_history(host)["history"]})
     if a.json:
-        print_json({**node, "drain_history": drains})
-        return 0
+        print_json(shown[0] if len(a.hosts) == 1 and shown else {"nodes": shown})
+        return rc
+    for i, node in enumerate(shown):
+        if i:
+            print()
+        _print_node(node)
+    return rc
+
+
+def _print_node(node: dict[str, Any]) -> None:
     lines = [
         ("Host", node["host"]),
-        ("State", node["state"] + (" (simulated)" if node["simulated"] else "")),
+        ("State", _node_state(node).replace("(sim)", "(simulated)")),
         ("Reason", node["drain_reason"]),
         ("Addr", node["addr"]),
         ("GPUs", f"{node['gpus']} x {node['model']} ({node['gpus_allocated']} allocated)"),
@@ -433,9 +423,10 @@ def cmd_show_node(c: Client, a: argparse.Namespace) -> int:
     for k, v in lines:
         print(f"{k.rjust(width)} = {v}")
     print()
+    drains = node["drain_history"]
     if not drains:
         print("Never drained.")
-        return 0
+        return
     print(
         table(
             ("TIME", "ACTION", "BY", "REASON"),
@@ -445,7 +436,6 @@ def cmd_show_node(c: Client, a: argparse.Namespace) -> int:
             ],
         )
     )
-    return 0
 
 
 def cmd_audit(c: Client, a: argparse.Namespace) -> int:
@@ -514,7 +504,9 @@ def event_line(ev: StreamEvent, now: float | None = None) -> str | None:
         elif "gpu_fault" in d:
             line = f"node {host} GPU {d['gpu_fault']} fault"
         elif "drained" in d:
-            line = f"node {host} " + ("drained" if d["drained"] else "resumed")
+            # "draining" while jobs still run there, "drained" again when the last ends
+            state = (d.get("drain_state") or "drained") if d["drained"] else "resumed"
+            line = f"node {host} {state}"
             if d["drained"] and d.get("reason"):
                 line += f" ({d['reason']})"
         else:
@@ -746,7 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("resume", "schedule on drained nodes again")
     r.add_argument("hosts", type=_hosts, metavar="HOSTLIST")
     r.add_argument("--reason", default="", help="kept in the node's drain history")
-    add("show-node", "one node, with its drain and resume history").add_argument("host")
+    add("show-node", "nodes, each with its drain and resume history").add_argument(
+        "hosts", type=_hosts, metavar="HOSTLIST", help="e.g. gpu01 or gpu[01-04]"
+    )
     au = add("audit", "who did what: state changes and refusals (yours; an admin's: all)")
     au.add_argument("--user", help="only this user's entries (admins)")
     au.add_argument(

@@ -1,7 +1,7 @@
 """`dcsub job.toml`: validate a job file and submit it.
 
-Options given on the command line override the file, as sbatch's do: `--hold`,
-`--dependency`, `-t/--time`.
+Options given on the command line override the file, as sbatch's do: `-a/--array`,
+`--hold`, `-d/--dependency`, `-t/--time`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,19 @@ from dcsched.protocol.jobfile import JobFileError, load_job_file
 from dcsched.protocol.jobspec import (
     JobSpec,
     JobSpecError,
+    parse_array,
     parse_duration,
     spec_to_dict,
     validate_spec,
 )
 
 # the option that overrides each key, to name it in an error
-_FLAGS = {"hold": "--hold", "dependency": "--dependency", "resources.time_limit": "--time"}
+_FLAGS = {
+    "array": "--array",
+    "hold": "--hold",
+    "dependency": "--dependency",
+    "resources.time_limit": "--time",
+}
 
 
 def _time(text: str) -> str:
@@ -43,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_file", help="the job's TOML file (reference: README.md)")
     p.add_argument("--json", action="store_true", help='print {"job_id": ...}')
     p.add_argument("--dry-run", action="store_true", help="validate only; submit nothing")
+    p.add_argument(
+        "-a",
+        "--array",
+        metavar="INDEXES",
+        help="a job array, overrides the file's array: 0-99%%8, 0-15:4, 1,3,5 (%%N: at most N "
+        "tasks run at once)",
+    )
     p.add_argument("--hold", action="store_true", help="submit held: it waits for dcctl release")
     p.add_argument(
         "-t",
@@ -69,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _override(spec: JobSpec, a: argparse.Namespace) -> JobSpec:
     """The file's spec with the command line's options in their place, validated again."""
     body: dict[str, Any] = spec_to_dict(spec)
+    if a.array is not None:
+        body["array"] = a.array
     if a.hold:
         body["hold"] = True
     if a.time is not None:
@@ -100,21 +115,31 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"    hint: {pr.hint}", file=sys.stderr)
             return 1
         body = spec_to_dict(spec)
+        indexes, limit = parse_array(spec.array) if spec.array else ((), None)
         if args.dry_run:
             if args.json:
                 print_json({"valid": True, "job": body})
             else:
                 r = spec.resources
+                tasks = f"{len(indexes)} tasks of " if spec.array else ""
                 print(
-                    f"{args.job_file}: valid ({spec.name}: {r.nodes} node(s) x "
+                    f"{args.job_file}: valid ({spec.name}: {tasks}{r.nodes} node(s) x "
                     f"{r.gpus_per_node} GPU(s), limit {duration(spec.time_limit_s)})"
                 )
             return 0
         job_id = client_from(args).submit(body, force=args.force)
+        held = " (held)" if spec.hold else ""
         if args.json:
-            print_json({"job_id": job_id})
+            print_json({"job_id": job_id, **({"array_tasks": len(indexes)} if spec.array else {})})
+        elif spec.array:
+            # The array's id is its first task's; the tasks are 12_0, 12_1, ... (as in Slurm).
+            at_once = f", at most {limit} at once" if limit else ""
+            print(
+                f"Submitted array job {job_id}: {len(indexes)} tasks, {job_id}_{indexes[0]}"
+                f" to {job_id}_{indexes[-1]}{at_once}{held}"
+            )
         else:
-            print(f"Submitted job {job_id}" + (" (held)" if spec.hold else ""))
+            print(f"Submitted job {job_id}{held}")
         return 0
 
     return run_cli("dcsub", go)

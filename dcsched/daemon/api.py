@@ -256,8 +256,43 @@ def update_event(body: Any, who: Caller, config: SchedulerConfig) -> lc.Update:
     )
 
 
-def _job_id(request: web.Request) -> int:
-    return _int_arg(request.match_info["job_id"], "job id (a number)")
+def _never_ran(part: lc.Part) -> bool:
+    """A node's part of this run that ended without a process: a refused launch, or one
+    stopped before it started."""
+    return not part.live and part.pid is None and part.exit_code is None and part.signal is None
+
+
+def _never_ran_line(job: lc.Job, part: lc.Part) -> str:
+    why = part.reason if part.reason.startswith("launch refused") else job.reason or part.reason
+    return f"[dcsched] no process was started on {part.host}: {why or job.state}\n"
+
+
+def _log_chunk(
+    job: lc.Job, part: lc.Part, text: str, offset: int, max_bytes: int
+) -> dict[str, Any]:
+    """`text` as a log file's chunk would be answered: from `offset` (-1: the tail)."""
+    data = text.encode()
+    size = len(data)
+    start = max(0, size - max_bytes) if offset < 0 else min(offset, size)
+    piece = data[start : start + max(0, max_bytes)]
+    return {
+        "job_id": job.id,
+        "node": part.rank,
+        "host": part.host,
+        "offset": start,
+        "next_offset": start + len(piece),
+        "size": size,
+        "data": piece.decode(errors="replace"),
+        "done": job.state not in QUEUED | ACTIVE,
+    }
+
+
+def _job_ref(request: web.Request) -> tuple[int, int | None]:
+    """(job id, None) for `123`; (array id, task index) for Slurm's `123_4`."""
+    text = request.match_info["job_id"]
+    head, sep, task = text.partition("_")
+    what = "job id (a number, or ARRAY_TASK such as 123_4)"
+    return _int_arg(head, what), _int_arg(task, what) if sep else None
 
 
 class Api:
@@ -385,7 +420,7 @@ class Api:
 
     async def show(self, request: web.Request) -> web.Response:
         who = caller(request)
-        job = await self.d.jobs.get(_job_id(request))
+        job = await self.d.jobs.find(*_job_ref(request))
         out = self.read.job_view(job)
         if not who.owns(job):
             out = public_view(out)
@@ -405,8 +440,31 @@ class Api:
                 ev = lc.Release(who.user)
             case _:
                 ev = jobs.requeue_event(who)
-        job = await jobs.act(_job_id(request), who, ev)
-        return _json(self.read.job_view(job))
+        return await self._act_on(request, who, ev)
+
+    async def _act_on(self, request: web.Request, who: Caller, ev: lc.Event) -> web.Response:
+        """The event on the job named: one job, one array task (`123_4`), or, for an array's
+        id, every live task it applies to (as scancel/scontrol do). An array's answer is its
+        own job's view with `tasks` (the tasks changed) and `skipped` (those left, and why)."""
+        jobs = self.d.jobs
+        job_id, task = _job_ref(request)
+        job = await jobs.find(job_id, task)
+        if task is not None or job.array_job_id != job.id:
+            return _json(self.read.job_view(await jobs.act(job.id, who, ev)))
+        changed, skipped = await jobs.act_on_array(job.id, who, ev)
+        out = self.read.job_view(await jobs.get(job.id), detail=False)
+        out["tasks"] = [self.read.job_view(j, detail=False) for j in changed]
+        out["skipped"] = [
+            {
+                "id": j.id,
+                "array_job_id": j.array_job_id,
+                "array_task_id": j.array_task_id,
+                "state": j.state,
+                "why": why,
+            }
+            for j, why in skipped
+        ]
+        return _json(out)
 
     async def cancel(self, request: web.Request) -> web.Response:
         return await self._act(request, "cancel")
@@ -426,11 +484,10 @@ class Api:
         who = caller(request)
         body = await _json_body(request)
         ev = update_event(body, who, self.d.scheduling.config)
-        job = await self.d.jobs.act(_job_id(request), who, ev)
-        return _json(self.read.job_view(job))
+        return await self._act_on(request, who, ev)
 
     async def explain(self, request: web.Request) -> web.Response:
-        job = await self.d.jobs.get(_job_id(request))
+        job = await self.d.jobs.find(*_job_ref(request))
         done = self.d.scheduling.recent_pass(time.time(), str(job.id))
         try:
             why = explain_pass(done, str(job.id))
@@ -453,7 +510,7 @@ class Api:
 
     async def logs(self, request: web.Request) -> web.Response:
         who = caller(request)
-        job = await self.d.jobs.get(_job_id(request))
+        job = await self.d.jobs.find(*_job_ref(request))
         if not who.owns(job):
             raise PermissionDenied(
                 f"job {job.id} belongs to {job.user}: only its owner or an admin"
@@ -472,6 +529,12 @@ class Api:
             if not parts:
                 raise NoSuchThing(f"job {job.id} has not started on any node yet ({job.state})")
             raise NoSuchThing(f"job {job.id} has nodes 0..{len(parts) - 1}, not {rank}")
+        if _never_ran(part):
+            # No process, so no log file this run (an earlier run's may be there): the log
+            # a user reads is the reason, as the agent's last line says how a run ended.
+            return web.json_response(
+                _log_chunk(job, part, _never_ran_line(job, part), offset, max_bytes)
+            )
         try:
             chunk = await self.d.sender.fetch_log(part.host, job.id, rank, offset, max_bytes)
         except TimeoutError:
@@ -520,7 +583,7 @@ class Api:
     async def efficiency(self, request: web.Request) -> web.Response:
         """One job's use of its GPUs (seff): from its accounting row once finished, so far
         from the daemon's accumulation while it runs."""
-        job = await self.d.jobs.get(_job_id(request))
+        job = await self.d.jobs.find(*_job_ref(request))
         if job.state in TERMINAL:
             row = await self.d.store.accounting_row(job.id)
             if row is None:

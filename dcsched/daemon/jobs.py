@@ -140,6 +140,16 @@ class JobManager:
         except NotFound:
             raise NoSuchThing(f"no job {job_id}; `dcctl queue --all` lists jobs") from None
 
+    async def find(self, job_id: int, task: int | None = None) -> lc.Job:
+        """Job `job_id`, or with `task` task `task` of array `job_id` (Slurm's `123_4`)."""
+        if task is None:
+            return await self.get(job_id)
+        tasks = await self.store.array_tasks(job_id)
+        if task not in tasks:
+            what = f"array {job_id} has no task {task}" if tasks else f"job {job_id} is no array"
+            raise NoSuchThing(f"{what}; `dcctl queue --all -r` lists the tasks")
+        return await self.get(tasks[task])
+
     # --- submissions ------------------------------------------------------------------------
 
     async def submit(self, spec: JobSpec, caller: Caller) -> int:
@@ -294,19 +304,48 @@ class JobManager:
                 raise PermissionDenied(f"job {job_id}: {exc}") from None
             except lc.Refused as exc:
                 raise Conflict(str(exc)) from None
-            row = AuditRow(
-                now,
-                caller.uid,
-                caller.user,
-                type(ev).__name__.lower(),
-                f"job {job.id}",
-                "ok",
-                200,
-                f"{job.state} -> {out.job.state}",
-            )
-            await self._commit([(job, out)], Batch(audit=[row]))
+            await self._commit([(job, out)], Batch(audit=[_audit_row(caller, ev, job, out, now)]))
             written_with_change()
             return out.job
+
+    async def act_on_array(
+        self, array_id: int, caller: Caller, ev: lc.Event
+    ) -> tuple[list[lc.Job], list[tuple[lc.Job, str]]]:
+        """The action on every live task of array `array_id` it applies to, in one
+        transaction: (the tasks changed, the tasks left as they are with why). The lifecycle
+        decides which tasks it applies to (a hold leaves running tasks alone); it is refused
+        only when it applies to none (a repeat, e.g. a hold of held tasks, is no error)."""
+        self._writable()
+        tasks = await self.store.array_tasks(array_id)
+        async with self._lock:
+            now = time.time()
+            pairs: list[tuple[lc.Job, lc.Outcome]] = []
+            skipped: list[tuple[lc.Job, str]] = []
+            already: list[tuple[lc.Job, str]] = []
+            for _, task_id in sorted(tasks.items()):
+                job = self.model.jobs.get(task_id)
+                if job is None:
+                    continue  # finished: nothing of it can change
+                self._may_act(caller, job)
+                try:
+                    out = lc.apply(job, ev, now)
+                except lc.NotAllowed as exc:
+                    raise PermissionDenied(f"job {task_id}: {exc}") from None
+                except lc.Refused as exc:
+                    skipped.append((job, str(exc)))
+                    continue
+                if out.job == job and not out.effects:
+                    already.append((job, f"already {job.state}"))  # a repeat: no error
+                    continue
+                pairs.append((job, out))
+            if not pairs and not already:
+                why = skipped[0][1] if skipped else "every task has ended"
+                raise Conflict(f"array {array_id}: no task it applies to ({why})")
+            if pairs:
+                rows = [_audit_row(caller, ev, job, out, now) for job, out in pairs]
+                await self._commit(pairs, Batch(audit=rows))
+                written_with_change()
+            return [out.job for _, out in pairs], already + skipped
 
     def cancel_event(self, caller: Caller) -> lc.Cancel:
         return lc.Cancel(caller.user, self.timing.cancel_grace_s)
@@ -623,8 +662,27 @@ class JobManager:
                 elif isinstance(eff, lc.AvoidPort):
                     self.avoid_ports[(eff.addr, eff.port)] = time.monotonic() + PORT_AVOID_S
         self.sender.add(batch.commands)
+        self._drained(outcomes)
         if wake:
             self.wake_scheduler()
+
+    def _drained(self, outcomes: list[tuple[lc.Job, lc.Outcome]]) -> None:
+        """A draining node whose last job just left it is DRAINED now: said on the change
+        feed (`dcctl events`, dctop), as `dcctl drain` said DRAINING."""
+        left = {p.host for old, out in outcomes if out.job != old for p in old.parts if p.live}
+        for host in sorted(left - self.model.on_host.keys()):
+            node = self.cluster.nodes.get(host)
+            if node is not None and node.drained:
+                log.info("node %s drained: its last job has ended", host)
+                self.hub.publish(
+                    "node",
+                    {
+                        "host": host,
+                        "drained": True,
+                        "reason": node.drain_reason,
+                        "drain_state": "drained",
+                    },
+                )
 
     async def _ack_exit(self, host: str, job_id: str, ex: lc.Exited | lc.AckExit) -> None:
         await self.sender.send_once(
@@ -645,6 +703,19 @@ class JobManager:
                 f"the daemon cannot write its state ({self.storage_error}); nothing was changed."
                 " Free space or fix the state directory's permissions; it recovers by itself"
             )
+
+
+def _audit_row(caller: Caller, ev: lc.Event, job: lc.Job, out: lc.Outcome, now: float) -> AuditRow:
+    return AuditRow(
+        now,
+        caller.uid,
+        caller.user,
+        type(ev).__name__.lower(),
+        f"job {job.id}",
+        "ok",
+        200,
+        f"{job.state} -> {out.job.state}",
+    )
 
 
 def _launch(job: lc.Job, part: lc.Part) -> Launch:

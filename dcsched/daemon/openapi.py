@@ -85,6 +85,11 @@ class JobView(msgspec.Struct):
     hosts: list[str]
     spec: dict[str, Any] = {}
     hidden: list[str] = []
+    restart_count: int = 0
+    # an array task: the array's id (its first task's), its index, the array's `%N`
+    array_job_id: int | None = None
+    array_task_id: int | None = None
+    array_limit: int | None = None
 
 
 class JobList(msgspec.Struct):
@@ -180,7 +185,13 @@ class AuditLog(msgspec.Struct):
 
 
 _INT = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
-_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": _INT}
+# a job's id, or Slurm's ARRAY_TASK (`123_4`); an array's id names every task (actions)
+_JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": r"^[0-9]{1,18}(_[0-9]{1,18})?$"},
+}
 _HOST = {"name": "host", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -218,7 +229,13 @@ _OPERATIONS = [
     _Op("post", "/v1/jobs", "Submit a job", Submitted, 201, body=JobSpec),
     _Op("get", "/v1/jobs/{job_id}", "One job with its history", JobDetail, params=(_JOB_ID,)),
     *(
-        _Op("post", f"/v1/jobs/{{job_id}}/{a}", f"{a} a job", JobView, params=(_JOB_ID,))
+        _Op(
+            "post",
+            f"/v1/jobs/{{job_id}}/{a}",
+            f"{a} a job, an array task, or every task of an array it applies to",
+            JobView,
+            params=(_JOB_ID,),
+        )
         for a in ("cancel", "hold", "release", "requeue")
     ),
     _Op(

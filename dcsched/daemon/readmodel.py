@@ -20,6 +20,7 @@ from dcsched.daemon.model import Model
 from dcsched.daemon.scheduling import SchedulingLoop
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL
 from dcsched.daemon.store import Store
+from dcsched.protocol.jobspec import array_limit
 from dcsched.scheduler import decay
 
 _encode = msgspec.json.Encoder().encode
@@ -57,6 +58,9 @@ class ReadModel:
     def _fixed_view(self, job: Job, detail: bool) -> dict[str, Any]:
         """What changes only when the job (or, while it waits, the scheduler's pass) does."""
         out = job.to_dict()
+        if job.array_job_id is not None:
+            # for the array's line in `dcctl queue` (`123_[2-99%8]`): listings carry no spec
+            out["array_limit"] = array_limit(job.spec.get("array") or "")
         if not detail:
             del out["spec"]
         if job.state in QUEUED:

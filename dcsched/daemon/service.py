@@ -38,7 +38,7 @@ from dcsched.daemon.ingest import Ingest
 from dcsched.daemon.jobs import IdlePolicy, JobManager, Timing
 from dcsched.daemon.metrics import metrics_app
 from dcsched.daemon.model import Model
-from dcsched.daemon.readmodel import ReadModel
+from dcsched.daemon.readmodel import ReadModel, drain_state
 from dcsched.daemon.scheduling import SchedulingLoop
 from dcsched.daemon.states import TERMINAL
 from dcsched.daemon.store import HEALTH_POLICY, AuditRow, NotFound, Store, StoreError
@@ -384,7 +384,11 @@ class Daemon:
         if not drained:
             self.cluster.faults.pop(host, None)  # resumed: its GPUs are trusted again
         log.info("node %s %s", host, f"drained: {reason}" if drained else "resumed")
-        self.hub.publish("node", {"host": host, "drained": drained, "reason": reason})
+        # DRAINING while jobs still run there; the executor says DRAINED when the last ends.
+        state = drain_state(drained, len(self.model.on_host.get(host, ())))
+        self.hub.publish(
+            "node", {"host": host, "drained": drained, "reason": reason, "drain_state": state}
+        )
         self.scheduling.wake.set()
 
 

@@ -287,3 +287,6 @@ def test_programs_run_through_no_python_and_every_end_has_its_reason(cluster: Cl
     assert job["state"] == "FAILED" and "script nope.py not found" in job["reason"], job
     queue = cluster.cli("dcctl", "queue", "--all", "--format", "%i|%R").stdout
     assert f"{missing}|no exit status (launch refused on " in queue, queue
+    log = cluster.cli("dcctl", "logs", str(missing)).stdout  # no process: the reason
+    assert log.splitlines()[-1].startswith("[dcsched] no process was started on "), log
+    assert "launch refused: script nope.py not found" in log, log

@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from dcsched.cli import dcctl
+from dcsched.cli import dcctl, dcsub
 from dcsched.client import Client
 from dcsched.protocol.messages import Cancel, Signal
 from tests.conftest import Broker
@@ -45,6 +45,13 @@ def _run_dcctl(sock: str, *args: str) -> str:
     return out.getvalue()
 
 
+def _dcctl_rc(sock: str, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = dcctl.main(["--socket", sock, *args])
+    return rc, out.getvalue(), err.getvalue()
+
+
 async def _dcctl(sock: str, *args: str) -> str:
     """dcctl off the event loop the daemon runs on."""
     return await asyncio.to_thread(_run_dcctl, sock, *args)
@@ -75,7 +82,7 @@ async def test_an_array_runs_n_at_a_time_and_is_acted_on_whole_or_by_task(
 
         # One line for the waiting tasks; -r: one a task.
         queue = await _dcctl(sock, "queue")
-        assert f"{array}_[2-4]" in queue and f"{array}_0" in queue, queue
+        assert f"{array}_[2-4%2]" in queue and f"{array}_0" in queue, queue
         assert (
             sum(f"{array}_" in line for line in (await _dcctl(sock, "queue", "-r")).splitlines())
             == 5
@@ -88,6 +95,20 @@ async def test_an_array_runs_n_at_a_time_and_is_acted_on_whole_or_by_task(
         task3 = await api(c, "submit", _spec("t3", dependency=[f"after:{array}_3"]))
         assert (await api(c, "job", task3))["spec"]["dependency"] == [f"after:{ids[3]}"]
 
+        # The API takes ARRAY_TASK ids and an array's id, for every client.
+        assert (await api(c, "job", f"{array}_3"))["id"] == ids[3]
+        rc, _, err = await asyncio.to_thread(_dcctl_rc, sock, "release", str(array))
+        assert rc == 1 and err.startswith(f"dcctl: array {array}: no task it applies to ("), err
+        held = await api(c, "job_action", str(array), "hold")  # the waiting tasks only
+        assert sorted(t["id"] for t in held["tasks"]) == ids[2:]
+        assert sorted(t["id"] for t in held["skipped"]) == ids[:2]  # not waiting
+        assert await _states(c, ids[2:]) == ["HELD", "HELD", "HELD"]
+        again = await api(c, "job_action", str(array), "hold")  # a repeat is no error
+        assert again["tasks"] == [] and len(again["skipped"]) == 5
+        released = await _dcctl(sock, "release", str(array))
+        assert f"job {array}_2: PENDING" in released, released
+        assert f"job {array}_0: STARTING (left as it is" in released, released
+
         # One task held by its ARRAY_TASK id; then the whole array cancelled by its id.
         await _dcctl(sock, "hold", f"{array}_3")
         assert await _states(c, ids[2:]) == ["PENDING", "HELD", "PENDING"]
@@ -98,6 +119,36 @@ async def test_an_array_runs_n_at_a_time_and_is_acted_on_whole_or_by_task(
             await a1.exit(str(i), 0, None, signal=15, reason="cancelled")
         await until(lambda: _all_are(c, ids, "CANCELLED"), what="every task cancelled")
         assert (await api(c, "job", after))["reason"] == "DependencyNeverSatisfied"
+
+
+async def test_dcsub_array_overrides_the_file_and_says_how_many_tasks(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    job_file = tmp_path / "sweep.toml"
+    job_file.write_text(
+        'name = "sweep"\ncommand = ["t.py"]\narray = "0-1"\n[resources]\ngpus_per_node = 1\n'
+    )
+    async with (
+        running_daemon(write_config(tmp_path, mosquitto, prefix)) as d,
+        ScriptedAgent(mosquitto, prefix, "n1", gpus=4),
+    ):
+        sock = d.config.daemon.socket
+        out = await asyncio.to_thread(_run_dcsub, sock, str(job_file), "--array", "0-9:3%2")
+        array = int(out.split()[3].rstrip(":"))
+        assert out.strip() == (
+            f"Submitted array job {array}: 4 tasks, {array}_0 to {array}_9, at most 2 at once"
+        )
+        c = Client(sock)
+        tasks = [await api(c, "job", f"{array}_{i}") for i in (0, 3, 6, 9)]
+        assert [t["id"] for t in tasks] == list(range(array, array + 4))
+        assert {t["spec"]["array"] for t in tasks} == {"0-9:3%2"}
+
+
+def _run_dcsub(sock: str, *args: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert dcsub.main([*args, "--socket", sock]) == 0
+    return out.getvalue()
 
 
 async def _all_are(c: Client, ids: list[int], state: str) -> bool:

@@ -4,12 +4,15 @@ outage, orphaned processes and racing requests. Real broker, real SQLite, script
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dcsched.cli import dcctl
 from dcsched.client import Client
 from dcsched.protocol.messages import Ack, JobExited, Launch
 from tests.conftest import Broker, restart_mosquitto, start_mosquitto
@@ -65,6 +68,14 @@ async def test_a_refused_launch_fails_the_job_and_stops_the_other_node(
         await until(lambda: cancels(a1), what="cancel to the node that did start")
         await a1.exit(str(job), l1.node_rank, None, signal=15, reason="failed")
         await until(lambda: state_is(c, job, "FAILED"))
+        # No process ran there, so no log file: the log a user reads says why.
+        words = ["--socket", d.config.daemon.socket, "logs", str(job), "--node", str(l2.node_rank)]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert await asyncio.to_thread(dcctl.main, words) == 0
+        last = out.getvalue().splitlines()[-1]
+        assert last.startswith("[dcsched] no process was started on n2: launch refused"), last
+        assert exit_first or last.endswith("launch refused: no workdir"), last
 
 
 async def test_cancelling_a_job_whose_launch_never_arrived(

@@ -97,6 +97,7 @@ async def test_update_queue_formats_reasons_and_draining(
 
         # drain a hostlist: DRAINING where a job still runs, then DRAINED once it ended
         name2 = host2.host
+        cursor = d.hub.cursor()
         rc, out, _ = await ctl("drain", "gpu[01-02]", "--reason", "maintenance")
         assert f"{name2}: draining (jobs {second} still run there" in out
         rc, out, _ = await ctl("nodes", name2)
@@ -105,5 +106,15 @@ async def test_update_queue_formats_reasons_and_draining(
         await until(lambda: state_is(c, second, "COMPLETED"))
         rc, out, _ = await ctl("nodes")
         assert out.count("drained") == 2, out
+        # the change feed (dcctl events, dctop) says so too: draining, then drained
+        said = [
+            (ch.data["host"], ch.data["drain_state"])
+            for ch in d.hub.since(cursor) or []
+            if ch.kind == "node" and "drain_state" in ch.data
+        ]
+        assert sorted(said) == sorted(
+            [(host1.host, "drained"), (name2, "draining"), (name2, "drained")]
+        ), said
+        assert said.index((name2, "draining")) < said.index((name2, "drained"))
         rc, out, _ = await ctl("resume", "gpu[01-02]")
         assert out.count("resumed") == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import io
 import re
 import shlex
@@ -18,6 +19,7 @@ import pytest
 
 from dcsched.cli import dcctl, dcsim, dcsub
 from dcsched.daemon import main as dcd
+from dcsched.protocol.messages import Cancel
 from tests.conftest import Broker
 from tests.integration.daemon_harness import (
     ScriptedAgent,
@@ -50,6 +52,10 @@ def _parsers() -> dict[str, Callable[[], argparse.ArgumentParser]]:
         "dcd": dcd.build_parser,
         "dctop": dctop,
     }
+
+
+# commands after which the scripted agents act (start launches, end stopped jobs)
+_SETTLE = ("release", "resume", "requeue", "cancel")
 
 
 def _runs(words: list[str]) -> bool:
@@ -94,17 +100,35 @@ async def test_the_guide_runs_on_a_real_daemon(
         (tmp_path / name).write_text(block)
     monkeypatch.chdir(tmp_path)
     async with (
-        running_daemon(write_config(tmp_path, mosquitto, prefix)) as d,
+        running_daemon(write_config(tmp_path, mosquitto, prefix, admins=[getpass.getuser()])) as d,
         ScriptedAgent(mosquitto, prefix, "gpu01", gpus=4) as a1,
         ScriptedAgent(mosquitto, prefix, "gpu02", gpus=4) as a2,
     ):
         started: set[str] = set()
+        stopped: set[str] = set()
 
-        async def start_what_was_launched(words: list[str]) -> None:
-            """The scripted nodes start every launch they got, as real agents would."""
-            if words[0] != "dcsub" and words[1] not in ("release", "resume", "requeue"):
+        async def act_as_agents(words: list[str]) -> None:
+            """The scripted nodes start every launch they got and end every job they are
+            told to stop (one warned first exits at once, as a checkpointing job does), as
+            real agents would."""
+            if words[0] != "dcsub" and words[1] not in (*_SETTLE, "drain"):
                 return
             await asyncio.sleep(0.6)  # a scheduling pass (pass_interval_s = 0.5)
+
+            async def stopped_jobs_ended() -> bool:
+                for agent in (a1, a2):  # a cancel may still be on its way: looked at again
+                    for cmd in list(agent.commands):
+                        if isinstance(cmd, Cancel) and cmd.cmd_id not in stopped:
+                            stopped.add(cmd.cmd_id)
+                            job = int(cmd.job_id)
+                            for rank in sorted(
+                                {ln.node_rank for ln in launches(agent, job_id=job)}
+                            ):
+                                code, sig = (0, None) if cmd.signal else (None, 15)
+                                await agent.exit(cmd.job_id, rank, code, sig, cmd.reason)
+                return all(j.state != "COMPLETING" for j in d.model.jobs.values())
+
+            await until(stopped_jobs_ended, what="stopped jobs ended")
             for agent in (a1, a2):
                 for launch in launches(agent):
                     if launch.cmd_id not in started:
@@ -124,7 +148,7 @@ async def test_the_guide_runs_on_a_real_daemon(
             rc, out = await asyncio.to_thread(_run, words, d.config.daemon.socket)
             assert rc == 0, f"{shlex.join(words)}:\n{out}"
             outputs[" ".join(words[:3])] = out
-            await start_what_was_launched(words)
+            await act_as_agents(words)
             ran += 1
         assert ran >= 20
     # what the guide says the commands show
@@ -134,3 +158,20 @@ async def test_the_guide_runs_on_a_real_daemon(
     assert "cancelled by" in outputs["dcctl queue --all"]
     assert "CANCELLED" in outputs["dcctl queue --since"]
     assert "gpu[01-02]" in outputs["dcctl queue --format"]  # job 1's nodes, as a hostlist
+    # arrays: how many tasks, one line for the waiting ones with the limit, whole or a task
+    assert (
+        "Submitted array job 7: 8 tasks, 7_0 to 7_7, at most 2 at once"
+        in outputs["dcsub sweep.toml"]
+    )
+    assert "Submitted array job 15: 4 tasks, 15_0 to 15_3" in outputs["dcsub --array 0-3"]
+    queue = outputs["dcctl queue --state"]
+    assert "7_[0-7%2]" in queue and "15_[0-3]" in queue, queue
+    assert "job 7_7: HELD" in outputs["dcctl hold 7"]
+    assert outputs["dcctl release 7_2"].strip() == "job 7_2: PENDING"
+    assert "job 15_3: CANCELLED" in outputs["dcctl cancel 15"]
+    assert outputs["dcctl update 7"].count("time_limit 00:30:00") == 8
+    assert "driver update" in outputs["dcctl show-node gpu01"]  # its drain history
+    assert "hold" in outputs["dcctl audit --since"] and "job 7" in outputs["dcctl audit --since"]
+    # the checkpointing job: requeued with its warning, run again with a restart counted
+    shown = outputs["dcctl show 1"]
+    assert "Signal = USR1@300" in shown and "Restarts = 1" in shown, shown

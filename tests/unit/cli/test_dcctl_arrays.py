@@ -40,3 +40,11 @@ def test_waiting_tasks_collapse_running_ones_do_not() -> None:
         "10_4",
         "20",
     ]
+
+
+def test_the_array_line_shows_its_limit_as_squeue_does() -> None:
+    jobs = [{**_task(10 + i, i, "PENDING"), "array_limit": 8} for i in range(2, 6)]
+    jobs.append({**_task(30, 0, "PENDING", array=30), "array_limit": None})
+    jobs.append({**_task(31, 1, "PENDING", array=30), "array_limit": None})
+    rows = collapse_arrays(jobs)
+    assert [r.get("display_id") or display_id(r) for r in rows] == ["10_[2-5%8]", "30_[0-1]"]

@@ -100,3 +100,13 @@ def test_audit_prints_oldest_first(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0].split() == ["TIME", "USER", "ACTION", "TARGET", "RESULT", "DETAIL"]
     assert lines[1].split()[1:3] == ["alice", "submit"]
     assert "refused (403)" in lines[2]
+
+
+def test_show_node_takes_a_hostlist(capsys: pytest.CaptureFixture[str]) -> None:
+    from dcsched.cli import dcctl
+
+    a = build_parser().parse_args(["show-node", "n[1-2]"])
+    assert dcctl.cmd_show_node(_Stub(), a) == 1  # type: ignore[arg-type]
+    out, err = capsys.readouterr()
+    assert "Host = n1" in out and "Reason = bad fan" in out
+    assert "no node 'n2'" in err

@@ -99,6 +99,10 @@ def test_options_override_the_file(tmp_path: Path) -> None:
     assert rc == 0 and "limit 1-12:00:00" in out
     rc, out, _ = _run(path, "--dry-run", "-t", "90")
     assert "limit 01:30:00" in out  # a bare number is minutes
+    rc, out, _ = _run(_file(tmp_path, 'array = "0-3"\n' + GOOD), "--dry-run", "-a", "0-99:2%8")
+    assert rc == 0 and "(ft: 50 tasks of 1 node(s)" in out, out
+    rc, out, _ = _run(path, "--dry-run", "--json", "--array", "1,3,5")
+    assert json.loads(out)["job"]["array"] == "1,3,5"
 
 
 @pytest.mark.parametrize(
@@ -106,6 +110,7 @@ def test_options_override_the_file(tmp_path: Path) -> None:
     [
         (("-t", "4 hours"), "argument -t/--time: cannot read '4 hours'"),
         (("-d", "before:1"), "--dependency: cannot read 'before:1'"),
+        (("-a", "0-x%8"), "--array: cannot read '0-x'"),
     ],
 )
 def test_bad_options_are_named(tmp_path: Path, args: tuple[str, ...], words: str) -> None:

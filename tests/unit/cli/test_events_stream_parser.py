@@ -266,6 +266,10 @@ def test_event_lines() -> None:
     assert event_line(node, now) == "12:01:02  node n1 offline"
     drained = StreamEvent("node", "c-4", {"host": "n1", "drained": True, "reason": "by root"})
     assert event_line(drained, now) == "12:01:02  node n1 drained (by root)"
+    busy = {"host": "n1", "drained": True, "reason": "fw", "drain_state": "draining"}
+    assert event_line(StreamEvent("node", "c-4", busy), now) == "12:01:02  node n1 draining (fw)"
+    idle = {**busy, "drain_state": "drained"}
+    assert event_line(StreamEvent("node", "c-4", idle), now) == "12:01:02  node n1 drained (fw)"
     resumed = StreamEvent("node", "c-5", {"host": "n1", "drained": False, "reason": ""})
     assert event_line(resumed, now) == "12:01:02  node n1 resumed"
     fault = StreamEvent("node", "c-6", {"host": "n2", "gpu_fault": 3})
