@@ -125,7 +125,7 @@ class Daemon:
     async def open(cls, config: Config, *, insecure: bool = False) -> Daemon:
         _cluster_key(config, insecure)  # refused before anything is created
         Path(config.daemon.state_dir).mkdir(parents=True, exist_ok=True)
-        store = await Store.open(os.path.join(config.daemon.state_dir, "dcsched.db"))
+        store = await Store.open(config.daemon.store_location())
         try:
             d = cls(config, store, insecure=insecure)
             d.sender.epoch = await _next_epoch(store)
