@@ -15,6 +15,7 @@ cannot be written once lives here:
 | text | anything | NUL cannot be stored: it becomes U+FFFD |
 | errors | OperationalError: StoreError | connection, server, privilege errors: StoreError |
 | | other sqlite3 errors: StoreRejected | constraint, data, SQL errors: StoreRejected |
+| leader | the one daemon of its file | the holder of a session-level advisory lock |
 
 Every backend runs on the store's one worker thread; none is thread-safe.
 """
@@ -24,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import re
+import socket
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -45,11 +48,15 @@ PG_TYPES = (
 _PG_TYPE_RE = re.compile(r"\b(" + "|".join(re.escape(a) for a, _ in PG_TYPES) + r")\b")
 # pg_advisory_xact_lock key that serialises migrations of daemons starting together.
 MIGRATE_LOCK = 0x6463_7364_0001  # "dcsd" 1
+# pg_advisory_lock key held, on the store's connection, by the one dcd that leads (it fits
+# in 32 bits, so pg_locks shows it as classid 0, objid LEADER_LOCK).
+LEADER_LOCK = 0x6463_6431  # "dcd1"
 PG_SCHEMES = ("postgresql://", "postgres://")
 # libpq settings unless the URL sets them: a dead server or a cut network is noticed in
 # seconds, not at the kernel's TCP timeout (minutes), so the daemon says so and retries.
 PG_DEFAULTS = {
-    "application_name": "dcd",
+    # who holds the leader lock, as a standby tells it (pg_stat_activity)
+    "application_name": f"dcd@{socket.gethostname()}:{os.getpid()}"[:63],
     "connect_timeout": "10",
     "keepalives": "1",
     "keepalives_idle": "10",
@@ -83,6 +90,26 @@ class Backend(Protocol):
         do the work now (I/O, connection), retry; None: not an error of the engine."""
         ...
 
+    # One leader per store: only PostgreSQL can be shared by several daemons.
+    shared: bool
+
+    def try_lead(self) -> bool:
+        """Takes the leader lock if it is free; True if this connection holds it."""
+        ...
+
+    def leader(self) -> str:
+        """Who holds the leader lock ("" if nobody, or it cannot be seen)."""
+        ...
+
+    def lost_lead(self) -> str:
+        """Why this backend, which held the leader lock, no longer does ("" if it does)."""
+        ...
+
+
+class LeadershipLost(Exception):
+    """The connection that held the leader lock is gone: another daemon may lead now, so
+    this one must not connect again (nor write) but stop."""
+
 
 def open_backend(location: str) -> Backend:
     """A file path is SQLite; a postgresql:// URL is PostgreSQL."""
@@ -92,6 +119,8 @@ def open_backend(location: str) -> Backend:
 
 
 class SqliteBackend:
+    shared = False
+
     def __init__(self, path: str) -> None:
         self.where = path
         self._db: sqlite3.Connection | None = None
@@ -150,6 +179,15 @@ class SqliteBackend:
             return True
         return None
 
+    def try_lead(self) -> bool:
+        return True  # a file is one daemon's (its API socket keeps a second one out)
+
+    def leader(self) -> str:
+        return ""
+
+    def lost_lead(self) -> str:
+        return ""
+
 
 @functools.lru_cache(maxsize=512)
 def pg_sql(sql: str) -> str:
@@ -185,6 +223,8 @@ def pg_where(url: str) -> str:
 
 
 class PostgresBackend:
+    shared = True
+
     def __init__(self, url: str) -> None:
         import psycopg  # only a PostgreSQL store needs it
 
@@ -192,12 +232,15 @@ class PostgresBackend:
         self.url = url
         self.where = pg_where(url)
         self._conn: psycopg.Connection[Any] | None = None
+        self.leading = False
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
         """The connection; a lost one is replaced on first use (the failure that lost it
-        was already reported as a StoreError)."""
+        was already reported as a StoreError), unless it held the leader lock."""
         if self._conn is None or self._conn.closed or self._conn.broken:
+            if self.leading:
+                raise LeadershipLost(self.lost_lead())
             if self._conn is not None:
                 log.warning("reconnecting to the state store %s", self.where)
                 self._conn.close()
@@ -253,7 +296,7 @@ class PostgresBackend:
 
     def refused(self, exc: BaseException) -> bool | None:
         errors = self._psycopg.errors
-        if isinstance(exc, errors.InsufficientPrivilege):
+        if isinstance(exc, LeadershipLost | errors.InsufficientPrivilege):
             return False  # a grant away from working: like SQLite's read-only file
         if isinstance(
             exc,
@@ -267,3 +310,25 @@ class PostgresBackend:
         if isinstance(exc, self._psycopg.Error):  # connection lost, server restarting, ...
             return False
         return None
+
+    def try_lead(self) -> bool:
+        if not self.leading:
+            row = self.conn.execute(f"SELECT pg_try_advisory_lock({LEADER_LOCK}) AS ok").fetchone()
+            self.leading = bool(row and row["ok"])
+        return self.leading
+
+    def leader(self) -> str:
+        row = self.conn.execute(
+            "SELECT a.application_name AS name, host(a.client_addr) AS addr FROM pg_locks l"
+            " JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
+            f" AND l.granted AND l.classid = 0 AND l.objid = {LEADER_LOCK} AND l.objsubid = 1"
+        ).fetchone()
+        if row is None:
+            return ""
+        name = row["name"] or "a client without application_name"
+        return f"{name} (from {row['addr']})" if row["addr"] else name
+
+    def lost_lead(self) -> str:
+        if self.leading and (self._conn is None or self._conn.closed or self._conn.broken):
+            return f"the connection to {self.where} that held the leader lock was lost"
+        return ""

@@ -178,6 +178,10 @@ class Store:
         self._pool = pool
         # Why the last write failed ("" once one succeeds): /v1/health and the API's 503s.
         self.write_error = ""
+        # A shared store (PostgreSQL) whose leader lock this store held and lost: why, and
+        # set once for good (the daemon stops; it never writes again on another connection).
+        self.lost_leadership = ""
+        self.lost = asyncio.Event()
 
     @classmethod
     async def open(cls, location: str) -> Store:
@@ -209,6 +213,9 @@ class Store:
             refused = self._db.refused(exc)
             if refused is None:
                 raise
+            if not self.lost_leadership and (why := self._db.lost_lead()):
+                self.lost_leadership = why
+                self.lost.set()
             if refused:
                 raise StoreRejected(f"{type(exc).__name__}: {_say(exc)}") from exc
             raise StoreError(_say(exc)) from exc
@@ -232,6 +239,27 @@ class Store:
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         return await self._run(lambda db: db.execute(sql, args).fetchall())
+
+    # --- leadership (a shared store: PostgreSQL) ------------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        """Can several daemons use this store (one leading, the others standing by)?"""
+        return self._db.shared
+
+    async def try_lead(self) -> bool:
+        """Takes the leader lock, on this store's own connection, if it is free: held as long
+        as the connection lives. Always True for SQLite."""
+        return await self._run(lambda db: db.try_lead())
+
+    async def leader(self) -> str:
+        """Who leads ("" if nobody or it cannot be seen), for a standby to say."""
+        return await self._run(lambda db: db.leader())
+
+    async def check_lead(self) -> None:
+        """Still connected (so still holding the leader lock)? A lost connection sets
+        `lost` (and raises StoreError)."""
+        await self._run(lambda db: db.execute("SELECT 1 AS one").fetchall())
 
     # --- writes ------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -242,3 +243,37 @@ async def test_an_unreachable_postgresql_is_a_store_error_without_the_password()
     with pytest.raises(StoreError) as info:
         await Store.open(url)
     assert "127.0.0.1" in str(info.value) and "s3cret" not in str(info.value)
+
+
+async def test_one_store_leads_and_a_lost_connection_loses_the_lead_for_good(
+    postgres_url: str,
+) -> None:
+    first, second = await Store.open(postgres_url), await Store.open(postgres_url)
+    try:
+        assert first.shared and await first.try_lead()
+        assert await first.try_lead()  # held already: still True
+        assert not await second.try_lead()
+        assert (await second.leader()).startswith("dcd@")
+        await _terminate_others(postgres_url)  # both lose their connections
+        with pytest.raises(StoreError):
+            await first.check_lead()
+        assert first.lost.is_set() and "leader lock was lost" in first.lost_leadership
+        with pytest.raises(StoreError):
+            await first.set_kv("k", "v")  # never on a new connection: another may lead
+        leads = []  # a standby (not leading) connects again (its first call may still fail)
+        for _ in range(3):
+            with contextlib.suppress(StoreError):
+                leads.append(await second.try_lead())
+        assert leads and all(leads)
+        assert not second.lost.is_set()
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_sqlite_always_leads(tmp_path: Path) -> None:
+    s = await Store.open(str(tmp_path / "s.db"))
+    try:
+        assert not s.shared and await s.try_lead() and await s.leader() == ""
+    finally:
+        await s.close()
