@@ -326,7 +326,11 @@ class Daemon:
         does not connect again) and exits non-zero for systemd to restart it, as a standby.
         An idle leader notices within LEAD_CHECK_S."""
         while not self.store.lost.is_set():
-            if await self._until_stopped(LEAD_CHECK_S):
+            waits = {asyncio.ensure_future(e.wait()) for e in (self.stop, self.store.lost)}
+            await asyncio.wait(waits, timeout=LEAD_CHECK_S, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if self.stop.is_set() and not self.store.lost.is_set():
                 return
             with contextlib.suppress(StoreError):  # a lost connection sets store.lost
                 await self.store.check_lead()

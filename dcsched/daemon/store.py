@@ -197,6 +197,7 @@ class Store:
             await loop.run_in_executor(pool, db.close)
             pool.shutdown(wait=False)
             raise StoreError(f"{db.where}: {_say(exc)}") from None
+        log.info("state store: %s", db.where)
         return cls(db, pool)
 
     async def close(self) -> None:
