@@ -55,8 +55,6 @@ PG_SCHEMES = ("postgresql://", "postgres://")
 # libpq settings unless the URL sets them: a dead server or a cut network is noticed in
 # seconds, not at the kernel's TCP timeout (minutes), so the daemon says so and retries.
 PG_DEFAULTS = {
-    # who holds the leader lock, as a standby tells it (pg_stat_activity)
-    "application_name": f"dcd@{socket.gethostname()}:{os.getpid()}"[:63],
     "connect_timeout": "10",
     "keepalives": "1",
     "keepalives_idle": "10",
@@ -252,7 +250,13 @@ class PostgresBackend:
         from psycopg.conninfo import conninfo_to_dict
         from psycopg.rows import dict_row
 
-        params: dict[str, Any] = {**PG_DEFAULTS, **conninfo_to_dict(self.url)}
+        # application_name: who holds the leader lock, as a standby tells it
+        me = f"dcd@{socket.gethostname()}:{os.getpid()}"[:63]
+        params: dict[str, Any] = {
+            **PG_DEFAULTS,
+            "application_name": me,
+            **conninfo_to_dict(self.url),
+        }
         return self._psycopg.connect(autocommit=True, row_factory=dict_row, **params)
 
     def connect(self, migrations: Sequence[tuple[int, str]]) -> None:
