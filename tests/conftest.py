@@ -201,7 +201,8 @@ def postgres_server() -> str:
         with psycopg.connect(f"{PG_SERVER}/postgres", connect_timeout=3):
             pass
     except psycopg.Error as exc:
-        pytest.skip(f"no PostgreSQL at {PG_SERVER} ({exc}); set DCSCHED_TEST_POSTGRES")
+        why = " ".join(str(exc).split())
+        pytest.skip(f"no PostgreSQL at {PG_SERVER} ({why}); set DCSCHED_TEST_POSTGRES")
     return PG_SERVER
 
 
