@@ -190,3 +190,48 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     yield broker
     broker.proc.terminate()
     broker.proc.wait(10)
+
+
+# --- PostgreSQL: the second store backend ----------------------------------------------------
+
+# The server the store's PostgreSQL tests use (trust auth); each test gets a database of its
+# own there, dropped afterwards. Without a reachable server those tests are skipped.
+PG_SERVER = os.environ.get("DCSCHED_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install 'dcsched[daemon]')")
+    try:
+        with psycopg.connect(f"{PG_SERVER}/postgres", connect_timeout=3):
+            pass
+    except psycopg.Error as exc:
+        why = " ".join(str(exc).split())
+        pytest.skip(f"no PostgreSQL at {PG_SERVER} ({why}); set DCSCHED_TEST_POSTGRES")
+    return PG_SERVER
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database for one test: its URL."""
+    import psycopg
+
+    name = f"test_{uuid.uuid4().hex}"
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"'.encode())
+    try:
+        yield f"{postgres_server}/{name}"
+    finally:
+        with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's store lives, once per backend: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "s.db")
+    return str(request.getfixturevalue("postgres_url"))

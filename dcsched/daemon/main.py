@@ -20,7 +20,7 @@ async def _run(config_file: str | None, insecure: bool) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop.set)
     await daemon.run()
-    return 0
+    return daemon.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:

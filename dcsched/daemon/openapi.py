@@ -38,6 +38,8 @@ class Health(msgspec.Struct):
     version: str
     broker_connected: bool
     storage_ok: bool
+    role: str = "leader"  # or "standby": another dcd leads the shared (PostgreSQL) store
+    leader: str = ""  # a standby's: who leads
 
 
 class Whoami(msgspec.Struct):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import grp
 import logging
@@ -36,6 +37,7 @@ from dcsched.daemon.health import (
 )
 from dcsched.daemon.ingest import Ingest
 from dcsched.daemon.jobs import IdlePolicy, JobManager, Timing
+from dcsched.daemon.leader import Standby
 from dcsched.daemon.metrics import metrics_app
 from dcsched.daemon.model import Model
 from dcsched.daemon.readmodel import ReadModel, drain_state
@@ -64,6 +66,7 @@ from dcsched.scheduler import SchedulerConfig
 log = logging.getLogger("dcsched.daemon")
 TELEMETRY_KEEP_S = 7 * 24 * 3600
 ACCOUNTING_KEY = "job_accounting"  # the running jobs' accumulation (accounting.dump)
+LEAD_CHECK_S = 2.0  # how often a leader on a shared store checks its connection when idle
 
 
 class Daemon:
@@ -72,6 +75,7 @@ class Daemon:
         self.store = store
         dc = config.daemon
         self.stop = asyncio.Event()
+        self.exit_code = 0  # 3: leadership lost (systemd restarts it, as a standby)
         self.ready = asyncio.Event()
         self._unsettled: set[str] = set()  # hosts whose status change the store lacks
         self._accounting_saved = ""
@@ -150,8 +154,12 @@ class Daemon:
     async def open(cls, config: Config, *, insecure: bool = False) -> Daemon:
         _cluster_key(config, insecure)  # refused before anything is created
         Path(config.daemon.state_dir).mkdir(parents=True, exist_ok=True)
-        store = await Store.open(os.path.join(config.daemon.state_dir, "dcsched.db"))
+        store = await Store.open(config.daemon.store_location())
         try:
+            if not await store.try_lead():  # another dcd leads this (PostgreSQL) store
+                if _answers(config.daemon.socket):
+                    raise ConfigError(f"another dcd is serving on {config.daemon.socket}")
+                await Standby(store, config.daemon.socket).wait()
             d = cls(config, store, insecure=insecure)
             d.sender.epoch = await _next_epoch(store)
             log.info("daemon epoch %d", d.sender.epoch)
@@ -191,6 +199,8 @@ class Daemon:
                 tg.create_task(self._periodic(), name="checks")
                 tg.create_task(self._flush_telemetry(), name="telemetry-flush")
                 tg.create_task(self._watchdog(), name="watchdog")
+                if self.store.shared:
+                    tg.create_task(self._leadership(), name="leadership")
                 self.ready.set()
                 notify("READY=1\nSTATUS=serving")
                 log.info("dcd ready: API on %s", self.config.daemon.socket)
@@ -219,8 +229,11 @@ class Daemon:
             problems.append(f"state store not writable: {self.jobs.storage_error}")
         if not self.bus.connected.is_set():
             problems.append("not connected to the broker")
+        if self.store.lost_leadership:
+            problems.append(f"no longer the leader ({self.store.lost_leadership}); stopping")
         return {
             "ok": not problems,
+            "role": "leader",
             "problems": problems,
             "version": __version__,
             "broker_connected": self.bus.connected.is_set(),
@@ -341,6 +354,28 @@ class Daemon:
                 log.warning("telemetry samples not saved: %s", exc)
             except Exception:
                 log.exception("telemetry flush failed")
+
+    async def _leadership(self) -> None:
+        """The leader lock lives as long as the store's connection: a lost one means another
+        dcd may lead now, so this one stops at once (it cannot write any more: the store
+        does not connect again) and exits non-zero for systemd to restart it, as a standby.
+        An idle leader notices within LEAD_CHECK_S."""
+        while not self.store.lost.is_set():
+            waits = {asyncio.ensure_future(e.wait()) for e in (self.stop, self.store.lost)}
+            await asyncio.wait(waits, timeout=LEAD_CHECK_S, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if self.stop.is_set() and not self.store.lost.is_set():
+                return
+            with contextlib.suppress(StoreError):  # a lost connection sets store.lost
+                await self.store.check_lead()
+        log.critical(
+            "lost leadership: %s; stopping (exit 3), another dcd may lead now",
+            self.store.lost_leadership,
+        )
+        notify("STATUS=lost leadership")
+        self.exit_code = 3
+        self.stop.set()
 
     async def _watchdog(self) -> None:
         interval = watchdog_interval()

@@ -1,6 +1,8 @@
-"""The journal: the only module that writes SQL. SQLite in WAL mode on one connection that
-lives in one thread; every call is one transaction run there, so the event loop never waits
-on the disk and a batch of changes costs one hop and one commit.
+"""The journal: the only module that writes SQL. SQLite in WAL mode (the embedded default)
+or PostgreSQL (`[daemon] store = "postgresql://..."`), on one connection that lives in one
+thread; every call is one transaction run there, so the event loop never waits on the disk
+and a batch of changes costs one hop and one commit. The SQL here is written once for both
+engines; how they differ is in `sqldialect.py`.
 
 The daemon's live state is in memory (`model.py`); the store is what survives a restart
 and where finished jobs are read from (by id, or newest first with a limit).
@@ -12,7 +14,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from dcsched.daemon.lifecycle import Job, Part
+from dcsched.daemon.sqldialect import Backend, open_backend
 from dcsched.daemon.states import TERMINAL
 
 HEALTH_POLICY = "health policy"  # who drained a node that failed a check ([daemon] drain_on)
@@ -46,7 +48,8 @@ _PART_COLS = [
 
 
 class StoreError(Exception):
-    """The store cannot be read or written (disk full, read-only, I/O error)."""
+    """The store cannot be read or written (disk full, read-only, I/O error, the database
+    server unreachable or restarting)."""
 
 
 class NotFound(StoreError):
@@ -54,7 +57,7 @@ class NotFound(StoreError):
 
 
 class StoreRejected(Exception):
-    """SQLite refused the data itself (a constraint, an integer too large): retrying the
+    """The engine refused the data itself (a constraint, an integer too large): retrying the
     same write cannot help, so this is not a StoreError (which is retried until the disk
     takes it) but a bug or a bad message to log and drop."""
 
@@ -86,13 +89,18 @@ class AuditRow:
         return dataclasses.asdict(self)
 
 
+def _cols(names: Iterable[str]) -> str:
+    """Column names, quoted: `user` is a reserved word in PostgreSQL."""
+    return ", ".join(f'"{c}"' for c in names)
+
+
 _AUDIT_COLS = tuple(f.name for f in dataclasses.fields(AuditRow))
 _INSERT_AUDIT = (
-    f"INSERT INTO audit ({', '.join(_AUDIT_COLS)}) VALUES ({','.join('?' * len(_AUDIT_COLS))})"
+    f"INSERT INTO audit ({_cols(_AUDIT_COLS)}) VALUES ({','.join('?' * len(_AUDIT_COLS))})"
 )
 
 
-def _insert_audit(db: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
+def _insert_audit(db: Backend, rows: Sequence[AuditRow]) -> None:
     if rows:
         db.executemany(_INSERT_AUDIT, [tuple(getattr(r, c) for c in _AUDIT_COLS) for r in rows])
 
@@ -152,13 +160,13 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def _job(row: sqlite3.Row, parts: tuple[Part, ...] = ()) -> Job:
+def _job(row: Any, parts: tuple[Part, ...] = ()) -> Job:
     d = dict(row)
     d["spec"] = json.loads(d["spec"])
     return Job(**d, parts=parts)
 
 
-def _part(row: sqlite3.Row) -> Part:
+def _part(row: Any) -> Part:
     return Part(
         rank=row["node_rank"],
         host=row["host"],
@@ -181,33 +189,37 @@ def _job_values(job: Job) -> tuple[Any, ...]:
     return tuple(d[c] for c in _JOB_COLS)
 
 
+_INSERT_JOB = (
+    f"INSERT INTO jobs ({_cols(_JOB_COLS[1:])}) VALUES ({','.join('?' * len(_JOB_COLS[1:]))})"
+)
+
+
 class Store:
-    def __init__(self, db: sqlite3.Connection, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, db: Backend, pool: ThreadPoolExecutor) -> None:
         self._db = db
         self._pool = pool
         # Why the last write failed ("" once one succeeds): /v1/health and the API's 503s.
         self.write_error = ""
+        # A shared store (PostgreSQL) whose leader lock this store held and lost: why, and
+        # set once for good (the daemon stops; it never writes again on another connection).
+        self.lost_leadership = ""
+        self.lost = asyncio.Event()
 
     @classmethod
-    async def open(cls, path: str) -> Store:
+    async def open(cls, location: str) -> Store:
+        """`location`: a file path (SQLite) or a postgresql:// URL (PostgreSQL)."""
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-
-        def connect() -> sqlite3.Connection:
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout=5000")
-            _migrate(db)
-            return db
-
+        db = open_backend(location)
         loop = asyncio.get_running_loop()
         try:
-            db = await loop.run_in_executor(pool, connect)
-        except sqlite3.Error as exc:
+            await loop.run_in_executor(pool, db.connect, _migrations())
+        except Exception as exc:
+            if db.refused(exc) is None:
+                raise
+            await loop.run_in_executor(pool, db.close)
             pool.shutdown(wait=False)
-            raise StoreError(f"{path}: {exc}") from None
+            raise StoreError(f"{db.where}: {_say(exc)}") from None
+        log.info("state store: %s", db.where)
         return cls(db, pool)
 
     async def close(self) -> None:
@@ -216,26 +228,25 @@ class Store:
         finally:
             self._pool.shutdown(wait=False)
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[Backend], T]) -> T:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, fn, self._db)
-        except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error, locked
-            raise StoreError(str(exc)) from exc
-        except (sqlite3.Error, OverflowError, UnicodeEncodeError) as exc:
-            raise StoreRejected(f"{type(exc).__name__}: {exc}") from exc
-
-    async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def run(db: sqlite3.Connection) -> T:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(db)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+        except Exception as exc:
+            refused = self._db.refused(exc)
+            if refused is None:
                 raise
-            return out
+            if not self.lost_leadership and (why := self._db.lost_lead()):
+                self.lost_leadership = why
+                self.lost.set()
+            if refused:
+                raise StoreRejected(f"{type(exc).__name__}: {_say(exc)}") from exc
+            raise StoreError(_say(exc)) from exc
+
+    async def _tx(self, fn: Callable[[Backend], T]) -> T:
+        def run(db: Backend) -> T:
+            with db.transaction():
+                return fn(db)
 
         try:
             out = await self._run(run)
@@ -249,25 +260,38 @@ class Store:
             self.write_error = ""
         return out
 
-    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         return await self._run(lambda db: db.execute(sql, args).fetchall())
+
+    # --- leadership (a shared store: PostgreSQL) ------------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        """Can several daemons use this store (one leading, the others standing by)?"""
+        return self._db.shared
+
+    async def try_lead(self) -> bool:
+        """Takes the leader lock, on this store's own connection, if it is free: held as long
+        as the connection lives. Always True for SQLite."""
+        return await self._run(lambda db: db.try_lead())
+
+    async def leader(self) -> str:
+        """Who leads ("" if nobody or it cannot be seen), for a standby to say."""
+        return await self._run(lambda db: db.leader())
+
+    async def check_lead(self) -> None:
+        """Still connected (so still holding the leader lock)? A lost connection sets
+        `lost` (and raises StoreError)."""
+        await self._run(lambda db: db.execute("SELECT 1 AS one").fetchall())
 
     # --- writes ------------------------------------------------------------------------------
 
     async def add_jobs(self, new: Sequence[tuple[Job, str]], audited: bool = False) -> list[int]:
         """Many submissions (each a job without its id, and why) in one transaction (group
         commit); their ids in order. `audited`: each gets its audit row in that transaction."""
-        cols = [c for c in _JOB_COLS if c != "id"]
 
-        def run(db: sqlite3.Connection) -> list[int]:
-            ids = []
-            for job, _ in new:
-                values = _job_values(job)[1:]
-                cur = db.execute(
-                    f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))})",
-                    values,
-                )
-                ids.append(int(cur.lastrowid or 0))
+        def run(db: Backend) -> list[int]:
+            ids = [db.insert(_INSERT_JOB, _job_values(job)[1:]) for job, _ in new]
             db.executemany(
                 "INSERT INTO job_events (job_id, ts, state, detail) VALUES (?,?,?,?)",
                 [
@@ -288,14 +312,12 @@ class Store:
     async def add_array(self, tasks: Sequence[Job], why: str) -> list[int]:
         """An array's tasks in one transaction; the first task's id is the array's id (every
         task's `array_job_id`). Their ids in order."""
-        cols = [c for c in _JOB_COLS if c != "id"]
-        insert = f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))})"
 
-        def run(db: sqlite3.Connection) -> list[int]:
+        def run(db: Backend) -> list[int]:
             ids: list[int] = []
             for job in tasks:
                 row = dataclasses.replace(job, array_job_id=ids[0] if ids else None)
-                ids.append(int(db.execute(insert, _job_values(row)[1:]).lastrowid or 0))
+                ids.append(db.insert(_INSERT_JOB, _job_values(row)[1:]))
             db.execute("UPDATE jobs SET array_job_id = ? WHERE id = ?", (ids[0], ids[0]))
             db.executemany(
                 "INSERT INTO job_events (job_id, ts, state, detail) VALUES (?,?,?,?)",
@@ -306,8 +328,8 @@ class Store:
         return await self._tx(run)
 
     async def commit(self, batch: Batch) -> None:
-        def run(db: sqlite3.Connection) -> None:
-            sets = ", ".join(f"{c} = ?" for c in _JOB_COLS[1:])
+        def run(db: Backend) -> None:
+            sets = ", ".join(f'"{c}" = ?' for c in _JOB_COLS[1:])
             db.executemany(
                 f"UPDATE jobs SET {sets} WHERE id = ?",
                 [(*_job_values(j)[1:], j.id) for j in batch.jobs],
@@ -316,7 +338,7 @@ class Store:
             if changed:
                 db.executemany("DELETE FROM job_nodes WHERE job_id = ?", [(j.id,) for j in changed])
                 db.executemany(
-                    f"INSERT INTO job_nodes ({', '.join(_PART_COLS)})"
+                    f"INSERT INTO job_nodes ({_cols(_PART_COLS)})"
                     f" VALUES ({','.join('?' * len(_PART_COLS))})",
                     [
                         (
@@ -343,8 +365,8 @@ class Store:
                 batch.history,
             )
             db.executemany(
-                "INSERT OR IGNORE INTO commands (cmd_id, host, job_id, kind, payload, created_ts)"
-                " VALUES (?,?,?,?,?,?)",
+                "INSERT INTO commands (cmd_id, host, job_id, kind, payload, created_ts)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT (cmd_id) DO NOTHING",
                 [
                     (c.cmd_id, c.host, c.job_id, c.kind, c.payload, c.created_ts)
                     for c in batch.commands
@@ -357,9 +379,14 @@ class Store:
             )
             _insert_audit(db, batch.audit)
             db.executemany(
-                "INSERT OR REPLACE INTO job_accounting (job_id, user, account, qos, state,"
+                'INSERT INTO job_accounting (job_id, "user", account, qos, state,'
                 " submit_ts, end_ts, gpu_hours, energy_kwh, mean_util, row)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (job_id) DO UPDATE SET"
+                ' "user" = excluded."user", account = excluded.account, qos = excluded.qos,'
+                " state = excluded.state, submit_ts = excluded.submit_ts,"
+                " end_ts = excluded.end_ts, gpu_hours = excluded.gpu_hours,"
+                " energy_kwh = excluded.energy_kwh, mean_util = excluded.mean_util,"
+                " row = excluded.row",
                 [
                     (
                         r["job_id"],
@@ -383,7 +410,7 @@ class Store:
                     (reason, host),
                 ).rowcount:
                     db.execute(
-                        "INSERT INTO node_drains (host, ts, user, drained, reason)"
+                        'INSERT INTO node_drains (host, ts, "user", drained, reason)'
                         " VALUES (?,?,?,?,?)",
                         (host, ts, HEALTH_POLICY, 1, reason),
                     )
@@ -398,7 +425,7 @@ class Store:
         terminal = sorted(TERMINAL)
         marks = ",".join("?" * len(terminal))
 
-        def run(db: sqlite3.Connection) -> list[Job]:
+        def run(db: Backend) -> list[Job]:
             rows = db.execute(
                 f"SELECT * FROM jobs WHERE state NOT IN ({marks}) ORDER BY id", terminal
             ).fetchall()
@@ -415,7 +442,7 @@ class Store:
         return await self._run(run)
 
     async def job(self, job_id: int) -> Job:
-        def run(db: sqlite3.Connection) -> Job | None:
+        def run(db: Backend) -> Job | None:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return None
@@ -446,7 +473,7 @@ class Store:
         sql = f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(st))})"
         args: list[Any] = list(st)
         if user:
-            sql += " AND user = ?"
+            sql += ' AND "user" = ?'
             args.append(user)
         if since is not None:
             sql += " AND end_ts >= ?"
@@ -465,8 +492,8 @@ class Store:
         return [dict(r) for r in rows]
 
     async def count_by_state(self) -> dict[str, int]:
-        rows = await self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-        return {r[0]: int(r[1]) for r in rows}
+        rows = await self._all("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        return {r["state"]: int(r["n"]) for r in rows}
 
     async def job_states(self, ids: Iterable[int]) -> dict[int, str]:
         wanted = list(ids)
@@ -475,14 +502,14 @@ class Store:
         rows = await self._all(
             f"SELECT id, state FROM jobs WHERE id IN ({','.join('?' * len(wanted))})", wanted
         )
-        return {int(r[0]): str(r[1]) for r in rows}
+        return {int(r["id"]): str(r["state"]) for r in rows}
 
     async def array_tasks(self, array_id: int) -> dict[int, int]:
         """task index -> job id of every task of array `array_id` ({} if it is none)."""
         rows = await self._all(
             "SELECT array_task_id, id FROM jobs WHERE array_job_id = ?", (array_id,)
         )
-        return {int(r[0]): int(r[1]) for r in rows}
+        return {int(r["array_task_id"]): int(r["id"]) for r in rows}
 
     async def unacked_commands(self) -> list[CommandRow]:
         rows = await self._all(
@@ -500,7 +527,7 @@ class Store:
         per account over every row the filter matches."""
         clauses: list[str] = []
         args: list[Any] = []
-        for col, value in (("user", where.user), ("account", where.account)):
+        for col, value in (('"user"', where.user), ("account", where.account)):
             if value:
                 clauses.append(f"{col} = ?")
                 args.append(value)
@@ -515,25 +542,26 @@ class Store:
             args.append(where.until)
         cond = (" WHERE " + " AND ".join(clauses)) if clauses else ""
 
-        def run(db: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        def run(db: Backend) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             rows = db.execute(
                 f"SELECT row FROM job_accounting{cond} ORDER BY end_ts DESC, job_id DESC LIMIT ?",
                 [*args, limit],
             ).fetchall()
             totals = db.execute(
-                "SELECT account, COUNT(*), SUM(gpu_hours), SUM(energy_kwh),"
+                "SELECT account, COUNT(*) AS jobs, SUM(gpu_hours) AS gpu_hours,"
+                " SUM(energy_kwh) AS energy_kwh,"
                 " SUM(mean_util * gpu_hours) / NULLIF(SUM(CASE WHEN mean_util IS NULL"
-                " THEN 0 ELSE gpu_hours END), 0)"
+                " THEN 0 ELSE gpu_hours END), 0) AS mean_util"
                 f" FROM job_accounting{cond} GROUP BY account ORDER BY account",
                 args,
             ).fetchall()
-            return [json.loads(r[0]) for r in rows], [
+            return [json.loads(r["row"]) for r in rows], [
                 {
-                    "account": t[0],
-                    "jobs": int(t[1]),
-                    "gpu_hours": float(t[2] or 0.0),
-                    "energy_kwh": float(t[3] or 0.0),
-                    "mean_util": t[4],
+                    "account": t["account"],
+                    "jobs": int(t["jobs"]),
+                    "gpu_hours": float(t["gpu_hours"] or 0.0),
+                    "energy_kwh": float(t["energy_kwh"] or 0.0),
+                    "mean_util": t["mean_util"],
                 }
                 for t in totals
             ]
@@ -542,7 +570,7 @@ class Store:
 
     async def accounting_row(self, job_id: int) -> dict[str, Any] | None:
         rows = await self._all("SELECT row FROM job_accounting WHERE job_id = ?", (job_id,))
-        return dict(json.loads(rows[0][0])) if rows else None
+        return dict(json.loads(rows[0]["row"])) if rows else None
 
     # --- nodes -------------------------------------------------------------------------------
 
@@ -564,7 +592,7 @@ class Store:
         """Drains or resumes a node; the change goes into its drain history (and `audit`
         into the audit log) in the same transaction."""
 
-        def run(db: sqlite3.Connection) -> int:
+        def run(db: Backend) -> int:
             n = db.execute(
                 "UPDATE nodes SET drained = ?, drain_reason = ? WHERE host = ?",
                 (int(drained), reason if drained else "", host),
@@ -572,7 +600,8 @@ class Store:
             if n:
                 ts = audit.ts if audit else time.time()
                 db.execute(
-                    "INSERT INTO node_drains (host, ts, user, drained, reason) VALUES (?,?,?,?,?)",
+                    'INSERT INTO node_drains (host, ts, "user", drained, reason)'
+                    " VALUES (?,?,?,?,?)",
                     (host, ts, by, int(drained), reason),
                 )
                 _insert_audit(db, [audit] if audit else [])
@@ -600,7 +629,7 @@ class Store:
     async def drain_history(self, host: str, limit: int = 100) -> list[dict[str, Any]]:
         """A node's drains and resumes, oldest first (the last `limit`)."""
         rows = await self._all(
-            "SELECT ts, user, drained, reason FROM node_drains WHERE host = ?"
+            'SELECT ts, "user", drained, reason FROM node_drains WHERE host = ?'
             " ORDER BY id DESC LIMIT ?",
             (host, limit),
         )
@@ -618,7 +647,7 @@ class Store:
         below `before` (for paging back), at most `limit`."""
         sql, args = "SELECT * FROM audit WHERE 1 = 1", list[Any]()
         if user is not None:
-            sql += " AND user = ?"
+            sql += ' AND "user" = ?'
             args.append(user)
         if since is not None:
             sql += " AND ts >= ?"
@@ -653,15 +682,19 @@ class Store:
         ],
         keep_since: float,
     ) -> None:
-        def run(db: sqlite3.Connection) -> None:
-            db.executemany("INSERT INTO gpu_samples VALUES (?,?,?,?,?,?,?)", rows)
+        def run(db: Backend) -> None:
+            db.executemany(
+                "INSERT INTO gpu_samples (host, gpu, ts, util, mem_used, power_w, temp_c)"
+                " VALUES (?,?,?,?,?,?,?)",
+                rows,
+            )
             db.execute("DELETE FROM gpu_samples WHERE ts < ?", (keep_since,))
 
         await self._tx(run)
 
     async def get_kv(self, key: str) -> str | None:
         rows = await self._all("SELECT value FROM kv WHERE key = ?", (key,))
-        return str(rows[0][0]) if rows else None
+        return str(rows[0]["value"]) if rows else None
 
     async def set_kv(self, key: str, value: str) -> None:
         await self._tx(
@@ -677,11 +710,6 @@ class Store:
         await self.set_kv("probe", "ok")
 
 
-def _migrate(db: sqlite3.Connection) -> None:
-    row = db.execute("PRAGMA user_version").fetchone()
-    current = int(row[0]) if row else 0
-    for version, sql in _migrations():
-        if version <= current:
-            continue
-        log.info("applying schema migration %04d", version)
-        db.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version={version};\nCOMMIT;")
+def _say(exc: BaseException) -> str:
+    """An engine's message on one line (PostgreSQL's span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

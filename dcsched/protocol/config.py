@@ -84,6 +84,10 @@ class ClusterConfig(_Section):
 
 class DaemonConfig(_Section):
     state_dir: str = "/var/lib/dcsched"
+    # Where the daemon keeps its state: "" = SQLite in state_dir (dcsched.db); or a
+    # PostgreSQL URL, "postgresql://dcd@db.example/dcsched" (no password here: the file is
+    # world-readable; use ?passfile=..., ~/.pgpass or certificates; see docs/architecture.md).
+    store: str = ""
     socket: str = DEFAULT_SOCKET
     # Unix mode of the API socket: 0o666 lets every local user submit (identity = SO_PEERCRED).
     socket_mode: int = 0o666
@@ -113,6 +117,17 @@ class DaemonConfig(_Section):
     idle_util_pct: float = 5.0
     idle_after_s: float = 1800.0
     idle_cancel_after_s: float = 0.0
+
+    def store_location(self) -> str:
+        """The store: a postgresql:// URL, else the SQLite file in state_dir."""
+        if not self.store:
+            return os.path.join(self.state_dir, "dcsched.db")
+        if not self.store.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                f"[daemon] store = {self.store!r}: expected a PostgreSQL URL, "
+                '"postgresql://USER@HOST:PORT/DATABASE", or leave it out for SQLite in state_dir'
+            )
+        return self.store
 
     def ports(self) -> range:
         try:

@@ -1,4 +1,5 @@
-"""A real daemon in the test's event loop, on a real broker and SQLite file, and a scripted
+"""A real daemon in the test's event loop, on a real broker and store (a SQLite file, or a
+PostgreSQL database with the `daemon_store` fixture), and a scripted
 agent that speaks the wire protocol: for testing the daemon's side of each exchange."""
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from dcsched.protocol.topics import Topics
 from tests.conftest import Broker
 
 KEY = b"integration-test-cluster-key-000"
+# The store of the daemons write_config describes when a test names none: "" = SQLite in
+# the state_dir; the `daemon_store` fixture sets a PostgreSQL database's URL for a test.
+STORE = ""
 
 
 def write_config(d: Path, broker: Broker, prefix: str, scheduler: str = "", **daemon: Any) -> Path:
@@ -47,6 +51,7 @@ def write_config(d: Path, broker: Broker, prefix: str, scheduler: str = "", **da
         "pass_interval_s": 0.5,
         "telemetry_flush_s": 1.0,
         "metrics_listen": "",
+        **({"store": STORE} if STORE else {}),
         **daemon,
     }
     extra = "".join(

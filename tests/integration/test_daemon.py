@@ -36,6 +36,9 @@ SPEC = {
     "resources": {"nodes": 2, "gpus_per_node": 2, "time_limit": "10m"},
 }
 
+# Each test runs on both store backends.
+pytestmark = pytest.mark.usefixtures("daemon_store")
+
 
 async def test_two_node_job_runs_to_completed(
     tmp_path: Path, mosquitto: Broker, prefix: str

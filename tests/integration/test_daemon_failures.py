@@ -35,6 +35,9 @@ SPEC: dict[str, Any] = {
     "resources": {"nodes": 2, "gpus_per_node": 2, "time_limit": "10m"},
 }
 
+# Each test runs on both store backends.
+pytestmark = pytest.mark.usefixtures("daemon_store")
+
 
 @pytest.mark.parametrize("exit_first", [False, True])
 async def test_a_refused_launch_fails_the_job_and_stops_the_other_node(

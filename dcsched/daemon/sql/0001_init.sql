@@ -2,7 +2,7 @@
 CREATE TABLE jobs (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     name          TEXT    NOT NULL,
-    user          TEXT    NOT NULL,
+    "user"        TEXT    NOT NULL,          -- quoted: a reserved word in PostgreSQL
     uid           INTEGER NOT NULL,
     account       TEXT    NOT NULL,
     qos           TEXT    NOT NULL,

@@ -4,14 +4,14 @@ CREATE TABLE audit (
     id     INTEGER PRIMARY KEY AUTOINCREMENT,
     ts     REAL    NOT NULL,
     uid    INTEGER NOT NULL,                 -- -1 when the caller could not be identified
-    user   TEXT    NOT NULL,
+    "user" TEXT    NOT NULL,
     action TEXT    NOT NULL,                 -- submit, cancel, hold, drain, read_log, ...
     target TEXT    NOT NULL DEFAULT '',      -- "job 12", "node gpu01"
     result TEXT    NOT NULL,                 -- ok | refused | failed
     status INTEGER NOT NULL,                 -- the HTTP status answered
     detail TEXT    NOT NULL DEFAULT ''       -- the refusal's message, or what changed
 );
-CREATE INDEX audit_user_id ON audit(user, id);
+CREATE INDEX audit_user_id ON audit("user", id);
 CREATE INDEX audit_ts ON audit(ts);
 
 -- Every drain and resume of a node (the nodes table keeps only the current reason).
@@ -19,7 +19,7 @@ CREATE TABLE node_drains (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     host    TEXT    NOT NULL,
     ts      REAL    NOT NULL,
-    user    TEXT    NOT NULL,
+    "user"  TEXT    NOT NULL,
     drained INTEGER NOT NULL,                -- 1: drained, 0: resumed
     reason  TEXT    NOT NULL DEFAULT ''
 );

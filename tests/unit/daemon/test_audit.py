@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from dcsched.daemon.audit import MAX_PENDING, AuditLog
 from dcsched.daemon.privacy import public_view
@@ -15,8 +14,8 @@ def _row(user: str = "alice", ts: float = 1.0, result: str = "refused") -> Audit
     return AuditRow(ts, 1000, user, "cancel", "job 1", result, 403, "not yours")
 
 
-async def test_a_submission_and_its_audit_row_are_one_transaction(tmp_path: Path) -> None:
-    s = await Store.open(str(tmp_path / "s.db"))
+async def test_a_submission_and_its_audit_row_are_one_transaction(store_location: str) -> None:
+    s = await Store.open(store_location)
     try:
         (job_id,) = await s.add_jobs([_new()], audited=True)
         await s.add_jobs([_new()])  # not an API call: no row
@@ -27,8 +26,8 @@ async def test_a_submission_and_its_audit_row_are_one_transaction(tmp_path: Path
         await s.close()
 
 
-async def test_batch_audit_rows_and_reads_by_user_since_and_page(tmp_path: Path) -> None:
-    s = await Store.open(str(tmp_path / "s.db"))
+async def test_batch_audit_rows_and_reads_by_user_since_and_page(store_location: str) -> None:
+    s = await Store.open(store_location)
     try:
         await s.commit(Batch(audit=[_row("alice", 1.0), _row("bob", 2.0), _row("alice", 3.0)]))
         assert [e["ts"] for e in await s.audit(None, None, 10)] == [3.0, 2.0, 1.0]
@@ -40,8 +39,8 @@ async def test_batch_audit_rows_and_reads_by_user_since_and_page(tmp_path: Path)
         await s.close()
 
 
-async def test_drains_and_resumes_keep_a_history(tmp_path: Path) -> None:
-    s = await Store.open(str(tmp_path / "s.db"))
+async def test_drains_and_resumes_keep_a_history(store_location: str) -> None:
+    s = await Store.open(store_location)
     try:
         await s.upsert_node("n1", True, {}, 1.0)
         drain = AuditRow(10.0, 0, "root", "drain", "node n1", "ok", 200, "bad fan")
