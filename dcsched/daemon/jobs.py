@@ -701,7 +701,8 @@ class JobManager:
         if self.storage_error:
             raise Unavailable(
                 f"the daemon cannot write its state ({self.storage_error}); nothing was changed."
-                " Free space or fix the state directory's permissions; it recovers by itself"
+                " Free space, or make the state directory writable again: it recovers by itself"
+                " once it can write"
             )
 
 

@@ -23,12 +23,14 @@ Every backend runs on the store's one worker thread; none is thread-safe.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
 import re
 import socket
 import sqlite3
+import tempfile
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -72,6 +74,11 @@ class Cursor(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
 
+def one_line(exc: BaseException) -> str:
+    """An engine's message on one line (PostgreSQL's span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class Backend(Protocol):
     """One connection to one engine. Rows read back support `row["column"]` and `dict(row)`."""
 
@@ -86,6 +93,10 @@ class Backend(Protocol):
     def refused(self, exc: BaseException) -> bool | None:
         """True: the engine refused the data (retrying cannot help); False: it could not
         do the work now (I/O, connection), retry; None: not an error of the engine."""
+        ...
+
+    def describe(self, exc: BaseException) -> str:
+        """The engine's error on one line, with what is known of its cause."""
         ...
 
     # One leader per store: only PostgreSQL can be shared by several daemons.
@@ -169,6 +180,18 @@ class SqliteBackend:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def describe(self, exc: BaseException) -> str:
+        # A filesystem gone read-only under SQLite (a failing disk's emergency remount) reads
+        # as a bare "disk I/O error": a file made next to the database says which it is.
+        said = one_line(exc)
+        try:
+            fd, probe = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(self.where)))
+        except OSError as err:
+            return f"its filesystem is read-only: {said}" if err.errno == errno.EROFS else said
+        os.close(fd)
+        os.unlink(probe)
+        return said
 
     def refused(self, exc: BaseException) -> bool | None:
         if isinstance(exc, sqlite3.OperationalError):  # disk full, read-only, I/O, locked
@@ -297,6 +320,9 @@ class PostgresBackend:
     def transaction(self) -> Iterator[None]:
         with self.conn.transaction():
             yield
+
+    def describe(self, exc: BaseException) -> str:
+        return one_line(exc)
 
     def refused(self, exc: BaseException) -> bool | None:
         errors = self._psycopg.errors

@@ -22,7 +22,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from dcsched.daemon.lifecycle import Job, Part
-from dcsched.daemon.sqldialect import Backend, open_backend
+from dcsched.daemon.sqldialect import Backend, one_line, open_backend
 from dcsched.daemon.states import TERMINAL
 
 HEALTH_POLICY = "health policy"  # who drained a node that failed a check ([daemon] drain_on)
@@ -218,7 +218,7 @@ class Store:
                 raise
             await loop.run_in_executor(pool, db.close)
             pool.shutdown(wait=False)
-            raise StoreError(f"{db.where}: {_say(exc)}") from None
+            raise StoreError(f"{db.where}: {one_line(exc)}") from None
         log.info("state store: %s", db.where)
         return cls(db, pool)
 
@@ -240,8 +240,8 @@ class Store:
                 self.lost_leadership = why
                 self.lost.set()
             if refused:
-                raise StoreRejected(f"{type(exc).__name__}: {_say(exc)}") from exc
-            raise StoreError(_say(exc)) from exc
+                raise StoreRejected(f"{type(exc).__name__}: {one_line(exc)}") from exc
+            raise StoreError(self._db.describe(exc)) from exc
 
     async def _tx(self, fn: Callable[[Backend], T]) -> T:
         def run(db: Backend) -> T:
@@ -619,10 +619,13 @@ class Store:
         )
 
     async def node_events(self, host: str, limit: int = 100) -> list[dict[str, Any]]:
-        """A node's drains, resumes and faults, oldest first (the newest `limit`)."""
+        """A node's GPU faults, drains and resumes, oldest first (the newest `limit`): the
+        faults from its events, the drains and resumes from its drain history."""
         rows = await self._all(
-            "SELECT ts, kind, detail FROM node_events WHERE host = ? ORDER BY id DESC LIMIT ?",
-            (host, limit),
+            "SELECT ts, kind, detail FROM node_events WHERE host = ?"
+            " UNION ALL SELECT ts, CASE WHEN drained = 1 THEN 'drain' ELSE 'resume' END,"
+            " reason FROM node_drains WHERE host = ? ORDER BY ts DESC LIMIT ?",
+            (host, host, limit),
         )
         return [dict(r) for r in reversed(rows)]
 
@@ -708,8 +711,3 @@ class Store:
     async def probe(self) -> None:
         """A write that changes nothing visible: can the store be written again?"""
         await self.set_kv("probe", "ok")
-
-
-def _say(exc: BaseException) -> str:
-    """An engine's message on one line (PostgreSQL's span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__

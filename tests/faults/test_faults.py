@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -225,74 +226,128 @@ def _fill(path: Path) -> None:
                     break
 
 
-def test_a_full_state_disk_answers_503_and_keeps_exits(procs: Procs, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    try:
-        _full_disk(procs, tmp_path, disk)
-    finally:
-        procs.kill_all()
-        if subprocess.run(["umount", str(disk)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(disk)], check=False)
+def _mount(args: list[str]) -> None:
+    done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount {args[-1]}: {done.stderr.strip()}")
 
 
-def _full_disk(procs: Procs, d: Path, disk: Path) -> None:
-    rig = Rig(d, procs)
-    rig.start_broker()
-    rig.start_daemon(state_dir=disk / "state", telemetry_flush_s=1.0)
-    rig.start_agent("node1")
-    rig.wait_nodes_up("node1")
-    job_id = rig.submit(rig.spec("full", rig.marker("full")))
-    rig.wait(job_id, {"RUNNING"})
-    worker = _started(rig, "full")
+def _unmount(path: Path) -> None:
+    if subprocess.run(["umount", str(path)], check=False).returncode != 0:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
-    filler = disk / "filler"
-    _fill(filler)
 
-    def unhealthy() -> dict[str, object] | None:
-        status, body = rig.health_status()
-        return body if status == 503 and body.get("storage_ok") is False else None
+def _unhealthy(rig: Rig) -> dict[str, object] | None:
+    status, body = rig.health_status()
+    return body if status == 503 and body.get("storage_ok") is False else None
 
-    health = until(unhealthy, 60, "GET /v1/health to answer 503 for the store")
+
+def _broken_store_answers(rig: Rig, says: str) -> None:
+    """Health says the store is broken, with the reason; a submit gets 503 and the reason."""
+    health = until(lambda: _unhealthy(rig), 60, "GET /v1/health to answer 503 for the store")
     assert health["ok"] is False, health
     assert any("store" in str(p) for p in health["problems"]), health  # type: ignore[attr-defined]
     status, body = rig.raw("POST", "/v1/jobs", rig.spec("more", rig.marker("more")))
     assert status == 503, body
-    assert "disk is full" in body["error"]["message"], body  # the store's own reason
+    assert says in body["error"]["message"].lower(), body  # the store's own reason
     assert body["error"]["code"] == "unavailable", body
 
-    # The job ends while the disk is full: its exit must wait, not be dropped.
+
+def _exit_waits(rig: Rig, job_id: int, worker: int) -> None:
+    """The job ends while the store cannot be written: its exit waits, it is not dropped."""
     rig.marker("full").touch()
     until(lambda: not alive(worker), 60, "the job to exit")
     agent_log = rig.dir / "node1.log"
     until(lambda: "exited: code 0" in agent_log.read_text(), 30, "the agent to see the exit")
     assert rig.job(job_id)["state"] == "RUNNING"
 
-    filler.unlink()
-    until(lambda: rig.health_status()[0] == 200, 60, "health back to ok")
-    job = rig.wait(job_id, ENDED, timeout=60)
-    assert job["state"] == "COMPLETED" and job["exit_code"] == 0, (job, rig.logs())
-    assert rig.client.submit(rig.spec("after", rig.marker("full"))) > job_id
 
-    # A full disk must not keep the daemon from stopping.
-    _fill(filler)
-    until(unhealthy, 60, "GET /v1/health to answer 503 again")
+def _stops_on_sigterm(rig: Rig) -> None:
     assert rig.daemon is not None
     rig.daemon.send_signal(signal.SIGTERM)
     try:
         rig.daemon.wait(30)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"dcd did not stop in 30 s with its disk full\n{rig.logs()}") from None
+        why = f"dcd did not stop in 30 s with its store broken\n{rig.logs()}"
+        raise AssertionError(why) from None
+
+
+def _running_job(rig: Rig, state_dir: Path) -> tuple[int, int]:
+    rig.start_broker()
+    rig.start_daemon(state_dir=state_dir, telemetry_flush_s=1.0)
+    rig.start_agent("node1")
+    rig.wait_nodes_up("node1")
+    job_id = rig.submit(rig.spec("full", rig.marker("full")))
+    rig.wait(job_id, {"RUNNING"})
+    return job_id, _started(rig, "full")
+
+
+def test_a_full_state_disk_answers_503_and_keeps_exits(procs: Procs, tmp_path: Path) -> None:
+    """Health says so, submits get 503 with the reason, an exit that arrives meanwhile is
+    applied once the disk has room again, and SIGTERM still stops the daemon."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    _mount(["-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)])
+    try:
+        rig = Rig(tmp_path, procs)
+        job_id, worker = _running_job(rig, disk / "state")
+        filler = disk / "filler"
+        _fill(filler)
+        _broken_store_answers(rig, "disk is full")
+        _exit_waits(rig, job_id, worker)
+        filler.unlink()
+        until(lambda: rig.health_status()[0] == 200, 60, "health back to ok")
+        job = rig.wait(job_id, ENDED, timeout=60)
+        assert job["state"] == "COMPLETED" and job["exit_code"] == 0, (job, rig.logs())
+        assert rig.client.submit(rig.spec("after", rig.marker("full"))) > job_id
+        _fill(filler)  # a full disk must not keep the daemon from stopping
+        until(lambda: _unhealthy(rig), 60, "GET /v1/health to answer 503 again")
+        _stops_on_sigterm(rig)
+    finally:
+        procs.kill_all()
+        _unmount(disk)
+
+
+def test_a_state_disk_gone_read_only_keeps_exits_for_the_next_start(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """The state dir's filesystem turns read-only under the daemon (ext4 errors=remount-ro,
+    as a failing disk does): health and submits say so, SIGTERM stops the daemon, and the
+    admin's way out (the state copied to a good disk, the daemon started there) loses no
+    exit that arrived meanwhile: the agent keeps it until a daemon acknowledges it."""
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+        pytest.skip("needs root and mkfs.ext4 for a loop-mounted ext4")
+    image, disk = tmp_path / "ext4.img", tmp_path / "disk"
+    with image.open("wb") as f:
+        f.truncate(32 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    disk.mkdir()
+    _mount(["-o", "loop,errors=remount-ro", str(image), str(disk)])
+    try:
+        rig = Rig(tmp_path, procs)
+        job_id, worker = _running_job(rig, disk / "state")
+        device = Path(_source(disk)).name
+        Path(f"/sys/fs/ext4/{device}/trigger_fs_error").write_text("1")
+        _broken_store_answers(rig, "read-only")
+        _exit_waits(rig, job_id, worker)
+        _stops_on_sigterm(rig)
+        moved = tmp_path / "moved"
+        shutil.copytree(disk / "state", moved)
+        rig.start_daemon(state_dir=moved)
+        job = rig.wait(job_id, ENDED, timeout=60)
+        assert job["state"] == "COMPLETED" and job["exit_code"] == 0, (job, rig.logs())
+    finally:
+        procs.kill_all()
+        _unmount(disk)
+
+
+def _source(path: Path) -> str:
+    out = subprocess.run(
+        ["findmnt", "-n", "-o", "SOURCE", str(path)], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
 
 
 # --- 8. the event stream -------------------------------------------------------------------------

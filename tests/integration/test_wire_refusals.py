@@ -81,9 +81,9 @@ async def test_refused_hosts_and_messages_are_counted_and_kept_nowhere(
         cluster = await api(client, "cluster")
         assert cluster["telemetry"]["dropped"]["status"]["unknown_host"] >= 1
         assert cluster["epoch"] == d.sender.epoch >= int(time.time()) - 60
-        text = render(d.read)
+        text = render(d.read).decode()
         assert 'dcsched_messages_dropped_total{kind="status",reason="unknown_host"}' in text
-        assert 'dcsched_messages_dropped_total{kind="telemetry",reason="no_status"} 50' in text
+        assert 'dcsched_messages_dropped_total{kind="telemetry",reason="no_status"} 50.0' in text
 
         # Events about jobs the daemon does not know: dropped quietly, the daemon goes on.
         with caplog.at_level(logging.INFO):

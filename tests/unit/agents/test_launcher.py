@@ -358,7 +358,7 @@ def test_the_warning_signal_goes_to_the_workers_not_torchrun(
     rec = launcher.start(launch(tmp_path, py(WARNED_TREE)))
     worker = _worker_pid(rec)
     deadline = time.monotonic() + 60  # the worker has its handler in place
-    while "ready" not in Path(rec.log_path).read_text():
+    while "\nready\n" not in Path(rec.log_path).read_text():  # not the command line's "ready"
         assert time.monotonic() < deadline, Path(rec.log_path).read_text()
         time.sleep(0.05)
     assert launcher.signal_workers(rec, signal.SIGUSR1) == [worker]

@@ -307,5 +307,8 @@ async def test_accounting_node_events_and_health_drains_on_either_engine(
         (HEALTH_POLICY, 1, "xid 79")
     ]
     await s.add_node_event("h1", 6.0, "fault", "xid 79 on GPU 0")
-    assert await s.node_events("h1") == [{"ts": 6.0, "kind": "fault", "detail": "xid 79 on GPU 0"}]
+    assert await s.node_events("h1") == [  # the drain from the drain history, then the fault
+        {"ts": 5.0, "kind": "drain", "detail": "xid 79"},
+        {"ts": 6.0, "kind": "fault", "detail": "xid 79 on GPU 0"},
+    ]
     await s.close()
