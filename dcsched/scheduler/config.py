@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-POLICIES = ("fifo", "greedy", "default")
+POLICIES = ("fifo", "greedy", "default", "las")
 DAY = 86400.0
 
 
@@ -56,7 +56,7 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
-    policy: str = "default"  # "fifo" | "greedy" | "default"
+    policy: str = "default"  # "fifo" | "greedy" | "default" | "las"
     weights: Weights = field(default_factory=Weights)
     accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
     qos: Mapping[str, QosLevel] = field(default_factory=dict)
@@ -70,6 +70,11 @@ class SchedulerConfig:
     size_ref_gpu_s: float = 64 * 14 * DAY
     backfill_depth: int = 16
     preempt_grace_s: float = 60.0
+    # `las` only: what one preemption is expected to cost its victim (work done again),
+    # the run a job keeps before it may be preempted, and the most times one job is
+    preempt_cost_s: float = 300.0
+    min_run_s: float = 3600.0
+    max_preemptions: int = 1
     # a job pending this long goes ahead of every priority (oldest first), so its
     # reservation bounds its wait whatever keeps arriving; 0 turns the guard off
     starvation_s: float = 5 * DAY
@@ -203,6 +208,9 @@ _TOP = (
     "backfill_depth",
     "preempt_grace",
     "starvation_age",
+    "preempt_cost",
+    "min_run",
+    "max_preemptions",
 )
 
 
@@ -259,14 +267,22 @@ def parse_config(
         preempt_grace_s=parse_duration(d["preempt_grace"], f"{key}.preempt_grace", parse)
         if "preempt_grace" in d
         else default.preempt_grace_s,
-        starvation_s=_starvation(d, key, default.starvation_s, parse),
+        starvation_s=_seconds_or_zero(d, "starvation_age", key, default.starvation_s, parse),
+        preempt_cost_s=_seconds_or_zero(d, "preempt_cost", key, default.preempt_cost_s, parse),
+        min_run_s=_seconds_or_zero(d, "min_run", key, default.min_run_s, parse),
+        max_preemptions=_count(d["max_preemptions"], f"{key}.max_preemptions")
+        if "max_preemptions" in d
+        else default.max_preemptions,
     )
 
 
-def _starvation(d: Mapping[str, Any], key: str, default: float, parse: DurationParser) -> float:
-    if "starvation_age" not in d:
+def _seconds_or_zero(
+    d: Mapping[str, Any], name: str, key: str, default: float, parse: DurationParser
+) -> float:
+    """A duration key that also takes 0 (off)."""
+    if name not in d:
         return default
-    value = d["starvation_age"]
+    value = d[name]
     if value in (0, "0") and not isinstance(value, bool):
         return 0.0
-    return parse_duration(value, f"{key}.starvation_age", parse)
+    return parse_duration(value, f"{key}.{name}", parse)

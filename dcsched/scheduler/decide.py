@@ -11,7 +11,8 @@ The pipeline, one pass over the queue (each step is its own module):
     decide   here         start, preempt (preempt.py) or pending with reasons and est_start
 
 Policies: `fifo` stops at the first job that does not fit; `greedy` skips it; `default`
-uses priority, reservations, backfill and preemption. Limits, holds and dependencies apply
+uses priority, reservations, backfill and preemption; `las` is `default` that also
+preempts by least attained service where it pays (preempt.py). Limits, holds and dependencies apply
 to all three. "Does not fit" is a normal outcome with a reason, never an exception.
 """
 
@@ -75,7 +76,7 @@ class Pass:
         event loop) can pause between jobs. The snapshot is immutable, so a pause changes
         nothing here; what changed meanwhile is the caller's to check."""
         policy = self.config.policy
-        default = policy == "default"
+        default = policy in ("default", "las")
         depth = self.config.backfill_depth if default else 0
         cluster, snapshot = self.cluster, self.snapshot
         check = filters.Filter(
@@ -141,7 +142,7 @@ class Pass:
         slot = timeline.reserve(job, types)
         if slot is None or slot.start > self.now:
             p = preempt.plan(
-                job, self.cluster, self.snapshot.running, self.config, set(self.preempt)
+                job, self.cluster, self.snapshot.running, self.config, set(self.preempt), self.now
             )
             if p is not None:
                 for vid in p.victims:

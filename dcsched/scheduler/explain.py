@@ -84,7 +84,7 @@ def explain_pass(done: Pass, job_id: str) -> Explanation:
         job.nodes, job.gpus_per_node, job.gpu_type
     ):
         reasons += (filters.RESOURCES,)
-    if est is None and waits_for_gpus and policy == "default":
+    if est is None and waits_for_gpus and policy in ("default", "las"):
         slot = done.timeline().reserve(job, done.cluster.types_for(job.gpu_type))
         est = None if slot is None else slot.start
     held = next((r.nodes for r in done.reservations if r.job_id == job_id), ())

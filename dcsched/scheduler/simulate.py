@@ -97,11 +97,14 @@ class Simulator:
         self.free_total = sum(len(f) for f in self.free)
         self.usage = Usage()
         self.want_usage = config.policy not in ("fifo", "greedy") and config.weights.fairshare > 0
-        self.may_preempt = any(level.preempt for level in config.qos.values())
+        self.may_preempt = config.policy == "las" or any(
+            level.preempt for level in config.qos.values()
+        )
         self.pending: dict[str, JobRequest] = {}
         self.running: dict[str, RunningJob] = {}
         self.left: dict[str, float] = {}  # work still to do at the start of the current run
-        self.run_id: dict[str, int] = {}  # bumps at every start: events of older runs are stale
+        # bumps at every start and preemption: events of what was planned before are stale
+        self.run_id: dict[str, int] = {}
         self.records: dict[str, JobRecord] = {}
         self.order: dict[str, int] = {}
         self.requests: dict[str, JobRequest] = {}
@@ -237,6 +240,8 @@ class Simulator:
         self.running[jid] = replace(rj, terminating=True)
         if now + self.config.preempt_grace_s >= rj.start_ts + self.left[jid]:
             return  # its work ends within the grace: it completes
+        # a new run id: the end of its work that was due in this run is stale now
+        self.run_id[jid] += 1
         self._push(now + self.config.preempt_grace_s, _STOP, jid, self.run_id[jid])
         ran = now - rj.start_ts  # work of this run, up to the signal
         lost = self.cost.lost(ran)
