@@ -69,6 +69,9 @@ class SchedulerConfig:
     # job size, in GPU-seconds requested, that scores 0 on the (favour-small) size factor
     size_ref_gpu_s: float = 64 * 14 * DAY
     backfill_depth: int = 16
+    # a job that does not fit gets its reservation (which lower jobs must not delay) only
+    # once it has waited this long: until then GPUs are not drained for it
+    reserve_after_s: float = 0.0
     preempt_grace_s: float = 60.0
     # `las` only: what one preemption is expected to cost its victim (work done again),
     # the run a job keeps before it may be preempted, and the most times one job is
@@ -206,6 +209,7 @@ _TOP = (
     "max_age",
     "size_ref_gpu_hours",
     "backfill_depth",
+    "reserve_after",
     "preempt_grace",
     "starvation_age",
     "preempt_cost",
@@ -264,6 +268,7 @@ def parse_config(
         if "size_ref_gpu_hours" in d
         else default.size_ref_gpu_s,
         backfill_depth=depth,
+        reserve_after_s=_seconds_or_zero(d, "reserve_after", key, default.reserve_after_s, parse),
         preempt_grace_s=parse_duration(d["preempt_grace"], f"{key}.preempt_grace", parse)
         if "preempt_grace" in d
         else default.preempt_grace_s,

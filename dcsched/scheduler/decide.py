@@ -111,7 +111,7 @@ class Pass:
             if policy == "fifo":
                 blocked = True
             elif default and reserved < depth:
-                est = self.reserve(job)
+                est = self.reserve(job, self.now - job.submit_ts >= self.config.reserve_after_s)
                 reserved += 1
             self.pending[job.job_id] = PendingInfo((reason,), prio, est)
 
@@ -136,7 +136,9 @@ class Pass:
         self.runs.add(job.user, job.name, job.array_id)
         self.starts.append(Start(job.job_id, tuple(parts)))
 
-    def reserve(self, job: JobRequest) -> float | None:
+    def reserve(self, job: JobRequest, hold: bool = True) -> float | None:
+        """The job's earliest start (preempting for it where that is allowed), held as a
+        reservation when it has a preemption or `hold` (it has waited `reserve_after`)."""
         timeline = self.timeline()
         types = self.cluster.types_for(job.gpu_type)
         slot = timeline.reserve(job, types)
@@ -150,8 +152,9 @@ class Pass:
                 self.preempt.extend(p.victims)
                 self.preempt_for[job.job_id] = p.victims
                 slot = Slot(self.now, p.nodes)
-        if slot is None:
-            return None
+                hold = True
+        if slot is None or not hold:
+            return None if slot is None else slot.start
         timeline.hold(job, slot)
         names = tuple((self.cluster.views[n].name, job.gpus_per_node) for n in slot.nodes)
         self.reservations.append(Reservation(job.job_id, slot.start, names))
