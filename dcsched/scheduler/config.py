@@ -9,6 +9,7 @@ from typing import Any
 
 POLICIES = ("fifo", "greedy", "default", "las")
 DAY = 86400.0
+LAS_RESERVE_AFTER_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +71,9 @@ class SchedulerConfig:
     size_ref_gpu_s: float = 64 * 14 * DAY
     backfill_depth: int = 16
     # a job that does not fit gets its reservation (which lower jobs must not delay) only
-    # once it has waited this long: until then GPUs are not drained for it
-    reserve_after_s: float = 0.0
+    # once it has waited this long: until then GPUs are not drained for it. None: 0 under
+    # `default`, LAS_RESERVE_AFTER_S under `las` (which has preemption for urgent work)
+    reserve_after_s: float | None = None
     preempt_grace_s: float = 60.0
     # `las` only: what one preemption is expected to cost its victim (work done again),
     # the run a job keeps before it may be preempted, and the most times one job is
@@ -94,6 +96,11 @@ class SchedulerConfig:
         if name in self.qos:
             return self.qos[name]
         return QosLevel() if name == "normal" else None
+
+    def reserve_after(self) -> float:
+        if self.reserve_after_s is not None:
+            return self.reserve_after_s
+        return LAS_RESERVE_AFTER_S if self.policy == "las" else 0.0
 
     def bill(self, gpu_type: str) -> float:
         return self.billing.get(gpu_type, 1.0)
@@ -268,7 +275,9 @@ def parse_config(
         if "size_ref_gpu_hours" in d
         else default.size_ref_gpu_s,
         backfill_depth=depth,
-        reserve_after_s=_seconds_or_zero(d, "reserve_after", key, default.reserve_after_s, parse),
+        reserve_after_s=_seconds_or_zero(d, "reserve_after", key, 0.0, parse)
+        if "reserve_after" in d
+        else None,
         preempt_grace_s=parse_duration(d["preempt_grace"], f"{key}.preempt_grace", parse)
         if "preempt_grace" in d
         else default.preempt_grace_s,

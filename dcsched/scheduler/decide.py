@@ -111,7 +111,7 @@ class Pass:
             if policy == "fifo":
                 blocked = True
             elif default and reserved < depth:
-                est = self.reserve(job, self.now - job.submit_ts >= self.config.reserve_after_s)
+                est = self.reserve(job, self.now - job.submit_ts >= self.config.reserve_after())
                 reserved += 1
             self.pending[job.job_id] = PendingInfo((reason,), prio, est)
 
