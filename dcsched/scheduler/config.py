@@ -78,8 +78,8 @@ class SchedulerConfig:
     # `las` only: what one preemption is expected to cost its victim (work done again),
     # the run a job keeps before it may be preempted, and the most times one job is
     preempt_cost_s: float = 300.0
-    min_run_s: float = 3600.0
-    max_preemptions: int = 1
+    min_run_s: float = 4 * 3600.0
+    max_preemptions: int = 2
     # a job pending this long goes ahead of every priority (oldest first), so its
     # reservation bounds its wait whatever keeps arriving; 0 turns the guard off
     starvation_s: float = 5 * DAY
