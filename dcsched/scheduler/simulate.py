@@ -4,8 +4,9 @@ decisions applied as the daemon applies them. Pure: no I/O, no clock of its own.
 At each instant: jobs whose work or preemption grace is over release their GPUs (usage
 is accrued first, with them still running, as the daemon does when a job ends), arrivals
 join the queue, then one pass. A pass runs when something can start (a GPU is free) or
-when the configuration can preempt (then even on a full cluster), and every
-`pass_interval_s` while jobs wait, as the daemon's periodic pass.
+when the configuration can preempt and a running job is preemptible (then even on a full
+cluster), and every `pass_interval_s` while jobs wait (always, as the daemon's periodic
+pass).
 
 Decisions, as the daemon carries them out:
 - `starts`: the job runs on exactly those GPUs (a GPU that is not free is a bug in the
@@ -143,10 +144,12 @@ class Simulator:
                 events[0][0] if events else math.inf,
             )
             due: list[tuple[int, str]] = []
+            ticked = False
             while events and events[0][0] == now:
                 _, kind, _, jid, run = heapq.heappop(events)
                 if kind == _TICK:
                     self._tick_at = math.inf
+                    ticked = True
                 elif self.run_id.get(jid) == run:
                     due.append((kind, jid))
             if due:
@@ -169,8 +172,14 @@ class Simulator:
                 r = arrivals[i].request
                 self.pending[r.job_id] = r
                 i += 1
-            if self.pending and (self.free_total > 0 or self.may_preempt):
+            if self.pending and (ticked or self.free_total > 0 or self._victims_possible()):
                 self.step(now, on_pass)
+            # periodic passes while jobs wait and something can still change (no endless
+            # ticks for jobs that can never start)
+            alive = self.running or i < len(arrivals)
+            if self.pending and alive and self.pass_interval_s > 0 and self._tick_at == math.inf:
+                self._tick_at = now + self.pass_interval_s
+                self._push(self._tick_at, _TICK, "", 0)
         if on_progress is not None:
             on_progress(ended)
         return self.records
@@ -191,10 +200,14 @@ class Simulator:
             self._preempt(jid, now)
         for start in decisions.starts:
             self._start(start.job_id, start.allocation, now)
-        if self.pending and self.pass_interval_s > 0 and self._tick_at == math.inf:
-            self._tick_at = now + self.pass_interval_s
-            self._push(self._tick_at, _TICK, "", 0)
         return decisions
+
+    def _victims_possible(self) -> bool:
+        """On a full cluster a pass can only preempt: skip it when nothing is preemptible
+        (it could change nothing)."""
+        return self.may_preempt and any(
+            r.preemptible and not r.terminating for r in self.running.values()
+        )
 
     def _push(self, at: float, kind: int, jid: str, run: int) -> None:
         heapq.heappush(self._events, (at, kind, self._seq, jid, run))

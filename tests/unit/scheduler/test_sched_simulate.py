@@ -94,9 +94,16 @@ def test_periodic_passes_while_jobs_wait() -> None:
         [SimJob(job("a", 1), 350.0), SimJob(job("b", 1, submit=1.0), 10.0)],
         lambda s, now, d: times.append(now),
     )
-    assert times[:5] == [0.0, 1.0, 101.0, 201.0, 301.0]
+    # no pass at 1.0: nothing could start or be preempted then
+    assert times == [0.0, 101.0, 201.0, 301.0, 350.0]
 
 
 def test_duplicate_ids_are_refused() -> None:
     with pytest.raises(ValueError, match="twice"):
         Simulator([node("n0")], SchedulerConfig()).run([SimJob(job("a"), 1.0)] * 2)
+
+
+def test_a_job_that_can_never_start_ends_the_run_with_periodic_passes() -> None:
+    sim = Simulator([node("n0", 1)], SchedulerConfig(), pass_interval_s=10.0)
+    records = sim.run([SimJob(job("huge", 8), 1.0), SimJob(job("ok", 1), 5.0)])
+    assert records["huge"].first_start_s is None and records["ok"].finish_s == 5.0
