@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from dcsched.scheduler import SchedulerConfig, decide
+from dcsched.scheduler import SchedulerConfig, decide, explain
 from dcsched.scheduler.preempt import worth_it
 from dcsched.scheduler.simulate import Cost, SimJob, Simulator
 from tests.unit.scheduler.sched_builders import H, job, node, running, snap
@@ -85,3 +85,12 @@ def test_reserve_after_lets_lower_jobs_use_the_gpus_meanwhile() -> None:
     assert [s.job_id for s in d.starts] == ["small"] and d.reservations == ()
     held = decide(snap([node("n0", free=range(4, 8))], pending, [busy]), NOW)
     assert held.starts == () and held.reservations[0].job_id == "big"
+
+
+def test_explain_says_why_a_running_job_is_preempted() -> None:
+    v = running("long", {"n0": range(8)}, start=NOW - 5 * H, limit=24 * H, preemptible=True)
+    s = snap([node("n0", free=())], [job("short", 1, limit=H, submit=NOW)], [v], config=LAS)
+    e = explain(s, NOW, "long")
+    assert e.state == "running"
+    assert e.details and e.details[0].startswith("preempted for job short: it has had more")
+    assert explain(s, NOW, "short").preempts == ("long",)
