@@ -1,11 +1,13 @@
 """dcsim: replay a job trace through the scheduler core with a virtual clock.
 
-    dcsim replay TRACE --nodes N --gpus-per-node G --policy fifo|greedy|default [--json]
+    dcsim replay TRACE --nodes N --gpus-per-node G [--policy P] [--json]
+          [--preemptible FRACTION|all --restart-cost S [--checkpoint-interval S]] [--vs P]
 
-The replay calls the same `decide()` the daemon calls. At each instant: finished jobs
-release first, then arrivals join the queue, then one pass (skipped when no GPU is free,
-since then nothing can start). A job of g <= G GPUs asks for one node; a larger one asks
-for ceil(g / G) whole nodes. The scheduler sees time limits only, never true durations.
+The replay runs the one simulation harness (`dcsched.scheduler.simulate`), which calls the
+same `decide()` the daemon calls and applies its decisions as the daemon does (starts,
+preemptions with their grace, requeues, fair-share accrual with billing). A job of
+g <= G GPUs asks for one node; a larger one asks for ceil(g / G) whole nodes. The
+scheduler sees time limits only, never true durations.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import heapq
 import json
 import math
 import sys
 import time
 import tomllib
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,12 +32,12 @@ from dcsched.scheduler import (
     Decisions,
     JobRequest,
     NodeView,
-    RunningJob,
     SchedulerConfig,
     Snapshot,
-    Usage,
     decide,
 )
+from dcsched.scheduler.config import POLICIES
+from dcsched.scheduler.simulate import NO_COST, Cost, JobRecord, SimJob, Simulator
 
 GPU_TYPE = "sim"
 
@@ -78,6 +80,34 @@ def _index(values: Sequence[float], q: float) -> float:
     return values[math.floor(q * (len(values) - 1))] if values else 0.0
 
 
+def preemptible_share(job_id: str, fraction: float) -> bool:
+    """Whether a job is marked preemptible by `--preemptible FRACTION`: chosen by a hash of
+    its id, so the same jobs are chosen whatever the policy or the trace's order."""
+    return fraction >= 1.0 or zlib.crc32(job_id.encode()) < fraction * 2**32
+
+
+def workload(
+    trace: Sequence[TraceJob], gpus_per_node: int, preemptible: float = 0.0
+) -> list[SimJob]:
+    """A job of g <= G GPUs asks for one node; a larger one for ceil(g / G) whole nodes."""
+    out = []
+    for tj in trace:
+        n_nodes = 1 if tj.gpus <= gpus_per_node else math.ceil(tj.gpus / gpus_per_node)
+        per_node = tj.gpus if n_nodes == 1 else gpus_per_node
+        request = JobRequest(
+            tj.job_id,
+            tj.user,
+            tj.account,
+            tj.submit_s,
+            n_nodes,
+            per_node,
+            tj.time_limit_s,
+            preemptible=preemptible > 0 and preemptible_share(tj.job_id, preemptible),
+        )
+        out.append(SimJob(request, tj.duration_s))
+    return out
+
+
 def replay(
     trace: Sequence[TraceJob],
     nodes: int,
@@ -86,149 +116,53 @@ def replay(
     start_at: dict[str, float] | None = None,
     on_pass: Callable[[Snapshot, float, Decisions], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    preemptible: float = 0.0,
+    cost: Cost = NO_COST,
 ) -> dict[str, Any]:
-    """Replay `trace`; the figures of the issue, and each job's start in `start_at`.
-    `on_progress(jobs ended so far)` is called now and then (about 500 times a replay)."""
+    """Replay `trace` through the simulation harness (`dcsched.scheduler.simulate`); the
+    figures of the issue, and each job's first start in `start_at`."""
     t_wall = time.perf_counter()
-    names = [f"n{i:04d}" for i in range(nodes)]
-    gpu_ids = tuple(range(gpus_per_node))
-    free: list[set[int]] = [set(gpu_ids) for _ in range(nodes)]
-    views: list[NodeView] = [NodeView(n, GPU_TYPE, gpu_ids, frozenset(gpu_ids)) for n in names]
-    rank = {n: i for i, n in enumerate(names)}
-    free_total = nodes * gpus_per_node
-    by_id = {j.job_id: j for j in trace}
-    if len(by_id) != len(trace):
+    if len({j.job_id for j in trace}) != len(trace):
         raise SystemExit("dcsim: job_id values in the trace are not unique")
-
-    half_life = config.half_life_s
-    want_usage = config.policy == "default" and config.weights.fairshare > 0
-    # fair-share bookkeeping kept exact and O(accounts) per pass: finished work decayed,
-    # running work charged undecayed until it finishes
-    done_usage: dict[tuple[str, str], float] = {}
-    done_ts = trace[0].submit_s if trace else 0.0
-    run_g: dict[tuple[str, str], float] = {}
-    run_gs: dict[tuple[str, str], float] = {}
-
-    pending: list[JobRequest] = []
-    running: dict[str, RunningJob] = {}
-    finishing: list[tuple[float, int, str]] = []
-    start_at = {} if start_at is None else start_at
-    finish_at: dict[str, float] = {}
-    gpus_of: dict[str, int] = {}
+    gpu_ids = tuple(range(gpus_per_node))
+    views = [NodeView(f"n{i:04d}", GPU_TYPE, gpu_ids, frozenset(gpu_ids)) for i in range(nodes)]
     pass_ms: list[float] = []
-    seq = 0
-    i = 0
-    ended = 0
-    step = max(1, len(trace) // 500)
-    while i < len(trace) or finishing:
-        now = min(
-            trace[i].submit_s if i < len(trace) else math.inf,
-            finishing[0][0] if finishing else math.inf,
-        )
-        while finishing and finishing[0][0] == now:
-            _, _, jid = heapq.heappop(finishing)
-            rj = running.pop(jid)
-            for name, gpus in rj.allocation:
-                node = rank[name]
-                free[node].update(gpus)
-                views[node] = replace(views[node], free=frozenset(free[node]))
-            free_total += rj.gpus
-            key = (rj.account, rj.user)
-            if want_usage:
-                k = 0.5 ** ((now - done_ts) / half_life)
-                done_usage = {kk: v * k for kk, v in done_usage.items()}
-                done_ts = now
-                done_usage[key] = done_usage.get(key, 0.0) + rj.gpus * (now - rj.start_ts)
-                run_g[key] -= rj.gpus
-                run_gs[key] -= rj.gpus * rj.start_ts
-            ended += 1
-            if on_progress is not None and ended % step == 0:
-                on_progress(ended)
-        while i < len(trace) and trace[i].submit_s == now:
-            tj = trace[i]
-            i += 1
-            n_nodes = 1 if tj.gpus <= gpus_per_node else math.ceil(tj.gpus / gpus_per_node)
-            per_node = tj.gpus if n_nodes == 1 else gpus_per_node
-            pending.append(
-                JobRequest(
-                    tj.job_id, tj.user, tj.account, tj.submit_s, n_nodes, per_node, tj.time_limit_s
-                )
-            )
-        if not pending or free_total == 0:
-            continue
-        usage = Usage()
-        if want_usage:
-            k = 0.5 ** ((now - done_ts) / half_life)
-            values = {kk: v * k for kk, v in done_usage.items()}
-            for key, g in run_g.items():
-                if g:
-                    values[key] = values.get(key, 0.0) + g * now - run_gs[key]
-            usage = Usage(now, values)
-        snapshot = Snapshot(tuple(views), tuple(pending), tuple(running.values()), config, usage)
+
+    def timed(snapshot: Snapshot, now: float) -> Decisions:
         t0 = time.perf_counter()
         decisions = decide(snapshot, now)
         pass_ms.append((time.perf_counter() - t0) * 1000.0)
-        if on_pass is not None:
-            on_pass(snapshot, now, decisions)
-        if not decisions.starts:
-            continue
-        started = set()
-        for start in decisions.starts:
-            req_job = by_id[start.job_id]
-            started.add(start.job_id)
-            for name, gpus in start.allocation:
-                node = rank[name]
-                free[node].difference_update(gpus)
-                views[node] = replace(views[node], free=frozenset(free[node]))
-            rj = RunningJob(
-                start.job_id,
-                req_job.user,
-                req_job.account,
-                now,
-                req_job.time_limit_s,
-                start.allocation,
-                gpu_type=GPU_TYPE,
-            )
-            running[start.job_id] = rj
-            free_total -= rj.gpus
-            gpus_of[start.job_id] = rj.gpus
-            start_at[start.job_id] = now
-            finish_at[start.job_id] = now + req_job.duration_s
-            heapq.heappush(finishing, (now + req_job.duration_s, seq, start.job_id))
-            seq += 1
-            if want_usage:
-                key = (rj.account, rj.user)
-                run_g[key] = run_g.get(key, 0.0) + rj.gpus
-                run_gs[key] = run_gs.get(key, 0.0) + rj.gpus * now
-        pending = [j for j in pending if j.job_id not in started]
+        return decisions
 
-    if on_progress is not None:
-        on_progress(ended)
-    if pending:
-        print(f"dcsim: {len(pending)} jobs could never start on this cluster", file=sys.stderr)
-    return _report(trace, start_at, finish_at, gpus_of, nodes * gpus_per_node, pass_ms, t_wall)
+    sim = Simulator(views, config, cost, decide_fn=timed)
+    records = sim.run(workload(trace, gpus_per_node, preemptible), on_pass, on_progress)
+    not_started = sum(1 for r in records.values() if r.finish_s is None)
+    if not_started:
+        print(f"dcsim: {not_started} jobs could never start on this cluster", file=sys.stderr)
+    if start_at is not None:
+        start_at.update(
+            {j: r.first_start_s for j, r in records.items() if r.first_start_s is not None}
+        )
+    return _report(list(records.values()), nodes * gpus_per_node, pass_ms, t_wall)
 
 
 def _report(
-    trace: Sequence[TraceJob],
-    start_at: dict[str, float],
-    finish_at: dict[str, float],
-    gpus_of: dict[str, int],
-    capacity: int,
-    pass_ms: list[float],
-    t_wall: float,
+    records: Sequence[JobRecord], capacity: int, pass_ms: list[float], t_wall: float
 ) -> dict[str, Any]:
-    done = [j for j in trace if j.job_id in start_at]
-    queue = sorted(start_at[j.job_id] - j.submit_s for j in done)
-    jct = [finish_at[j.job_id] - j.submit_s for j in done]
-    makespan = (max(finish_at.values()) - min(j.submit_s for j in trace)) if done else 0.0
-    used = sum(gpus_of[j.job_id] * j.duration_s for j in done)
+    done = [r for r in records if r.finish_s is not None and r.first_start_s is not None]
+    queue = sorted(r.first_start_s - r.submit_s for r in done if r.first_start_s is not None)
+    jct = [r.finish_s - r.submit_s for r in done if r.finish_s is not None]
+    first = min((r.submit_s for r in records), default=0.0)
+    makespan = max((r.finish_s for r in done if r.finish_s is not None), default=first) - first
+    used = sum(r.gpus * r.duration_s for r in done)
     per: dict[str, dict[str, float]] = {}
-    for j in done:
-        a = per.setdefault(j.account, {"jobs": 0, "queue": 0.0, "gpu_seconds": 0.0})
+    for r in done:
+        assert r.first_start_s is not None and r.finish_s is not None
+        a = per.setdefault(r.account, {"jobs": 0, "queue": 0.0, "jct": 0.0, "gpu_seconds": 0.0})
         a["jobs"] += 1
-        a["queue"] += start_at[j.job_id] - j.submit_s
-        a["gpu_seconds"] += gpus_of[j.job_id] * j.duration_s
+        a["queue"] += r.first_start_s - r.submit_s
+        a["jct"] += r.finish_s - r.submit_s
+        a["gpu_seconds"] += r.gpus * r.duration_s
     n = len(done)
     pass_sorted = sorted(pass_ms)
     return {
@@ -240,10 +174,13 @@ def _report(
         "max_queue_s": queue[-1] if queue else 0.0,
         "makespan_s": makespan,
         "gpu_util": used / (capacity * makespan) if makespan > 0 else 0.0,
+        "preemptions": sum(r.preemptions for r in records),
+        "gpu_hours_lost": sum(r.lost_gpu_s for r in records) / 3600.0,
         "per_account": {
             a: {
                 "jobs": int(v["jobs"]),
                 "avg_queue_s": v["queue"] / v["jobs"],
+                "avg_jct_s": v["jct"] / v["jobs"],
                 "gpu_seconds": v["gpu_seconds"],
             }
             for a, v in sorted(per.items())
@@ -268,15 +205,29 @@ def _text(result: dict[str, Any], title: str = "") -> str:
         f"makespan  {result['makespan_s']:,.0f} s ({result['makespan_s'] / 86400:,.1f} days)",
         f"GPU util  {result['gpu_util']:.3f}",
         f"pass ms   p50 {result['pass_ms']['p50']:.2f}  p99 {result['pass_ms']['p99']:.2f}",
-        "",
-        f"{'account':<10} {'jobs':>7} {'avg queue s':>12} {'GPU-hours':>11}",
+        f"preempted {result['preemptions']:,} times, "
+        f"{result['gpu_hours_lost']:,.0f} GPU-hours lost to it",
     ]
+    vs = result.get("vs")
+    if vs is not None:
+        lines.append(
+            f"vs {vs['policy']:<6} avg JCT {vs['avg_jct_s']:,.0f} s   "
+            f"p99 queue {vs['p99_queue_s'] / h:,.2f} h"
+        )
+    head = f"{'account':<10} {'jobs':>7} {'avg queue s':>12} {'avg JCT s':>11} {'GPU-hours':>11}"
+    if vs is not None:
+        head += f"  {vs['policy'] + ' queue':>13} {vs['policy'] + ' JCT':>11}"
+    lines += ["", head]
     accounts = sorted(result["per_account"].items(), key=lambda kv: -kv[1]["gpu_seconds"])
     for account, a in accounts[:MAX_ACCOUNTS]:
-        lines.append(
-            f"{account:<10} {a['jobs']:>7,} {a['avg_queue_s']:>12,.0f} "
+        line = (
+            f"{account:<10} {a['jobs']:>7,} {a['avg_queue_s']:>12,.0f} {a['avg_jct_s']:>11,.0f} "
             f"{a['gpu_seconds'] / 3600:>11,.0f}"
         )
+        if vs is not None and account in vs["per_account"]:
+            b = vs["per_account"][account]
+            line += f"  {b['avg_queue_s']:>13,.0f} {b['avg_jct_s']:>11,.0f}"
+        lines.append(line)
     if len(accounts) > MAX_ACCOUNTS:
         lines.append(f"... and {len(accounts) - MAX_ACCOUNTS} more accounts (--json has them all)")
     return "\n".join(lines)
@@ -316,6 +267,28 @@ def _config(policy: str, path: Path | None) -> SchedulerConfig:
         raise SystemExit(f"dcsim: {path}: {exc}") from exc
 
 
+def _fraction(text: str) -> float:
+    if text == "all":
+        return 1.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1] or 'all', got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A duration in the project's grammar; 0 (no cost) is allowed here."""
+    if text.strip() in ("0", "0s"):
+        return 0.0
+    try:
+        return parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsim", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -324,8 +297,38 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("trace", type=Path)
     rp.add_argument("--nodes", type=int, required=True)
     rp.add_argument("--gpus-per-node", type=int, required=True)
-    rp.add_argument("--policy", choices=("fifo", "greedy", "default"), default="default")
+    rp.add_argument("--policy", choices=POLICIES, default="default")
     rp.add_argument("--config", type=Path, help="TOML file with a [scheduler] table")
+    rp.add_argument(
+        "--preemptible",
+        type=_fraction,
+        default=0.0,
+        metavar="FRACTION|all",
+        help="mark this share of the jobs (chosen by a hash of the id) or all of them "
+        "preemptible (requeue = true); default 0",
+    )
+    rp.add_argument(
+        "--restart-cost",
+        type=_seconds,
+        default=0.0,
+        metavar="S",
+        help="work a preempted job does again, as a duration (300, 5m); default 0",
+    )
+    rp.add_argument(
+        "--checkpoint-interval",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="jobs checkpoint every S of run time and lose what they did since the last "
+        "checkpoint when preempted (default: they checkpoint on the preemption signal)",
+    )
+    rp.add_argument(
+        "--vs",
+        choices=(*POLICIES, "none"),
+        default=None,
+        help="also replay this policy without preemption and show its figures alongside "
+        "(default: greedy when --preemptible is given, else none)",
+    )
     rp.add_argument("--json", action="store_true", help="print the figures as JSON")
     rp.add_argument(
         "--progress",
@@ -345,8 +348,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"no such trace file: {args.trace}")
     config = _config(args.policy, args.config)
     trace = load_trace(args.trace)
+    cost = Cost(args.restart_cost, args.checkpoint_interval or None)
     with _progress(len(trace), args.progress) as on_progress:
-        result = replay(trace, args.nodes, args.gpus_per_node, config, on_progress=on_progress)
+        result = replay(
+            trace,
+            args.nodes,
+            args.gpus_per_node,
+            config,
+            on_progress=on_progress,
+            preemptible=args.preemptible,
+            cost=cost,
+        )
+    vs = args.vs or ("greedy" if args.preemptible > 0 else "none")
+    if vs != "none":
+        other = replay(trace, args.nodes, args.gpus_per_node, replace(config, policy=vs))
+        result["vs"] = {
+            "policy": vs,
+            **{k: other[k] for k in ("avg_jct_s", "avg_queue_s", "p99_queue_s")},
+            "per_account": {
+                a: {"avg_jct_s": v["avg_jct_s"], "avg_queue_s": v["avg_queue_s"]}
+                for a, v in other["per_account"].items()
+            },
+        }
     title = f"{args.trace.name} on {args.nodes} x {args.gpus_per_node} GPUs, policy {args.policy}"
     print(json.dumps(result, indent=2) if args.json else _text(result, title))
     return 0

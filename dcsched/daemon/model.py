@@ -160,6 +160,7 @@ def _request(job: Job) -> JobRequest:
         array_id=None if job.array_job_id is None else str(job.array_job_id),
         array_limit=array_limit(job.spec.get("array") or ""),
         singleton=SINGLETON in job.spec.get("dependency", []),
+        restarts=job.restart_count,
     )
 
 
@@ -177,4 +178,5 @@ def _running(job: Job, gpu_type: str) -> RunningJob:
         terminating=job.state == JobState.COMPLETING,
         name=job.name,
         array_id=None if job.array_job_id is None else str(job.array_job_id),
+        restarts=job.restart_count,
     )

@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-POLICIES = ("fifo", "greedy", "default")
+POLICIES = ("fifo", "greedy", "default", "las")
 DAY = 86400.0
+LAS_RESERVE_AFTER_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
-    policy: str = "default"  # "fifo" | "greedy" | "default"
+    policy: str = "default"  # "fifo" | "greedy" | "default" | "las"
     weights: Weights = field(default_factory=Weights)
     accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
     qos: Mapping[str, QosLevel] = field(default_factory=dict)
@@ -69,7 +70,16 @@ class SchedulerConfig:
     # job size, in GPU-seconds requested, that scores 0 on the (favour-small) size factor
     size_ref_gpu_s: float = 64 * 14 * DAY
     backfill_depth: int = 16
+    # a job that does not fit gets its reservation (which lower jobs must not delay) only
+    # once it has waited this long: until then GPUs are not drained for it. None: 0 under
+    # `default`, LAS_RESERVE_AFTER_S under `las` (which has preemption for urgent work)
+    reserve_after_s: float | None = None
     preempt_grace_s: float = 60.0
+    # `las` only: what one preemption is expected to cost its victim (work done again),
+    # the run a job keeps before it may be preempted, and the most times one job is
+    preempt_cost_s: float = 300.0
+    min_run_s: float = 4 * 3600.0
+    max_preemptions: int = 2
     # a job pending this long goes ahead of every priority (oldest first), so its
     # reservation bounds its wait whatever keeps arriving; 0 turns the guard off
     starvation_s: float = 5 * DAY
@@ -86,6 +96,11 @@ class SchedulerConfig:
         if name in self.qos:
             return self.qos[name]
         return QosLevel() if name == "normal" else None
+
+    def reserve_after(self) -> float:
+        if self.reserve_after_s is not None:
+            return self.reserve_after_s
+        return LAS_RESERVE_AFTER_S if self.policy == "las" else 0.0
 
     def bill(self, gpu_type: str) -> float:
         return self.billing.get(gpu_type, 1.0)
@@ -201,8 +216,12 @@ _TOP = (
     "max_age",
     "size_ref_gpu_hours",
     "backfill_depth",
+    "reserve_after",
     "preempt_grace",
     "starvation_age",
+    "preempt_cost",
+    "min_run",
+    "max_preemptions",
 )
 
 
@@ -256,17 +275,28 @@ def parse_config(
         if "size_ref_gpu_hours" in d
         else default.size_ref_gpu_s,
         backfill_depth=depth,
+        reserve_after_s=_seconds_or_zero(d, "reserve_after", key, 0.0, parse)
+        if "reserve_after" in d
+        else None,
         preempt_grace_s=parse_duration(d["preempt_grace"], f"{key}.preempt_grace", parse)
         if "preempt_grace" in d
         else default.preempt_grace_s,
-        starvation_s=_starvation(d, key, default.starvation_s, parse),
+        starvation_s=_seconds_or_zero(d, "starvation_age", key, default.starvation_s, parse),
+        preempt_cost_s=_seconds_or_zero(d, "preempt_cost", key, default.preempt_cost_s, parse),
+        min_run_s=_seconds_or_zero(d, "min_run", key, default.min_run_s, parse),
+        max_preemptions=_count(d["max_preemptions"], f"{key}.max_preemptions")
+        if "max_preemptions" in d
+        else default.max_preemptions,
     )
 
 
-def _starvation(d: Mapping[str, Any], key: str, default: float, parse: DurationParser) -> float:
-    if "starvation_age" not in d:
+def _seconds_or_zero(
+    d: Mapping[str, Any], name: str, key: str, default: float, parse: DurationParser
+) -> float:
+    """A duration key that also takes 0 (off)."""
+    if name not in d:
         return default
-    value = d["starvation_age"]
+    value = d[name]
     if value in (0, "0") and not isinstance(value, bool):
         return 0.0
-    return parse_duration(value, f"{key}.starvation_age", parse)
+    return parse_duration(value, f"{key}.{name}", parse)

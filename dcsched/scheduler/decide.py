@@ -11,7 +11,8 @@ The pipeline, one pass over the queue (each step is its own module):
     decide   here         start, preempt (preempt.py) or pending with reasons and est_start
 
 Policies: `fifo` stops at the first job that does not fit; `greedy` skips it; `default`
-uses priority, reservations, backfill and preemption. Limits, holds and dependencies apply
+uses priority, reservations, backfill and preemption; `las` is `default` that also
+preempts by least attained service where it pays (preempt.py). Limits, holds and dependencies apply
 to all three. "Does not fit" is a normal outcome with a reason, never an exception.
 """
 
@@ -75,7 +76,7 @@ class Pass:
         event loop) can pause between jobs. The snapshot is immutable, so a pause changes
         nothing here; what changed meanwhile is the caller's to check."""
         policy = self.config.policy
-        default = policy == "default"
+        default = policy in ("default", "las")
         depth = self.config.backfill_depth if default else 0
         cluster, snapshot = self.cluster, self.snapshot
         check = filters.Filter(
@@ -110,7 +111,7 @@ class Pass:
             if policy == "fifo":
                 blocked = True
             elif default and reserved < depth:
-                est = self.reserve(job)
+                est = self.reserve(job, self.now - job.submit_ts >= self.config.reserve_after())
                 reserved += 1
             self.pending[job.job_id] = PendingInfo((reason,), prio, est)
 
@@ -135,13 +136,15 @@ class Pass:
         self.runs.add(job.user, job.name, job.array_id)
         self.starts.append(Start(job.job_id, tuple(parts)))
 
-    def reserve(self, job: JobRequest) -> float | None:
+    def reserve(self, job: JobRequest, hold: bool = True) -> float | None:
+        """The job's earliest start (preempting for it where that is allowed), held as a
+        reservation when it has a preemption or `hold` (it has waited `reserve_after`)."""
         timeline = self.timeline()
         types = self.cluster.types_for(job.gpu_type)
         slot = timeline.reserve(job, types)
         if slot is None or slot.start > self.now:
             p = preempt.plan(
-                job, self.cluster, self.snapshot.running, self.config, set(self.preempt)
+                job, self.cluster, self.snapshot.running, self.config, set(self.preempt), self.now
             )
             if p is not None:
                 for vid in p.victims:
@@ -149,8 +152,9 @@ class Pass:
                 self.preempt.extend(p.victims)
                 self.preempt_for[job.job_id] = p.victims
                 slot = Slot(self.now, p.nodes)
-        if slot is None:
-            return None
+                hold = True
+        if slot is None or not hold:
+            return None if slot is None else slot.start
         timeline.hold(job, slot)
         names = tuple((self.cluster.views[n].name, job.gpus_per_node) for n in slot.nodes)
         self.reservations.append(Reservation(job.job_id, slot.start, names))

@@ -57,6 +57,12 @@ class Explanation:
         }
 
 
+_LAS_WHY = (
+    ": it has had more GPU service, has run its minimum run, and the wait this saves"
+    " exceeds the restart cost (policy las)"
+)
+
+
 def explain(snapshot: Snapshot, now: float, job_id: str) -> Explanation:
     """Every factor and weight, every reason and the estimated start; KeyError if unknown."""
     return explain_pass(Pass(snapshot, now).run(), job_id)
@@ -69,7 +75,12 @@ def explain_pass(done: Pass, job_id: str) -> Explanation:
     prio = done.priority.get(job_id)
     if prio is None:
         if any(r.job_id == job_id for r in snapshot.running):
-            return Explanation(job_id, "running", policy, 0.0, (), (), None, 0, 0)
+            why = tuple(
+                f"preempted for job {pid}" + (_LAS_WHY if policy == "las" else "")
+                for pid, victims in done.preempt_for.items()
+                if job_id in victims
+            )
+            return Explanation(job_id, "running", policy, 0.0, (), (), None, 0, 0, details=why)
         raise KeyError(job_id)
     job = next(j for j in snapshot.pending if j.job_id == job_id)
     rank = list(done.priority).index(job_id) + 1  # filled in priority order
@@ -84,7 +95,7 @@ def explain_pass(done: Pass, job_id: str) -> Explanation:
         job.nodes, job.gpus_per_node, job.gpu_type
     ):
         reasons += (filters.RESOURCES,)
-    if est is None and waits_for_gpus and policy == "default":
+    if est is None and waits_for_gpus and policy in ("default", "las"):
         slot = done.timeline().reserve(job, done.cluster.types_for(job.gpu_type))
         est = None if slot is None else slot.start
     held = next((r.nodes for r in done.reservations if r.job_id == job_id), ())

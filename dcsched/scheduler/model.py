@@ -65,6 +65,9 @@ class JobRequest:
     array_limit: int | None = None
     # Slurm's singleton: waits while a job of the same name and user runs
     singleton: bool = False
+    # earlier runs of a requeued job: how many, and how many seconds they ran in all
+    restarts: int = 0
+    attained_s: float = 0.0
 
     @property
     def gpus(self) -> int:
@@ -86,6 +89,9 @@ class RunningJob:
     terminating: bool = False
     name: str = ""
     array_id: str | None = None
+    # as in JobRequest: earlier runs, and the seconds they ran (this run not included)
+    restarts: int = 0
+    attained_s: float = 0.0
 
     @property
     def gpus(self) -> int:

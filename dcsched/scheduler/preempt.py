@@ -1,8 +1,20 @@
-"""Preemption: which opted-in running jobs a QOS allowed to preempt must stop for a job.
+"""Preemption: which opted-in running jobs must stop for a job.
 
 Victims are chosen per node, youngest first (least work lost), only from jobs that set
-`preemptible` and whose QOS the pending job's QOS lists in `preempt`. GPUs of jobs that are
-already terminating count as coming free, so a pass never preempts twice for one job.
+`preemptible` and either run under a QOS the pending job's QOS lists in `preempt`, or,
+under the `las` policy, are worth preempting (`worth_it`). GPUs of jobs that are already
+terminating count as coming free, so a pass never preempts twice for one job.
+
+`las` (least attained service, duration-blind): a job that has had less GPU service may
+take the GPUs of one that has had more, as in Tiresias, but only when it pays:
+- the victim has run `min_run` in this run (a quantum: no thrashing) and has been
+  preempted fewer than `max_preemptions` times;
+- the pending job's time limit ends before the victim's (the victim cannot be the
+  shorter one, whatever they really take);
+- the wait it saves, its GPUs x the victim's expected remaining run, exceeds what the
+  preemption costs, the victim's GPUs x (`preempt_cost` + `preempt_grace`). Without
+  durations, the expected remaining run is what the victim has run so far (long-running
+  jobs tend to run long: the heavy tail LAS relies on), capped by its time limit.
 """
 
 from __future__ import annotations
@@ -21,17 +33,35 @@ class Plan:
     victims: tuple[str, ...]
 
 
+def worth_it(job: JobRequest, victim: RunningJob, now: float, config: SchedulerConfig) -> bool:
+    """The `las` rule (see the module's docstring)."""
+    ran = now - victim.start_ts
+    if ran < config.min_run_s or victim.restarts >= config.max_preemptions:
+        return False
+    served = victim.attained_s + ran
+    if job.gpus * job.attained_s >= victim.gpus * served:
+        return False
+    left_limit = victim.time_limit_s - ran
+    if job.time_limit_s >= left_limit:
+        return False
+    expected_left = min(left_limit, served)
+    cost = victim.gpus * (config.preempt_cost_s + config.preempt_grace_s)
+    return job.gpus * expected_left > cost
+
+
 def plan(
     job: JobRequest,
     cluster: Cluster,
     running: Iterable[RunningJob],
     config: SchedulerConfig,
     taken: set[str],
+    now: float = 0.0,
 ) -> Plan | None:
     level = config.qos_level(job.qos)
-    if level is None or not level.preempt:
+    allowed = set(level.preempt) if level is not None else set()
+    las = config.policy == "las"
+    if not allowed and not las:
         return None
-    allowed = set(level.preempt)
     coming: dict[int, int] = {}  # node -> GPUs of terminating jobs
     victims: dict[int, list[tuple[float, str, int]]] = {}  # node -> (-start, id, GPUs)
     spans: dict[str, list[tuple[int, int]]] = {}
@@ -44,7 +74,7 @@ def plan(
         if r.terminating or r.job_id in taken:
             for node, n in usable:
                 coming[node] = coming.get(node, 0) + n
-        elif r.preemptible and r.qos in allowed:
+        elif r.preemptible and (r.qos in allowed or (las and worth_it(job, r, now, config))):
             spans[r.job_id] = usable
             for node, n in usable:
                 victims.setdefault(node, []).append((-r.start_ts, r.job_id, n))

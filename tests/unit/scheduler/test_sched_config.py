@@ -113,3 +113,27 @@ def test_without_a_grammar_only_seconds_are_read() -> None:
     assert SchedulerConfig.from_mapping({"half_life": 60}).half_life_s == 60
     with pytest.raises(ValueError, match=r"scheduler\.half_life: expected seconds"):
         SchedulerConfig.from_mapping({"half_life": "7d"})
+
+
+def test_las_and_reservation_keys() -> None:
+    cfg = SchedulerConfig.from_mapping(
+        {
+            "policy": "las",
+            "preempt_cost": "10m",
+            "min_run": "2h",
+            "max_preemptions": 3,
+            "reserve_after": "30m",
+        },
+        duration=parse_seconds,
+    )
+    assert (cfg.policy, cfg.preempt_cost_s, cfg.min_run_s) == ("las", 600, 7200)
+    assert (cfg.max_preemptions, cfg.reserve_after()) == (3, 1800)
+    # unset: no wait under default; under las (which can preempt for urgent work) an hour
+    assert SchedulerConfig().reserve_after() == 0
+    assert SchedulerConfig(policy="las").reserve_after() == 3600
+    off = SchedulerConfig.from_mapping({"preempt_cost": 0, "min_run": "0", "reserve_after": 0})
+    assert (off.preempt_cost_s, off.min_run_s, off.reserve_after()) == (0, 0, 0)
+    with pytest.raises(ValueError, match=r"scheduler\.max_preemptions: expected a whole number"):
+        SchedulerConfig.from_mapping({"max_preemptions": -1})
+    with pytest.raises(ValueError, match=r"scheduler\.min_run: "):
+        SchedulerConfig.from_mapping({"min_run": "soon"}, duration=parse_seconds)

@@ -1,0 +1,109 @@
+"""The simulation harness: decisions applied as the daemon applies them (table tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dcsched.scheduler import Decisions, QosLevel, SchedulerConfig, Snapshot, Start
+from dcsched.scheduler.simulate import Cost, SimJob, Simulator
+from tests.unit.scheduler.sched_builders import job, node
+
+# "high" may preempt preemptible "normal" jobs; 60 s grace
+PREEMPTING = SchedulerConfig(qos={"high": QosLevel(priority=10, preempt=("normal",))})
+
+
+def _long_and_urgent(long_s: float) -> list[SimJob]:
+    return [
+        SimJob(job("long", 8, submit=0.0, preemptible=True), long_s),
+        SimJob(job("urgent", 8, submit=100.0, qos="high"), 50.0),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cost", "long_finish", "lost_gpu_s"),
+    [
+        # signalled at 100, stops at 160 (grace); 900 s of work left + 300 s redone
+        (Cost(300.0), 210.0 + 900.0 + 300.0, 8 * (300.0 + 60.0)),
+        # checkpoints every 40 s: the 20 s since the last one are lost too
+        (Cost(300.0, 40.0), 210.0 + 900.0 + 320.0, 8 * (320.0 + 60.0)),
+        (Cost(0.0), 210.0 + 900.0, 8 * 60.0),
+    ],
+)
+def test_preemption_with_grace_and_restart_cost(
+    cost: Cost, long_finish: float, lost_gpu_s: float
+) -> None:
+    seen: list[tuple[float, Snapshot]] = []
+    # a pass every 30 s: one sees the victim in its grace
+    sim = Simulator([node("n0", gpu_type="sim")], PREEMPTING, cost, pass_interval_s=30.0)
+    records = sim.run(_long_and_urgent(1000.0), lambda s, now, d: seen.append((now, s)))
+    long, urgent = records["long"], records["urgent"]
+    # the urgent job waits out the grace, while the victim is passed as terminating
+    assert (urgent.first_start_s, urgent.finish_s) == (160.0, 210.0)
+    assert any(r.job_id == "long" and r.terminating for _, s in seen for r in s.running)
+    assert (long.first_start_s, long.finish_s, long.preemptions) == (0.0, long_finish, 1)
+    assert long.lost_gpu_s == lost_gpu_s
+    # back in the queue as the daemon requeues: same submit time, one more restart, and
+    # the 160 s it held its GPUs as attained service
+    requeued = [p for now, s in seen if now > 0 for p in s.pending if p.job_id == "long"]
+    assert requeued and {(p.submit_ts, p.restarts, p.attained_s) for p in requeued} == {
+        (0.0, 1, 160.0)
+    }
+
+
+def test_a_victim_whose_work_ends_within_the_grace_completes() -> None:
+    records = Simulator([node("n0")], PREEMPTING, Cost(300.0)).run(_long_and_urgent(130.0))
+    assert (records["long"].finish_s, records["long"].preemptions) == (130.0, 0)
+    assert records["long"].lost_gpu_s == 0.0
+    assert records["urgent"].first_start_s == 130.0
+
+
+def test_usage_accrues_billed_gpu_seconds_through_fairshare() -> None:
+    config = SchedulerConfig(billing={"H100": 2.5}, half_life_s=1e12)
+    sim = Simulator([node("n0", gpu_type="H100"), node("n1", gpu_type="A10")], config)
+    sim.run(
+        [
+            SimJob(job("h", 8, account="a", user="x", gpu_type="H100"), 100.0),
+            SimJob(job("c", 2, account="b", user="y", gpu_type="A10"), 100.0),
+        ]
+    )
+    assert sim.usage.gpu_seconds == {
+        ("a", "x"): pytest.approx(8 * 100 * 2.5),
+        ("b", "y"): pytest.approx(2 * 100 * 1.0),
+    }
+
+
+def test_no_usage_for_policies_that_ignore_it() -> None:
+    sim = Simulator([node("n0")], SchedulerConfig(policy="greedy"))
+    sim.run([SimJob(job("j", 1), 10.0)])
+    assert sim.usage.gpu_seconds == {}
+
+
+def test_a_start_on_gpus_that_are_not_free_is_an_error() -> None:
+    def twice(snapshot: Snapshot, now: float) -> Decisions:
+        return Decisions(tuple(Start(j.job_id, (("n0", (0,)),)) for j in snapshot.pending))
+
+    sim = Simulator([node("n0")], SchedulerConfig(), decide_fn=twice)
+    with pytest.raises(ValueError, match="not free"):
+        sim.run([SimJob(job("a", 1), 10.0), SimJob(job("b", 1), 10.0)])
+
+
+def test_periodic_passes_while_jobs_wait() -> None:
+    times: list[float] = []
+    sim = Simulator([node("n0", 1)], PREEMPTING, pass_interval_s=100.0)
+    sim.run(
+        [SimJob(job("a", 1), 350.0), SimJob(job("b", 1, submit=1.0), 10.0)],
+        lambda s, now, d: times.append(now),
+    )
+    # no pass at 1.0: nothing could start or be preempted then
+    assert times == [0.0, 101.0, 201.0, 301.0, 350.0]
+
+
+def test_duplicate_ids_are_refused() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        Simulator([node("n0")], SchedulerConfig()).run([SimJob(job("a"), 1.0)] * 2)
+
+
+def test_a_job_that_can_never_start_ends_the_run_with_periodic_passes() -> None:
+    sim = Simulator([node("n0", 1)], SchedulerConfig(), pass_interval_s=10.0)
+    records = sim.run([SimJob(job("huge", 8), 1.0), SimJob(job("ok", 1), 5.0)])
+    assert records["huge"].first_start_s is None and records["ok"].finish_s == 5.0
