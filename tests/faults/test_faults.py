@@ -21,7 +21,7 @@ from dcsched.client import ApiError
 from tests.conftest import PROCESS_TIMEOUT, Procs
 from tests.faults.harness import ENDED, EventStream, Rig, alive, until
 
-pytestmark = [pytest.mark.e2e, PROCESS_TIMEOUT]
+pytestmark = [pytest.mark.e2e, pytest.mark.faults, PROCESS_TIMEOUT]
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import PROCESS_TIMEOUT, Procs, free_port
 from tests.faults.harness import ENDED, Rig, _kill, alive, until
 
-pytestmark = [pytest.mark.e2e, PROCESS_TIMEOUT]
+pytestmark = [pytest.mark.e2e, pytest.mark.faults, PROCESS_TIMEOUT]
 
 JOBS = int(os.environ.get("DCSCHED_FAULT_JOBS", "16"))
 SEED = int(os.environ.get("DCSCHED_FAULT_SEED", "1"))

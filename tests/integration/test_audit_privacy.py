@@ -21,6 +21,8 @@ from dcsched.daemon.service import Daemon
 from tests.conftest import Broker
 from tests.integration.daemon_harness import ScriptedAgent, api, running_daemon, until, write_config
 
+pytestmark = pytest.mark.faults  # the attacks of docs/reliability.md
+
 SPEC = {
     "name": "secretive",
     "command": ["train.py", "--token=s3cret-arg"],

@@ -28,7 +28,7 @@ from tests.conftest import PROCESS_TIMEOUT, Procs, fake_torchrun, free_port, wai
 from tests.integration.daemon_harness import api, state_is, until
 from tests.integration.test_agent_mqtt import running_agent
 
-pytestmark = PROCESS_TIMEOUT
+pytestmark = [pytest.mark.faults, PROCESS_TIMEOUT]
 PREFIX = "dcsched/v1"
 
 

@@ -22,7 +22,7 @@ from tests.conftest import PROCESS_TIMEOUT, Broker, Procs, fake_torchrun
 from tests.integration.daemon_harness import api, running_daemon, state_is, until, write_config
 from tests.integration.test_agent_mqtt import agent_config
 
-pytestmark = PROCESS_TIMEOUT
+pytestmark = [pytest.mark.faults, PROCESS_TIMEOUT]
 
 _command = msgspec.json.Decoder(Command)
 _signed = msgspec.json.Decoder(SignedCommand)

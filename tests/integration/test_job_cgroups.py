@@ -30,7 +30,10 @@ from dcsched.agents.state import JobRecord
 from tests.conftest import Procs, fake_torchrun
 from tests.unit.agents.helpers import launch
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making cgroups needs root")
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.skipif(os.geteuid() != 0, reason="making cgroups needs root"),
+]
 
 PYTHON = "/usr/bin/python3"  # the runner and the jobs need only the standard library
 

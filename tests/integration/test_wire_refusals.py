@@ -34,6 +34,8 @@ from tests.integration.daemon_harness import (
     write_config,
 )
 
+pytestmark = pytest.mark.faults  # the attacks of docs/reliability.md
+
 
 def _telemetry(host: str) -> bytes:
     return encode(Telemetry(host=host, ts=time.time(), seq=1, gpus=[GpuSample(index=0, uuid="g")]))

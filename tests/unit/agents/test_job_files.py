@@ -24,6 +24,8 @@ from dcsched.protocol.messages import FetchLog
 from tests.conftest import fake_torchrun
 from tests.unit.agents.helpers import launch
 
+pytestmark = pytest.mark.faults  # the attacks of docs/reliability.md
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run jobs as a user")
 SYSTEM_PYTHON = "/usr/bin/python3"  # the runner needs only the standard library
 
