@@ -48,6 +48,7 @@ from dcsched.scheduler import SchedulerConfig, explain_pass, fairshare_report
 from dcsched.scheduler.unsatisfiable import never_fits
 
 if TYPE_CHECKING:
+    from dcsched.daemon.cluster import Node
     from dcsched.daemon.service import Daemon
 
 log = logging.getLogger("dcsched.api")
@@ -595,10 +596,7 @@ class Api:
 
     async def node_events(self, request: web.Request) -> web.Response:
         """A node's drains, resumes and GPU faults (oldest first), and its unhealthy GPUs."""
-        host = request.match_info["host"]
-        node = self.d.cluster.nodes.get(host)
-        if node is None:
-            raise NoSuchThing(f"no node {host!r}; `dcctl nodes` lists the nodes")
+        host, node = self._node(request)
         return _json(
             {
                 "host": host,
@@ -671,11 +669,15 @@ class Api:
         await self.d.set_drain(host, drained, reason, who.user, row)
         return web.json_response({"host": host, "drained": drained})
 
-    async def drain_history(self, request: web.Request) -> web.Response:
+    def _node(self, request: web.Request) -> tuple[str, Node]:
         host = request.match_info["host"]
         node = self.d.cluster.nodes.get(host)
         if node is None:
             raise NoSuchThing(f"no node {host!r}; `dcctl nodes` lists the nodes")
+        return host, node
+
+    async def drain_history(self, request: web.Request) -> web.Response:
+        host, node = self._node(request)
         return _json(
             {
                 "host": host,
