@@ -8,6 +8,7 @@ import fnmatch
 import grp
 import logging
 import os
+import secrets
 import socket
 import time
 import zlib
@@ -21,7 +22,7 @@ from aiohttp import web
 from dcsched import __version__
 from dcsched.daemon import accounting
 from dcsched.daemon.aio import wait_event
-from dcsched.daemon.api import Api
+from dcsched.daemon.api import Api, serve_tcp
 from dcsched.daemon.audit import AuditLog, written_with_change
 from dcsched.daemon.bus import Bus
 from dcsched.daemon.cluster import Cluster
@@ -37,13 +38,14 @@ from dcsched.daemon.health import (
 )
 from dcsched.daemon.ingest import Ingest
 from dcsched.daemon.jobs import IdlePolicy, JobManager, Timing
-from dcsched.daemon.leader import Standby
+from dcsched.daemon.leader import LEADER_URL_KEY, Standby, advertise_url
 from dcsched.daemon.metrics import metrics_app
 from dcsched.daemon.model import Model
 from dcsched.daemon.readmodel import ReadModel, drain_state
 from dcsched.daemon.scheduling import SchedulingLoop
 from dcsched.daemon.states import TERMINAL
 from dcsched.daemon.store import HEALTH_POLICY, AuditRow, NotFound, Store, StoreError
+from dcsched.daemon.tokens import derive_key
 from dcsched.daemon.usage import UsageTracker
 from dcsched.protocol.codec import ProtocolError, load_key
 from dcsched.protocol.config import Config, ConfigError
@@ -96,6 +98,7 @@ class Daemon:
             known=lambda host: host in self.cluster.nodes,
         )
         key = _cluster_key(config, insecure)
+        self.token_key = _token_key(config, key)
         if not config.broker.password_file and not dc.hosts:
             log.warning(
                 "no [broker] password_file and no [daemon] hosts: if the broker admits "
@@ -159,10 +162,12 @@ class Daemon:
             if not await store.try_lead():  # another dcd leads this (PostgreSQL) store
                 if _answers(config.daemon.socket):
                     raise ConfigError(f"another dcd is serving on {config.daemon.socket}")
-                await Standby(store, config.daemon.socket).wait()
+                await Standby(store, config.daemon).wait()
             d = cls(config, store, insecure=insecure)
             d.sender.epoch = await _next_epoch(store)
             log.info("daemon epoch %d", d.sender.epoch)
+            if store.shared:  # standbys tell remote clients where the leader listens
+                await store.set_kv(LEADER_URL_KEY, advertise_url(config.daemon))
             await d.scheduling.usage.load()
             saved = await store.get_kv(ACCOUNTING_KEY)
             for n in await store.nodes():
@@ -203,7 +208,9 @@ class Daemon:
                     tg.create_task(self._leadership(), name="leadership")
                 self.ready.set()
                 notify("READY=1\nSTATUS=serving")
-                log.info("dcd ready: API on %s", self.config.daemon.socket)
+                dc = self.config.daemon
+                tcp = f" and {advertise_url(dc)}" if dc.listen else ""
+                log.info("dcd ready: API on %s%s", dc.socket, tcp)
                 await self.stop.wait()
                 notify("STOPPING=1")
                 self.bus.inbox.put_nowait(None)  # ends the events task after what is queued
@@ -256,6 +263,7 @@ class Daemon:
             os.chmod(path, self.config.daemon.socket_mode)
             if gid is not None:
                 _give_group(path, gid, group)
+            await serve_tcp(runner, self.config.daemon)
         except BaseException:
             await runner.cleanup()
             raise
@@ -435,6 +443,24 @@ def host_filter(patterns: list[str]) -> Callable[[str], bool]:
     exact = {p for p in patterns if not any(c in p for c in "*?[")}
     globs = [p for p in patterns if p not in exact]
     return lambda host: host in exact or any(fnmatch.fnmatchcase(host, g) for g in globs)
+
+
+def _token_key(config: Config, cluster_key: bytes | None) -> bytes:
+    """The API tokens' key: [daemon] token_key_file, else derived from the cluster key;
+    without either (an --insecure test), one of this run only."""
+    path = config.daemon.token_key_file
+    if path:
+        try:
+            key = load_key(path)
+        except (OSError, ProtocolError) as exc:
+            raise ConfigError(f"[daemon] token_key_file: {exc}") from None
+        assert key is not None
+        return key
+    if cluster_key is not None:
+        return derive_key(cluster_key)
+    if config.daemon.listen:
+        log.warning("no cluster key: API tokens are valid only until this dcd stops")
+    return secrets.token_bytes(32)
 
 
 def _cluster_key(config: Config, insecure: bool) -> bytes | None:
