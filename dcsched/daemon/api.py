@@ -430,9 +430,12 @@ class Api:
         who = caller(request)
         longest = self.d.config.daemon.token_lifetime_s
         body = await _json_body(request) if request.can_read_body else {}
-        lifetime = body.get("lifetime_s", longest) if isinstance(body, dict) else None
-        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
+        if not isinstance(body, dict) or set(body) - {"lifetime_s"}:
             raise InvalidRequest('expected {"lifetime_s": SECONDS} or no body')
+        lifetime = body.get("lifetime_s")
+        lifetime = longest if lifetime is None else lifetime
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
+            raise InvalidRequest(f"lifetime_s: expected a number of seconds, got {lifetime!r}")
         if not 0 < lifetime <= longest:
             raise InvalidRequest(
                 f"lifetime_s must be in (0, {longest:g}] ([daemon] token_lifetime_s)"

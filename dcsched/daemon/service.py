@@ -68,6 +68,7 @@ from dcsched.scheduler import SchedulerConfig
 log = logging.getLogger("dcsched.daemon")
 TELEMETRY_KEEP_S = 7 * 24 * 3600
 ACCOUNTING_KEY = "job_accounting"  # the running jobs' accumulation (accounting.dump)
+MQTT_ID_KEY = "mqtt_client_id"  # kv: the leader's broker session (_mqtt_client_id)
 LEAD_CHECK_S = 2.0  # how often a leader on a shared store checks its connection when idle
 
 
@@ -86,7 +87,8 @@ class Daemon:
         self.model = Model(self.cluster.gpu_type)
         self.hub = EventHub()
         self.audit = AuditLog(store)
-        # One persistent MQTT session per daemon and topic prefix.
+        # One persistent MQTT session per store (Daemon.open reads its id from the store;
+        # this one is for a daemon made without open, in tests).
         client_id = (
             f"dcd-{socket.gethostname()}-{zlib.crc32(config.broker.topic_prefix.encode()):08x}"
         )
@@ -96,6 +98,7 @@ class Daemon:
             self._telemetry,
             admit=host_filter(dc.hosts),
             known=lambda host: host in self.cluster.nodes,
+            may_connect=self._still_leading if store.shared else None,
         )
         key = _cluster_key(config, insecure)
         self.token_key = _token_key(config, key)
@@ -109,6 +112,7 @@ class Daemon:
             key,
             dc.command_retry_s,
             lambda host: not self.cluster.is_online(host),
+            self._still_leading if store.shared else None,
         )
         try:
             sched = SchedulerConfig.from_mapping(config.scheduler, duration=parse_seconds)
@@ -168,6 +172,7 @@ class Daemon:
             log.info("daemon epoch %d", d.sender.epoch)
             if store.shared:  # standbys tell remote clients where the leader listens
                 await store.set_kv(LEADER_URL_KEY, advertise_url(config.daemon))
+            d.bus.client_id = await _mqtt_client_id(store)
             await d.scheduling.usage.load()
             saved = await store.get_kv(ACCOUNTING_KEY)
             for n in await store.nodes():
@@ -229,6 +234,14 @@ class Daemon:
                 await r.cleanup()
             await self.store.close()
             log.info("dcd stopped")
+
+    async def _still_leading(self) -> bool:
+        """Does this dcd still hold the leader lock of its shared store? A round trip on
+        the lock's connection: the lock lives exactly as long as it does."""
+        if not self.store.lost.is_set():
+            with contextlib.suppress(StoreError):  # a lost connection sets store.lost
+                await self.store.check_lead()
+        return not self.store.lost.is_set()
 
     def health(self) -> dict[str, Any]:
         problems = []
@@ -477,6 +490,19 @@ def _cluster_key(config: Config, insecure: bool) -> bytes | None:
     if key is None:
         log.warning("INSECURE: no [cluster] key_file: commands to agents are not signed")
     return key
+
+
+async def _mqtt_client_id(store: Store) -> str:
+    """The broker session of this store's leader: made once, kept in the store. Two daemons
+    of two stores on one host never share it (each would knock the other off the broker),
+    and a standby that takes over a shared store resumes the session of the leader before
+    it (the broker kept the QoS 1 events queued for it)."""
+    saved = await store.get_kv(MQTT_ID_KEY)
+    if saved:
+        return saved
+    made = f"dcd-{secrets.token_hex(8)}"  # 20 characters: MQTT 3.1.1 servers must take 23
+    await store.set_kv(MQTT_ID_KEY, made)
+    return made
 
 
 async def _next_epoch(store: Store) -> int:
