@@ -224,8 +224,9 @@ class Client:
         self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
     ) -> Any:
         """One call, to the leader: a server that cannot be reached or stands by is passed
-        over for the next (a call is sent again only to another daemon, which has not seen
-        it: the one that refused or could not be reached did not act on it)."""
+        over for the next. A call that changes something is sent to the next only when the
+        one before cannot have acted on it (no connection, or a standby's refusal): one
+        lost after it was sent is reported, not repeated (its outcome is unknown)."""
         path = _with_query(path, query)
         data = None if body is None else json.dumps(body).encode()
         headers = self._headers()
@@ -241,15 +242,28 @@ class Client:
             tried.add(server)
             conn = self.connection(server, self.timeout)
             try:
-                conn.request(method, path, body=data, headers=headers)
-                resp = conn.getresponse()
-                raw = resp.read()
-            except OSError as exc:
-                errors.append(self._unreachable(exc, server))
-                continue
-            except http.client.HTTPException as exc:
-                errors.append(DaemonUnreachable(f"{server or self.socket_path}: {exc}"))
-                continue
+                try:
+                    conn.connect()
+                except OSError as exc:
+                    errors.append(self._unreachable(exc, server))
+                    continue
+                try:
+                    conn.request(method, path, body=data, headers=headers)
+                    resp = conn.getresponse()
+                    raw = resp.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    err = (
+                        self._unreachable(exc, server)
+                        if isinstance(exc, OSError)
+                        else DaemonUnreachable(f"{server or self.socket_path}: {exc}")
+                    )
+                    if method not in ("GET", "HEAD"):
+                        raise DaemonUnreachable(
+                            f"{err} after the {method} {path.split('?')[0]} was sent: it may "
+                            "or may not have been done; look (e.g. dcctl queue) before repeating"
+                        ) from None
+                    errors.append(err)
+                    continue
             finally:
                 conn.close()
             try:
