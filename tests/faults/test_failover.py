@@ -7,16 +7,18 @@ over, and the old one, thawed, sends nothing: no agent refuses a stale command."
 
 from __future__ import annotations
 
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dcsched.client import ApiError, Client, ClientError
+from dcsched.client import ApiError, Client, ClientError, StreamEvent
 from tests.conftest import PROCESS_TIMEOUT, Procs, free_port
 from tests.faults.harness import Rig, until
 from tests.integration.test_broker_auth import make_test_ca
@@ -113,11 +115,20 @@ def test_the_standby_takes_over_and_every_job_ends_once(
     jobs = [rig.submit(spec(i)) for i in range(JOBS)]
     until(lambda: sum(rig.job(j)["state"] == "RUNNING" for j in jobs) == 6, 120, "six jobs running")
 
+    # The event stream of a login node's client, open on the leader, moves to the next.
+    events: queue.Queue[StreamEvent] = queue.Queue()
+    stream = rig.client.events()
+    threading.Thread(target=lambda: [events.put(e) for e in stream], daemon=True).start()
+    assert events.get(timeout=30).kind == "hello"
+
     killed = time.monotonic()
     a.send_signal(signal.SIGKILL)
     a.wait(30)
     until(lambda: _role(tmp_path / "b" / "dcd.sock") == "leader", 60, "b to take over")
     took_over = time.monotonic() - killed
+    # b knows nothing of a's cursors: it says so, and the stream goes on from b.
+    assert until(lambda: events.get(timeout=30).kind == "reset", 60, "a reset from b")
+    stream.close()
     for i in range(JOBS):
         rig.marker(f"w{i}").touch()
     ends = {j: rig.wait(j, {"COMPLETED"}, 180)["state"] for j in jobs}

@@ -80,6 +80,15 @@ async def test_a_token_from_the_socket_opens_the_tls_listener_as_the_same_caller
         argv = ["--server", servers[1], "--ca-file", str(ca), "--config", str(conf), "queue"]
         assert await asyncio.to_thread(dcctl_main, argv) == 0
         assert str(job) in capsys.readouterr().out
+        # ...or from the file `dcctl token --save` writes on the head node (a shared home).
+        monkeypatch.delenv("DCSCHED_TOKEN")
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        save = ["--socket", d.config.daemon.socket, "token", "--save", "--lifetime", "10m"]
+        assert await asyncio.to_thread(dcctl_main, save) == 0
+        saved = tmp_path / "home" / ".dcsched" / "token"
+        assert saved.stat().st_mode & 0o777 == 0o600 and "valid until" in capsys.readouterr().err
+        assert await asyncio.to_thread(dcctl_main, argv) == 0
+        assert str(job) in capsys.readouterr().out
 
 
 async def test_a_client_given_the_standby_follows_it_to_the_leader(
