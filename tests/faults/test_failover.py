@@ -7,7 +7,9 @@ over, and the old one, thawed, sends nothing: no agent refuses a stale command."
 
 from __future__ import annotations
 
+import os
 import queue
+import random
 import signal
 import subprocess
 import sys
@@ -160,3 +162,76 @@ def test_the_standby_takes_over_and_every_job_ends_once(
         rig.wait(j, {"COMPLETED"}, 120)
     agent_logs = "".join((tmp_path / f"{h}.log").read_text() for h in hosts)
     assert "dropped a command" not in agent_logs, rig.logs()  # no stale epoch, no replay
+
+
+# Appends its pid to argv[1].runs, sleeps argv[2] seconds, exits 0.
+RUN_AND_END = """\
+import os, sys, time
+with open(sys.argv[1] + ".runs", "a") as f:
+    f.write(f"{os.getpid()}\\n")
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DCSCHED_FAILOVER_KILLS"),
+    reason="a measurement run (minutes): DCSCHED_FAILOVER_KILLS=5 DCSCHED_FAILOVER_JOBS=100",
+)
+def test_seeded_kills_of_the_leader_under_a_workload(
+    tmp_path: Path, procs: Procs, postgres_url: str
+) -> None:
+    """The leader SIGKILLed at seeded random moments while jobs come and go; each killed
+    daemon comes back as a standby. Every job completes exactly once; takeovers timed."""
+    kills = int(os.environ["DCSCHED_FAILOVER_KILLS"])
+    n_jobs = int(os.environ.get("DCSCHED_FAILOVER_JOBS", "100"))
+    rng = random.Random(int(os.environ.get("DCSCHED_FAILOVER_SEED", "12")))
+    make_test_ca(tmp_path)
+    rig = HaRig(tmp_path, procs)
+    rig.servers = []
+    rig.start_broker()
+    daemons = {}
+    for name in ("d0", "d1"):
+        daemons[name] = rig.start_ha_daemon(name, postgres_url, tmp_path)
+        up = tmp_path / name / "dcd.sock"
+        until(lambda up=up: _role(up) in ("leader", "standby"), 60, f"{name} up")
+    leader = next(n for n in daemons if _role(tmp_path / n / "dcd.sock") == "leader")
+    token = Client(str(tmp_path / leader / "dcd.sock")).new_token()["token"]
+    ca = str(tmp_path / "ca.crt")
+    rig.client = Client(timeout=20.0, servers=rig.servers, token=token, ca_file=ca)
+    hosts = ("node1", "node2", "node3")
+    for h in hosts:
+        rig.start_agent(h)
+    rig.wait_nodes_up(*hosts)
+    script = rig.jobs_dir / "run_and_end.py"
+    script.write_text(RUN_AND_END)
+    jobs = []
+    for i in range(n_jobs):
+        marker = str(rig.marker(f"j{i}"))
+        secs = f"{rng.uniform(0.5, 4.0):.1f}"
+        jobs.append(rig.submit(rig.spec(f"j{i}", marker, command=[str(script), marker, secs])))
+    takeovers = []
+    for k in range(kills):
+        time.sleep(rng.uniform(1.0, 8.0))
+        killed = time.monotonic()
+        daemons[leader].send_signal(signal.SIGKILL)
+        daemons[leader].wait(30)
+
+        def new_leader() -> str | None:
+            for n, proc in daemons.items():
+                if proc.poll() is None and _role(tmp_path / n / "dcd.sock") == "leader":
+                    return n
+            return None
+
+        leader = until(new_leader, 60, "a new leader", every=0.1)
+        takeovers.append(round(time.monotonic() - killed, 2))
+        name = f"d{k + 2}"  # the killed one comes back, as a standby
+        daemons[name] = rig.start_ha_daemon(name, postgres_url, tmp_path)
+        rig.client = Client(timeout=20.0, servers=rig.servers, token=token, ca_file=ca)
+    ends = {j: rig.wait(j, {"COMPLETED"}, 600)["state"] for j in jobs}
+    assert set(ends.values()) == {"COMPLETED"}, rig.logs()
+    runs = [(rig.jobs_dir / f"j{i}.go.runs").read_text().split() for i in range(n_jobs)]
+    twice = [i for i, r in enumerate(runs) if len(r) != 1]
+    assert not twice, (twice, rig.logs())
+    agent_logs = "".join((tmp_path / f"{h}.log").read_text() for h in hosts)
+    assert "dropped a command" not in agent_logs, rig.logs()
+    print(f"failover: {n_jobs} jobs, {kills} kills, takeovers (s): {takeovers}")
