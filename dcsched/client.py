@@ -1,5 +1,6 @@
-"""The one small client of the daemon's API (HTTP+JSON on a Unix socket), used by dcsub,
-dcctl and dctop. Stdlib only, so the CLI works on any host with the base install."""
+"""The one small client of the daemon's API, used by dcsub, dcctl and dctop: HTTP+JSON on
+the local Unix socket, or over TLS to a list of daemons (a login node), with a token, where
+it follows the leader. Stdlib only, so the CLI works on any host with the base install."""
 
 from __future__ import annotations
 
@@ -7,19 +8,24 @@ import codecs
 import contextlib
 import http.client
 import json
+import os
 import re
 import socket
+import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 # The daemon writes a keep-alive comment at least this often on an idle event stream.
 KEEPALIVE_S = 15.0
+DEFAULT_PORT = 6818
+TOKEN_FILE = "~/.dcsched/token"
 
 
 class ClientError(Exception):
@@ -54,6 +60,41 @@ class UnixConnection(http.client.HTTPConnection):
         self.sock = s
 
 
+def server_url(address: str) -> str:
+    """`head:6818`, `head` or `https://head:6818` as `https://head:6818`."""
+    text = address.strip()
+    if "://" not in text:
+        text = "https://" + text
+    parts = urlsplit(text)
+    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+        raise ClientError(
+            f"daemon address {address!r}: expected HOST:PORT or https://HOST:PORT "
+            "(the API is served over TLS only)"
+        )
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ClientError(f"daemon address {address!r}: the port is not a number") from None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"https://{host}:{port}"
+
+
+def read_token(token_file: str = "") -> str | None:
+    """$DCSCHED_TOKEN, else the token file (given, else ~/.dcsched/token); None if none."""
+    env = os.environ.get("DCSCHED_TOKEN", "").strip()
+    if env:
+        return env
+    path = Path(token_file or TOKEN_FILE).expanduser()
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        if token_file:
+            raise ClientError(f"token file {token_file} not found; `dcctl token --save`") from None
+        return None
+    except OSError as exc:
+        raise ClientError(f"token file {path}: {exc.strerror}") from None
+
+
 def _with_query(path: str, query: dict[str, Any] | None) -> str:
     q = {k: v for k, v in (query or {}).items() if v is not None}
     return path + "?" + urlencode(q) if q else path
@@ -79,13 +120,93 @@ def _payload(status: int, raw: bytes) -> Any:
     return payload
 
 
+def _standby(exc: ApiError) -> bool:
+    return exc.status == 503 and exc.details.get("role") == "standby"
+
+
 class Client:
-    def __init__(self, socket_path: str, timeout: float = 15.0) -> None:
+    """The local socket (`socket_path`), or `servers` (`https://HOST:PORT`, tried in order;
+    the one that leads is remembered and a standby's word on the leader is followed) with
+    a token (default: read_token()) and a CA file for their certificates."""
+
+    def __init__(
+        self,
+        socket_path: str = "",
+        timeout: float = 15.0,
+        *,
+        servers: Sequence[str] = (),
+        token: str | None = None,
+        ca_file: str = "",
+    ) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
+        self.servers = [server_url(s) for s in servers]
+        self.token = token
+        self.ca_file = ca_file
+        self._ssl: ssl.SSLContext | None = None
+        self._current = 0  # the server that answered last: the leader, as far as we know
 
-    def _unreachable(self, exc: OSError) -> DaemonUnreachable:
+    @property
+    def target(self) -> str:
+        """What this client talks to, for messages: the socket or the servers."""
+        return ",".join(self.servers) if self.servers else self.socket_path
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            try:
+                self._ssl = ssl.create_default_context(cafile=self.ca_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ClientError(f"CA file {self.ca_file}: {exc}") from None
+        return self._ssl
+
+    def _headers(self) -> dict[str, str]:
+        if not self.servers:
+            return {}
+        if self.token is None:
+            self.token = read_token() or ""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def connection(self, server: str | None, timeout: float) -> http.client.HTTPConnection:
+        """A connection to a server (None: the Unix socket)."""
+        if server is None:
+            return UnixConnection(self.socket_path, timeout)
+        parts = urlsplit(server)
+        assert parts.hostname is not None
+        return http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout, context=self._tls()
+        )
+
+    def order(self) -> list[str | None]:
+        """The servers to try, the last one that answered first; [None]: the socket."""
+        if not self.servers:
+            return [None]
+        n = self._current % len(self.servers)
+        return [*self.servers[n:], *self.servers[:n]]
+
+    def answered(self, server: str | None) -> None:
+        if server is not None:
+            self._current = self.servers.index(server)
+
+    def follow(self, exc: ApiError) -> None:
+        """A standby said where the leader listens: try it too, next."""
+        url = str(exc.details.get("leader_url") or "")
+        if self.servers and url:
+            with contextlib.suppress(ClientError):
+                url = server_url(url)
+                if url not in self.servers:
+                    self.servers.append(url)
+
+    def _unreachable(self, exc: OSError, server: str | None = None) -> DaemonUnreachable:
         """The one error, with a message a person can act on, for a daemon not there."""
+        if server is not None:
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                return DaemonUnreachable(
+                    f"{server}: its certificate is not trusted ({exc.verify_message}); "
+                    "pass the site's CA with --ca-file or $DCSCHED_CA_FILE"
+                )
+            if isinstance(exc, TimeoutError):
+                return DaemonUnreachable(f"{server} did not answer in {self.timeout:.0f} s")
+            return DaemonUnreachable(f"cannot connect to {server}: {exc.strerror or exc}")
         if isinstance(exc, FileNotFoundError):
             return DaemonUnreachable(
                 f"no daemon socket at {self.socket_path}; is dcd running? (--socket, "
@@ -102,23 +223,79 @@ class Client:
     def request(
         self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
     ) -> Any:
+        """One call, to the leader: a server that cannot be reached or stands by is passed
+        over for the next. A call that changes something is sent to the next only when the
+        one before cannot have acted on it (no connection, or a standby's refusal): one
+        lost after it was sent is reported, not repeated (its outcome is unknown)."""
         path = _with_query(path, query)
-        conn = UnixConnection(self.socket_path, self.timeout)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"} if data is not None else {}
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        except OSError as exc:
-            raise self._unreachable(exc) from None
-        finally:
-            conn.close()
-        return _payload(resp.status, raw)
+        data = None if body is None else json.dumps(body).encode()
+        headers = self._headers()
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        errors: list[ClientError] = []
+        tried: set[str | None] = set()
+        while True:
+            todo = [s for s in self.order() if s not in tried]
+            if not todo:
+                break
+            server = todo[0]
+            tried.add(server)
+            conn = self.connection(server, self.timeout)
+            try:
+                try:
+                    conn.connect()
+                except OSError as exc:
+                    errors.append(self._unreachable(exc, server))
+                    continue
+                try:
+                    conn.request(method, path, body=data, headers=headers)
+                    resp = conn.getresponse()
+                    raw = resp.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    err = (
+                        self._unreachable(exc, server)
+                        if isinstance(exc, OSError)
+                        else DaemonUnreachable(f"{server or self.socket_path}: {exc}")
+                    )
+                    if method not in ("GET", "HEAD"):
+                        raise DaemonUnreachable(
+                            f"{err} after the {method} {path.split('?')[0]} was sent: it may "
+                            "or may not have been done; look (e.g. dcctl queue) before repeating"
+                        ) from None
+                    errors.append(err)
+                    continue
+            finally:
+                conn.close()
+            try:
+                result = _payload(resp.status, raw)
+            except ApiError as exc:
+                if not (_standby(exc) and server is not None):
+                    self.answered(server)
+                    raise
+                self.follow(exc)
+                errors.append(exc)
+                continue
+            self.answered(server)
+            return result
+        if len(errors) == 1:
+            raise errors[0]
+        standbys = [e for e in errors if isinstance(e, ApiError)]
+        if standbys:
+            raise standbys[-1]  # it says who leads
+        raise DaemonUnreachable("no daemon answered: " + "; ".join(str(e) for e in errors))
 
     # Named calls, so that callers never spell paths.
     def health(self) -> dict[str, Any]:
         return dict(self.request("GET", "/v1/health"))
+
+    def whoami(self) -> dict[str, Any]:
+        """Who the daemon takes this client for: uid, user, admin."""
+        return dict(self.request("GET", "/v1/whoami"))
+
+    def new_token(self, lifetime_s: float | None = None) -> dict[str, Any]:
+        """A token for remote calls as this user (the local socket only issues them)."""
+        body = None if lifetime_s is None else {"lifetime_s": lifetime_s}
+        return dict(self.request("POST", "/v1/tokens", body))
 
     def submit(self, spec: dict[str, Any], *, force: bool = False) -> int:
         """`force` (admins): queue it even when no node of the cluster could run it."""
@@ -352,12 +529,13 @@ class EventStream:
         self.kinds = kinds or None
         self.timeout = timeout
         self._pending: deque[StreamEvent] = deque()
-        self._conn: UnixConnection | None = None
+        self._conn: http.client.HTTPConnection | None = None
         self._resp: http.client.HTTPResponse | None = None
         # The socket itself: the connection lets go of it when the response will close it.
         self._sock: socket.socket | None = None
         self._parser = SSEParser(self.cursor)
         self._connected_once = False
+        self._passed = 0  # servers passed over before the first connection
         self._down_since: float | None = None  # when the connection was lost
         self._tries = 0
         self._closing = threading.Event()
@@ -421,26 +599,33 @@ class EventStream:
         c = self.client
         path = _with_query("/v1/events", {"since": self.cursor or None, "kinds": self.kinds})
         # Idle streams carry a keep-alive every KEEPALIVE_S: a longer silence is a dead one.
-        conn = UnixConnection(c.socket_path, KEEPALIVE_S + c.timeout)
+        # With several servers, each try goes to the next one after a failure: the leader.
+        server = c.order()[0]
+        conn = c.connection(server, KEEPALIVE_S + c.timeout)
         try:
-            conn.request("GET", path, headers={"Accept": "text/event-stream"})
+            conn.request("GET", path, headers={"Accept": "text/event-stream", **c._headers()})
             sock = conn.sock
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             err = (
-                c._unreachable(exc)
+                c._unreachable(exc, server)
                 if isinstance(exc, OSError)
-                else DaemonUnreachable(f"{c.socket_path}: {exc}")
+                else DaemonUnreachable(f"{server or c.socket_path}: {exc}")
             )
-            if not self._connected_once:
-                raise err from None
-            self._backoff(err)
+            self._failed(err, server)
             return None
         if resp.status >= 400:
             raw = resp.read()
             conn.close()
-            _payload(resp.status, raw)
+            try:
+                _payload(resp.status, raw)
+            except ApiError as exc:
+                if not (_standby(exc) and server is not None):
+                    raise
+                c.follow(exc)
+                self._failed(exc, server)
+                return None
         ctype = resp.getheader("Content-Type", "")
         if not ctype.startswith("text/event-stream"):
             conn.close()
@@ -456,6 +641,21 @@ class EventStream:
         self._parser = SSEParser(self.cursor)
         return resp
 
+    def _failed(self, err: ClientError, server: str | None) -> None:
+        """A connection that did not open: the next server is tried (at once while some
+        are left untried, else after a backoff)."""
+        c = self.client
+        if server is not None and len(c.servers) > 1:
+            c._current = (c.servers.index(server) + 1) % len(c.servers)
+            self._passed += 1
+            if not self._connected_once:
+                if self._passed >= len(c.servers):
+                    raise err
+                return
+        elif not self._connected_once:
+            raise err
+        self._backoff(err)
+
     def _lost(self) -> None:
         self._release()
         if self._closing.is_set():
@@ -466,7 +666,7 @@ class EventStream:
             self._backoff(None)
         self._tries += 1
 
-    def _backoff(self, err: DaemonUnreachable | None) -> None:
+    def _backoff(self, err: ClientError | None) -> None:
         """Waits before the next connection; raises when the daemon has been gone too long."""
         now = time.monotonic()
         if self._down_since is None:

@@ -4,34 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dcsched.client import ApiError, Client, ClientError
-from dcsched.protocol.config import ConfigError, load_config, socket_path
+from dcsched.client import ApiError, Client, ClientError, read_token
+from dcsched.protocol.config import ConfigError, api_target
 from dcsched.protocol.durations import format_duration
 
 
-def add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--socket",
-        help="daemon API socket (default: $DCSCHED_SOCKET, else the config's [daemon] socket)",
-    )
-    p.add_argument(
-        "--config", help="config file (default: $DCSCHED_CONFIG, else /etc/dcsched/dcsched.toml)"
-    )
-
-
-def client_from(args: argparse.Namespace) -> Client:
-    """--socket, else $DCSCHED_SOCKET, else the config's socket; the config is read only
-    when needed, and a config file named explicitly must exist."""
-    if args.socket or os.environ.get("DCSCHED_SOCKET"):
-        return Client(socket_path(args.socket, None))
-    named = args.config or os.environ.get("DCSCHED_CONFIG")
-    return Client(socket_path(None, load_config(args.config, missing_ok=not named)))
+def client_from(args: argparse.Namespace, timeout: float = 15.0) -> Client:
+    """The client of the connection options (see protocol.config.api_target)."""
+    t = api_target(args.socket, args.server, args.ca_file, args.config)
+    if not t.servers:
+        return Client(t.socket, timeout)
+    token = read_token(t.token_file) or ""
+    return Client(timeout=timeout, servers=t.servers, token=token, ca_file=t.ca_file)
 
 
 def run_cli(prog: str, fn: Callable[[], int]) -> int:

@@ -10,12 +10,12 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from dcsched import __version__
 from dcsched.cli import acct, queue_format
 from dcsched.cli.common import (
-    add_connection_args,
     client_from,
     duration,
     pct,
@@ -24,7 +24,9 @@ from dcsched.cli.common import (
     table,
     timestamp,
 )
-from dcsched.client import ApiError, Client, ClientError, EventStream, StreamEvent
+from dcsched.client import TOKEN_FILE, ApiError, Client, ClientError, EventStream, StreamEvent
+from dcsched.protocol.config import add_connection_args
+from dcsched.protocol.durations import parse_seconds
 from dcsched.protocol.endings import ENDED, end_text
 from dcsched.protocol.hostlist import compress, expand
 from dcsched.protocol.jobspec import UPDATABLE, parse_duration
@@ -676,6 +678,35 @@ def _follow_logs(c: Client, a: argparse.Namespace, watch: _JobWatch | None) -> i
             return 0  # the job ended and everything it wrote has been printed
 
 
+def _lifetime(text: str) -> float:
+    try:
+        seconds = parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the lifetime must be longer than 0")
+    return seconds
+
+
+def cmd_token(c: Client, a: argparse.Namespace) -> int:
+    t = c.new_token(a.lifetime)
+    if a.json:
+        print_json(t)
+        return 0
+    if not a.save:
+        print(t["token"])
+        return 0
+    path = Path(TOKEN_FILE).expanduser()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(t["token"] + "\n")
+    until = timestamp(t["expires"])
+    print(f"token for {t['user']} saved in {path}, valid until {until}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dcctl", description="Inspect and act on a dcsched cluster.")
     add_connection_args(p)
@@ -756,6 +787,18 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     lg.add_argument("--bytes", type=int, default=64 * 1024, help="how much of the tail (64 KiB)")
     acct.add_parsers(add)
+    tk = add("token", "a token for remote calls as you (like scontrol token); on a head node")
+    tk.add_argument(
+        "--lifetime",
+        type=_lifetime,
+        metavar="DURATION",
+        help="how long it is valid (e.g. 8h; default and most: [daemon] token_lifetime_s)",
+    )
+    tk.add_argument(
+        "--save",
+        action="store_true",
+        help=f"write it to {TOKEN_FILE} (mode 0600), where the clients look, instead of printing",
+    )
     ev = add("events", "job and node changes as they happen, until Ctrl-C (like scontrol listen)")
     ev.add_argument("--since", metavar="CURSOR", help="resume after this cursor (from --json)")
     ev.add_argument(
@@ -796,6 +839,8 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_logs(c, args)
             case "events":
                 return cmd_events(c, args)
+            case "token":
+                return cmd_token(c, args)
             case "acct":
                 return acct.cmd_acct(c, args)
             case "eff":

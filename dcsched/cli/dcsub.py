@@ -11,7 +11,8 @@ import sys
 from typing import Any
 
 from dcsched import __version__
-from dcsched.cli.common import add_connection_args, client_from, duration, print_json, run_cli
+from dcsched.cli.common import client_from, duration, print_json, run_cli
+from dcsched.protocol.config import add_connection_args
 from dcsched.protocol.durations import FORMS
 from dcsched.protocol.jobfile import JobFileError, load_job_file
 from dcsched.protocol.jobspec import (

@@ -1,4 +1,6 @@
-"""HTTP+JSON API on a Unix socket. The caller is who the kernel says (SO_PEERCRED).
+"""HTTP+JSON API on a Unix socket, where the caller is who the kernel says (SO_PEERCRED),
+and on an optional TCP listener with TLS, where the caller is who a token says (a token the
+socket issued: tokens.py). Either way the handlers see one `Caller`.
 
 Every error is JSON: {"error": {"code": ..., "message": ...}} with a message a person can act on.
 """
@@ -10,6 +12,7 @@ import json
 import logging
 import math
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -25,6 +28,7 @@ from dcsched.daemon.errors import (
     InvalidRequest,
     NoSuchThing,
     PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 from dcsched.daemon.jobs import Caller
@@ -33,6 +37,8 @@ from dcsched.daemon.peercred import peer_uid, user_name
 from dcsched.daemon.privacy import public_view
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState, TransitionError
 from dcsched.daemon.store import AcctFilter, AuditRow, StoreError
+from dcsched.daemon.tokens import TokenError, issue, verify
+from dcsched.protocol.config import ConfigError, DaemonConfig
 from dcsched.protocol.jobspec import (
     MAX_SPEC_BYTES,
     MAX_TIME_LIMIT_S,
@@ -62,7 +68,11 @@ _ACTIONS = {
     ("POST", "/v1/jobs"): "submit",
     ("GET", "/v1/jobs/{job_id}/logs"): "read_log",
     ("GET", "/v1/audit"): "read_audit",
+    ("POST", "/v1/tokens"): "token",
 }
+# What the TCP listener answers without a token: a client finds the leader with these.
+PUBLIC = frozenset({"/v1/health", "/v1/openapi.json"})
+CALLER: web.RequestKey[Caller] = web.RequestKey("caller")
 
 
 def _error(status: int, code: str, message: str, **details: Any) -> web.Response:
@@ -130,20 +140,79 @@ async def _audit(request: web.Request, handler: Handler) -> web.StreamResponse:
         return resp  # no such route at all
     if with_change and resp.status < 400:
         return resp
-    if request.method in ("GET", "HEAD", "OPTIONS") and resp.status != 403:
+    if request.method in ("GET", "HEAD", "OPTIONS") and resp.status not in (401, 403):
         return resp  # reads are not audited, refused reads are
     request.app[DAEMON].audit.record(_audit_row(request, resp))
     return resp
 
 
+def _on_socket(request: web.Request) -> bool:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    return sock is not None and sock.family == socket.AF_UNIX
+
+
 def caller(request: web.Request) -> Caller:
+    """Who calls: the socket peer's uid, or the TCP listener's token holder."""
+    if CALLER in request:
+        return request[CALLER]
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is None or sock.family != socket.AF_UNIX:
-        raise PermissionDenied("this API answers only on its Unix socket")
+        raise Unauthenticated("this call needs a token (Authorization: Bearer; `dcctl token`)")
     uid = peer_uid(sock)
     name = user_name(uid)
     d = request.app[DAEMON]
     return Caller(uid, name, uid == 0 or name in d.config.daemon.admins)
+
+
+def bearer(request: web.Request, key: bytes) -> tuple[int, str]:
+    """The uid and user of the request's token; Unauthenticated says what is wrong."""
+    kind, _, token = request.headers.get("Authorization", "").partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        raise Unauthenticated(
+            "remote calls need a token: run `dcctl token` on a head node and pass it as "
+            "$DCSCHED_TOKEN or in ~/.dcsched/token"
+        )
+    try:
+        claims = verify(key, token.strip(), time.time())
+    except TokenError as exc:
+        raise Unauthenticated(f"token refused: {exc}") from None
+    return claims.uid, claims.user
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On the TCP listener every call but PUBLIC carries a token: its holder is the caller."""
+    if _on_socket(request) or request.path in PUBLIC:
+        return await handler(request)
+    d = request.app[DAEMON]
+    uid, user = bearer(request, d.token_key)
+    request[CALLER] = Caller(uid, user, uid == 0 or user in d.config.daemon.admins)
+    return await handler(request)
+
+
+def tls_server_context(dc: DaemonConfig) -> ssl.SSLContext:
+    """The TCP listener's TLS (1.2 at least); ConfigError names a file it cannot use."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(dc.tls_cert_file, dc.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"[daemon] tls_cert_file/tls_key_file ({dc.tls_cert_file}, {dc.tls_key_file}): "
+            f"{getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    return ctx
+
+
+async def serve_tcp(runner: web.AppRunner, dc: DaemonConfig) -> None:
+    """Starts the TLS listener of `[daemon] listen` on the runner, if one is configured."""
+    where = dc.listen_address()
+    if where is None:
+        return
+    ctx = tls_server_context(dc)
+    try:
+        await web.TCPSite(runner, where[0], where[1], ssl_context=ctx).start()
+    except OSError as exc:
+        raise ConfigError(f"[daemon] listen = {dc.listen!r}: {exc.strerror or exc}") from None
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -299,11 +368,14 @@ def _job_ref(request: web.Request) -> tuple[int, int | None]:
 class Api:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
-        app = web.Application(middlewares=[_audit, _errors], client_max_size=1024 * 1024)
+        app = web.Application(
+            middlewares=[_audit, _errors, _authenticate], client_max_size=1024 * 1024
+        )
         app[DAEMON] = daemon
         r = app.router
         r.add_get("/v1/health", self.health)
         r.add_get("/v1/whoami", self.whoami)
+        r.add_post("/v1/tokens", self.token)
         r.add_get("/v1/jobs", self.list_jobs)
         r.add_post("/v1/jobs", self.submit)
         r.add_get("/v1/jobs/{job_id}", self.show)
@@ -347,6 +419,33 @@ class Api:
     async def whoami(self, request: web.Request) -> web.Response:
         c = caller(request)
         return web.json_response({"uid": c.uid, "user": c.user, "admin": c.admin})
+
+    async def token(self, request: web.Request) -> web.Response:
+        """A token for the socket's caller (never over TCP: a token cannot renew itself).
+        Body (optional): {"lifetime_s": N}, at most [daemon] token_lifetime_s."""
+        if not _on_socket(request):
+            raise PermissionDenied(
+                "tokens are issued on the daemon's Unix socket only: run `dcctl token` on a "
+                "head node"
+            )
+        who = caller(request)
+        longest = self.d.config.daemon.token_lifetime_s
+        body = await _json_body(request) if request.can_read_body else {}
+        if not isinstance(body, dict) or set(body) - {"lifetime_s"}:
+            raise InvalidRequest('expected {"lifetime_s": SECONDS} or no body')
+        lifetime = body.get("lifetime_s")
+        lifetime = longest if lifetime is None else lifetime
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
+            raise InvalidRequest(f"lifetime_s: expected a number of seconds, got {lifetime!r}")
+        if not 0 < lifetime <= longest:
+            raise InvalidRequest(
+                f"lifetime_s must be in (0, {longest:g}] ([daemon] token_lifetime_s)"
+            )
+        now = time.time()
+        token = issue(self.d.token_key, who.uid, who.user, now, float(lifetime))
+        return web.json_response(
+            {"token": token, "user": who.user, "uid": who.uid, "expires": int(now + lifetime)}
+        )
 
     async def submit(self, request: web.Request) -> web.Response:
         who = caller(request)

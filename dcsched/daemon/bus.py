@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiomqtt
@@ -40,11 +40,14 @@ class Bus:
         *,
         admit: Callable[[str], bool] = lambda host: True,
         known: Callable[[str], bool] = lambda host: True,
+        may_connect: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         """`admit(host)`: may this host name be a node at all (the `[daemon] hosts` list)?
         `known(host)`: has it told its status? Telemetry and events of a host that has not
-        are dropped (and counted), so invented host names cost nothing."""
+        are dropped (and counted), so invented host names cost nothing. `may_connect()`:
+        asked before each (re)connection; False (a deposed leader) connects no more."""
         self.cfg = cfg
+        self.may_connect = may_connect
         self.admit = admit
         self.known = known
         # Hosts whose status this bus has passed on (the events task may not have handled it
@@ -84,6 +87,12 @@ class Bus:
         delay = 0.5
         while not stop.is_set():
             started = time.monotonic()
+            if self.may_connect is not None and not await self.may_connect():
+                # The leaders of a store share one session: a deposed leader that connected
+                # again would take it from the new one (the broker drops the older client).
+                log.warning("not the leader any more: not connecting to the broker again")
+                await stop.wait()
+                break
             try:
                 async with aiomqtt.Client(
                     host,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grp
 
+from dcsched.daemon.api import tls_server_context
 from dcsched.daemon.health import FAULT_KINDS
 from dcsched.protocol.config import Config, ConfigCheck, ConfigError
 from dcsched.scheduler import SchedulerConfig
@@ -37,6 +38,16 @@ def check_daemon(cfg: Config) -> ConfigCheck:
         port = dc.metrics_listen.rpartition(":")[2]
         if not (port.isdigit() and 0 < int(port) < 65536):
             c.error("daemon.metrics_listen", f"{dc.metrics_listen!r}: expected HOST:PORT")
+    if dc.listen:
+        try:
+            dc.listen_address()
+            tls_server_context(dc)
+        except ConfigError as exc:
+            files = str(exc).startswith("[daemon] tls_cert_file/")
+            key = "daemon.tls_cert_file" if files else "daemon.listen"
+            c.error(key, str(exc).split("] ", 1)[-1])
+    if dc.token_lifetime_s <= 0:
+        c.error("daemon.token_lifetime_s", "must be > 0")
     for key in ("cancel_grace_s", "command_retry_s", "node_timeout_s", "pass_interval_s"):
         if getattr(dc, key) <= 0:
             c.error(f"daemon.{key}", "must be > 0")

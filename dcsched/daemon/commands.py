@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -37,9 +38,18 @@ def command_row(host: str, job_id: int, cmd: Command, now: float) -> CommandRow:
 
 class CommandSender:
     def __init__(
-        self, bus: Bus, key: bytes | None, retry_s: float, offline: Callable[[str], bool]
+        self,
+        bus: Bus,
+        key: bytes | None,
+        retry_s: float,
+        offline: Callable[[str], bool],
+        leading: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.bus = bus
+        # Asked before each batch of sends (a shared store: is the leader lock still held?),
+        # so that a deposed leader sends nothing more once it could know.
+        self.leading = leading
+        self.deposed = False
         self.key = key
         # The daemon's epoch (set at start-up, see Daemon.open): every command carries it, and
         # an agent refuses commands from an older epoch than the newest it has accepted.
@@ -80,12 +90,25 @@ class CommandSender:
                 except Exception:
                     log.exception("sending commands failed; retrying")
 
+    async def _may_send(self) -> bool:
+        if not self.deposed and self.leading is not None and not await self.leading():
+            log.warning("not the leader any more: sending no more commands")
+            self.deposed = True
+        return not self.deposed
+
     async def send_due(self) -> None:
         now = time.monotonic()
-        for cmd in list(self.pending.values()):
-            last = self._last_sent.get(cmd.cmd_id)
-            if (last is not None and now - last < self.retry_s) or self.offline(cmd.host):
-                continue
+        due = [
+            cmd
+            for cmd in self.pending.values()
+            if now - self._last_sent.get(cmd.cmd_id, -math.inf) >= self.retry_s
+            and not self.offline(cmd.host)
+        ]
+        if not due or not await self._may_send():
+            return
+        for cmd in due:
+            if cmd.cmd_id not in self.pending:
+                continue  # acknowledged meanwhile
             payload = sign(_command.decode(cmd.payload), self.key, host=cmd.host, epoch=self.epoch)
             if await self.bus.publish(self.bus.topics.host(cmd.host, "cmd"), payload, qos=1):
                 self._last_sent[cmd.cmd_id] = now
@@ -101,6 +124,8 @@ class CommandSender:
 
     async def send_once(self, host: str, cmd: Command) -> bool:
         """An idempotent command that is not journaled; False if the broker is not reached."""
+        if not await self._may_send():
+            return False
         payload = sign(cmd, self.key, host=host, epoch=self.epoch)
         return await self.bus.publish(self.bus.topics.host(host, "cmd"), payload)
 

@@ -20,6 +20,13 @@ class InvalidRequest(DaemonError):
     http_status = 400
 
 
+class Unauthenticated(DaemonError):
+    """A call on the TCP listener without a valid token."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
 class PermissionDenied(DaemonError):
     code = "permission_denied"
     http_status = 403

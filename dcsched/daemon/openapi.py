@@ -40,12 +40,24 @@ class Health(msgspec.Struct):
     storage_ok: bool
     role: str = "leader"  # or "standby": another dcd leads the shared (PostgreSQL) store
     leader: str = ""  # a standby's: who leads
+    leader_url: str = ""  # a standby's: the leader's TLS listener ([daemon] advertise_url)
 
 
 class Whoami(msgspec.Struct):
     uid: int
     user: str
     admin: bool
+
+
+class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    lifetime_s: float | None = None  # at most [daemon] token_lifetime_s (also the default)
+
+
+class Token(msgspec.Struct):
+    token: str  # Authorization: Bearer TOKEN on the TLS listener
+    user: str
+    uid: int
+    expires: int  # Unix time
 
 
 class Submitted(msgspec.Struct):
@@ -216,6 +228,13 @@ _OBJECT = dict[str, Any]
 _OPERATIONS = [
     _Op("get", "/v1/health", "Is the daemon well (503 with its problems if not)", Health),
     _Op("get", "/v1/whoami", "Who the daemon takes the caller for", Whoami),
+    _Op(
+        "post",
+        "/v1/tokens",
+        "A token for the TLS listener as the caller (on the Unix socket only)",
+        Token,
+        body=TokenRequest,
+    ),
     _Op(
         "get",
         "/v1/jobs",

@@ -8,6 +8,7 @@ import fnmatch
 import grp
 import logging
 import os
+import secrets
 import socket
 import time
 import zlib
@@ -21,7 +22,7 @@ from aiohttp import web
 from dcsched import __version__
 from dcsched.daemon import accounting
 from dcsched.daemon.aio import wait_event
-from dcsched.daemon.api import Api
+from dcsched.daemon.api import Api, serve_tcp
 from dcsched.daemon.audit import AuditLog, written_with_change
 from dcsched.daemon.bus import Bus
 from dcsched.daemon.cluster import Cluster
@@ -37,13 +38,14 @@ from dcsched.daemon.health import (
 )
 from dcsched.daemon.ingest import Ingest
 from dcsched.daemon.jobs import IdlePolicy, JobManager, Timing
-from dcsched.daemon.leader import Standby
+from dcsched.daemon.leader import LEADER_URL_KEY, Standby, advertise_url
 from dcsched.daemon.metrics import metrics_app
 from dcsched.daemon.model import Model
 from dcsched.daemon.readmodel import ReadModel, drain_state
 from dcsched.daemon.scheduling import SchedulingLoop
 from dcsched.daemon.states import TERMINAL
 from dcsched.daemon.store import HEALTH_POLICY, AuditRow, NotFound, Store, StoreError
+from dcsched.daemon.tokens import derive_key
 from dcsched.daemon.usage import UsageTracker
 from dcsched.protocol.codec import ProtocolError, load_key
 from dcsched.protocol.config import Config, ConfigError
@@ -66,6 +68,7 @@ from dcsched.scheduler import SchedulerConfig
 log = logging.getLogger("dcsched.daemon")
 TELEMETRY_KEEP_S = 7 * 24 * 3600
 ACCOUNTING_KEY = "job_accounting"  # the running jobs' accumulation (accounting.dump)
+MQTT_ID_KEY = "mqtt_client_id"  # kv: the leader's broker session (_mqtt_client_id)
 LEAD_CHECK_S = 2.0  # how often a leader on a shared store checks its connection when idle
 
 
@@ -84,7 +87,8 @@ class Daemon:
         self.model = Model(self.cluster.gpu_type)
         self.hub = EventHub()
         self.audit = AuditLog(store)
-        # One persistent MQTT session per daemon and topic prefix.
+        # One persistent MQTT session per store (Daemon.open reads its id from the store;
+        # this one is for a daemon made without open, in tests).
         client_id = (
             f"dcd-{socket.gethostname()}-{zlib.crc32(config.broker.topic_prefix.encode()):08x}"
         )
@@ -94,8 +98,10 @@ class Daemon:
             self._telemetry,
             admit=host_filter(dc.hosts),
             known=lambda host: host in self.cluster.nodes,
+            may_connect=self._still_leading if store.shared else None,
         )
         key = _cluster_key(config, insecure)
+        self.token_key = _token_key(config, key)
         if not config.broker.password_file and not dc.hosts:
             log.warning(
                 "no [broker] password_file and no [daemon] hosts: if the broker admits "
@@ -106,6 +112,7 @@ class Daemon:
             key,
             dc.command_retry_s,
             lambda host: not self.cluster.is_online(host),
+            self._still_leading if store.shared else None,
         )
         try:
             sched = SchedulerConfig.from_mapping(config.scheduler, duration=parse_seconds)
@@ -159,10 +166,13 @@ class Daemon:
             if not await store.try_lead():  # another dcd leads this (PostgreSQL) store
                 if _answers(config.daemon.socket):
                     raise ConfigError(f"another dcd is serving on {config.daemon.socket}")
-                await Standby(store, config.daemon.socket).wait()
+                await Standby(store, config.daemon).wait()
             d = cls(config, store, insecure=insecure)
             d.sender.epoch = await _next_epoch(store)
             log.info("daemon epoch %d", d.sender.epoch)
+            if store.shared:  # standbys tell remote clients where the leader listens
+                await store.set_kv(LEADER_URL_KEY, advertise_url(config.daemon))
+            d.bus.client_id = await _mqtt_client_id(store)
             await d.scheduling.usage.load()
             saved = await store.get_kv(ACCOUNTING_KEY)
             for n in await store.nodes():
@@ -203,7 +213,9 @@ class Daemon:
                     tg.create_task(self._leadership(), name="leadership")
                 self.ready.set()
                 notify("READY=1\nSTATUS=serving")
-                log.info("dcd ready: API on %s", self.config.daemon.socket)
+                dc = self.config.daemon
+                tcp = f" and {advertise_url(dc)}" if dc.listen else ""
+                log.info("dcd ready: API on %s%s", dc.socket, tcp)
                 await self.stop.wait()
                 notify("STOPPING=1")
                 self.bus.inbox.put_nowait(None)  # ends the events task after what is queued
@@ -222,6 +234,14 @@ class Daemon:
                 await r.cleanup()
             await self.store.close()
             log.info("dcd stopped")
+
+    async def _still_leading(self) -> bool:
+        """Does this dcd still hold the leader lock of its shared store? A round trip on
+        the lock's connection: the lock lives exactly as long as it does."""
+        if not self.store.lost.is_set():
+            with contextlib.suppress(StoreError):  # a lost connection sets store.lost
+                await self.store.check_lead()
+        return not self.store.lost.is_set()
 
     def health(self) -> dict[str, Any]:
         problems = []
@@ -256,6 +276,7 @@ class Daemon:
             os.chmod(path, self.config.daemon.socket_mode)
             if gid is not None:
                 _give_group(path, gid, group)
+            await serve_tcp(runner, self.config.daemon)
         except BaseException:
             await runner.cleanup()
             raise
@@ -437,6 +458,24 @@ def host_filter(patterns: list[str]) -> Callable[[str], bool]:
     return lambda host: host in exact or any(fnmatch.fnmatchcase(host, g) for g in globs)
 
 
+def _token_key(config: Config, cluster_key: bytes | None) -> bytes:
+    """The API tokens' key: [daemon] token_key_file, else derived from the cluster key;
+    without either (an --insecure test), one of this run only."""
+    path = config.daemon.token_key_file
+    if path:
+        try:
+            key = load_key(path)
+        except (OSError, ProtocolError) as exc:
+            raise ConfigError(f"[daemon] token_key_file: {exc}") from None
+        assert key is not None
+        return key
+    if cluster_key is not None:
+        return derive_key(cluster_key)
+    if config.daemon.listen:
+        log.warning("no cluster key: API tokens are valid only until this dcd stops")
+    return secrets.token_bytes(32)
+
+
 def _cluster_key(config: Config, insecure: bool) -> bytes | None:
     try:
         key = load_key(config.cluster.key_file or None)
@@ -451,6 +490,19 @@ def _cluster_key(config: Config, insecure: bool) -> bytes | None:
     if key is None:
         log.warning("INSECURE: no [cluster] key_file: commands to agents are not signed")
     return key
+
+
+async def _mqtt_client_id(store: Store) -> str:
+    """The broker session of this store's leader: made once, kept in the store. Two daemons
+    of two stores on one host never share it (each would knock the other off the broker),
+    and a standby that takes over a shared store resumes the session of the leader before
+    it (the broker kept the QoS 1 events queued for it)."""
+    saved = await store.get_kv(MQTT_ID_KEY)
+    if saved:
+        return saved
+    made = f"dcd-{secrets.token_hex(8)}"  # 20 characters: MQTT 3.1.1 servers must take 23
+    await store.set_kv(MQTT_ID_KEY, made)
+    return made
 
 
 async def _next_epoch(store: Store) -> int:

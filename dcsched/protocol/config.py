@@ -6,10 +6,12 @@ documented in docs/dcsched.example.toml.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import ssl
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -95,6 +97,17 @@ class DaemonConfig(_Section):
     # its members reach the daemon. The daemon must be a member (SupplementaryGroups=).
     socket_group: str = ""
     metrics_listen: str = "127.0.0.1:9464"  # "" turns the Prometheus listener off
+    # The API over TCP with TLS for remote clients ("0.0.0.0:6818"; "" = the socket only).
+    # They authenticate with tokens the socket issues (`dcctl token`); see docs/scaling.md.
+    listen: str = ""
+    tls_cert_file: str = ""  # the listener's certificate (chain) and key, PEM
+    tls_key_file: str = ""
+    # How clients reach this dcd's listener, told by a standby ("" = https://FQDN:PORT).
+    advertise_url: str = ""
+    # HMAC key of the tokens ("" = derived from [cluster] key_file: every dcd of a site
+    # accepts the others' tokens); the longest lifetime a token may be given.
+    token_key_file: str = ""
+    token_lifetime_s: float = 3600.0
     admins: list[str] = []  # users who may act on any job and drain nodes; root always may
     # Host names (or shell patterns, "gpu-*") that may be nodes; a message from any other is
     # dropped and counted (unknown_host). [] = every host the broker lets publish.
@@ -128,6 +141,22 @@ class DaemonConfig(_Section):
                 '"postgresql://USER@HOST:PORT/DATABASE", or leave it out for SQLite in state_dir'
             )
         return self.store
+
+    def listen_address(self) -> tuple[str, int] | None:
+        """`listen` as (host, port); None when there is no TCP listener."""
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"[daemon] listen = {self.listen!r}: expected HOST:PORT, e.g. 0.0.0.0:6818"
+            )
+        if not (self.tls_cert_file and self.tls_key_file):
+            raise ConfigError(
+                "[daemon] listen is set but tls_cert_file/tls_key_file are not: the API "
+                "carries tokens and is served over TLS only; give the certificate and its key"
+            )
+        return host.strip("[]") or "0.0.0.0", int(port)
 
     def ports(self) -> range:
         try:
@@ -165,11 +194,20 @@ class AgentConfig(_Section):
         return self.host or os.uname().nodename
 
 
+class ClientSettings(_Section):
+    # Where dcsub, dcctl and dctop find the daemons from a login node: "head1:6818" or
+    # "https://head1:6818", tried in order, the leader followed ([] = the local socket).
+    servers: list[str] = []
+    ca_file: str = ""  # the CA that signed the daemons' certificates; "" = system CAs
+    token_file: str = ""  # "" = $DCSCHED_TOKEN, else ~/.dcsched/token
+
+
 class Config(_Section):
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     agent: AgentConfig = msgspec.field(default_factory=AgentConfig)
+    client: ClientSettings = msgspec.field(default_factory=ClientSettings)
     # Parsed and validated by dcsched.scheduler (SchedulerConfig.from_mapping).
     scheduler: dict[str, Any] = {}
     path: str = ""
@@ -238,6 +276,70 @@ def locate(text: str, dotted: str) -> int | None:
             if len(key) == len(want):
                 return n
     return best[1] if best else None
+
+
+def add_connection_args(p: argparse.ArgumentParser) -> None:
+    """The connection options of dcsub, dcctl and dctop (read by api_target)."""
+    p.add_argument(
+        "--socket",
+        help="daemon API socket (default: $DCSCHED_SOCKET, else the config's [daemon] socket)",
+    )
+    p.add_argument(
+        "--config", help="config file (default: $DCSCHED_CONFIG, else /etc/dcsched/dcsched.toml)"
+    )
+    p.add_argument(
+        "--server",
+        action="append",
+        metavar="HOST:PORT",
+        help="a daemon's TLS listener, from a login node (repeat, or a comma list; the leader "
+        "is followed); default: $DCSCHED_SERVERS, else the config's [client] servers; "
+        "needs a token from `dcctl token` ($DCSCHED_TOKEN or ~/.dcsched/token)",
+    )
+    p.add_argument(
+        "--ca-file",
+        help="CA of the daemons' certificates (default: $DCSCHED_CA_FILE, else the config's "
+        "[client] ca_file, else the system's CAs)",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ApiTarget:
+    """Where a client reaches the daemon: its Unix socket, or (servers non-empty) the TLS
+    listeners of a site's daemons, with the CA and token file to use."""
+
+    socket: str = DEFAULT_SOCKET
+    servers: tuple[str, ...] = ()
+    ca_file: str = ""
+    token_file: str = ""
+
+
+def _split(values: list[str]) -> tuple[str, ...]:
+    return tuple(s.strip() for v in values for s in v.split(",") if s.strip())
+
+
+def api_target(
+    socket: str | None = None,
+    servers: list[str] | None = None,
+    ca_file: str | None = None,
+    config: str | None = None,
+) -> ApiTarget:
+    """For dcsub, dcctl and dctop: --socket, else --server (repeated or comma lists), else
+    $DCSCHED_SOCKET, else $DCSCHED_SERVERS, else the config's [client] servers, else its
+    [daemon] socket. The config is read only when needed; one named explicitly
+    (--config, $DCSCHED_CONFIG) must exist."""
+    if socket:
+        return ApiTarget(socket)
+    listed = _split(servers or [])
+    if not listed and os.environ.get("DCSCHED_SOCKET"):
+        return ApiTarget(socket_path(None, None))
+    listed = listed or _split([os.environ.get("DCSCHED_SERVERS", "")])
+    named = config or os.environ.get("DCSCHED_CONFIG")
+    cfg = load_config(config, missing_ok=not named)
+    listed = listed or tuple(cfg.client.servers)
+    if not listed:
+        return ApiTarget(socket_path(None, cfg))
+    ca = ca_file or os.environ.get("DCSCHED_CA_FILE") or cfg.client.ca_file
+    return ApiTarget(cfg.daemon.socket, listed, ca, cfg.client.token_file)
 
 
 def socket_path(cli_value: str | None, config: Config | None) -> str:

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from textual import events, on, work
@@ -568,13 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dctop", description="The dcsched cluster live in a terminal: GPUs, jobs, queue."
     )
-    p.add_argument(
-        "--socket",
-        help="daemon API socket (default: $DCSCHED_SOCKET, else the config's [daemon] socket)",
-    )
-    p.add_argument(
-        "--config", help="config file (default: $DCSCHED_CONFIG, else /etc/dcsched/dcsched.toml)"
-    )
+    from dcsched.protocol.config import add_connection_args
+
+    add_connection_args(p)
     p.add_argument(
         "--readonly",
         action="store_true",
@@ -593,24 +588,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dcsched.protocol.config import ConfigError, load_config, socket_path
+    from dcsched.client import read_token
+    from dcsched.protocol.config import ConfigError, api_target
 
     args = build_parser().parse_args(argv)
     if args.interval <= 0:
         print("dctop: --interval must be > 0", file=sys.stderr)
         return 2
     try:
-        cfg = None if args.socket else load_config(args.config, missing_ok=args.config is None)
-        path = socket_path(args.socket, cfg)
-    except ConfigError as exc:
+        t = api_target(args.socket, args.server, args.ca_file, args.config)
+        token = read_token(t.token_file) if t.servers else None
+    except (ConfigError, ClientError) as exc:
         print(f"dctop: {exc}", file=sys.stderr)
         return 2
+    path = ",".join(t.servers) or t.socket
     app = DctopApp(
-        Client(path, timeout=10.0),
+        Client(t.socket, 10.0, servers=t.servers, token=token or "", ca_file=t.ca_file),
         readonly=args.readonly,
         interval=args.interval,
         theme=f"textual-{args.theme}",
-        target=str(Path(path)),
+        target=path,
         tune_gc=True,
         prefs=load_prefs(),
         start_filter=args.filter,

@@ -12,7 +12,15 @@ from dcsched.client import ApiError, Client, DaemonUnreachable
 from dcsched.daemon.service import Daemon
 from dcsched.protocol.config import load_config
 from tests.conftest import Broker
-from tests.integration.daemon_harness import api, running_daemon, until, write_config
+from tests.integration.daemon_harness import (
+    ScriptedAgent,
+    api,
+    launches,
+    running_daemon,
+    state_is,
+    until,
+    write_config,
+)
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -66,3 +74,51 @@ async def test_a_standby_takes_over_and_a_leader_without_its_connection_stops(
         b.stop.set()
         await asyncio.wait_for(running, 20)
     assert b.exit_code == 3 and "leader lock was lost" in b.store.lost_leadership
+
+
+async def test_a_deposed_leader_sends_no_more_and_the_next_resumes_its_broker_session(
+    tmp_path: Path, mosquitto: Broker, prefix: str, postgres_url: str
+) -> None:
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
+    conf_a, conf_b = (write_config(d, mosquitto, prefix, store=postgres_url) for d in dirs)
+    async with ScriptedAgent(mosquitto, prefix, "g1") as agent:
+        agent.auto_ack = False  # the launch is resent until acknowledged
+        a = await Daemon.open(load_config(str(conf_a)))
+        running = asyncio.create_task(a.run())
+        await asyncio.wait_for(a.bus.connected.wait(), 10)
+        job = await api(Client(a.config.daemon.socket), "submit", SPEC)
+        await until(lambda: len(launches(agent, job_id=job)) >= 2, what="resent launches")
+        await asyncio.to_thread(_terminate_sessions, postgres_url)  # a loses the lock
+        after: list[object] = []
+        agent.on_command = after.append
+        await asyncio.wait_for(running, 20)
+        # The next batch of resends (every 0.5 s) found the lock gone and sent nothing: only
+        # what had passed its check before the cut was on its way (a batch of one launch, a
+        # fire-and-forget command); the leadership check alone (every 2 s) lets several.
+        assert a.exit_code == 3 and a.sender.deposed
+        assert len(after) <= 2, after
+        # While no dcd is connected, the agent reports the start: the broker keeps it for
+        # the leaders' session, and the next leader, which resumes it, is told.
+        await agent.start(str(job), 0)
+        async with running_daemon(conf_b) as b:
+            assert b.bus.client_id == a.bus.client_id
+            client = Client(b.config.daemon.socket)
+            await until(lambda: state_is(client, job, "RUNNING"), what="the queued start")
+
+
+async def test_two_daemons_on_one_host_keep_their_own_broker_sessions(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
+    conf_a, conf_b = (write_config(d, mosquitto, prefix) for d in dirs)  # two SQLite stores
+    async with running_daemon(conf_a) as a, running_daemon(conf_b) as b:
+        assert a.bus.client_id != b.bus.client_id
+        await asyncio.sleep(1.0)
+        assert a.bus.reconnects == b.bus.reconnects == 0
+        first = a.bus.client_id
+    async with running_daemon(conf_a) as again:  # a restart keeps its session
+        assert again.bus.client_id == first

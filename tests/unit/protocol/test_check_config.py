@@ -90,3 +90,21 @@ def test_a_good_file_is_ok_with_its_warnings(
     assert capsys.readouterr().out == f"{f}: ok for dcd\n{f}: ok for dc-agent\n"
     example = Path(__file__).parents[3] / "docs" / "dcsched.example.toml"
     assert dcd_main.main(["check-config", "--config", str(example)]) == 0
+
+
+def test_dcd_check_config_names_a_listener_without_tls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "tls.toml"
+    f.write_text('[daemon]\nlisten = "0.0.0.0:6818"\n')
+    assert dcd_main.main(["check-config", "--config", str(f)]) == 1
+    assert f"{f}:2: daemon.listen: listen is set but tls_cert_file/tls_key_file are not" in (
+        capsys.readouterr().out
+    )
+    f.write_text(
+        '[daemon]\nlisten = "0.0.0.0:6818"\ntls_cert_file = "/no/cert"\ntls_key_file = "/no/key"\n'
+    )
+    assert dcd_main.main(["check-config", "--config", str(f)]) == 1
+    assert f"{f}:3: daemon.tls_cert_file: tls_cert_file/tls_key_file (/no/cert, /no/key)" in (
+        capsys.readouterr().out
+    )
