@@ -25,7 +25,7 @@ from tests.conftest import PROCESS_TIMEOUT, Procs, free_port
 from tests.faults.harness import Rig, until
 from tests.integration.test_broker_auth import make_test_ca
 
-pytestmark = [pytest.mark.e2e, PROCESS_TIMEOUT]
+pytestmark = [pytest.mark.e2e, pytest.mark.faults, PROCESS_TIMEOUT]
 psycopg = pytest.importorskip("psycopg")
 
 # Appends its pid to argv[1].runs (so a second run shows), waits for argv[1], exits 0.
