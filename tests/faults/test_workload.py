@@ -146,7 +146,7 @@ def test_daemon_sigkill_at_random_moments_loses_and_repeats_nothing(
         rig.start_daemon(port_range=ports)
         if work.ended() == JOBS and k:
             break
-    until(lambda: work.ended() == JOBS, 120 + 4 * JOBS, f"all {JOBS} jobs to end", every=1.0)
+    until(lambda: work.ended() == JOBS, 120 + 10 * JOBS, f"all {JOBS} jobs to end", every=1.0)
     work.check()
 
 
