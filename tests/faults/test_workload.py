@@ -127,6 +127,7 @@ class Workload:
         until(lambda: not _job_pids(self.script), 30, "no job process left", every=0.5)
 
 
+@pytest.mark.timeout(300 + 12 * JOBS, method="signal", func_only=True)
 def test_daemon_sigkill_at_random_moments_loses_and_repeats_nothing(
     procs: Procs, tmp_path: Path
 ) -> None:
