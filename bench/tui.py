@@ -265,8 +265,27 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             while app.polls <= n:  # noqa: ASYNC110
                 await asyncio.sleep(0.001)
         per_view: dict[str, Any] = {}
-        for key, view in (("1", "cluster"), ("2", "gpus"), ("3", "jobs")):
-            await pilot.press(key)
+
+        def jobs_view() -> Any:
+            return app.query_one("#view-jobs")
+
+        # the Jobs view also sorted by a fixed column, by a moving one, and filtered
+        cases: list[tuple[str, str, Any]] = [
+            ("cluster", "1", None),
+            ("gpus", "2", None),
+            ("jobs", "3", None),
+            ("jobs_sorted_by_user", "", lambda: jobs_view().table.sort_by("user")),
+            ("jobs_sorted_by_util", "", lambda: jobs_view().table.sort_by("util")),
+            ("jobs_filtered_state_pending", "", lambda: jobs_view().set_filter("state=pending")),
+            ("jobs_filtered_text", "", lambda: jobs_view().set_filter("train-1")),
+        ]
+        for view, key, setup in cases:
+            if key:
+                await pilot.press(key)
+            if setup is not None:
+                jobs_view().set_filter("")
+                jobs_view().table.sort_column = None
+                setup()
             await pilot.pause()
             samples = []
             for _ in range(args.refreshes):

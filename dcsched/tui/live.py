@@ -13,7 +13,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from operator import itemgetter, truediv
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -90,6 +91,12 @@ class LiveState:
     full_reads = 0
     partial_reads = 0
     jobs_version = 0  # bumped when the set of jobs or one's state / priority changes
+    # which GPU positions each job holds, for the job column it was worked out from
+    _owners: tuple[list[Any], dict[str, Callable[[Sequence[Any]], tuple[Any, ...]]]] | None = (
+        None
+    )
+    _active_at: int | None = None
+    _active_ids: list[str] = field(default_factory=list)
 
     def read(
         self,
@@ -174,43 +181,66 @@ class LiveState:
 
     def _job_util_from_gpus(self, now: float) -> None:
         """Each running job's mean utilisation and memory use from the GPU telemetry (the
-        listing's gpu_util is as old as the job's last change): one pass over the GPUs,
-        then one sample onto each job's series (the row reads its latest)."""
-        acc: dict[str, list[float]] = {}
+        listing's gpu_util is as old as the job's last change), then one sample onto each
+        job's series (the row reads its latest). Which GPUs each job holds is worked out
+        again only when the job column changed (rarely), so a refresh gathers each job's
+        values by position, in C, instead of walking 10,000 GPUs in Python."""
         g = self.gpus
-        columns = zip(
-            g.column("job_id"),
-            g.column("util"),
-            g.column("mem_used"),
-            g.column("mem_total"),
-            strict=True,
-        )
-        # (the daemon's JSON numbers are numbers or null: no per-value type checks here)
-        for jid, u, m, t in columns:
-            if jid is None:
-                continue
-            a = acc.get(jid)
-            if a is None:
-                a = acc[jid] = [0.0, 0.0, 0.0, 0.0]
-            if u is not None:
-                a[0] += u
-                a[1] += 1
-            if m is not None and t:
-                a[2] += m / t * 100
-                a[3] += 1
-        by_id = {str(k): v for k, v in acc.items()}
-        for k, j in self.jobs.items():
-            if j.get("state") not in ACTIVE:
-                continue
-            a = by_id.get(k)
+        owners = g.column("job_id")
+        if self._owners is None or self._owners[0] != owners:
+            places: dict[str, list[int]] = {}
+            for i, jid in enumerate(owners):
+                if jid is not None:
+                    places.setdefault(str(jid), []).append(i)
+            # a getter always returns a tuple (itemgetter of one index would not)
+            self._owners = (
+                list(owners),
+                {k: (itemgetter(*p) if len(p) > 1 else _one(p[0])) for k, p in places.items()},
+            )
+        getters = self._owners[1]
+        util, used, total = g.column("util"), g.column("mem_used"), g.column("mem_total")
+        for k in self._active():
+            get = getters.get(k)
+            u = m = None
+            if get is not None:
+                u, m = _mean(get(util)), _mem_pct(get(used), get(total))
             s = self.series.get(k)
             if s is None:
                 s = self.series[k] = Series(deque(maxlen=TREND), deque(maxlen=TREND))
             # appends (atomic): the UI thread copies a series whole when it draws the row
-            s.util.append(a[0] / a[1] if a and a[1] else None)  # type: ignore[attr-defined]
-            s.mem.append(a[2] / a[3] if a and a[3] else None)  # type: ignore[attr-defined]
+            s.util.append(u)  # type: ignore[attr-defined]
+            s.mem.append(m)  # type: ignore[attr-defined]
         if len(self.series) > len(self.jobs) + 1000:
             self._prune_series()
+
+    def _active(self) -> list[str]:
+        """The running jobs' ids, kept while the jobs stay the same."""
+        if self._active_at != self.jobs_version:
+            self._active_ids = [k for k, j in self.jobs.items() if j.get("state") in ACTIVE]
+            self._active_at = self.jobs_version
+        return self._active_ids
+
+
+def _one(i: int) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    return lambda col: (col[i],)
+
+
+def _mean(values: tuple[Any, ...]) -> float | None:
+    """The mean of the numbers (the daemon's JSON numbers are numbers or null)."""
+    try:
+        return float(sum(values)) / len(values)
+    except TypeError:  # a null among them
+        nums = [v for v in values if v is not None]
+        return sum(nums) / len(nums) if nums else None
+
+
+def _mem_pct(used: tuple[Any, ...], total: tuple[Any, ...]) -> float | None:
+    """The mean memory use in % of each GPU's memory (GPUs without both numbers left out)."""
+    try:
+        return float(sum(map(truediv, used, total))) * 100 / len(used)
+    except (TypeError, ZeroDivisionError):  # a null, or a total of 0, among them
+        pcts = [u / t * 100 for u, t in zip(used, total, strict=True) if u is not None and t]
+        return sum(pcts) / len(pcts) if pcts else None
 
 
 def _id_order(k: str) -> tuple[int, str]:
