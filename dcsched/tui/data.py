@@ -882,9 +882,7 @@ def job_row_from(fixed: Row, where: str, j: JSON, now: float, series: Series | N
     out = list(fixed)
     out[8] = Cell(f"{elapsed} / {limit}" if elapsed else limit, "", _num(j.get("elapsed_s")))
     out[9] = Cell(pct(util) if active else "", util_style(util), _num(util))
-    out[10] = Cell(
-        sparkline(s.util, 0, 100, TREND) if s.util else "", util_style(util), _num(util)
-    )
+    out[10] = Cell(sparkline(s.util, 0, 100, TREND) if s.util else "", util_style(util), _num(util))
     out[11] = Cell(
         sparkline(s.mem, 0, 100, TREND) if s.mem else "", "cyan", s.mem[-1] if s.mem else None
     )

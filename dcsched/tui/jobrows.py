@@ -54,7 +54,7 @@ class JobRowCache:
         for memo in (self.fixed, self.built, self.matched, self.sort_keys[1]):
             if len(memo) > 2 * len(live) + 1000:
                 for k in [k for k in memo if k not in live]:
-                    del memo[k]  # type: ignore[attr-defined]
+                    del memo[k]
 
 
 class JobRows(Mapping[str, Row]):
@@ -115,7 +115,7 @@ class JobRows(Mapping[str, Row]):
         for k, j in self._items.items():
             hit = matched.get(k)
             if hit is None or hit[0] is not j:
-                cells, where = cache.fixed_of(k, j)
+                cells = cache.fixed_of(k, j)[0]
                 hit = matched[k] = (j, RowFilter.matches(cells, terms))
             if hit[1]:
                 keep[k] = j
@@ -145,8 +145,6 @@ class JobRows(Mapping[str, Row]):
         name = JOB_COLUMNS[column].key
         now, series = self._now, self._series
         moving = {
-            k: sort_key(job_sort_value(name, j, now, series.get(k)))
-            for k, j in self._items.items()
+            k: sort_key(job_sort_value(name, j, now, series.get(k))) for k, j in self._items.items()
         }
         return sorted(moving, key=moving.__getitem__, reverse=reverse)
-

@@ -4,8 +4,10 @@ With the daemon's event stream (`GET /v1/events`) dctop reads everything once, t
 the cluster summary (small), the GPU telemetry as columns (`/v1/gpus?form=columns`, only
 while a view shows GPUs or jobs' utilisation), the jobs the stream said changed
 (`/v1/jobs?ids=`), and the nodes and full GPU rows when a node changed. Without the stream
-(an older daemon) every read is a full one, as before. Pure Python, no textual: the event
-thread and the poll worker share only a `Feed`.
+(a proxy that buffers it, or while it reconnects) dctop asks each second what changed
+(`/v1/jobs?changed_since=CURSOR`, which carries the changed jobs' rows) and reads the
+same way; a daemon older than both gets a full read every time, as before. Pure Python,
+no textual: the event thread and the poll worker share only a `Feed`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from operator import itemgetter, truediv
 from dataclasses import dataclass, field
+from operator import itemgetter, truediv
 from typing import Any, Protocol
 
 from dcsched.tui.data import (
@@ -38,6 +40,7 @@ class LiveSource(Source, Protocol):
 
     def gpu_columns(self) -> JSON: ...
     def jobs_by_id(self, ids: Any) -> list[JSON]: ...
+    def jobs_changed_since(self, cursor: str = "") -> JSON: ...
 
 
 class Feed:
@@ -92,10 +95,11 @@ class LiveState:
     partial_reads = 0
     jobs_version = 0  # bumped when the set of jobs or one's state / priority changes
     # which GPU positions each job holds, for the job column it was worked out from
-    _owners: tuple[list[Any], dict[str, Callable[[Sequence[Any]], tuple[Any, ...]]]] | None = (
-        None
-    )
+    _owners: tuple[list[Any], dict[str, Callable[[Sequence[Any]], tuple[Any, ...]]]] | None = None
     _active_at: int | None = None
+    #: the polling fallback's cursor, and the changed jobs' rows its last answer carried
+    cursor: str = ""
+    _prefetched: dict[str, JSON] = field(default_factory=dict)
     _active_ids: list[str] = field(default_factory=list)
 
     def read(
@@ -112,6 +116,7 @@ class LiveState:
         cluster = source.cluster()
         if reset:
             self.full_reads += 1
+            self._prefetched = {}
             self.nodes = source.nodes()
             self._set_gpus(source.gpus())
             self.jobs = {str(j.get("id")): j for j in source.jobs()}
@@ -143,6 +148,26 @@ class LiveState:
             job_series=self.series,
         )
 
+    def poll_changes(self, source: LiveSource, feed: Feed) -> bool:
+        """Without the event stream: asks the daemon what changed since the last answer
+        (`GET /v1/jobs?changed_since=`) and marks it in `feed`, as the stream would have
+        (the changed jobs' rows come with the answer: the read after it does not ask for
+        them again). False: this daemon has no such query (an older one): poll in full."""
+        ans = source.jobs_changed_since(self.cursor)
+        if not isinstance(ans.get("cursor"), str):
+            return False
+        if ans.get("reset"):
+            feed.reset()
+            self._prefetched = {}
+        else:
+            for j in ans.get("jobs") or []:
+                self._prefetched[str(j.get("id"))] = j
+                feed.job(j.get("id"))
+            if ans.get("nodes_changed"):
+                feed.node()
+        self.cursor = ans["cursor"]
+        return True
+
     def _set_gpus(self, gpus: list[JSON]) -> None:
         self.gpus = GpuList(gpus)
 
@@ -164,10 +189,13 @@ class LiveState:
         if len(ids) > MAX_IDS:
             self.jobs = {str(j.get("id")): j for j in source.jobs()}
             return True
-        got = {str(j.get("id")): j for j in source.jobs_by_id(sorted(ids, key=_id_order))}
-        if set(got) - ids:  # an older daemon ignored ids= and listed every live job
-            self.jobs = got
-            return True
+        got = {k: self._prefetched.pop(k) for k in ids if k in self._prefetched}
+        if rest := ids - got.keys():
+            read = {str(j.get("id")): j for j in source.jobs_by_id(sorted(rest, key=_id_order))}
+            if set(read) - rest:  # an older daemon ignored ids= and listed every live job
+                self.jobs = read
+                return True
+            got.update(read)
         for k in ids:
             j = got.get(k)
             if j is not None and j.get("state") in QUEUED + ACTIVE:

@@ -204,7 +204,8 @@ class JobsView(View):
 
     def action_job(self, action: str) -> None:
         if (k := self.table.selected_key) is not None:
-            self.post_message(JobAction(k, action))
+            # as users name it: `123_4` for an array's task (the API takes either)
+            self.post_message(JobAction(self.table.rows[k][0].text or k, action))
 
     def on_live_table_row_selected(self, event: LiveTable.RowSelected) -> None:
         event.stop()
