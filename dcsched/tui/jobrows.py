@@ -144,7 +144,9 @@ class JobRows(Mapping[str, Row]):
             return out
         name = JOB_COLUMNS[column].key
         now, series = self._now, self._series
+        # only each job's last sample: not its whole series
+        latest = getattr(series, "latest", series.get)
         moving = {
-            k: sort_key(job_sort_value(name, j, now, series.get(k))) for k, j in self._items.items()
+            k: sort_key(job_sort_value(name, j, now, latest(k))) for k, j in self._items.items()
         }
         return sorted(moving, key=moving.__getitem__, reverse=reverse)

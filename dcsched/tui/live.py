@@ -15,10 +15,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter, truediv
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from dcsched.tui.data import (
     ACTIVE,
@@ -90,7 +90,6 @@ class LiveState:
     nodes: list[JSON] = field(default_factory=list)
     gpus: GpuList = field(default_factory=lambda: GpuList([]))
     jobs: dict[str, JSON] = field(default_factory=dict)  # waiting and running, by id
-    series: dict[str, Series] = field(default_factory=dict)
     full_reads = 0
     partial_reads = 0
     jobs_version = 0  # bumped when the set of jobs or one's state / priority changes
@@ -101,6 +100,9 @@ class LiveState:
     cursor: str = ""
     _prefetched: dict[str, JSON] = field(default_factory=dict)
     _active_ids: list[str] = field(default_factory=list)
+    _since: dict[str, int] = field(default_factory=dict)
+    _frames: deque[Frame] = field(default_factory=lambda: deque(maxlen=TREND))
+    _reads = 0
 
     def read(
         self,
@@ -121,7 +123,6 @@ class LiveState:
             self._set_gpus(source.gpus())
             self.jobs = {str(j.get("id")): j for j in source.jobs()}
             self.jobs_version += 1
-            self._prune_series()
         else:
             self.partial_reads += 1
             if nodes:
@@ -204,15 +205,12 @@ class LiveState:
                 self.jobs.pop(k, None)
         return False
 
-    def _prune_series(self) -> None:
-        self.series = {k: v for k, v in self.series.items() if k in self.jobs}
-
     def _job_util_from_gpus(self, now: float) -> None:
-        """Each running job's mean utilisation and memory use from the GPU telemetry (the
-        listing's gpu_util is as old as the job's last change), then one sample onto each
-        job's series (the row reads its latest). Which GPUs each job holds is worked out
-        again only when the job column changed (rarely), so a refresh gathers each job's
-        values by position, in C, instead of walking 10,000 GPUs in Python."""
+        """One sample of each running job's utilisation and memory use from the GPU
+        telemetry (the listing's gpu_util is as old as the job's last change). Kept as the
+        read's columns plus which GPU positions each job holds (worked out again only when
+        the job column changed, rarely): a job's values are gathered only when its row is
+        drawn or the view sorts by them (JobSeries), not for 2,400 jobs every second."""
         g = self.gpus
         owners = g.column("job_id")
         if self._owners is None or self._owners[0] != owners:
@@ -225,28 +223,88 @@ class LiveState:
                 list(owners),
                 {k: (itemgetter(*p) if len(p) > 1 else _one(p[0])) for k, p in places.items()},
             )
-        getters = self._owners[1]
-        util, used, total = g.column("util"), g.column("mem_used"), g.column("mem_total")
-        for k in self._active():
-            get = getters.get(k)
-            u = m = None
-            if get is not None:
-                u, m = _mean(get(util)), _mem_pct(get(used), get(total))
-            s = self.series.get(k)
-            if s is None:
-                s = self.series[k] = Series(deque(maxlen=TREND), deque(maxlen=TREND))
-            # appends (atomic): the UI thread copies a series whole when it draws the row
-            s.util.append(u)  # type: ignore[attr-defined]
-            s.mem.append(m)  # type: ignore[attr-defined]
-        if len(self.series) > len(self.jobs) + 1000:
-            self._prune_series()
+        self._reads += 1
+        self._frames.append(
+            Frame(
+                self._reads,
+                self._owners[1],
+                g.column("util"),
+                g.column("mem_used"),
+                g.column("mem_total"),
+            )
+        )
+        self._active()
+
+    @property
+    def series(self) -> JobSeries:
+        """The running jobs' samples as of the last read (a frozen view: the UI thread reads
+        it while the next read goes on)."""
+        return JobSeries(tuple(self._frames), self._since)
 
     def _active(self) -> list[str]:
-        """The running jobs' ids, kept while the jobs stay the same."""
+        """The running jobs' ids, and the read since which each has been running (a new
+        dict when they change: a snapshot keeps the one it was given)."""
         if self._active_at != self.jobs_version:
             self._active_ids = [k for k, j in self.jobs.items() if j.get("state") in ACTIVE]
             self._active_at = self.jobs_version
+            since = self._since
+            self._since = {k: since.get(k, self._reads) for k in self._active_ids}
         return self._active_ids
+
+
+class Frame(NamedTuple):
+    """One telemetry read's columns, and which positions each job's GPUs have in them."""
+
+    n: int
+    getters: Mapping[str, Callable[[Sequence[Any]], tuple[Any, ...]]]
+    util: Sequence[Any]
+    used: Sequence[Any]
+    total: Sequence[Any]
+
+
+class JobSeries(Mapping[str, Series]):
+    """Each running job's samples over the last TREND reads (`Series`: utilisation and
+    memory use, a sample per read since it has been running), gathered from the reads'
+    columns when asked for and kept for this view's lifetime (one refresh)."""
+
+    __slots__ = ("_frames", "_memo", "_since")
+
+    def __init__(self, frames: tuple[Frame, ...], since: Mapping[str, int]) -> None:
+        self._frames, self._since = frames, since
+        self._memo: dict[str, Series] = {}
+
+    def __getitem__(self, key: str) -> Series:
+        s = self._memo.get(key)
+        if s is None:
+            start = self._since[key]
+            samples = [_sample(f, key) for f in self._frames if f.n >= start]
+            s = self._memo[key] = Series([u for u, _ in samples], [m for _, m in samples])
+        return s
+
+    def latest(self, key: str) -> Series | None:
+        """Only the last sample (what a sort by utilisation needs), without the others."""
+        if key in self._memo:
+            return self._memo[key]
+        if key not in self._since or not self._frames or self._frames[-1].n < self._since[key]:
+            return None
+        u, m = _sample(self._frames[-1], key)
+        return Series((u,), (m,))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._since)
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._since
+
+
+def _sample(f: Frame, key: str) -> tuple[float | None, float | None]:
+    get = f.getters.get(key)
+    if get is None:  # running, but none of its GPUs in the telemetry
+        return None, None
+    return _mean(get(f.util)), _mem_pct(get(f.used), get(f.total))
 
 
 def _one(i: int) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
