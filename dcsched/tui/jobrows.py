@@ -144,8 +144,15 @@ class JobRows(Mapping[str, Row]):
             return out
         name = JOB_COLUMNS[column].key
         now, series = self._now, self._series
-        # only each job's last sample: not its whole series
-        latest = getattr(series, "latest", series.get)
+        last = getattr(series, "last", None)  # JobSeries: the last samples in one pass
+        values = last() if last is not None else None
+
+        def latest(k: str) -> Series | None:
+            if values is None:
+                return series.get(k)
+            v = values.get(k)
+            return None if v is None else Series((v[0],), (v[1],))
+
         moving = {
             k: sort_key(job_sort_value(name, j, now, latest(k))) for k, j in self._items.items()
         }

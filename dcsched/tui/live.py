@@ -267,11 +267,12 @@ class JobSeries(Mapping[str, Series]):
     memory use, a sample per read since it has been running), gathered from the reads'
     columns when asked for and kept for this view's lifetime (one refresh)."""
 
-    __slots__ = ("_frames", "_memo", "_since")
+    __slots__ = ("_frames", "_last", "_memo", "_since")
 
     def __init__(self, frames: tuple[Frame, ...], since: Mapping[str, int]) -> None:
         self._frames, self._since = frames, since
         self._memo: dict[str, Series] = {}
+        self._last: dict[str, tuple[float | None, float | None]] | None = None
 
     def __getitem__(self, key: str) -> Series:
         s = self._memo.get(key)
@@ -281,14 +282,13 @@ class JobSeries(Mapping[str, Series]):
             s = self._memo[key] = Series([u for u, _ in samples], [m for _, m in samples])
         return s
 
-    def latest(self, key: str) -> Series | None:
-        """Only the last sample (what a sort by utilisation needs), without the others."""
-        if key in self._memo:
-            return self._memo[key]
-        if key not in self._since or not self._frames or self._frames[-1].n < self._since[key]:
-            return None
-        u, m = _sample(self._frames[-1], key)
-        return Series((u,), (m,))
+    def last(self) -> dict[str, tuple[float | None, float | None]]:
+        """Every running job's last sample (utilisation, memory use): what a sort by those
+        needs, in one pass over the last read only."""
+        if self._last is None:
+            f = self._frames[-1] if self._frames else None
+            self._last = {} if f is None else {k: _sample(f, k) for k in self._since}
+        return self._last
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._since)

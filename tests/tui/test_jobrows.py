@@ -80,3 +80,29 @@ def test_the_daemons_idle_flag_shows_unless_the_gpus_got_busy() -> None:
     assert data.job_row((j, NOW, None))[-1].text == "IDLE GPUs"  # flagged: no grace needed
     busy = data.Series([80.0], [50.0])
     assert data.job_row((j, NOW, busy))[-1].text == ""  # the latest sample says busy
+
+
+def test_a_sort_by_a_moving_column_reads_only_the_last_samples_of_the_live_series() -> None:
+    from dcsched.tui.live import Frame, JobSeries
+
+    jobs = _jobs()
+    running = [k for k, j in jobs.items() if j["state"] == "RUNNING"]
+    cols = len(running)
+    frames = tuple(
+        Frame(
+            n,
+            {k: (lambda col, i=i: (col[i],)) for i, k in enumerate(running)},
+            [float((i * 37 + n) % 100) for i in range(cols)],
+            [float(i) for i in range(cols)],
+            [100.0] * cols,
+        )
+        for n in (1, 2)
+    )
+    series = JobSeries(frames, {k: 1 for k in running})
+    assert len(series[running[0]].util) == 2
+    items = {str(j["id"]): j for j in data.job_order(jobs.values())}
+    for column in ("util", "util_trend", "mem_trend", "time", "flag"):
+        ci = [c.key for c in data.JOB_COLUMNS].index(column)
+        fast = JobRows(items, NOW, JobSeries(frames, {k: 1 for k in running}), JobRowCache())
+        plain = JobRows(items, NOW, dict(series.items()), JobRowCache())
+        assert fast.order_by(ci) == data.order_rows(dict(plain.items()), ci), column
