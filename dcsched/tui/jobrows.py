@@ -145,15 +145,22 @@ class JobRows(Mapping[str, Row]):
         name = JOB_COLUMNS[column].key
         now, series = self._now, self._series
         last = getattr(series, "last", None)  # JobSeries: the last samples in one pass
-        values = last() if last is not None else None
+        if last is not None and name in ("util", "util_trend", "mem_trend"):
+            what = "mem" if name == "mem_trend" else "util"
+            values = last(what)
+            moving = {
+                k: sort_key(values[k] if k in values else job_sort_value(name, j, now, None))
+                for k, j in self._items.items()
+            }
+        else:
+            util, mem = (last("util"), last("mem")) if last is not None else ({}, {})
 
-        def latest(k: str) -> Series | None:
-            if values is None:
-                return series.get(k)
-            v = values.get(k)
-            return None if v is None else Series((v[0],), (v[1],))
+            def latest(k: str) -> Series | None:
+                if last is None:
+                    return series.get(k)
+                return Series((util[k],), (mem[k],)) if k in util else None
 
-        moving = {
-            k: sort_key(job_sort_value(name, j, now, latest(k))) for k, j in self._items.items()
-        }
+            moving = {
+                k: sort_key(job_sort_value(name, j, now, latest(k))) for k, j in self._items.items()
+            }
         return sorted(moving, key=moving.__getitem__, reverse=reverse)

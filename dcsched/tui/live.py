@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter, truediv
 from typing import Any, NamedTuple, Protocol
@@ -272,7 +272,7 @@ class JobSeries(Mapping[str, Series]):
     def __init__(self, frames: tuple[Frame, ...], since: Mapping[str, int]) -> None:
         self._frames, self._since = frames, since
         self._memo: dict[str, Series] = {}
-        self._last: dict[str, tuple[float | None, float | None]] | None = None
+        self._last: dict[str, dict[str, float | None]] = {}
 
     def __getitem__(self, key: str) -> Series:
         s = self._memo.get(key)
@@ -282,13 +282,14 @@ class JobSeries(Mapping[str, Series]):
             s = self._memo[key] = Series([u for u, _ in samples], [m for _, m in samples])
         return s
 
-    def last(self) -> dict[str, tuple[float | None, float | None]]:
-        """Every running job's last sample (utilisation, memory use): what a sort by those
-        needs, in one pass over the last read only."""
-        if self._last is None:
+    def last(self, what: str) -> dict[str, float | None]:
+        """Every running job's last utilisation (`util`) or memory use (`mem`): what a sort
+        by those needs, in one pass over the last read only."""
+        out = self._last.get(what)
+        if out is None:
             f = self._frames[-1] if self._frames else None
-            self._last = {} if f is None else {k: _sample(f, k) for k in self._since}
-        return self._last
+            out = self._last[what] = {} if f is None else _last(f, what, self._since)
+        return out
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._since)
@@ -298,6 +299,20 @@ class JobSeries(Mapping[str, Series]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._since
+
+
+def _last(f: Frame, what: str, keys: Iterable[str]) -> dict[str, float | None]:
+    get = f.getters.get
+    out: dict[str, float | None] = {}
+    for k in keys:
+        g = get(k)
+        if g is None:
+            out[k] = None
+        elif what == "util":
+            out[k] = _mean(g(f.util))
+        else:
+            out[k] = _mem_pct(g(f.used), g(f.total))
+    return out
 
 
 def _sample(f: Frame, key: str) -> tuple[float | None, float | None]:
