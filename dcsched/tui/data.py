@@ -1035,6 +1035,7 @@ class JobDetail:
     histories: dict[str, JSON] = field(default_factory=dict)
     log: JSON | None = None
     log_error: str = ""
+    efficiency: JSON | None = None  # GPU-hours, energy (GET /v1/jobs/{id}/efficiency)
 
 
 @dataclass(slots=True)

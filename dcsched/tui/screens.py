@@ -15,7 +15,7 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Input, Label, Static
 
-from dcsched.client import ApiError, ClientError
+from dcsched.client import ApiError, ClientError, DaemonUnreachable
 from dcsched.tui import data
 from dcsched.tui.data import JobDetail, NodeDetail, Source
 from dcsched.tui.messages import (
@@ -132,6 +132,16 @@ class JobDetailScreen(DetailScreen):
                 if host:
                     with contextlib.suppress(ApiError):
                         detail.histories[str(host)] = self.source.node_history(str(host))
+            efficiency = getattr(self.source, "efficiency", None)
+            if efficiency is not None and job.get("start_ts") is not None:
+                # GPU-hours and energy so far: optional (an older daemon has no such
+                # endpoint, and may answer its 404 in plain text), only unreachable counts
+                try:
+                    detail.efficiency = efficiency(self.job_id)
+                except DaemonUnreachable:
+                    raise
+                except ClientError:
+                    pass
             if job.get("node_parts"):
                 try:
                     detail.log = self.source.logs(
@@ -176,6 +186,21 @@ class JobDetailScreen(DetailScreen):
         if j.get("gpu_util") is not None:
             info.append(
                 ("GPU util", Text(data.pct(j["gpu_util"]), style=data.util_style(j["gpu_util"])))
+            )
+        eff = d.efficiency or {}
+        if eff.get("gpu_hours") is not None:
+            energy = eff.get("energy_kwh")
+            info.append(
+                (
+                    "GPU-hours",
+                    f"{eff['gpu_hours']:,.2f}"
+                    + (f", energy {energy:,.2f} kWh" if energy is not None else "")
+                    + (
+                        f", mean util {data.pct(eff.get('mean_util'))}"
+                        if eff.get("mean_util") is not None
+                        else ""
+                    ),
+                )
             )
         if j.get("idle_s") is not None:
             info.append(
