@@ -5,6 +5,7 @@ client does). Prints JSON: time to first paint, and CPU time per refresh in each
 
     python bench/tui.py                 # defaults: 125 hosts x 8 GPUs, 30 refreshes per view
     python bench/tui.py --hosts 250 --gpus 8 --refreshes 20 --live-s 10
+    python bench/tui.py --hosts 1250 --jobs 4000 --no-stream   # dctop's changed_since fallback
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dcsched.client import StreamEvent
+from dcsched.client import ApiError, StreamEvent
 from dcsched.tui import data
 from dcsched.tui.app import DctopApp
 
@@ -199,6 +200,7 @@ class SyntheticSource:
         self.changes_per_tick = changes_per_tick
         self._rnd = rnd
         self._streams: list[EventStream] = []
+        self._changed: list[int] = []
 
     def _get(self, what: str) -> Any:
         return json.loads(self.frames[self.tick % len(self.frames)][what])
@@ -223,6 +225,7 @@ class SyntheticSource:
         # each second a few jobs change (state, priority), and the stream says which
         for _ in range(self.changes_per_tick):
             j = self._rnd.choice(self.job_list)
+            self._changed.append(j["id"])
             for s in self._streams:
                 s.put(StreamEvent("job", "", {"id": j["id"], "state": j["state"]}))
         return dict(self._get("columns"))
@@ -245,18 +248,34 @@ class SyntheticSource:
         raise AttributeError(name)
 
 
+class NoStreamSource(SyntheticSource):
+    """A daemon reached without its event stream: dctop polls `changed_since` instead."""
+
+    def events(self) -> EventStream:
+        raise ApiError(404, "not_found", "no /v1/events", {})
+
+    def jobs_changed_since(self, cursor: str = "") -> dict[str, Any]:
+        ids, self._changed = set(self._changed), []
+        rows = [j for j in self.job_list if j["id"] in ids] if cursor else []
+        answer = {"cursor": str(self.tick), "reset": not cursor, "jobs": rows}
+        return dict(json.loads(json.dumps({**answer, "nodes_changed": False})))
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    source = SyntheticSource(args.hosts, args.gpus, args.jobs)
+    kind = NoStreamSource if args.no_stream else SyntheticSource
+    source = kind(args.hosts, args.gpus, args.jobs)
     t0 = time.perf_counter()
     app = DctopApp(source, interval=0, tune_gc=True)  # type: ignore[arg-type]  # as dctop runs
-    out: dict[str, Any] = {"mode": "polled" if args.polled else "live"}
+    out: dict[str, Any] = {
+        "mode": "polled" if args.polled else "changed_since" if args.no_stream else "live"
+    }
     rss0 = rss_mb()
     async with app.run_test(size=(160, 50)) as pilot:
         while app.polls < 1:  # noqa: ASYNC110 (the app is polled, not awaited)
             await asyncio.sleep(0.001)
         await pilot.pause()
         out["first_paint_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-        if not args.polled:
+        if not args.polled and not args.no_stream:
             app._follow()
             while not app.live:  # noqa: ASYNC110
                 await asyncio.sleep(0.001)
@@ -265,8 +284,27 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             while app.polls <= n:  # noqa: ASYNC110
                 await asyncio.sleep(0.001)
         per_view: dict[str, Any] = {}
-        for key, view in (("1", "cluster"), ("2", "gpus"), ("3", "jobs")):
-            await pilot.press(key)
+
+        def jobs_view() -> Any:
+            return app.query_one("#view-jobs")
+
+        # the Jobs view also sorted by a fixed column, by a moving one, and filtered
+        cases: list[tuple[str, str, Any]] = [
+            ("cluster", "1", None),
+            ("gpus", "2", None),
+            ("jobs", "3", None),
+            ("jobs_sorted_by_user", "", lambda: jobs_view().table.sort_by("user")),
+            ("jobs_sorted_by_util", "", lambda: jobs_view().table.sort_by("util")),
+            ("jobs_filtered_state_pending", "", lambda: jobs_view().set_filter("state=pending")),
+            ("jobs_filtered_text", "", lambda: jobs_view().set_filter("train-1")),
+        ]
+        for view, key, setup in cases:
+            if key:
+                await pilot.press(key)
+            if setup is not None:
+                jobs_view().set_filter("")
+                jobs_view().table.sort_column = None
+                setup()
             await pilot.pause()
             samples = []
             for _ in range(args.refreshes):
@@ -305,7 +343,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             sum(len(b) for f in source.frames for b in f.values()) / 2**20, 1
         ),
     }
-    out["reads"] = {"full": app.state.full_reads, "partial": app.state.partial_reads}
+    out["reads"] = {
+        "mode": app.read_mode,
+        "full": app.state.full_reads,
+        "partial": app.state.partial_reads,
+    }
     out["data_layer_cpu_ms"] = data_layer_ms(SyntheticSource(args.hosts, args.gpus, args.jobs))
     return out
 
@@ -321,6 +363,11 @@ def main() -> int:
         "--polled",
         action="store_true",
         help="no event stream: every refresh a full read (a daemon older than /v1/events)",
+    )
+    p.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="no event stream, but GET /v1/jobs?changed_since= (dctop's polling fallback)",
     )
     args = p.parse_args()
     result = asyncio.run(measure(args))

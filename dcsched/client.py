@@ -404,6 +404,13 @@ class Client:
         q = {"ids": ",".join(str(i) for i in ids)}
         return list(self.request("GET", "/v1/jobs", query=q)["jobs"])
 
+    def jobs_changed_since(self, cursor: str = "") -> dict[str, Any]:
+        """The jobs that changed since `cursor` (`GET /v1/jobs?changed_since=`): `{"cursor",
+        "reset", "jobs", "nodes_changed"}`; `reset` (always so for an empty cursor) means
+        read everything, then ask from `cursor`. An older daemon ignores the query and lists
+        every waiting and running job: the answer then has no "cursor"."""
+        return dict(self.request("GET", "/v1/jobs", query={"changed_since": cursor}))
+
     def events(
         self,
         since: str | None = None,

@@ -188,6 +188,7 @@ class DctopApp(App[None]):
         self.state = LiveState()
         self.live = False  # the stream is up (else: every read a full one)
         self.live_error = ""  # why not (an older daemon: 404)
+        self.changes_query = True  # without the stream: poll "changed since" (until refused)
         self._stream: Any = None
         self.sub_title = target + ("  [read-only]" if readonly else "")
 
@@ -282,11 +283,30 @@ class DctopApp(App[None]):
         )
         self._fetch(active == "history", active == "fairshare", telemetry)
 
+    def _poll_changes(self, source: LiveSource) -> bool:
+        """The fallback without the stream: True while the daemon answers the "changed
+        since" query (then only what changed is read), False for one older than it."""
+        if not hasattr(source, "jobs_changed_since") or not hasattr(source, "gpu_columns"):
+            return False
+        try:
+            return self.state.poll_changes(source, self.feed)
+        except ApiError as exc:
+            if exc.status >= 500:  # the daemon's trouble, not a missing query: try again
+                raise
+            return False
+
+    @property
+    def read_mode(self) -> str:
+        """How the last refreshes read: "stream", "changes" (polled), or "full"."""
+        return "stream" if self.live else "changes" if self.changes_query else "full"
+
     @work(thread=True, group="poll", exit_on_error=False)
     def _fetch(self, finished: bool, fairshare: bool, telemetry: bool) -> None:
         try:
-            if self.live:
-                source: LiveSource = self.source  # type: ignore[assignment]
+            source: LiveSource = self.source  # type: ignore[assignment]
+            if not self.live and self.changes_query:
+                self.changes_query = self._poll_changes(source)
+            if self.live or self.changes_query:
                 snap = self.state.read(source, self.feed, telemetry=telemetry, clock=self.clock)
                 snap = fetch_extras(
                     self.source,

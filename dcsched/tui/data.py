@@ -468,17 +468,24 @@ class RowFilter:
         terms, ignored = self.terms(columns)
         if not terms:
             return rows, ignored
-        out: dict[str, Row] = {}
-        for k, cells in rows.items():
-            for cols, v in terms:
-                if cols:
-                    if not any(_equals(cells[i].text, v) for i in cols):
-                        break
-                elif not any(v in cell.text.lower() for cell in cells):
-                    break
-            else:
-                out[k] = cells
+        fast = getattr(rows, "filtered", None)  # rows that filter without being built
+        if fast is not None and (kept := fast(self)) is not None:
+            return kept, ignored
+        out = {k: cells for k, cells in rows.items() if self.matches(cells, terms)}
         return out, ignored
+
+    @staticmethod
+    def matches(
+        cells: Row, terms: list[tuple[list[int], str]], skip: frozenset[int] = frozenset()
+    ) -> bool:
+        """All terms match these cells (`skip`: cells a free-text term does not look at)."""
+        for cols, v in terms:
+            if cols:
+                if not any(_equals(cells[i].text, v) for i in cols):
+                    return False
+            elif not any(v in cell.text.lower() for i, cell in enumerate(cells) if i not in skip):
+                return False
+        return True
 
 
 def _equals(text: str, value: str) -> bool:
@@ -756,14 +763,15 @@ def job_order(jobs: Iterable[JSON]) -> list[JSON]:
 
 class JobOrder:
     """The Jobs view's order (job_order's), kept between refreshes: unchanged while no job
-    changed, only the changed jobs moved (taken out, put back by key) when the stream named
-    a few, and a full sort otherwise. At 4,000 jobs with a few changing every second this
-    is the difference between sorting 4,000 jobs and inserting a few."""
+    changed, only the changed jobs moved (taken out and put back by key, by bisection) when
+    the stream named a few, and a full sort otherwise. At 4,000 jobs with a few changing
+    every second this is the difference between sorting 4,000 jobs and moving a few."""
 
     def __init__(self) -> None:
         self.version: int | None = None
         self.keys: list[tuple[int, float, int]] = []
         self.ids: list[str] = []
+        self.key_of: dict[str, tuple[int, float, int]] = {}
 
     def update(
         self, jobs: Mapping[str, JSON], version: int | None, changed: frozenset[str] | None
@@ -777,50 +785,50 @@ class JobOrder:
             and changed is not None
             and len(changed) <= 200
         ):
-            keep = [(k, i) for k, i in zip(self.keys, self.ids, strict=True) if i not in changed]
-            keys, ids = [k for k, _ in keep], [i for _, i in keep]
+            keys, ids, key_of = list(self.keys), list(self.ids), dict(self.key_of)
             for i in changed:
+                old = key_of.pop(i, None)
+                if old is not None:  # keys are unique (they end with the id)
+                    at = bisect.bisect_left(keys, old)
+                    del keys[at], ids[at]
                 if (j := jobs.get(i)) is not None:
-                    key = _job_order_key(j)
+                    key = key_of[i] = _job_order_key(j)
                     at = bisect.bisect_left(keys, key)
                     keys.insert(at, key)
                     ids.insert(at, i)
         else:
             ordered = sorted((_job_order_key(j), i) for i, j in jobs.items())
             keys, ids = [k for k, _ in ordered], [i for _, i in ordered]
-        self.version, self.keys, self.ids = version, keys, ids
+            key_of = dict(zip(ids, keys, strict=True))
+        self.version, self.keys, self.ids, self.key_of = version, keys, ids, key_of
         return ids
 
 
-def job_row(item: tuple[JSON, float, Series | None]) -> Row:
-    j, now, series = item
+def job_label(j: JSON) -> str:
+    """A job's id as users type it: `123_4` for task 4 of array 123, else the id."""
+    array, task = j.get("array_job_id"), j.get("array_task_id")
+    if array is not None and task is not None:
+        return f"{array}_{task}"
+    return str(j.get("id", ""))
+
+
+def job_row_parts(j: JSON) -> tuple[Row, str]:
+    """A job's cells that change only when the job does (the moving ones blank), and its
+    nodelist / reason without a waiting job's estimated start (which moves)."""
     state = str(j.get("state", ""))
-    active = state in ACTIVE
-    s = Series(list(series.util), list(series.mem)) if active and series else Series()
-    if s.util:  # the live mode: fresher than the listing, which it reads only on changes
-        start = _num(j.get("start_ts"))
-        j = dict(j, gpu_util=s.util[-1])
-        if start is not None:
-            j["elapsed_s"] = max(now - start, 0.0)
     queued = state in QUEUED
     nodes = int(j.get("nodes") or 0)
     gpn = int(j.get("gpus_per_node") or 0)
     if queued:
         where = f"({_reasons(j)})"
-        est = relative(j.get("est_start"), now)
-        if est and state == "PENDING":
-            where += f" start {est}"
     elif state in ACTIVE:
         where = ",".join(j.get("hosts") or [])
     else:
         where = end_text(j)
-    limit = duration(j.get("time_limit_s"))
-    elapsed = duration(j.get("elapsed_s")) if not queued else ""
-    idle = job_idle(j)
     prio = _num(j.get("priority"))
-    util = j.get("gpu_util")
+    blank = Cell("")
     return (
-        c(j.get("id", ""), key=int(j.get("id") or 0)),
+        c(job_label(j), key=int(j.get("id") or 0)),
         c(j.get("name", "")),
         c(j.get("user", "")),
         c(j.get("account", "")),
@@ -828,21 +836,84 @@ def job_row(item: tuple[JSON, float, Series | None]) -> Row:
         c("" if prio is None or not queued else f"{prio:.0f}", key=prio),
         c(nodes, key=nodes),
         c(nodes * gpn, key=nodes * gpn),
-        Cell(f"{elapsed} / {limit}" if elapsed else limit, "", _num(j.get("elapsed_s"))),
-        Cell(pct(util) if active else "", util_style(util), _num(util)),
-        Cell(
-            sparkline(s.util, 0, 100, TREND) if s.util else "",
-            util_style(util),
-            _num(util),
-        ),
-        Cell(
-            sparkline(s.mem, 0, 100, TREND) if s.mem else "",
-            "cyan",
-            s.mem[-1] if s.mem else None,
-        ),
+        blank,
+        blank,
+        blank,
+        blank,
         c(where),
-        Cell("IDLE GPUs" if idle else "", "bold red1" if idle else "", int(idle)),
+        blank,
+    ), where
+
+
+def _live_job(j: JSON, now: float, series: Series | None) -> tuple[JSON, Series]:
+    """The job with its utilisation and elapsed time from dctop's own series (the live
+    mode: fresher than the listing, which it reads only on changes)."""
+    active = str(j.get("state", "")) in ACTIVE
+    s = Series(list(series.util), list(series.mem)) if active and series else Series()
+    if s.util:
+        start = _num(j.get("start_ts"))
+        j = dict(j, gpu_util=s.util[-1])
+        if start is not None:
+            j["elapsed_s"] = max(now - start, 0.0)
+    return j, s
+
+
+def job_flagged_idle(j: JSON) -> bool:
+    """Idle: the daemon's idle check flagged it (`idle_s`) and the latest utilisation does not
+    say otherwise, or dctop sees its GPUs idle past the start-up grace (job_idle)."""
+    if j.get("idle_s") is not None and j.get("state") in ACTIVE:
+        u = _num(j.get("gpu_util"))
+        return u is None or u < IDLE_UTIL
+    return job_idle(j)
+
+
+def job_row_from(fixed: Row, where: str, j: JSON, now: float, series: Series | None) -> Row:
+    """The whole row: the fixed cells with the moving ones filled in."""
+    j, s = _live_job(j, now, series)
+    state = str(j.get("state", ""))
+    queued = state in QUEUED
+    active = state in ACTIVE
+    if queued and state == "PENDING" and (est := relative(j.get("est_start"), now)):
+        where = f"{where} start {est}"
+    limit = duration(j.get("time_limit_s"))
+    elapsed = duration(j.get("elapsed_s")) if not queued else ""
+    idle = job_flagged_idle(j)
+    util = j.get("gpu_util")
+    out = list(fixed)
+    out[8] = Cell(f"{elapsed} / {limit}" if elapsed else limit, "", _num(j.get("elapsed_s")))
+    out[9] = Cell(pct(util) if active else "", util_style(util), _num(util))
+    out[10] = Cell(sparkline(s.util, 0, 100, TREND) if s.util else "", util_style(util), _num(util))
+    out[11] = Cell(
+        sparkline(s.mem, 0, 100, TREND) if s.mem else "", "cyan", s.mem[-1] if s.mem else None
     )
+    out[12] = fixed[12] if where == fixed[12].text else c(where)
+    out[13] = Cell("IDLE GPUs" if idle else "", "bold red1" if idle else "", int(idle))
+    return tuple(out)
+
+
+def job_sort_value(column: str, j: JSON, now: float, series: Series | None) -> Any:
+    """A moving column's sort value without building the row (the values the row's cells
+    sort by), cheap enough to take for every job at each refresh."""
+    active = j.get("state") in ACTIVE
+    util = series.util[-1] if active and series and series.util else j.get("gpu_util")
+    if column == "time":
+        start = j.get("start_ts")
+        if active and series and series.util and start is not None:
+            return max(now - start, 0.0)
+        return _num(j.get("elapsed_s"))
+    if column in ("util", "util_trend"):
+        return _num(util)
+    if column == "mem_trend":
+        return series.mem[-1] if active and series and series.mem else None
+    if column == "flag":
+        return int(job_flagged_idle(dict(j, gpu_util=util) if util is not None else j))
+    raise KeyError(column)
+
+
+def job_row(item: tuple[JSON, float, Series | None]) -> Row:
+    j, now, series = item
+    fixed, where = job_row_parts(j)
+    return job_row_from(fixed, where, j, now, series)
 
 
 def job_items(
@@ -964,6 +1035,7 @@ class JobDetail:
     histories: dict[str, JSON] = field(default_factory=dict)
     log: JSON | None = None
     log_error: str = ""
+    efficiency: JSON | None = None  # GPU-hours, energy (GET /v1/jobs/{id}/efficiency)
 
 
 @dataclass(slots=True)

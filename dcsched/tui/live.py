@@ -4,8 +4,10 @@ With the daemon's event stream (`GET /v1/events`) dctop reads everything once, t
 the cluster summary (small), the GPU telemetry as columns (`/v1/gpus?form=columns`, only
 while a view shows GPUs or jobs' utilisation), the jobs the stream said changed
 (`/v1/jobs?ids=`), and the nodes and full GPU rows when a node changed. Without the stream
-(an older daemon) every read is a full one, as before. Pure Python, no textual: the event
-thread and the poll worker share only a `Feed`.
+(a proxy that buffers it, or while it reconnects) dctop asks each second what changed
+(`/v1/jobs?changed_since=CURSOR`, which carries the changed jobs' rows) and reads the
+same way; a daemon older than both gets a full read every time, as before. Pure Python,
+no textual: the event thread and the poll worker share only a `Feed`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from operator import itemgetter, truediv
+from typing import Any, NamedTuple, Protocol
 
 from dcsched.tui.data import (
     ACTIVE,
@@ -37,6 +40,7 @@ class LiveSource(Source, Protocol):
 
     def gpu_columns(self) -> JSON: ...
     def jobs_by_id(self, ids: Any) -> list[JSON]: ...
+    def jobs_changed_since(self, cursor: str = "") -> JSON: ...
 
 
 class Feed:
@@ -86,10 +90,19 @@ class LiveState:
     nodes: list[JSON] = field(default_factory=list)
     gpus: GpuList = field(default_factory=lambda: GpuList([]))
     jobs: dict[str, JSON] = field(default_factory=dict)  # waiting and running, by id
-    series: dict[str, Series] = field(default_factory=dict)
     full_reads = 0
     partial_reads = 0
     jobs_version = 0  # bumped when the set of jobs or one's state / priority changes
+    # which GPU positions each job holds, for the job column it was worked out from
+    _owners: tuple[list[Any], dict[str, Callable[[Sequence[Any]], tuple[Any, ...]]]] | None = None
+    _active_at: int | None = None
+    #: the polling fallback's cursor, and the changed jobs' rows its last answer carried
+    cursor: str = ""
+    _prefetched: dict[str, JSON] = field(default_factory=dict)
+    _active_ids: list[str] = field(default_factory=list)
+    _since: dict[str, int] = field(default_factory=dict)
+    _frames: deque[Frame] = field(default_factory=lambda: deque(maxlen=TREND))
+    _reads = 0
 
     def read(
         self,
@@ -105,11 +118,11 @@ class LiveState:
         cluster = source.cluster()
         if reset:
             self.full_reads += 1
+            self._prefetched = {}
             self.nodes = source.nodes()
             self._set_gpus(source.gpus())
             self.jobs = {str(j.get("id")): j for j in source.jobs()}
             self.jobs_version += 1
-            self._prune_series()
         else:
             self.partial_reads += 1
             if nodes:
@@ -136,6 +149,26 @@ class LiveState:
             job_series=self.series,
         )
 
+    def poll_changes(self, source: LiveSource, feed: Feed) -> bool:
+        """Without the event stream: asks the daemon what changed since the last answer
+        (`GET /v1/jobs?changed_since=`) and marks it in `feed`, as the stream would have
+        (the changed jobs' rows come with the answer: the read after it does not ask for
+        them again). False: this daemon has no such query (an older one): poll in full."""
+        ans = source.jobs_changed_since(self.cursor)
+        if not isinstance(ans.get("cursor"), str):
+            return False
+        if ans.get("reset"):
+            feed.reset()
+            self._prefetched = {}
+        else:
+            for j in ans.get("jobs") or []:
+                self._prefetched[str(j.get("id"))] = j
+                feed.job(j.get("id"))
+            if ans.get("nodes_changed"):
+                feed.node()
+        self.cursor = ans["cursor"]
+        return True
+
     def _set_gpus(self, gpus: list[JSON]) -> None:
         self.gpus = GpuList(gpus)
 
@@ -157,10 +190,13 @@ class LiveState:
         if len(ids) > MAX_IDS:
             self.jobs = {str(j.get("id")): j for j in source.jobs()}
             return True
-        got = {str(j.get("id")): j for j in source.jobs_by_id(sorted(ids, key=_id_order))}
-        if set(got) - ids:  # an older daemon ignored ids= and listed every live job
-            self.jobs = got
-            return True
+        got = {k: self._prefetched.pop(k) for k in ids if k in self._prefetched}
+        if rest := ids - got.keys():
+            read = {str(j.get("id")): j for j in source.jobs_by_id(sorted(rest, key=_id_order))}
+            if set(read) - rest:  # an older daemon ignored ids= and listed every live job
+                self.jobs = read
+                return True
+            got.update(read)
         for k in ids:
             j = got.get(k)
             if j is not None and j.get("state") in QUEUED + ACTIVE:
@@ -169,48 +205,143 @@ class LiveState:
                 self.jobs.pop(k, None)
         return False
 
-    def _prune_series(self) -> None:
-        self.series = {k: v for k, v in self.series.items() if k in self.jobs}
-
     def _job_util_from_gpus(self, now: float) -> None:
-        """Each running job's mean utilisation and memory use from the GPU telemetry (the
-        listing's gpu_util is as old as the job's last change): one pass over the GPUs,
-        then one sample onto each job's series (the row reads its latest)."""
-        acc: dict[str, list[float]] = {}
+        """One sample of each running job's utilisation and memory use from the GPU
+        telemetry (the listing's gpu_util is as old as the job's last change). Kept as the
+        read's columns plus which GPU positions each job holds (worked out again only when
+        the job column changed, rarely): a job's values are gathered only when its row is
+        drawn or the view sorts by them (JobSeries), not for 2,400 jobs every second."""
         g = self.gpus
-        columns = zip(
-            g.column("job_id"),
-            g.column("util"),
-            g.column("mem_used"),
-            g.column("mem_total"),
-            strict=True,
+        owners = g.column("job_id")
+        if self._owners is None or self._owners[0] != owners:
+            places: dict[str, list[int]] = {}
+            for i, jid in enumerate(owners):
+                if jid is not None:
+                    places.setdefault(str(jid), []).append(i)
+            # a getter always returns a tuple (itemgetter of one index would not)
+            self._owners = (
+                list(owners),
+                {k: (itemgetter(*p) if len(p) > 1 else _one(p[0])) for k, p in places.items()},
+            )
+        self._reads += 1
+        self._frames.append(
+            Frame(
+                self._reads,
+                self._owners[1],
+                g.column("util"),
+                g.column("mem_used"),
+                g.column("mem_total"),
+            )
         )
-        # (the daemon's JSON numbers are numbers or null: no per-value type checks here)
-        for jid, u, m, t in columns:
-            if jid is None:
-                continue
-            a = acc.get(jid)
-            if a is None:
-                a = acc[jid] = [0.0, 0.0, 0.0, 0.0]
-            if u is not None:
-                a[0] += u
-                a[1] += 1
-            if m is not None and t:
-                a[2] += m / t * 100
-                a[3] += 1
-        by_id = {str(k): v for k, v in acc.items()}
-        for k, j in self.jobs.items():
-            if j.get("state") not in ACTIVE:
-                continue
-            a = by_id.get(k)
-            s = self.series.get(k)
-            if s is None:
-                s = self.series[k] = Series(deque(maxlen=TREND), deque(maxlen=TREND))
-            # appends (atomic): the UI thread copies a series whole when it draws the row
-            s.util.append(a[0] / a[1] if a and a[1] else None)  # type: ignore[attr-defined]
-            s.mem.append(a[2] / a[3] if a and a[3] else None)  # type: ignore[attr-defined]
-        if len(self.series) > len(self.jobs) + 1000:
-            self._prune_series()
+        self._active()
+
+    @property
+    def series(self) -> JobSeries:
+        """The running jobs' samples as of the last read (a frozen view: the UI thread reads
+        it while the next read goes on)."""
+        return JobSeries(tuple(self._frames), self._since)
+
+    def _active(self) -> list[str]:
+        """The running jobs' ids, and the read since which each has been running (a new
+        dict when they change: a snapshot keeps the one it was given)."""
+        if self._active_at != self.jobs_version:
+            self._active_ids = [k for k, j in self.jobs.items() if j.get("state") in ACTIVE]
+            self._active_at = self.jobs_version
+            since = self._since
+            self._since = {k: since.get(k, self._reads) for k in self._active_ids}
+        return self._active_ids
+
+
+class Frame(NamedTuple):
+    """One telemetry read's columns, and which positions each job's GPUs have in them."""
+
+    n: int
+    getters: Mapping[str, Callable[[Sequence[Any]], tuple[Any, ...]]]
+    util: Sequence[Any]
+    used: Sequence[Any]
+    total: Sequence[Any]
+
+
+class JobSeries(Mapping[str, Series]):
+    """Each running job's samples over the last TREND reads (`Series`: utilisation and
+    memory use, a sample per read since it has been running), gathered from the reads'
+    columns when asked for and kept for this view's lifetime (one refresh)."""
+
+    __slots__ = ("_frames", "_last", "_memo", "_since")
+
+    def __init__(self, frames: tuple[Frame, ...], since: Mapping[str, int]) -> None:
+        self._frames, self._since = frames, since
+        self._memo: dict[str, Series] = {}
+        self._last: dict[str, dict[str, float | None]] = {}
+
+    def __getitem__(self, key: str) -> Series:
+        s = self._memo.get(key)
+        if s is None:
+            start = self._since[key]
+            samples = [_sample(f, key) for f in self._frames if f.n >= start]
+            s = self._memo[key] = Series([u for u, _ in samples], [m for _, m in samples])
+        return s
+
+    def last(self, what: str) -> dict[str, float | None]:
+        """Every running job's last utilisation (`util`) or memory use (`mem`): what a sort
+        by those needs, in one pass over the last read only."""
+        out = self._last.get(what)
+        if out is None:
+            f = self._frames[-1] if self._frames else None
+            out = self._last[what] = {} if f is None else _last(f, what, self._since)
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._since)
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._since
+
+
+def _last(f: Frame, what: str, keys: Iterable[str]) -> dict[str, float | None]:
+    get = f.getters.get
+    out: dict[str, float | None] = {}
+    for k in keys:
+        g = get(k)
+        if g is None:
+            out[k] = None
+        elif what == "util":
+            out[k] = _mean(g(f.util))
+        else:
+            out[k] = _mem_pct(g(f.used), g(f.total))
+    return out
+
+
+def _sample(f: Frame, key: str) -> tuple[float | None, float | None]:
+    get = f.getters.get(key)
+    if get is None:  # running, but none of its GPUs in the telemetry
+        return None, None
+    return _mean(get(f.util)), _mem_pct(get(f.used), get(f.total))
+
+
+def _one(i: int) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    return lambda col: (col[i],)
+
+
+def _mean(values: tuple[Any, ...]) -> float | None:
+    """The mean of the numbers (the daemon's JSON numbers are numbers or null)."""
+    try:
+        return float(sum(values)) / len(values)
+    except TypeError:  # a null among them
+        nums = [v for v in values if v is not None]
+        return sum(nums) / len(nums) if nums else None
+
+
+def _mem_pct(used: tuple[Any, ...], total: tuple[Any, ...]) -> float | None:
+    """The mean memory use in % of each GPU's memory (GPUs without both numbers left out)."""
+    try:
+        return float(sum(map(truediv, used, total))) * 100 / len(used)
+    except (TypeError, ZeroDivisionError):  # a null, or a total of 0, among them
+        pcts = [u / t * 100 for u, t in zip(used, total, strict=True) if u is not None and t]
+        return sum(pcts) / len(pcts) if pcts else None
 
 
 def _id_order(k: str) -> tuple[int, str]:

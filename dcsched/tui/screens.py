@@ -15,7 +15,7 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Input, Label, Static
 
-from dcsched.client import ApiError, ClientError
+from dcsched.client import ApiError, ClientError, DaemonUnreachable
 from dcsched.tui import data
 from dcsched.tui.data import JobDetail, NodeDetail, Source
 from dcsched.tui.messages import (
@@ -132,6 +132,16 @@ class JobDetailScreen(DetailScreen):
                 if host:
                     with contextlib.suppress(ApiError):
                         detail.histories[str(host)] = self.source.node_history(str(host))
+            efficiency = getattr(self.source, "efficiency", None)
+            if efficiency is not None and job.get("start_ts") is not None:
+                # GPU-hours and energy so far: optional (an older daemon has no such
+                # endpoint, and may answer its 404 in plain text), only unreachable counts
+                try:
+                    detail.efficiency = efficiency(self.job_id)
+                except DaemonUnreachable:
+                    raise
+                except ClientError:
+                    pass
             if job.get("node_parts"):
                 try:
                     detail.log = self.source.logs(
@@ -152,9 +162,9 @@ class JobDetailScreen(DetailScreen):
         state = str(j.get("state", ""))
         self.query_one("#job-title", Static).update(
             Text.assemble(
-                (f"Job {j.get('id')}  {j.get('name', '')}  ", "bold"),
+                (f"Job {data.job_label(j)}  {j.get('name', '')}  ", "bold"),
                 (state, data.STATE_STYLE.get(state, "")),
-                ("   IDLE GPUs" if data.job_idle(j) else "", "bold red1"),
+                ("   IDLE GPUs" if data.job_flagged_idle(j) else "", "bold red1"),
             )
         )
         info: list[tuple[str, Any]] = [
@@ -171,9 +181,37 @@ class JobDetailScreen(DetailScreen):
             ),
             ("Submitted", data.relative(j.get("submit_ts"), now)),
         ]
+        if j.get("array_job_id") is not None:
+            info.append(("Array", f"task {j.get('array_task_id')} of array {j['array_job_id']}"))
         if j.get("gpu_util") is not None:
             info.append(
                 ("GPU util", Text(data.pct(j["gpu_util"]), style=data.util_style(j["gpu_util"])))
+            )
+        eff = d.efficiency or {}
+        if eff.get("gpu_hours") is not None:
+            energy = eff.get("energy_kwh")
+            info.append(
+                (
+                    "GPU-hours",
+                    f"{eff['gpu_hours']:,.2f}"
+                    + (f", energy {energy:,.2f} kWh" if energy is not None else "")
+                    + (
+                        f", mean util {data.pct(eff.get('mean_util'))}"
+                        if eff.get("mean_util") is not None
+                        else ""
+                    ),
+                )
+            )
+        if j.get("idle_s") is not None:
+            info.append(
+                (
+                    "Idle",
+                    Text(
+                        f"its GPUs idle for {data.duration(j['idle_s'])} "
+                        "(flagged by the daemon's idle check)",
+                        style="bold red1",
+                    ),
+                )
             )
         if j.get("exit_code") is not None or j.get("signal"):
             info.append(("Exit", data.exit_text(j.get("exit_code"), j.get("signal"))))
@@ -291,7 +329,8 @@ class JobDetailScreen(DetailScreen):
         )
 
     def action_act(self, action: str) -> None:
-        self.post_message(JobAction(self.job_id, action))
+        label = data.job_label(self.detail.job) if self.detail is not None else self.job_id
+        self.post_message(JobAction(label, action))
 
     def action_next_node(self) -> None:
         n = len((self.detail.job.get("node_parts") if self.detail else None) or []) or 1

@@ -142,7 +142,8 @@ class LiveTable(ScrollView, can_focus=True):
     def sync(self, rows: Rows) -> None:
         """Applies a whole new row set (in the caller's order unless a sort is set). `rows`
         may build its rows lazily (data.LazyRows): only the rows drawn are read, unless a
-        sort needs every row's key."""
+        sort needs every row's key (rows with an `order_by(column, reverse=)` sort
+        themselves, e.g. jobrows.JobRows, without building a row)."""
         selected = self.selected_key
         old = self.rows
         self.rows = rows
@@ -170,6 +171,9 @@ class LiveTable(ScrollView, can_focus=True):
         if self.sort_column is None:
             return list(self.rows)
         ci = [col.key for col in self.spec].index(self.sort_column)
+        fast = getattr(self.rows, "order_by", None)  # rows that sort without being built
+        if fast is not None:
+            return list(fast(ci, reverse=self.sort_reverse))
         return order_rows(self.rows, ci, reverse=self.sort_reverse)
 
     def _visible(self) -> range:

@@ -12,6 +12,7 @@ from textual.widgets import Input, Static
 
 from dcsched.tui import data
 from dcsched.tui.data import Rows, Snapshot
+from dcsched.tui.jobrows import JobRowCache, JobRows
 from dcsched.tui.messages import JobAction, NodeAction, OpenJob, OpenNode
 from dcsched.tui.table import LiveTable
 
@@ -32,6 +33,7 @@ class View(Vertical):
         self.filter = data.RowFilter()
         self._last: Snapshot | None = None
         self._memo: dict[str, tuple[object, data.Row]] = {}  # LazyRows' built rows
+        self._note = ""
 
     def compose(self) -> ComposeResult:
         inp = Input(
@@ -63,10 +65,14 @@ class View(Vertical):
 
     def show_note(self, shown: int, total: int, ignored: list[str]) -> None:
         note = self.query_one(f"#{self.name}-note", Static)
-        note.display = bool(self.filter.text)
+        if note.display != bool(self.filter.text):
+            note.display = bool(self.filter.text)
         if self.filter.text:
             skip = f"; no {', '.join(k + '=' for k in ignored)} here" if ignored else ""
-            note.update(f"filter: {self.filter.text}  ({shown} of {total}{skip}; esc clears)")
+            text = f"filter: {self.filter.text}  ({shown} of {total}{skip}; esc clears)"
+            if text != self._note:  # an update lays the screen out again: only on a change
+                self._note = text
+                note.update(text)
 
     def focus_table(self) -> None:
         self.table.focus()
@@ -175,14 +181,22 @@ class JobsView(View):
 
     def on_mount(self) -> None:
         self._order = data.JobOrder()
+        self._cache = JobRowCache()
+        # the jobs in display order, kept (the same dict) while no job changed, so that
+        # the table's and the sort's caches see "nothing changed" at a glance
+        self._items: tuple[int | None, dict[str, data.JSON]] = (None, {})
 
     def rows(self, snap: Snapshot) -> Rows:
         if snap.jobs_by_id is None:  # every read a full one: sort them all
-            items = data.job_items(snap.jobs, snap.now, snap.job_series)
+            by_id = {str(j.get("id")): j for j in snap.jobs}
+            items = {str(j.get("id")): j for j in data.job_order(by_id.values())}
+        elif snap.jobs_version is not None and self._items[0] == snap.jobs_version:
+            items = self._items[1]
         else:
             order = self._order.update(snap.jobs_by_id, snap.jobs_version, snap.jobs_changed)
-            items = data.job_items(snap.jobs_by_id, snap.now, snap.job_series, order)
-        return data.LazyRows(items, data.job_row, self._memo)
+            items = {k: snap.jobs_by_id[k] for k in order}
+            self._items = (snap.jobs_version, items)
+        return JobRows(items, snap.now, snap.job_series, self._cache)
 
     def action_open(self) -> None:
         if (k := self.table.selected_key) is not None:
@@ -190,7 +204,8 @@ class JobsView(View):
 
     def action_job(self, action: str) -> None:
         if (k := self.table.selected_key) is not None:
-            self.post_message(JobAction(k, action))
+            # as users name it: `123_4` for an array's task (the API takes either)
+            self.post_message(JobAction(self.table.rows[k][0].text or k, action))
 
     def on_live_table_row_selected(self, event: LiveTable.RowSelected) -> None:
         event.stop()

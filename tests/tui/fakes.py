@@ -161,6 +161,10 @@ def _app(fake: FakeDaemon) -> web.Application:
             return web.json_response(source.logs(job_id))
         if p.endswith("/explain"):
             return web.json_response(source.explain(job_id))
+        if p.endswith("/efficiency"):  # as the daemon sums a running job's use so far
+            if source.job(job_id).get("start_ts") is None:
+                return err(404, "not_found", f"job {job_id} has not run")
+            return web.json_response({"gpu_hours": 1.5, "energy_kwh": 0.42, "mean_util": 61.0})
         return web.json_response(source.job(job_id))
 
     async def post(request: web.Request) -> web.Response:
@@ -181,6 +185,7 @@ def _app(fake: FakeDaemon) -> web.Application:
         "/v1/jobs/{job_id}",
         "/v1/jobs/{job_id}/logs",
         "/v1/jobs/{job_id}/explain",
+        "/v1/jobs/{job_id}/efficiency",
         "/v1/nodes/{host}/history",
     ):
         r.add_get(path, get)

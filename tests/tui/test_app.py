@@ -88,6 +88,7 @@ async def test_job_detail_shows_priority_allocation_and_log(fake: FakeDaemon) ->
         d = screen.detail
         assert d is not None and "sim-1" in d.histories and d.log is not None
         assert d.explain is None and not d.explain_error  # a running job is not ranked
+        assert d.efficiency is not None and d.efficiency["gpu_hours"] == 1.5
         await pilot.press("escape")
         await select(pilot, app, "jobs", "7")  # held, and no explain served for it
         await pilot.press("enter")
