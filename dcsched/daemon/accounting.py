@@ -49,7 +49,7 @@ class GpuUse:
         return {
             "host": host,
             "gpu": gpu,
-            "mean_util": self.util_sum / self.util_n if self.util_n else None,
+            "mean_util": round(self.util_sum / self.util_n, 3) if self.util_n else None,
             "mean_mem_bytes": self.mem_sum / self.mem_n if self.mem_n else None,
             "max_mem_bytes": self.mem_max if self.mem_n else None,
             "energy_j": self.energy_j,
@@ -184,7 +184,8 @@ def summary(job: Job, use: JobUse, gpu_s: float, now: float) -> dict[str, Any]:
     utils = [(gu.util_sum, gu.util_n) for gu in use.gpus.values() if gu.util_n]
     mems = [(gu.mem_sum, gu.mem_n) for gu in use.gpus.values() if gu.mem_n]
     # The mean over GPUs of each GPU's mean: every GPU counts the same.
-    mean_util = sum(s / n for s, n in utils) / len(utils) if utils else None
+    # to a thousandth of a percent: sums of floats would print as 80.00000000000001
+    mean_util = round(sum(s / n for s, n in utils) / len(utils), 3) if utils else None
     hosts = [p.host for p in job.parts]
     return {
         "job_id": job.id,
