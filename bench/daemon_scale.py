@@ -235,7 +235,7 @@ def prefill(
                 0,
                 state,
                 "",
-                _spec(name, user, account, nodes, gpn, limit),
+                _spec(name, user, account, nodes, gpn, f"{limit}s"),
                 nodes,
                 gpn,
                 None,
