@@ -97,7 +97,8 @@ async def test_a_deposed_leader_sends_no_more_and_the_next_resumes_its_broker_se
         # The next batch of resends (every 0.5 s) found the lock gone and sent nothing: only
         # what had passed its check before the cut was on its way (a batch of one launch, a
         # fire-and-forget command); the leadership check alone (every 2 s) lets several.
-        assert a.exit_code == 3 and a.sender.deposed
+        # (Which of the two noticed first depends on the machine's load: either stops it.)
+        assert a.exit_code == 3
         assert len(after) <= 2, after
         # While no dcd is connected, the agent reports the start: the broker keeps it for
         # the leaders' session, and the next leader, which resumes it, is told.
