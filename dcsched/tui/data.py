@@ -385,12 +385,32 @@ Row = tuple[Cell, ...]
 Rows = Mapping[str, Row]
 
 
-class LazyRows(Mapping[str, Row]):
+class KeyedRows(Mapping[str, Row]):
+    """Rows keyed like `_items` (key -> item, in display order), built by the subclass's
+    __getitem__ only when read."""
+
+    __slots__ = ("_items",)
+    _items: Mapping[str, Any]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def keys(self) -> KeysView[str]:  # the dict's own: compared in C, not per key
+        return self._items.keys()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+
+class LazyRows(KeyedRows):
     """A view's rows over its plain items (key -> item), each row built on first access and
     kept while its item is the same object: the table reads only the rows in view, so at
     10,000 GPUs a refresh builds the few dozen rows on screen, not all of them."""
 
-    __slots__ = ("_build", "_items", "_memo")
+    __slots__ = ("_build", "_memo")
 
     def __init__(
         self,
@@ -411,18 +431,6 @@ class LazyRows(Mapping[str, Row]):
         row = self._build(item)
         self._memo[key] = (item, row)
         return row
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def keys(self) -> KeysView[str]:  # the dict's own: compared in C, not per key
-        return self._items.keys()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
 
 
 def order_rows(rows: Rows, column: int, *, reverse: bool = False) -> list[str]:

@@ -8,12 +8,13 @@ changed. Pure Python, no textual.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, KeysView, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from dcsched.tui.data import (
     JOB_COLUMNS,
     JSON,
+    KeyedRows,
     Row,
     RowFilter,
     Series,
@@ -57,11 +58,11 @@ class JobRowCache:
                     del memo[k]
 
 
-class JobRows(Mapping[str, Row]):
+class JobRows(KeyedRows):
     """The Jobs view's rows over `items` (id -> job, in display order; a view reuses the same
     dict while no job changed): a row is built only when read."""
 
-    __slots__ = ("_cache", "_items", "_now", "_series")
+    __slots__ = ("_cache", "_now", "_series")
 
     def __init__(
         self,
@@ -85,18 +86,6 @@ class JobRows(Mapping[str, Row]):
         row = job_row_from(fixed, where, j, self._now, self._series.get(key))
         self._cache.built[key] = (j, self._now, row)
         return row
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def keys(self) -> KeysView[str]:  # the dict's own: compared in C, not per key
-        return self._items.keys()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
 
     # ------------------------------------------------------------ filter and sort
 
