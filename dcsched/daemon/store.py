@@ -100,6 +100,23 @@ _INSERT_AUDIT = (
 )
 
 
+def _where(conds: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """' WHERE a AND b' of the conditions whose value is not None, and their arguments ("" and
+    none when no condition applies); a list value fills the clause's "IN (?)"."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for clause, value in conds:
+        if value is None:
+            continue
+        if isinstance(value, list):
+            clauses.append(clause.replace("(?)", "(" + ",".join("?" * len(value)) + ")"))
+            args += value
+        else:
+            clauses.append(clause)
+            args.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
 def _insert_audit(db: Backend, rows: Sequence[AuditRow]) -> None:
     if rows:
         db.executemany(_INSERT_AUDIT, [tuple(getattr(r, c) for c in _AUDIT_COLS) for r in rows])
@@ -470,20 +487,16 @@ class Store:
         st = sorted(set(states) & TERMINAL)
         if not st or limit <= 0:
             return []
-        sql = f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(st))})"
-        args: list[Any] = list(st)
-        if user:
-            sql += ' AND "user" = ?'
-            args.append(user)
-        if since is not None:
-            sql += " AND end_ts >= ?"
-            args.append(since)
-        if until is not None:
-            sql += " AND end_ts < ?"
-            args.append(until)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        return [_job(r) for r in await self._all(sql, args)]
+        cond, args = _where(
+            [
+                ("state IN (?)", st),
+                ('"user" = ?', user or None),
+                ("end_ts >= ?", since),
+                ("end_ts < ?", until),
+            ]
+        )
+        sql = f"SELECT * FROM jobs{cond} ORDER BY id DESC LIMIT ?"
+        return [_job(r) for r in await self._all(sql, [*args, limit])]
 
     async def job_events(self, job_id: int) -> list[dict[str, Any]]:
         rows = await self._all(
@@ -525,22 +538,15 @@ class Store:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Finished jobs' accounting rows, newest end first (at most `limit`), and the totals
         per account over every row the filter matches."""
-        clauses: list[str] = []
-        args: list[Any] = []
-        for col, value in (('"user"', where.user), ("account", where.account)):
-            if value:
-                clauses.append(f"{col} = ?")
-                args.append(value)
-        if where.states:
-            clauses.append(f"state IN ({','.join('?' * len(where.states))})")
-            args += sorted(where.states)
-        if where.since is not None:
-            clauses.append("end_ts >= ?")
-            args.append(where.since)
-        if where.until is not None:
-            clauses.append("end_ts < ?")
-            args.append(where.until)
-        cond = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        cond, args = _where(
+            [
+                ('"user" = ?', where.user or None),
+                ("account = ?", where.account or None),
+                ("state IN (?)", sorted(where.states) or None),
+                ("end_ts >= ?", where.since),
+                ("end_ts < ?", where.until),
+            ]
+        )
 
         def run(db: Backend) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             rows = db.execute(
@@ -648,19 +654,9 @@ class Store:
     ) -> list[dict[str, Any]]:
         """Audit rows newest first: of one user or all, at or after `since`, with an id
         below `before` (for paging back), at most `limit`."""
-        sql, args = "SELECT * FROM audit WHERE 1 = 1", list[Any]()
-        if user is not None:
-            sql += ' AND "user" = ?'
-            args.append(user)
-        if since is not None:
-            sql += " AND ts >= ?"
-            args.append(since)
-        if before is not None:
-            sql += " AND id < ?"
-            args.append(before)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        return [dict(r) for r in await self._all(sql, args)]
+        cond, args = _where([('"user" = ?', user), ("ts >= ?", since), ("id < ?", before)])
+        sql = f"SELECT * FROM audit{cond} ORDER BY id DESC LIMIT ?"
+        return [dict(r) for r in await self._all(sql, [*args, limit])]
 
     async def nodes(self) -> list[NodeRow]:
         rows = await self._all("SELECT * FROM nodes ORDER BY host")
