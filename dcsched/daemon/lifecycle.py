@@ -84,6 +84,9 @@ class Job:
     master_port: int | None = None
     ending: str = ""  # the final state a COMPLETING job will take
     restart_count: int = 0  # times it went back to the queue after a run began
+    # seconds its earlier runs took, allocation to requeue (GPUs held): the scheduler's
+    # attained service (`las`); the current run is not included
+    attained_s: float = 0.0
     signal_ts: float | None = None  # when this run was sent its warning signal
     array_job_id: int | None = None  # an array task: the array's id (its first task's id)
     array_task_id: int | None = None
@@ -554,8 +557,10 @@ def _maybe_finish(out: Outcome, now: float) -> None:
         final = S.FAILED
     if final == S.REQUEUED:
         # Back in the queue with its age kept: a fresh start, new nodes, port and commands.
-        # A run that began counts as a restart (its next run sees DCSCHED_RESTART_COUNT).
+        # A run that began counts as a restart (its next run sees DCSCHED_RESTART_COUNT),
+        # and its time, from allocation until its GPUs came free, as attained service.
         began = any(p.started_ts is not None for p in job.parts)
+        ran = now - job.start_ts if began and job.start_ts is not None else 0.0
         _move(
             out,
             S.REQUEUED,
@@ -570,6 +575,7 @@ def _maybe_finish(out: Outcome, now: float) -> None:
             start_ts=None,
             signal_ts=None,
             restart_count=job.restart_count + int(began),
+            attained_s=job.attained_s + max(0.0, ran),
             parts=(),
         )
     else:

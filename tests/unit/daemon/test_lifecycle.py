@@ -980,6 +980,26 @@ SIGNAL_ROWS = [
         signal_ts=None,
         start_ts=None,
         submit_ts=SUBMIT,
+        attained_s=NOW + 2 - T0,  # its run, allocation to the last exit
+    ),
+    row(
+        "preempt of a job that ran before: its runs add up",
+        dataclasses.replace(WARNED, restart_count=1, attained_s=100.0),
+        [PREEMPT, ex(0), ex(1)],
+        S.REQUEUED,
+        "",
+        [DROP, STOP_WARN_A, STOP_WARN_B, ACK_A, ACK_B, WAKE],
+        restart_count=2,
+        attained_s=100.0 + NOW + 2 - T0,
+    ),
+    row(
+        "while it is being preempted, the run is not yet counted",
+        dataclasses.replace(WARNED, attained_s=100.0),
+        [PREEMPT, ex(0)],
+        S.COMPLETING,
+        "exited running",
+        [DROP, STOP_WARN_A, STOP_WARN_B, ACK_A],
+        attained_s=100.0,
     ),
     row(
         "preempt of a non-requeue job: back in the queue all the same",
@@ -1017,6 +1037,7 @@ SIGNAL_ROWS = [
         "",
         [DROP, STOP_A, STOP_B, WAKE],
         restart_count=1,
+        attained_s=0.0,
     ),
     row(
         "node lost, requeue: back in the queue",
@@ -1028,6 +1049,7 @@ SIGNAL_ROWS = [
         restart_count=1,
         reason="",
         submit_ts=SUBMIT,
+        attained_s=NOW + 1 - T0,
     ),
     row(
         "node lost, requeue, one node",
@@ -1040,13 +1062,14 @@ SIGNAL_ROWS = [
     ),
     row(
         "node lost, restarts used up: NODE_FAIL",
-        job(S.RUNNING, "running", spec=REQ, restart_count=2),
+        job(S.RUNNING, "running", spec=REQ, restart_count=2, attained_s=50.0),
         [NodeLost("a", SILENT)],
         S.NODE_FAIL,
         "exited",
         [DROP, WAKE],
         [SILENT, "after 2 restarts"],
         restart_count=2,
+        attained_s=50.0,  # only runs that went back to the queue count
     ),
     row(
         "node lost, requeue with max_restarts 0: NODE_FAIL",
@@ -1114,13 +1137,23 @@ SIGNAL_ROWS = [
     ),
     row(
         "a requeued job starts again with its restart count",
-        job(S.REQUEUED, spec=REQ, restart_count=1),
+        job(S.REQUEUED, spec=REQ, restart_count=1, attained_s=50.0),
         [START, up(0), up(1)],
         S.RUNNING,
         BOTH,
         [f"SendLaunch:{h}" for h in HOSTS],
         restart_count=1,
         signal_ts=None,
+        attained_s=50.0,
+    ),
+    row(
+        "a requeued job that completes keeps its earlier runs' time",
+        job(S.RUNNING, BOTH, spec=REQ, restart_count=1, attained_s=50.0),
+        [ex(0), ex(1)],
+        S.COMPLETED,
+        "exited exited",
+        [ACK_A, ACK_B, WAKE],
+        attained_s=50.0,
     ),
 ]
 
@@ -1457,6 +1490,13 @@ def test_any_order_of_events(data: st.DataObject) -> None:
         assert new.submit_ts == SUBMIT
         # restarts: never fewer, one at most per step, only on the way back to the queue
         assert new.restart_count - old.restart_count in ((0, 1) if new.state in QUEUED else (0,))
+        # attained service grows only when a run that began goes back to the queue, by that
+        # run's time from its allocation
+        if new.restart_count > old.restart_count:
+            assert old.start_ts is not None
+            assert new.attained_s == pytest.approx(old.attained_s + now - old.start_ts)
+        else:
+            assert new.attained_s == old.attained_s
         if new.state in QUEUED:
             assert new.signal_ts is None
         if any(isinstance(e, lc.SendSignal) for e in out.effects):

@@ -138,6 +138,65 @@ async def test_restarts_and_array_fields_are_journaled(store_location: str) -> N
     await s.close()
 
 
+async def test_attained_service_is_journaled(store_location: str) -> None:
+    s = await Store.open(store_location)
+    (job_id,) = await s.add_jobs([_new()])
+    job = await s.job(job_id)
+    await s.commit(Batch(jobs=[dataclasses.replace(job, restart_count=1, attained_s=12.5)]))
+    await s.close()
+    s = await Store.open(store_location)
+    assert (await s.job(job_id)).attained_s == 12.5
+    await s.close()
+
+
+async def test_the_attained_migration_counts_earlier_runs_from_the_history(
+    store_location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store from before 0009: each run that went back to the queue counts, from its
+    allocation (STARTING) to its return (REQUEUED after COMPLETING); other REQUEUED
+    entries (an update of a requeued job) and the current run do not."""
+    import dcsched.daemon.store as store_mod
+
+    every = _migrations()
+    monkeypatch.setattr(store_mod, "_migrations", lambda: [m for m in every if m[0] < 9])
+    s = await Store.open(store_location)
+    history = [
+        ("PENDING", 100.0, "submitted"),
+        ("STARTING", 110.0, "allocated a"),
+        ("RUNNING", 111.0, "torchrun started"),
+        ("COMPLETING", 150.0, "preempted for job 9"),
+        ("REQUEUED", 160.0, "all nodes exited; back in the queue"),  # 50 s
+        ("REQUEUED", 170.0, "updated by bob: nice 0 -> 5"),
+        ("STARTING", 200.0, "allocated b"),
+        ("RUNNING", 201.0, "torchrun started"),
+        ("COMPLETING", 220.0, "requeued by bob"),
+        ("REQUEUED", 230.0, "all nodes exited; back in the queue"),  # 30 s
+        ("STARTING", 300.0, "allocated a"),
+        ("RUNNING", 301.0, "torchrun started"),  # now: not counted
+    ]
+
+    def old_rows(db: Any) -> None:
+        for restarts in (2, 0):
+            job_id = db.insert(
+                "INSERT INTO jobs (name, \"user\", uid, account, qos, state, spec, nodes,"
+                " gpus_per_node, time_limit_s, submit_ts, restart_count)"
+                " VALUES ('j', 'alice', 1000, 'a', 'normal', 'RUNNING', '{}', 1, 1, 60, 100.0, ?)",
+                (restarts,),
+            )
+            db.executemany(
+                "INSERT INTO job_events (job_id, ts, state, detail) VALUES (?,?,?,?)",
+                [(job_id, ts, state, why) for state, ts, why in history if restarts],
+            )
+
+    await s._run(old_rows)
+    await s.close()
+    monkeypatch.setattr(store_mod, "_migrations", lambda: every)
+    s = await Store.open(store_location)
+    jobs = await s.live_jobs()
+    assert [(j.restart_count, j.attained_s) for j in jobs] == [(2, 80.0), (0, 0.0)]
+    await s.close()
+
+
 async def test_commands_nodes_kv_and_samples_read_back_alike(store_location: str) -> None:
     s = await Store.open(store_location)
     try:
