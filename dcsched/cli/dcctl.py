@@ -140,6 +140,7 @@ def cmd_show(c: Client, a: argparse.Namespace) -> int:
         *([("Signal", spec["signal"])] if spec.get("signal") else []),
         ("Requeue", "yes" if spec.get("requeue") else "no"),
         ("Restarts", job.get("restart_count", 0)),
+        *([("EarlierRuns", duration(job["attained_s"]))] if job.get("attained_s") else []),
         ("ExitCode", _exit(job)),
         ("Nodes", job["nodes"]),
         ("NodeList", compress(job.get("hosts") or [])),
@@ -266,9 +267,17 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
         print_json(why)
         return 0
     print(f"Job {why['job_id']} ({why['job_state']}), policy {why['policy']}")
+    requeued = why.get("requeued")
     if why["state"] == "running":
-        print("It is running: nothing holds it back.")
+        if requeued and why["job_state"] == "COMPLETING":
+            print(f"It is going back to the queue (since {timestamp(requeued['ts'])}):")
+            print(f"  {requeued['why']}")
+        else:
+            print("It is running: nothing holds it back.")
         return 0
+    if requeued:
+        print(f"Its last run was stopped at {timestamp(requeued['ts'])} and requeued:")
+        print(f"  {requeued['why']}")
     print(f"Priority {why['priority']:.1f}, #{why['rank']} of {why['queue_length']} waiting")
     if why["factors"]:
         print()

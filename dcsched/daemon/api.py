@@ -35,6 +35,7 @@ from dcsched.daemon.jobs import Caller
 from dcsched.daemon.openapi import openapi
 from dcsched.daemon.peercred import peer_uid, user_name
 from dcsched.daemon.privacy import public_view
+from dcsched.daemon.readmodel import last_requeue
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState, TransitionError
 from dcsched.daemon.store import AcctFilter, AuditRow, StoreError
 from dcsched.daemon.tokens import TokenError, issue, verify
@@ -629,6 +630,10 @@ class Api:
             ) from None
         out = why.to_dict()
         out["job_state"] = job.state
+        # a job back in the queue, or on its way there: when its run was stopped, and why
+        going = job.ending == JobState.REQUEUED
+        if job.restart_count or going:
+            out["requeued"] = last_requeue(await self.d.store.job_events(job.id), going)
         return _json(out)
 
     async def fairshare(self, request: web.Request) -> web.Response:

@@ -353,9 +353,11 @@ class JobManager:
     def requeue_event(self, caller: Caller) -> lc.Requeue:
         return lc.Requeue(f"requeued by {caller.user}", self.timing.cancel_grace_s)
 
-    async def preempt(self, job_ids: Iterable[int]) -> None:
-        ev = lc.Requeue("preempted by a higher QOS", self.timing.preempt_grace_s, True)
-        await self._apply_many([(i, ev) for i in job_ids])
+    async def preempt(self, victims: Iterable[tuple[int, str]]) -> None:
+        """The scheduler's victims, each with why (the scheduler's words): back to the queue
+        through the requeue path (warning signal and its lead, grace, restart count)."""
+        grace = self.timing.preempt_grace_s
+        await self._apply_many([(i, lc.Requeue(why, grace, True)) for i, why in victims])
 
     async def requeue_host(self, host: str, by: str) -> list[int]:
         """`dcctl drain --requeue`: the jobs running on `host` back to the queue, each with

@@ -161,6 +161,7 @@ def _request(job: Job) -> JobRequest:
         array_limit=array_limit(job.spec.get("array") or ""),
         singleton=SINGLETON in job.spec.get("dependency", []),
         restarts=job.restart_count,
+        attained_s=job.attained_s,
     )
 
 
@@ -179,4 +180,5 @@ def _running(job: Job, gpu_type: str) -> RunningJob:
         name=job.name,
         array_id=None if job.array_job_id is None else str(job.array_job_id),
         restarts=job.restart_count,
+        attained_s=job.attained_s,
     )

@@ -100,6 +100,7 @@ class JobView(msgspec.Struct):
     spec: dict[str, Any] = {}
     hidden: list[str] = []
     restart_count: int = 0
+    attained_s: float = 0.0  # seconds its earlier runs took (the current run not included)
     # an array task: the array's id (its first task's), its index, the array's `%N`
     array_job_id: int | None = None
     array_task_id: int | None = None

@@ -314,3 +314,24 @@ def drain_state(drained: bool, gpus_allocated: int) -> str:
     if not drained:
         return ""
     return "draining" if gpus_allocated else "drained"
+
+
+def last_requeue(events: list[dict[str, Any]], going: bool = False) -> dict[str, Any] | None:
+    """`{"ts", "why"}` of the newest stop of a run that went back to the queue, from the
+    job's history (`Store.job_events`): the step into COMPLETING after an allocation that a
+    REQUEUED follows. `going`: the job is on its way back now (COMPLETING, ending
+    REQUEUED), so its current stop counts too. None if no run was requeued."""
+    begun: dict[str, Any] | None = None  # the stop of the run in hand
+    found: dict[str, Any] | None = None
+    for ev in events:
+        state = ev["state"]
+        if state == "STARTING":
+            begun = None
+        elif state == "COMPLETING" and begun is None:
+            begun = ev
+        elif state == "REQUEUED" and begun is not None:
+            found, begun = begun, None
+        elif state in TERMINAL:
+            begun = None
+    last = begun if going and begun is not None else found
+    return None if last is None else {"ts": last["ts"], "why": last["detail"]}

@@ -18,7 +18,15 @@ from dcsched.daemon.jobs import JobManager, job_number
 from dcsched.daemon.model import Model
 from dcsched.daemon.store import StoreError
 from dcsched.daemon.usage import UsageTracker
-from dcsched.scheduler import Decisions, NodeView, Pass, SchedulerConfig, Snapshot, decay
+from dcsched.scheduler import (
+    Decisions,
+    NodeView,
+    Pass,
+    SchedulerConfig,
+    Snapshot,
+    decay,
+    explain_pass,
+)
 
 log = logging.getLogger("dcsched.scheduling")
 _SLICE_S = 0.005  # the longest the pass holds the event loop at a time
@@ -174,7 +182,7 @@ class SchedulingLoop:
         st.last_ms, st.last = busy * 1000, decisions
         st.decide_s.observe(busy)
         if decisions.preempt:
-            await self.jobs.preempt(int(j) for j in decisions.preempt)
+            await self.jobs.preempt((int(j), _why_preempted(done, j)) for j in decisions.preempt)
         used = self.model.used_ports()
         starts = []
         for start in decisions.starts:
@@ -204,3 +212,10 @@ class SchedulingLoop:
         st.last_total_ms = (time.perf_counter() - t_start - paused) * 1000
         st.pass_s.observe(st.last_total_ms / 1000)
         return decisions
+
+
+def _why_preempted(done: Pass, job_id: str) -> str:
+    """The scheduler's reason for a victim, as `dcctl explain` words it (for whom, and under
+    `las` why it pays): the job's history keeps it."""
+    details = explain_pass(done, job_id).details
+    return "; ".join(details) if details else "preempted"

@@ -178,7 +178,7 @@ async def test_the_attained_migration_counts_earlier_runs_from_the_history(
     def old_rows(db: Any) -> None:
         for restarts in (2, 0):
             job_id = db.insert(
-                "INSERT INTO jobs (name, \"user\", uid, account, qos, state, spec, nodes,"
+                'INSERT INTO jobs (name, "user", uid, account, qos, state, spec, nodes,'
                 " gpus_per_node, time_limit_s, submit_ts, restart_count)"
                 " VALUES ('j', 'alice', 1000, 'a', 'normal', 'RUNNING', '{}', 1, 1, 60, 100.0, ?)",
                 (restarts,),
