@@ -174,3 +174,60 @@ async def test_a_higher_qos_preempts_a_preemptible_job(
         await a1.exit(str(low), 0, None, signal=15, reason="cancelled")
         await until(lambda: launches(a1, job_id=high), what="high-QOS job starts")
         assert (await api(c, "job", low))["state"] in ("REQUEUED", "PENDING")
+
+
+LAS = 'policy = "las"\nmin_run = "3s"\npreempt_cost = "1s"\npreempt_grace = 1\n'
+
+
+async def test_las_preempts_only_a_preemptible_job_through_the_requeue_path(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    """A short job under `las`: of two long runners, the preemptible one (not the younger
+    one, which did not opt in) gets its warning signal with its lead and the grace, goes
+    back to the queue with a restart and the seconds it ran, and its history and explain
+    say the scheduler's reason."""
+    async with (
+        running_daemon(write_config(tmp_path, mosquitto, prefix, LAS)) as d,
+        ScriptedAgent(mosquitto, prefix, "n1", gpus=2) as a1,
+        ScriptedAgent(mosquitto, prefix, "n2", gpus=2) as a2,
+    ):
+        sock = d.config.daemon.socket
+        c = Client(sock)
+        warned = {"signal": "USR1@30", "requeue": True}
+        long = await api(c, "submit", _spec("long", gpus=2, preemptible=True, **warned))
+        await until(lambda: launches(a1, a2, job_id=long), what="long job launched")
+        mine = next(a for a in (a1, a2) if launches(a, job_id=long))
+        other = a2 if mine is a1 else a1
+        await run_on(mine, c, long)
+        stay = await api(c, "submit", _spec("stay", gpus=2, requeue=True))
+        await run_on(other, c, stay)
+        short = await api(
+            c,
+            "submit",
+            _spec("short", gpus=2, resources={"nodes": 1, "gpus_per_node": 2, "time_limit": "1m"}),
+        )
+        await until(lambda: cancels(mine), timeout=60, what="the long job preempted")
+        (stop,) = cancels(mine)
+        assert (stop.job_id, stop.signal, stop.signal_lead_s, stop.grace_s) == (
+            str(long),
+            10,  # SIGUSR1
+            30,
+            1,
+        )
+        why = (await api(c, "job", long))["events"][-1]
+        assert why["state"] == "COMPLETING"
+        assert f"preempted for job {short}" in why["detail"] and "las" in why["detail"]
+        out = await asyncio.to_thread(_dcctl, sock, "explain", str(long))
+        assert "going back to the queue" in out and f"preempted for job {short}" in out
+        await mine.exit(str(long), 0, 0)  # it checkpointed on the signal and exited
+        await until(lambda: launches(mine, job_id=short), what="the short job starts")
+        back = await api(c, "job", long)
+        assert back["state"] in ("REQUEUED", "PENDING"), back["state"]
+        assert back["restart_count"] == 1
+        assert back["attained_s"] >= 3.0  # it ran its min_run before it was preempted
+        out = await asyncio.to_thread(_dcctl, sock, "explain", str(long))
+        assert "Its last run was stopped" in out and f"preempted for job {short}" in out
+        assert "EarlierRuns" in await asyncio.to_thread(_dcctl, sock, "show", str(long))
+        # the job that did not opt in was never touched
+        assert not cancels(other)
+        assert (await api(c, "job", stay))["state"] == "RUNNING"
