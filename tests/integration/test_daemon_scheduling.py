@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,41 @@ async def test_las_preempts_only_a_preemptible_job_through_the_requeue_path(
         # the job that did not opt in was never touched
         assert not cancels(other)
         assert (await api(c, "job", stay))["state"] == "RUNNING"
+
+
+@pytest.mark.usefixtures("daemon_store")
+async def test_attained_service_is_kept_across_a_restart_and_reaches_the_scheduler(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    """A run that goes back to the queue adds its time to the job's attained service; a
+    restarted daemon has it from its store, and the scheduler sees it for the job waiting
+    and, once it runs again, for the running job (earlier runs only: `las` adds this run)."""
+    conf = write_config(tmp_path, mosquitto, prefix, LAS)
+
+    def seen(d: Any, job_id: int) -> tuple[float | None, float | None]:
+        snap = d.scheduling.snapshot(time.time(), accrue=False)
+        waiting = {j.job_id: j.attained_s for j in snap.pending}
+        running = {j.job_id: j.attained_s for j in snap.running}
+        return waiting.get(str(job_id)), running.get(str(job_id))
+
+    async with ScriptedAgent(mosquitto, prefix, "n1", gpus=2) as a1:
+        async with running_daemon(conf) as d:
+            c = Client(d.config.daemon.socket)
+            job = await api(c, "submit", _spec("long", gpus=2, preemptible=True))
+            await run_on(a1, c, job)
+            assert seen(d, job) == (None, 0.0)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(c.node_action, "n1", "drain", "test", True)
+            await until(lambda: cancels(a1), what="the requeue's cancel")
+            await a1.exit(str(job), 0, 0)
+            await until(lambda: state_is(c, job, "REQUEUED"), what="back in the queue")
+            attained = (await api(c, "job", job))["attained_s"]
+            assert attained >= 1.0
+            assert seen(d, job) == (attained, None)
+        async with running_daemon(conf) as d:
+            c = Client(d.config.daemon.socket)
+            assert seen(d, job) == (attained, None)
+            await asyncio.to_thread(c.node_action, "n1", "resume")
+            await until(lambda: len(launches(a1, job_id=job)) == 2, what="the second run")
+            assert seen(d, job) == (None, attained)
+            assert (await api(c, "job", job))["restart_count"] == 1
