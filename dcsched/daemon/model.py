@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from dcsched.daemon.lifecycle import Job
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState
-from dcsched.protocol.jobspec import SINGLETON, array_limit, parse_dependencies
+from dcsched.protocol.jobspec import SINGLETON, array_limit, parse_dependencies, preemptible
 from dcsched.scheduler import JobRequest, RunningJob
 
 
@@ -155,7 +155,7 @@ def _request(job: Job) -> JobRequest:
         nice=job.nice,
         held=job.state == JobState.HELD,
         depends=parse_dependencies(job.spec.get("dependency", [])),
-        preemptible=bool(job.spec.get("preemptible")),
+        preemptible=preemptible(job.spec),
         name=job.name,
         array_id=None if job.array_job_id is None else str(job.array_job_id),
         array_limit=array_limit(job.spec.get("array") or ""),
@@ -174,7 +174,7 @@ def _running(job: Job, gpu_type: str) -> RunningJob:
         time_limit_s=job.time_limit_s,
         allocation=tuple((p.host, p.gpus) for p in job.parts if p.live),
         qos=job.qos,
-        preemptible=bool(job.spec.get("preemptible")),
+        preemptible=preemptible(job.spec),
         gpu_type=gpu_type,
         terminating=job.state == JobState.COMPLETING,
         name=job.name,

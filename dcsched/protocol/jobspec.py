@@ -52,7 +52,8 @@ class JobSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     qos: str = "normal"
     nice: int = 0
     hold: bool = False
-    preemptible: bool = False
+    # None: follows `requeue` (a job that may be requeued may be preempted); false opts out
+    preemptible: bool | None = None
     dependency: list[str] = []
     resources: Resources = msgspec.field(default_factory=Resources)
     torchrun: TorchrunOptions = msgspec.field(default_factory=TorchrunOptions)
@@ -466,6 +467,12 @@ def max_restarts(spec: dict[str, Any]) -> int:
         return 0
     n = spec.get("max_restarts")
     return DEFAULT_MAX_RESTARTS if n is None else int(n)
+
+
+def preemptible(spec: dict[str, Any]) -> bool:
+    """Whether a job (its stored spec) may be preempted: as it says, else as `requeue` says."""
+    flag = spec.get("preemptible")
+    return bool(spec.get("requeue")) if flag is None else bool(flag)
 
 
 def warning_signal(spec: dict[str, Any]) -> tuple[int, int] | None:

@@ -14,6 +14,7 @@ from dcsched.protocol.jobspec import (
     parse_array,
     parse_dependencies,
     parse_signal,
+    preemptible,
     validate_spec,
     warning_signal,
 )
@@ -90,6 +91,21 @@ def test_valid_keys_round_trip() -> None:
     assert max_restarts({"requeue": True}) == DEFAULT_MAX_RESTARTS
     assert max_restarts({}) == 0
     assert warning_signal({}) is None
+
+
+@pytest.mark.parametrize(
+    ("keys", "want"),
+    [
+        ({}, False),
+        ({"requeue": True}, True),  # a job that may be requeued may be preempted
+        ({"requeue": True, "preemptible": False}, False),  # unless it opts out
+        ({"preemptible": True}, True),
+        ({"requeue": False, "preemptible": True}, True),
+    ],
+)
+def test_preemptible_follows_requeue_unless_set(keys: dict[str, Any], want: bool) -> None:
+    s = validate_spec(spec(**keys))
+    assert preemptible({"requeue": s.requeue, "preemptible": s.preemptible}) is want
 
 
 @pytest.mark.parametrize(
