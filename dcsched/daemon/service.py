@@ -172,7 +172,7 @@ class Daemon:
                 reload = functools.partial(replica.load_state, replica=True)
                 await Standby(store, config.daemon, replica.api.app, reload).wait()
             d = cls(config, store, insecure=insecure)
-            d.sender.epoch = await _next_epoch(store)
+            d.sender.epoch = store.epoch = await _next_epoch(store)
             log.info("daemon epoch %d", d.sender.epoch)
             if store.shared:  # standbys tell remote clients where the leader listens
                 await store.set_kv(LEADER_URL_KEY, advertise_url(config.daemon))

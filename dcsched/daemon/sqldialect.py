@@ -16,6 +16,7 @@ cannot be written once lives here:
 | errors | OperationalError: StoreError | connection, server, privilege errors: StoreError |
 | | other sqlite3 errors: StoreRejected | constraint, data, SQL errors: StoreRejected |
 | leader | the one daemon of its file | the holder of a session-level advisory lock |
+| fencing read | as is (`BEGIN IMMEDIATE` serialises) | `FOR SHARE`: a takeover waits for it |
 
 Every backend runs on the store's one worker thread; none is thread-safe.
 """
@@ -101,6 +102,9 @@ class Backend(Protocol):
 
     # One leader per store: only PostgreSQL can be shared by several daemons.
     shared: bool
+    # Appended to the read of the store's epoch in a write transaction, so that a takeover
+    # (which raises it) waits for the writes that passed the check: none lands after it.
+    fence_lock: str
 
     def try_lead(self) -> bool:
         """Takes the leader lock if it is free; True if this connection holds it."""
@@ -129,6 +133,7 @@ def open_backend(location: str) -> Backend:
 
 class SqliteBackend:
     shared = False
+    fence_lock = ""
 
     def __init__(self, path: str) -> None:
         self.where = path
@@ -245,6 +250,7 @@ def pg_where(url: str) -> str:
 
 class PostgresBackend:
     shared = True
+    fence_lock = " FOR SHARE"
 
     def __init__(self, url: str) -> None:
         import psycopg  # only a PostgreSQL store needs it
