@@ -351,7 +351,7 @@ class Store:
         epoch = self.epoch or 0
 
         def run(db: Backend) -> list[int]:
-            ids = [db.insert(_INSERT_JOB, _job_values(job)[1:]) for job, _ in new]
+            ids = db.insert_many(_INSERT_JOB, [_job_values(job)[1:] for job, _ in new])
             db.executemany(
                 _INSERT_EVENT,
                 [
