@@ -200,8 +200,10 @@ class Daemon:
         deps = {int(i) for j in live for _, i in parse_dependencies(j.spec.get("dependency", []))}
         finished = {i: s for i, s in (await store.job_states(deps)).items() if s in TERMINAL}
         counts = await store.count_by_state()
+        epoch = await store.get_kv("epoch") if replica else None
         # No await below: a standby's readers never see half a copy.
         if replica:
+            self.sender.epoch = int(epoch) if epoch and epoch.isdigit() else 0  # the leader's
             self.model.clear()
             self.cluster.nodes.clear()
         for n in nodes:

@@ -70,6 +70,8 @@ async def test_a_standby_takes_over_and_a_leader_without_its_connection_stops(
         assert listed["standby"]["leader"].startswith("dcd@")
         assert (await api(standby, "job", job))["state"] == "PENDING"
         assert [n["host"] for n in await api(standby, "nodes")] == []
+        epoch = (await api(leader, "cluster"))["epoch"]
+        assert (await api(standby, "cluster"))["epoch"] == epoch  # the leader's, from the store
         await api(leader, "job_action", job, "hold")
         await until(lambda: _held(standby, job), what="the standby's copy reloaded")
         refusals = [("POST", "/v1/jobs"), ("POST", f"/v1/jobs/{job}/cancel"), ("GET", "/v1/events")]
