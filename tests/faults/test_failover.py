@@ -316,6 +316,25 @@ def test_a_network_cut_between_the_leader_and_postgresql(
             standby.submit(spec(99))
         assert refused.value.status == 503
 
+        # dcctl of a login node, the standby listed first: its reads and changes reach a.
+        ca = str(tmp_path / "ca.crt")
+        env = {k: v for k, v in os.environ.items() if k != "DCSCHED_SOCKET"}
+        servers = ",".join(rig.servers[::-1])
+        dcctl = [sys.executable, "-m", "dcsched.cli.dcctl", "--server", servers]
+        dcctl += ["--ca-file", ca, "--config", str(tmp_path / "a" / "dcd.toml")]
+        for args, state in ((["hold"], "HELD"), (["queue"], "HELD"), (["release"], "PENDING")):
+            out = subprocess.run(
+                [*dcctl, *args, *([str(waiting[0])] if args != ["queue"] else [])],
+                env={**env, "DCSCHED_TOKEN": token},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert out.returncode == 0, (args, out.stderr)
+            assert Client(str(sock_a)).job(waiting[0])["state"] == state
+            if args == ["queue"]:
+                assert str(waiting[0]) in out.stdout, out.stdout
         epoch_a = Client(str(sock_a)).cluster()["epoch"]
         cut = time.monotonic()
         net.cut()
