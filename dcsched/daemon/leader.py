@@ -18,13 +18,12 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import msgspec
 from aiohttp import web
 
 from dcsched import __version__
-from dcsched.daemon.api import Handler, serve_tcp
+from dcsched.daemon.api import Handler
 from dcsched.daemon.store import Store, StoreError
 from dcsched.protocol.config import DaemonConfig
 from dcsched.protocol.sdnotify import notify, watchdog_interval
@@ -53,7 +52,8 @@ READ_MAX_AGE_S = 1.0  # a standby's copy of the store is reloaded when older tha
 class Standby:
     """Waits for the leader lock; meanwhile answers reads from a copy of the store's state
     (the `reads` app, a daemon's API that runs no loop: `reload` refreshes its memory from
-    the store) and refuses everything else with who leads and where."""
+    the store, `serve` opens its socket and listener as the daemon does) and refuses
+    everything else with who leads and where."""
 
     def __init__(
         self,
@@ -61,12 +61,14 @@ class Standby:
         dc: DaemonConfig,
         reads: web.Application,
         reload: Callable[[], Awaitable[None]],
+        serve: Callable[[], Awaitable[web.AppRunner]],
     ) -> None:
         self.store = store
         self.dc = dc
         self.socket_path = dc.socket
         self.reads = reads
         self.reload = reload
+        self.serve = serve
         self.leader = ""  # who leads, as last seen
         self.leader_url = ""  # where the leader's TLS listener is, as it said
         self.problem = ""  # why the store could not be asked, as last seen
@@ -174,15 +176,8 @@ class Standby:
         """Serves the standby's answers on the API socket until this dcd holds the leader
         lock; the socket is closed again on return (the daemon serves it next)."""
         self.reads.middlewares.insert(0, self.front)
-        runner = web.AppRunner(self.reads, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
-        if os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)  # the caller checked that nobody answers on it
+        runner = await self.serve()  # the socket (its mode and group) and the TLS listener
         try:
-            await web.UnixSite(runner, self.socket_path).start()
-            os.chmod(self.socket_path, self.dc.socket_mode)
-            await serve_tcp(runner, self.dc)
             notify(f"READY=1\nSTATUS=standby: {self.leader or 'another dcd'} leads")
             await self._poll()
         finally:

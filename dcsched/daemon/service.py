@@ -170,7 +170,8 @@ class Daemon:
                 # It answers reads from a copy of the store's state, never from d's memory.
                 replica = cls(config, store, insecure=insecure)
                 reload = functools.partial(replica.load_state, replica=True)
-                await Standby(store, config.daemon, replica.api.app, reload).wait()
+                serve = replica._serve_api
+                await Standby(store, config.daemon, replica.api.app, reload, serve).wait()
             d = cls(config, store, insecure=insecure)
             d.sender.epoch = store.epoch = await _next_epoch(store)
             log.info("daemon epoch %d", d.sender.epoch)
