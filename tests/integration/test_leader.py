@@ -142,3 +142,21 @@ async def test_two_daemons_on_one_host_keep_their_own_broker_sessions(
         first = a.bus.client_id
     async with running_daemon(conf_a) as again:  # a restart keeps its session
         assert again.bus.client_id == first
+
+
+async def test_a_leader_that_finds_a_newer_epoch_in_the_store_stops_writing(
+    tmp_path: Path, mosquitto: Broker, prefix: str, postgres_url: str
+) -> None:
+    """The fence of the store itself: with its connection (and lock) intact, a leader whose
+    epoch another daemon has passed writes nothing more and exits 3."""
+    conf = write_config(tmp_path, mosquitto, prefix, store=postgres_url)
+    d = await Daemon.open(load_config(str(conf)))
+    running = asyncio.create_task(d.run())
+    await asyncio.wait_for(d.ready.wait(), 10)
+    job = await api(Client(d.config.daemon.socket), "submit", SPEC)
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("UPDATE kv SET value = %s WHERE key = 'epoch'", (str(d.sender.epoch + 1),))
+        await asyncio.wait_for(running, 20)  # its next leadership check (every 2 s) stops it
+        assert d.exit_code == 3 and "another dcd leads" in d.store.lost_leadership
+        rows = admin.execute("SELECT epoch FROM job_events WHERE job_id = %s", (job,)).fetchall()
+    assert rows == [(d.sender.epoch,)]  # its transition, with its epoch; nothing after
