@@ -4,11 +4,13 @@ jobs. Prints one JSON object (progress goes to stderr).
 
     python bench/daemon_scale.py                                   # the full size, < ~8 min
     python bench/daemon_scale.py --hosts 50 --jobs 500 --finished 2000   # a quick check
+    python bench/daemon_scale.py --store postgresql://postgres@127.0.0.1:5432  # on PostgreSQL
 
 What runs, each as its own process on this machine:
 - Mosquitto on a free port with its own config;
 - `dcd run` (`python -m dcsched.daemon.main`) with a temporary state dir, socket, cluster key
-  and `metrics_listen` on a free port; its store was created by `Store.open` (the daemon's own
+  and `metrics_listen` on a free port; its store (SQLite, or with `--store` a PostgreSQL
+  database made for the run and dropped after it) was created by `Store.open` (the daemon's own
   migrations) and filled with `--finished` terminal jobs (plus their node parts and events,
   unless `--no-history`) before it starts;
 - the simulated agents: this same file with the `_agents` sub-command, one process with two
@@ -39,7 +41,6 @@ import random
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -47,10 +48,11 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/daemon_scale.py` from anywhere
@@ -177,14 +179,35 @@ def _spec(name: str, user: str, account: str, nodes: int, gpn: int, limit: str |
     return json.dumps(spec_to_dict(validate_spec(raw)))
 
 
+@contextmanager
+def _pg_database(server: str) -> Iterator[str]:
+    """A database of this run's own on the PostgreSQL server at `server` (its path, if any,
+    is the database to connect to for creating it): its URL; dropped afterwards."""
+    import psycopg
+
+    parts = urlsplit(server)
+    admin = parts._replace(path=parts.path if parts.path not in ("", "/") else "/postgres")
+    name = f"dcsched_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin.geturl(), autocommit=True) as con:
+        con.execute(f'CREATE DATABASE "{name}"'.encode())
+    try:
+        yield parts._replace(path=f"/{name}").geturl()
+    finally:
+        with psycopg.connect(admin.geturl(), autocommit=True) as con:
+            con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
 def prefill(
-    db_path: Path, n: int, hosts: int, gpus: int, seed: int, history: bool
+    location: str, n: int, hosts: int, gpus: int, seed: int, history: bool
 ) -> dict[str, Any]:
-    """The schema from the daemon's own migrations, then `n` terminal jobs with plain sqlite3."""
+    """The schema from the daemon's own migrations (`Store.open`), then `n` terminal jobs
+    written in one transaction through the store's engine layer (`sqldialect`), so that the
+    same rows land in a SQLite file or a PostgreSQL database."""
+    from dcsched.daemon.sqldialect import open_backend
     from dcsched.daemon.store import Store
 
     async def create() -> None:
-        store = await Store.open(str(db_path))
+        store = await Store.open(location)
         await store.close()
 
     t0 = time.monotonic()
@@ -280,48 +303,43 @@ def prefill(
         if ending:
             events.append((job_id, end - 0.5, "COMPLETING", ending.lower()))
         events.append((job_id, end, state, "all nodes exited"))
-    con = sqlite3.connect(db_path, isolation_level=None)
-    notes: list[str] = []
+    db = open_backend(location)
+    db.connect([])  # the schema is there: no migration
     try:
-        con.execute("BEGIN")
-        con.executemany(
-            "INSERT INTO jobs (id, name, user, uid, account, qos, nice, state, reason, spec,"
-            " nodes, gpus_per_node, gpu_type, time_limit_s, submit_ts, start_ts, end_ts,"
-            " exit_code, signal, master_addr, master_port, ending)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            jobs,
-        )
-        for sql, rows in (
-            (
+        with db.transaction():
+            db.executemany(
+                'INSERT INTO jobs (id, name, "user", uid, account, qos, nice, state, reason,'
+                " spec, nodes, gpus_per_node, gpu_type, time_limit_s, submit_ts, start_ts,"
+                " end_ts, exit_code, signal, master_addr, master_port, ending)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                jobs,
+            )
+            db.executemany(
                 "INSERT INTO job_nodes (job_id, node_rank, host, gpus, state, pid, exit_code,"
                 " signal, reason, log_path, started_ts, exited_ts)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 parts,
-            ),
-            ("INSERT INTO job_events (job_id, ts, state, detail) VALUES (?,?,?,?)", events),
-        ):
-            if not rows:
-                continue
-            con.execute("SAVEPOINT history")
-            try:
-                con.executemany(sql, rows)
-                con.execute("RELEASE history")
-            except sqlite3.Error as exc:  # a schema the rewrite changed: keep the jobs rows
-                con.execute("ROLLBACK TO history")
-                con.execute("RELEASE history")
-                notes.append(f"history rows skipped ({sql.split('(')[0].strip()}): {exc}")
-        con.execute("COMMIT")
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            )
+            db.executemany(
+                "INSERT INTO job_events (job_id, ts, state, detail) VALUES (?,?,?,?)", events
+            )
+            if db.shared:  # PostgreSQL: ids given here do not move the identity's sequence
+                db.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), ?)", (max(n, 1),))
+        if db.shared:
+            row = db.execute("SELECT pg_database_size(current_database()) AS b").fetchone()
+            size = int(row["b"])
+        else:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            size = Path(location).stat().st_size
     finally:
-        con.close()
+        db.close()
     return {
         "finished_jobs": n,
-        "job_nodes_rows": len(parts) if not notes else None,
-        "job_events_rows": len(events) if not notes else None,
+        "job_nodes_rows": len(parts),
+        "job_events_rows": len(events),
         "by_state": dict(Counter(j[7] for j in jobs)),
-        "db_mb": round(db_path.stat().st_size / 2**20, 1),
+        "db_mb": round(size / 2**20, 1),
         "seconds": round(time.monotonic() - t0, 1),
-        "notes": notes,
     }
 
 
@@ -921,6 +939,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     procs = Procs()
     notes: list[str] = []
     out["notes"] = notes
+    stack = ExitStack()  # a PostgreSQL database made for this run is dropped at the end
     try:
         # broker
         port = _free_port()
@@ -938,9 +957,13 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         # store with the finished history
         state = d / "state"
         state.mkdir()
-        _log(f"prefilling the store with {a.finished} finished jobs")
+        location = str(state / "dcsched.db")
+        if a.store:
+            location = stack.enter_context(_pg_database(a.store))
+        out["store"] = "postgresql" if a.store else "sqlite"
+        _log(f"prefilling the {out['store']} store with {a.finished} finished jobs")
         out["store_prefill"] = prefill(
-            state / "dcsched.db", a.finished, a.hosts, a.gpus, a.seed, not a.no_history
+            location, a.finished, a.hosts, a.gpus, a.seed, not a.no_history
         )
         _log(f"store ready: {out['store_prefill']['db_mb']} MB")
 
@@ -957,7 +980,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\ntopic_prefix = "{PREFIX}"\n'
             f'[cluster]\nkey_file = "{key}"\n'
             f'[daemon]\nstate_dir = "{state}"\nsocket = "{sock}"\n'
-            f'metrics_listen = "127.0.0.1:{mport}"\nport_range = "{a.port_range}"\n'
+            + (f'store = "{location}"\n' if a.store else "")
+            + f'metrics_listen = "127.0.0.1:{mport}"\nport_range = "{a.port_range}"\n'
             f'[scheduler]\npolicy = "{a.policy}"\n{accounts}'
         )
         t_daemon = time.monotonic()
@@ -1306,6 +1330,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             print("\n".join(tail), file=sys.stderr)
     finally:
         procs.stop_all()
+        stack.close()
         if a.keep:
             out["state_dir"] = str(d)
         else:
@@ -1338,6 +1363,12 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=10_000, help="jobs to submit (default 10000)")
     p.add_argument(
         "--finished", type=int, default=100_000, help="finished jobs in the store (default 100000)"
+    )
+    p.add_argument(
+        "--store",
+        default="",
+        help="a PostgreSQL server (postgresql://USER@HOST:PORT): the run gets a database of "
+        "its own there, dropped at the end (default: SQLite in the temporary state dir)",
     )
     p.add_argument(
         "--no-history",

@@ -189,7 +189,9 @@ class Client:
 
     def follow(self, exc: ApiError) -> None:
         """A standby said where the leader listens: try it too, next."""
-        url = str(exc.details.get("leader_url") or "")
+        self.follow_url(str(exc.details.get("leader_url") or ""))
+
+    def follow_url(self, url: str) -> None:
         if self.servers and url:
             with contextlib.suppress(ClientError):
                 url = server_url(url)
@@ -224,9 +226,11 @@ class Client:
         self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
     ) -> Any:
         """One call, to the leader: a server that cannot be reached or stands by is passed
-        over for the next. A call that changes something is sent to the next only when the
-        one before cannot have acted on it (no connection, or a standby's refusal): one
-        lost after it was sent is reported, not repeated (its outcome is unknown)."""
+        over for the next (a standby's answer to a read is kept, and returned if no leader
+        answers: it is read from the store and marked as a standby's). A call that changes
+        something is sent to the next only when the one before cannot have acted on it (no
+        connection, or a standby's refusal): one lost after it was sent is reported, not
+        repeated (its outcome is unknown)."""
         path = _with_query(path, query)
         data = None if body is None else json.dumps(body).encode()
         headers = self._headers()
@@ -234,6 +238,7 @@ class Client:
             headers["Content-Type"] = "application/json"
         errors: list[ClientError] = []
         tried: set[str | None] = set()
+        fallback: tuple[str, Any] | None = None  # a standby's read: used if no leader answers
         while True:
             todo = [s for s in self.order() if s not in tried]
             if not todo:
@@ -275,8 +280,15 @@ class Client:
                 self.follow(exc)
                 errors.append(exc)
                 continue
+            if server is not None and resp.getheader("X-Dcsched-Role") == "standby":
+                self.follow_url(resp.getheader("X-Dcsched-Leader") or "")
+                fallback = fallback or (server, result)
+                continue
             self.answered(server)
             return result
+        if fallback is not None:
+            self.answered(fallback[0])
+            return fallback[1]
         if len(errors) == 1:
             raise errors[0]
         standbys = [e for e in errors if isinstance(e, ApiError)]

@@ -31,6 +31,11 @@ class Ended:
 
 class Model:
     def __init__(self, host_gpu_type: Callable[[str], str]) -> None:
+        self._gpu_type = host_gpu_type
+        self.clear()
+
+    def clear(self) -> None:
+        """Forgets every job (a standby reloads its read-only copy from the store)."""
         self.jobs: dict[int, Job] = {}  # every job that has not finished
         self.requests: dict[int, JobRequest] = {}  # queued jobs, as decide() reads them
         self.running: dict[int, RunningJob] = {}  # active jobs, as decide() reads them
@@ -39,7 +44,6 @@ class Model:
         # Finished jobs that a queued job depends on: id -> final state.
         self.finished_deps: dict[int, str] = {}
         self.ended: list[Ended] = []
-        self._gpu_type = host_gpu_type
         self._depended: set[int] = set()  # ids that some queued job depends on
         self._alloc: dict[tuple[str, int], tuple[int, str]] | None = None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import grp
 import logging
 import os
@@ -166,24 +167,19 @@ class Daemon:
             if not await store.try_lead():  # another dcd leads this (PostgreSQL) store
                 if _answers(config.daemon.socket):
                     raise ConfigError(f"another dcd is serving on {config.daemon.socket}")
-                await Standby(store, config.daemon).wait()
+                # It answers reads from a copy of the store's state, never from d's memory.
+                replica = cls(config, store, insecure=insecure)
+                reload = functools.partial(replica.load_state, replica=True)
+                serve = replica._serve_api
+                await Standby(store, config.daemon, replica.api.app, reload, serve).wait()
             d = cls(config, store, insecure=insecure)
-            d.sender.epoch = await _next_epoch(store)
+            d.sender.epoch = store.epoch = await _next_epoch(store)
             log.info("daemon epoch %d", d.sender.epoch)
             if store.shared:  # standbys tell remote clients where the leader listens
                 await store.set_kv(LEADER_URL_KEY, advertise_url(config.daemon))
             d.bus.client_id = await _mqtt_client_id(store)
-            await d.scheduling.usage.load()
             saved = await store.get_kv(ACCOUNTING_KEY)
-            for n in await store.nodes():
-                # Offline until the broker replays the agent's retained status.
-                d.cluster.load(n.host, n.status, False, n.drained, n.drain_reason)
-            live = await store.live_jobs()
-            deps = {
-                int(i) for j in live for _, i in parse_dependencies(j.spec.get("dependency", []))
-            }
-            finished = {i: s for i, s in (await store.job_states(deps)).items() if s in TERMINAL}
-            d.model.load(live, await store.count_by_state(), finished)
+            await d.load_state()
             if saved:
                 try:
                     accounting.load(d.jobs.accounting, saved, set(d.model.jobs))
@@ -194,6 +190,29 @@ class Daemon:
             await store.close()
             raise
         return d
+
+    async def load_state(self, replica: bool = False) -> None:
+        """Nodes, live jobs and fair-share usage from the store into memory: a leader's at
+        its start; a standby's read-only copy (`replica`), replaced whole at each call."""
+        store = self.store
+        await self.scheduling.usage.load()
+        nodes = await store.nodes()
+        live = await store.live_jobs()
+        deps = {int(i) for j in live for _, i in parse_dependencies(j.spec.get("dependency", []))}
+        finished = {i: s for i, s in (await store.job_states(deps)).items() if s in TERMINAL}
+        counts = await store.count_by_state()
+        epoch = await store.get_kv("epoch") if replica else None
+        # No await below: a standby's readers never see half a copy.
+        if replica:
+            self.sender.epoch = int(epoch) if epoch and epoch.isdigit() else 0  # the leader's
+            self.model.clear()
+            self.cluster.nodes.clear()
+        for n in nodes:
+            # A leader's nodes are offline until the broker replays the agents' retained
+            # status; a standby shows what the leader last stored.
+            online = n.online and replica
+            self.cluster.load(n.host, n.status, online, n.drained, n.drain_reason)
+        self.model.load(live, counts, finished)
 
     async def run(self) -> None:
         runners: list[web.AppRunner] = []

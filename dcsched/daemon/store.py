@@ -56,6 +56,11 @@ class NotFound(StoreError):
     pass
 
 
+class Deposed(StoreError):
+    """The store's epoch is newer than this writer's: another daemon took over, and this
+    one may not write again (nor send: it stops)."""
+
+
 class StoreRejected(Exception):
     """The engine refused the data itself (a constraint, an integer too large): retrying the
     same write cannot help, so this is not a StoreError (which is retried until the disk
@@ -206,6 +211,20 @@ def _job_values(job: Job) -> tuple[Any, ...]:
     return tuple(d[c] for c in _JOB_COLS)
 
 
+_INSERT_EVENT = "INSERT INTO job_events (job_id, ts, state, detail, epoch) VALUES (?,?,?,?,?)"
+
+
+def _fence(db: Backend, epoch: int) -> None:
+    """Refuses the transaction of a writer whose epoch is older than the store's."""
+    row = db.execute("SELECT value FROM kv WHERE key = 'epoch'" + db.fence_lock).fetchone()
+    current = int(row["value"]) if row is not None and str(row["value"]).isdigit() else 0
+    if current > epoch:
+        raise Deposed(
+            f"another dcd leads this store now (epoch {current}, this one's {epoch}):"
+            " this one writes and sends nothing more"
+        )
+
+
 _INSERT_JOB = (
     f"INSERT INTO jobs ({_cols(_JOB_COLS[1:])}) VALUES ({','.join('?' * len(_JOB_COLS[1:]))})"
 )
@@ -221,6 +240,11 @@ class Store:
         # set once for good (the daemon stops; it never writes again on another connection).
         self.lost_leadership = ""
         self.lost = asyncio.Event()
+        # The fencing epoch of the leader writing through this store (None: unfenced, e.g.
+        # before it leads, or a tool): stored with every transition, and checked in every
+        # write transaction against the store's (kv "epoch"), so that a deposed leader that
+        # still has a connection stops at its next write.
+        self.epoch: int | None = None
 
     @classmethod
     async def open(cls, location: str) -> Store:
@@ -261,12 +285,19 @@ class Store:
             raise StoreError(self._db.describe(exc)) from exc
 
     async def _tx(self, fn: Callable[[Backend], T]) -> T:
+        epoch = self.epoch
+
         def run(db: Backend) -> T:
             with db.transaction():
+                if epoch is not None:
+                    _fence(db, epoch)
                 return fn(db)
 
         try:
             out = await self._run(run)
+        except Deposed as exc:
+            self._deposed(exc)
+            raise
         except StoreError as exc:
             if self.write_error != str(exc):
                 log.error("the state store cannot be written: %s", exc)
@@ -297,22 +328,34 @@ class Store:
         return await self._run(lambda db: db.leader())
 
     async def check_lead(self) -> None:
-        """Still connected (so still holding the leader lock)? A lost connection sets
-        `lost` (and raises StoreError)."""
-        await self._run(lambda db: db.execute("SELECT 1 AS one").fetchall())
+        """Still connected (so still holding the leader lock), and no newer epoch in the
+        store? Either failing sets `lost` (and raises StoreError)."""
+        epoch = self.epoch
+        try:
+            await self._run(lambda db: _fence(db, 0 if epoch is None else epoch))
+        except Deposed as exc:
+            self._deposed(exc)
+            raise
+
+    def _deposed(self, exc: Deposed) -> None:
+        if not self.lost_leadership:
+            log.error("%s", exc)
+            self.lost_leadership = str(exc)
+            self.lost.set()
 
     # --- writes ------------------------------------------------------------------------------
 
     async def add_jobs(self, new: Sequence[tuple[Job, str]], audited: bool = False) -> list[int]:
         """Many submissions (each a job without its id, and why) in one transaction (group
         commit); their ids in order. `audited`: each gets its audit row in that transaction."""
+        epoch = self.epoch or 0
 
         def run(db: Backend) -> list[int]:
-            ids = [db.insert(_INSERT_JOB, _job_values(job)[1:]) for job, _ in new]
+            ids = db.insert_many(_INSERT_JOB, [_job_values(job)[1:] for job, _ in new])
             db.executemany(
-                "INSERT INTO job_events (job_id, ts, state, detail) VALUES (?,?,?,?)",
+                _INSERT_EVENT,
                 [
-                    (i, job.submit_ts, job.state, why)
+                    (i, job.submit_ts, job.state, why, epoch)
                     for i, (job, why) in zip(ids, new, strict=True)
                 ],
             )
@@ -329,6 +372,7 @@ class Store:
     async def add_array(self, tasks: Sequence[Job], why: str) -> list[int]:
         """An array's tasks in one transaction; the first task's id is the array's id (every
         task's `array_job_id`). Their ids in order."""
+        epoch = self.epoch or 0
 
         def run(db: Backend) -> list[int]:
             ids: list[int] = []
@@ -337,14 +381,19 @@ class Store:
                 ids.append(db.insert(_INSERT_JOB, _job_values(row)[1:]))
             db.execute("UPDATE jobs SET array_job_id = ? WHERE id = ?", (ids[0], ids[0]))
             db.executemany(
-                "INSERT INTO job_events (job_id, ts, state, detail) VALUES (?,?,?,?)",
-                [(i, job.submit_ts, job.state, why) for i, job in zip(ids, tasks, strict=True)],
+                _INSERT_EVENT,
+                [
+                    (i, job.submit_ts, job.state, why, epoch)
+                    for i, job in zip(ids, tasks, strict=True)
+                ],
             )
             return ids
 
         return await self._tx(run)
 
     async def commit(self, batch: Batch) -> None:
+        epoch = self.epoch or 0
+
         def run(db: Backend) -> None:
             sets = ", ".join(f'"{c}" = ?' for c in _JOB_COLS[1:])
             db.executemany(
@@ -377,10 +426,7 @@ class Store:
                         for p in j.parts
                     ],
                 )
-            db.executemany(
-                "INSERT INTO job_events (job_id, ts, state, detail) VALUES (?,?,?,?)",
-                batch.history,
-            )
+            db.executemany(_INSERT_EVENT, [(*h, epoch) for h in batch.history])
             db.executemany(
                 "INSERT INTO commands (cmd_id, host, job_id, kind, payload, created_ts)"
                 " VALUES (?,?,?,?,?,?) ON CONFLICT (cmd_id) DO NOTHING",
@@ -500,7 +546,8 @@ class Store:
 
     async def job_events(self, job_id: int) -> list[dict[str, Any]]:
         rows = await self._all(
-            "SELECT ts, state, detail FROM job_events WHERE job_id = ? ORDER BY id", (job_id,)
+            "SELECT ts, state, detail, epoch FROM job_events WHERE job_id = ? ORDER BY id",
+            (job_id,),
         )
         return [dict(r) for r in rows]
 

@@ -3,10 +3,13 @@ Mosquitto, two `dcd` on one store with TLS listeners, three `dc-agent`s and a sm
 workload. The leader is SIGKILLed while jobs run; the standby takes over, the clients
 (a list of both daemons, a token) follow it, and every job ends exactly once. Then the new
 leader is frozen, its database session cut (as a network cut would), a third daemon takes
-over, and the old one, thawed, sends nothing: no agent refuses a stale command."""
+over, and the old one, thawed, sends nothing: no agent refuses a stale command. A network
+cut between the leader and PostgreSQL (tests/faults/netcut.py): the standby, which serves
+reads meanwhile, takes over; the cut-off leader sends nothing more and exits."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import random
@@ -17,12 +20,14 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from dcsched.client import ApiError, Client, ClientError, StreamEvent
 from tests.conftest import PROCESS_TIMEOUT, Procs, free_port
 from tests.faults.harness import Rig, until
+from tests.faults.netcut import NetCut
 from tests.integration.test_broker_auth import make_test_ca
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults, PROCESS_TIMEOUT]
@@ -235,3 +240,135 @@ def test_seeded_kills_of_the_leader_under_a_workload(
     agent_logs = "".join((tmp_path / f"{h}.log").read_text() for h in hosts)
     assert "dropped a command" not in agent_logs, rig.logs()
     print(f"failover: {n_jobs} jobs, {kills} kills, takeovers (s): {takeovers}")
+
+
+class CommandSniffer:
+    """Every command the broker carries to the agents: (monotonic time seen, host, epoch)."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.seen: list[tuple[float, str, int]] = []
+        topic = f"{rig.prefix}/hosts/+/cmd"
+        self.proc = rig.procs.popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(rig.broker_port), "-t", topic, "-v"],
+            stdout=subprocess.PIPE,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            topic, _, payload = line.decode().partition(" ")
+            signed = json.loads(payload)
+            self.seen.append((time.monotonic(), topic.split("/")[-2], int(signed["epoch"])))
+
+
+def test_a_network_cut_between_the_leader_and_postgresql(
+    tmp_path: Path, procs: Procs, postgres_url: str
+) -> None:
+    """The leader reaches PostgreSQL over a link the test cuts (no reset, no answer: a
+    silent fault). The server drops its session (keepalives), so the standby takes over;
+    the cut-off leader blocks in its next store call or lock check, sends nothing, and
+    exits 3 once its own TCP gives up. Every job ends once; takeover times are printed."""
+    why = NetCut.available()
+    if why:
+        pytest.skip(why)
+    make_test_ca(tmp_path)
+    rig = HaRig(tmp_path, procs)
+    rig.servers = []
+    rig.start_broker()
+    sniffer = CommandSniffer(rig)
+    pg = urlsplit(postgres_url)
+    with NetCut((pg.hostname or "127.0.0.1", pg.port or 5432)) as net:
+        user = pg.netloc.rpartition("@")[0]
+        cut_url = pg._replace(netloc=f"{user}@{net.address}" if user else net.address).geturl()
+        sock_a, sock_b = tmp_path / "a" / "dcd.sock", tmp_path / "b" / "dcd.sock"
+        a = rig.start_ha_daemon("a", cut_url, tmp_path)
+        until(lambda: _role(sock_a) == "leader", 60, "a to lead")
+        rig.start_ha_daemon("b", postgres_url, tmp_path)
+        until(lambda: _role(sock_b) == "standby", 60, "b to stand by")
+        token = Client(str(sock_a)).new_token()["token"]
+        rig.client = Client(
+            timeout=20.0, servers=rig.servers[::-1], token=token, ca_file=str(tmp_path / "ca.crt")
+        )
+        hosts = ("node1", "node2", "node3")
+        for h in hosts:
+            rig.start_agent(h)
+        rig.wait_nodes_up(*hosts)
+        script = rig.jobs_dir / "run_once.py"
+        script.write_text(RUN_ONCE)
+
+        def spec(i: int) -> dict[str, Any]:
+            marker = str(rig.marker(f"w{i}"))
+            return rig.spec(f"w{i}", marker, command=[str(script), marker])
+
+        jobs = [rig.submit(spec(i)) for i in range(JOBS)]
+        until(lambda: sum(rig.job(j)["state"] == "RUNNING" for j in jobs) == 6, 120, "6 running")
+        running = [j for j in jobs if rig.job(j)["state"] == "RUNNING"]
+        waiting = [j for j in jobs if j not in running]
+
+        # The standby answers reads from the store, says so, and sends changes to the leader.
+        standby = Client(str(sock_b), timeout=10.0)
+        listed = until(lambda: standby.request("GET", "/v1/jobs"), 30, "the standby's list")
+        assert sorted(j["id"] for j in listed["jobs"]) == sorted(jobs)
+        assert listed["standby"]["leader"].startswith("dcd@")
+        assert {standby.job(j)["state"] for j in running} == {"RUNNING"}
+        with pytest.raises(ApiError, match="standby, leader is dcd@") as refused:
+            standby.submit(spec(99))
+        assert refused.value.status == 503
+
+        # dcctl of a login node, the standby listed first: its reads and changes reach a.
+        ca = str(tmp_path / "ca.crt")
+        env = {k: v for k, v in os.environ.items() if k != "DCSCHED_SOCKET"}
+        servers = ",".join(rig.servers[::-1])
+        dcctl = [sys.executable, "-m", "dcsched.cli.dcctl", "--server", servers]
+        dcctl += ["--ca-file", ca, "--config", str(tmp_path / "a" / "dcd.toml")]
+        for args, state in ((["hold"], "HELD"), (["queue"], "HELD"), (["release"], "PENDING")):
+            out = subprocess.run(
+                [*dcctl, *args, *([str(waiting[0])] if args != ["queue"] else [])],
+                env={**env, "DCSCHED_TOKEN": token},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert out.returncode == 0, (args, out.stderr)
+            assert Client(str(sock_a)).job(waiting[0])["state"] == state
+            if args == ["queue"]:
+                assert str(waiting[0]) in out.stdout, out.stdout
+        epoch_a = Client(str(sock_a)).cluster()["epoch"]
+        cut = time.monotonic()
+        net.cut()
+        for j in running:  # they end while nobody can journal it: the next leader will
+            rig.marker(f"w{jobs.index(j)}").touch()
+        until(lambda: _role(sock_b) == "leader", 60, "b to take over", every=0.1)
+        took_over = time.monotonic() - cut
+        # Read from b: a, cut off, still answers from its memory until it gives up.
+        rig.client = Client(str(sock_b), timeout=20.0)
+        until(
+            lambda: any(rig.job(j)["state"] == "RUNNING" for j in waiting),
+            60,
+            "b to schedule",
+            every=0.1,
+        )
+        resumed = time.monotonic() - cut
+        assert a.wait(90) == 3, rig.logs()
+        stood_down = time.monotonic() - cut
+        for j in waiting:
+            rig.marker(f"w{jobs.index(j)}").touch()
+        ends = {j: rig.wait(j, {"COMPLETED"}, 180)["state"] for j in jobs}
+    assert set(ends.values()) == {"COMPLETED"}, rig.logs()
+    for i in range(JOBS):  # each ran exactly once
+        runs = (rig.jobs_dir / f"w{i}.go.runs").read_text().split()
+        assert len(runs) == 1, (i, runs, rig.logs())
+    epoch_b = Client(str(sock_b)).cluster()["epoch"]
+    assert epoch_b > epoch_a
+    # Nothing of a's reached the agents once b led, and no agent dropped a command.
+    late = [(t - cut, h, e) for t, h, e in sniffer.seen if e != epoch_b and t > cut + took_over]
+    assert not late, late
+    assert {e for _, _, e in sniffer.seen} <= {epoch_a, epoch_b}
+    agent_logs = "".join((tmp_path / f"{h}.log").read_text() for h in hosts)
+    assert "dropped a command" not in agent_logs, rig.logs()
+    print(
+        f"network cut: b led {took_over:.1f} s after the cut, scheduled {resumed:.1f} s after;"
+        f" a sent nothing more and exited 3 {stood_down:.1f} s after"
+    )

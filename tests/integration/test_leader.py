@@ -37,6 +37,10 @@ async def _standby_says(client: Client) -> ApiError | None:
     return None
 
 
+async def _held(client: Client, job: int) -> bool:
+    return bool((await api(client, "job", job))["state"] == "HELD")
+
+
 def _terminate_sessions(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as admin:
         admin.execute(
@@ -59,9 +63,24 @@ async def test_a_standby_takes_over_and_a_leader_without_its_connection_stops(
         job = await api(leader, "submit", SPEC)
         opening = asyncio.create_task(Daemon.open(load_config(str(conf_b))))
         said = await until(lambda: _standby_says(standby), what="the standby's answer")
-        assert said.status == 503 and "standby" in said.message and "dcd@" in said.message
-        with pytest.raises(ApiError, match="standby"):
-            await api(standby, "jobs")
+        assert said.status == 503 and "a standby, leader is dcd@" in said.message
+        # Reads come from the store, marked as a standby's; changes name the leader.
+        listed = await api(standby, "request", "GET", "/v1/jobs")
+        assert [j["id"] for j in listed["jobs"]] == [job]
+        assert listed["standby"]["leader"].startswith("dcd@")
+        assert (await api(standby, "job", job))["state"] == "PENDING"
+        assert [n["host"] for n in await api(standby, "nodes")] == []
+        epoch = (await api(leader, "cluster"))["epoch"]
+        assert (await api(standby, "cluster"))["epoch"] == epoch  # the leader's, from the store
+        await api(leader, "job_action", job, "hold")
+        await until(lambda: _held(standby, job), what="the standby's copy reloaded")
+        refusals = [("POST", "/v1/jobs"), ("POST", f"/v1/jobs/{job}/cancel"), ("GET", "/v1/events")]
+        for method, path in refusals:
+            with pytest.raises(ApiError, match="standby") as refused:
+                await api(standby, "request", method, path, SPEC if path == "/v1/jobs" else None)
+            assert refused.value.status == 503 and "leader is dcd@" in refused.value.message
+        assert (await api(leader, "job", job))["state"] == "HELD"
+        await api(leader, "job_action", job, "release")
         assert not opening.done()
     b = await asyncio.wait_for(opening, 20)  # the leader stopped: its lock is free
     running = asyncio.create_task(b.run())
@@ -123,3 +142,21 @@ async def test_two_daemons_on_one_host_keep_their_own_broker_sessions(
         first = a.bus.client_id
     async with running_daemon(conf_a) as again:  # a restart keeps its session
         assert again.bus.client_id == first
+
+
+async def test_a_leader_that_finds_a_newer_epoch_in_the_store_stops_writing(
+    tmp_path: Path, mosquitto: Broker, prefix: str, postgres_url: str
+) -> None:
+    """The fence of the store itself: with its connection (and lock) intact, a leader whose
+    epoch another daemon has passed writes nothing more and exits 3."""
+    conf = write_config(tmp_path, mosquitto, prefix, store=postgres_url)
+    d = await Daemon.open(load_config(str(conf)))
+    running = asyncio.create_task(d.run())
+    await asyncio.wait_for(d.ready.wait(), 10)
+    job = await api(Client(d.config.daemon.socket), "submit", SPEC)
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("UPDATE kv SET value = %s WHERE key = 'epoch'", (str(d.sender.epoch + 1),))
+        await asyncio.wait_for(running, 20)  # its next leadership check (every 2 s) stops it
+        assert d.exit_code == 3 and "another dcd leads" in d.store.lost_leadership
+        rows = admin.execute("SELECT epoch FROM job_events WHERE job_id = %s", (job,)).fetchall()
+    assert rows == [(d.sender.epoch,)]  # its transition, with its epoch; nothing after

@@ -83,3 +83,52 @@ def test_a_change_lost_after_it_was_sent_is_not_sent_to_the_next_daemon(
     with pytest.raises(DaemonUnreachable, match="no daemon answered"):
         c.jobs()  # a read is safe to ask the next
     assert (a.requests, b.requests) == (2, 1)
+
+
+class Canned(Hangup):
+    """A TLS server that answers every request with one canned HTTP response."""
+
+    def __init__(self, ctx: ssl.SSLContext, body: bytes, headers: str = "") -> None:
+        self.response = (
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{headers}"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode() + body
+        super().__init__(ctx)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    if tls.recv(65536):
+                        self.requests += 1
+                        tls.sendall(self.response)
+            except OSError:
+                pass
+
+
+def test_a_standbys_read_is_used_only_when_no_leader_answers(tmp_path: Path) -> None:
+    ca, cert, key = make_test_ca(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    leader = Canned(ctx, b'{"jobs": [{"id": 2}]}')
+    standby = Canned(
+        ctx,
+        b'{"jobs": [{"id": 1}], "standby": {"leader": "dcd@h2:1"}}',
+        f"X-Dcsched-Role: standby\r\nX-Dcsched-Leader: https://127.0.0.1:{leader.port}\r\n",
+    )
+    try:
+        # Only the standby is named: it says where the leader is, and the leader answers.
+        c = Client(servers=[f"127.0.0.1:{standby.port}"], token="t", ca_file=str(ca))
+        assert c.jobs() == [{"id": 2}]
+        assert c.jobs() == [{"id": 2}]  # the leader first from now on
+        assert (standby.requests, leader.requests) == (1, 2)
+        leader.sock.shutdown(socket.SHUT_RDWR)  # the leader gone: the standby's copy
+        leader.sock.close()
+        assert c.request("GET", "/v1/jobs")["standby"] == {"leader": "dcd@h2:1"}
+    finally:
+        leader.sock.close()
+        standby.sock.close()

@@ -16,6 +16,7 @@ from dcsched.daemon.store import (
     AcctFilter,
     Batch,
     CommandRow,
+    Deposed,
     NotFound,
     Store,
     StoreError,
@@ -46,6 +47,41 @@ def _new(**kw: Any) -> tuple[Job, str]:
     )
     base.update(kw)
     return Job(**base), "submitted by alice"
+
+
+async def test_each_transition_keeps_its_epoch_and_a_deposed_writer_is_refused(
+    store_location: str,
+) -> None:
+    old, new = await Store.open(store_location), await Store.open(store_location)
+    try:
+        await old.set_kv("epoch", "5")
+        old.epoch = 5
+        (job,) = await old.add_jobs([_new()])
+        await old.commit(Batch(history=[(job, 1.0, "HELD", "held by alice")]))
+        # Another daemon takes over: a newer epoch in the store.
+        await new.set_kv("epoch", "6")
+        new.epoch = 6
+        held = dataclasses.replace(await old.job(job), state="HELD")
+        with pytest.raises(Deposed, match="epoch 6, this one's 5"):
+            await old.commit(Batch(jobs=[held], history=[(job, 2.0, "HELD", "stale")]))
+        assert old.lost.is_set() and "another dcd leads" in old.lost_leadership
+        with pytest.raises(Deposed):
+            await old.add_jobs([_new()])
+        with pytest.raises(Deposed):  # and its leadership check says so
+            await old.check_lead()
+        assert (await new.job(job)).state == "PENDING"  # nothing of the refused write
+        await new.commit(Batch(history=[(job, 3.0, "PENDING", "released")]))
+        events = await new.job_events(job)
+        assert [(e["detail"], e["epoch"]) for e in events] == [
+            ("submitted by alice", 5),
+            ("held by alice", 5),
+            ("released", 6),
+        ]
+        await new.check_lead()
+        assert not new.lost.is_set()
+    finally:
+        await old.close()
+        await new.close()
 
 
 async def test_jobs_survive_a_reopen(store_location: str) -> None:
