@@ -1017,7 +1017,11 @@ def _timed_calls(
 def run(a: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "bench": "daemon_scale",
-        "params": {k: v for k, v in vars(a).items() if k not in ("keep",)},
+        "params": {
+            k: sorted(v) if isinstance(v, set) else v
+            for k, v in vars(a).items()
+            if k not in ("keep",)
+        },
         "targets": TARGETS,
         "machine": {
             "cpus": os.cpu_count(),
