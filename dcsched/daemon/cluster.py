@@ -133,8 +133,7 @@ class Cluster:
         return None if ht is None else [jp.job_id for jp in ht.latest.jobs]
 
     def unhealthy(self, host: str) -> frozenset[int]:
-        faulty = self.faults.get(host, {}).keys()
+        faulty = self.faults.get(host)
         ht = self.ingest.hosts.get(host)
-        if ht is None:
-            return frozenset(faulty)
-        return frozenset(s.index for s in ht.latest.gpus if s.health != "ok") | faulty
+        reported = ht.unhealthy if ht is not None else frozenset()
+        return reported.union(faulty) if faulty else reported
