@@ -1334,6 +1334,16 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     mt.append(time.perf_counter() - t0)
                 out["metrics_scrape"] = {"latency_ms": _ms(mt), "body_kb": round(size / 1024, 1)}
 
+        sub, idle = out.get("submit", {}), cpu.get("telemetry_only", {})
+        if sub.get("submitted") and "daemon_cpu_pct" in idle:
+            # what the submissions cost beyond the telemetry meanwhile (their passes
+            # included): comparable between runs that took different times
+            sub["daemon_cpu_ms_per_submit_net"] = round(
+                sub["daemon_cpu_ms_per_submit"]
+                - 10 * idle["daemon_cpu_pct"] * sub["seconds"] / sub["submitted"],
+                2,
+            )
+
         sp = out.setdefault("scheduling_pass", {})
         decide = list(pass_seen.values())
         trig = sp.get("trigger_to_pass_ms", {})
