@@ -20,9 +20,12 @@ What runs, each as its own process on this machine:
   different uid (when run as root), so that fair-share sees several users.
 
 Then, with the cluster full and the rest queued: latency of GET /v1/jobs, explain, fairshare,
-the scheduling pass, the daemon's CPU with telemetry only and with one simulated dctop polling
-(cluster, nodes, gpus, jobs once per second), and its RSS. Every phase has a time limit; the
-JSON says what each reached. Everything started here is stopped on exit, failure or Ctrl-C.
+the scheduling pass, the daemon's CPU with telemetry only and with one dctop refreshing once a
+second (by default dctop's own live mode, `dcsched.tui.live`: it follows `/v1/events` and
+reads the cluster, the GPU telemetry as columns and the jobs that changed; `--dctop polled`
+reads every listing in full), and its RSS. `--skip` leaves phases out. Every phase has a time
+limit; the JSON says what each reached. Everything started here is stopped on exit, failure
+or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -1301,7 +1304,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         time.sleep(0.01)
                 out["scheduling_pass"] = {"trigger_to_pass_ms": _ms(trigger)}
 
-        # CPU: telemetry only, then with one dctop polling once per second
+        # CPU: telemetry only, then with one dctop refreshing once per second
         cpu: dict[str, Any] = {}
         out["cpu"] = cpu
         if "cpu_idle" not in a.skip:
@@ -1462,7 +1465,7 @@ def main() -> int:
     p.add_argument("--first-uid", type=int, default=20001, help="uid of the first submitter")
     p.add_argument("--calls", type=int, default=30, help="calls per latency figure (default 30)")
     p.add_argument("--pass-samples", type=int, default=20, help="passes to trigger (default 20)")
-    p.add_argument("--cpu-window", type=float, default=30.0, help="seconds with dctop polling")
+    p.add_argument("--cpu-window", type=float, default=30.0, help="seconds with dctop")
     p.add_argument(
         "--dctop",
         choices=("polled", "live"),
