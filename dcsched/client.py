@@ -155,8 +155,8 @@ class Client:
         self.ca_file = ca_file
         self._ssl: ssl.SSLContext | None = None
         self._current = 0  # the server that answered last: the leader, as far as we know
-        # One connection per server kept open between calls: a connection per call cost
-        # the daemon as much again as the call itself (a submission: bench/daemon_scale.py).
+        # The socket's connection kept open between calls: a connection per call cost the
+        # daemon as much again as the call itself (a submission: bench/daemon_scale.py).
         self._idle: dict[str | None, http.client.HTTPConnection] = {}
 
     @property
@@ -243,9 +243,10 @@ class Client:
         return conn
 
     def _keep(self, server: str | None, conn: http.client.HTTPConnection) -> None:
-        """Keeps the connection for the next call, when both sides let it stay open (one
-        per server: a call made meanwhile from another thread had its own)."""
-        if conn.sock is None or self._idle.setdefault(server, conn) is not conn:
+        """Keeps a connection to the local socket for the next call, when both sides let it
+        stay open (one: a call made meanwhile from another thread had its own). Not over
+        TLS: a daemon that stops waits for each open TLS connection's close_notify."""
+        if server is not None or conn.sock is None or self._idle.setdefault(None, conn) is not conn:
             conn.close()
 
     def close(self) -> None:
@@ -264,8 +265,8 @@ class Client:
         """One call, to the leader: a server that cannot be reached or stands by is passed
         over for the next. A call that changes something is sent to the next only when the
         one before cannot have acted on it (no connection, or a standby's refusal): one
-        lost after it was sent is reported, not repeated (its outcome is unknown). The
-        connection stays open for the next call; one the daemon closed meanwhile (idle too
+        lost after it was sent is reported, not repeated (its outcome is unknown). A
+        connection to the socket stays open for the next call; one the daemon closed (idle too
         long, restarted) is noticed before anything is sent on it, except in the instant of
         the close itself: then a change is reported as lost, never sent twice."""
         path = _with_query(path, query)
