@@ -831,7 +831,8 @@ class _TimedClient(Client):
         try:
             return super().request(method, path, body, query)
         finally:
-            key = path + ("?" + ",".join(sorted(query)) + "=" if query else "")
+            asked = sorted(k for k, v in (query or {}).items() if v not in (None, "", False))
+            key = path + ("?" + ",".join(asked) + "=" if asked else "")
             self.times.setdefault(key, []).append(time.perf_counter() - t0)
 
 
