@@ -22,9 +22,12 @@ What runs, each as its own process on this machine:
   different uid (when run as root), so that fair-share sees several users.
 
 Then, with the cluster full and the rest queued: latency of GET /v1/jobs, explain, fairshare,
-the scheduling pass, the daemon's CPU with telemetry only and with one simulated dctop polling
-(cluster, nodes, gpus, jobs once per second), and its RSS. Every phase has a time limit; the
-JSON says what each reached. Everything started here is stopped on exit, failure or Ctrl-C.
+the scheduling pass, the daemon's CPU with telemetry only and with one dctop refreshing once a
+second (by default dctop's own live mode, `dcsched.tui.live`: it follows `/v1/events` and
+reads the cluster, the GPU telemetry as columns and the jobs that changed; `--dctop polled`
+reads every listing in full), and its RSS. `--skip` leaves phases out. Every phase has a time
+limit; the JSON says what each reached. Everything started here is stopped on exit, failure
+or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -80,6 +84,15 @@ TARGETS = {
     "rss_mb": "<= 500",
 }
 T0 = time.monotonic()
+SKIPPABLE = (
+    "list_jobs",
+    "explain",
+    "fairshare",
+    "scheduling_pass",
+    "cpu_idle",
+    "cpu_dctop",
+    "metrics",
+)
 
 
 def _log(msg: str) -> None:
@@ -819,6 +832,117 @@ def submit_phase(a: argparse.Namespace, sock: str) -> dict[str, Any]:
     }
 
 
+# --- the simulated dctop ---------------------------------------------------------------------
+
+
+class _TimedClient(Client):
+    """The client dctop uses, timing each call by its path (and query key)."""
+
+    def __init__(self, sock: str) -> None:
+        super().__init__(sock, timeout=60.0)
+        self.times: dict[str, list[float]] = {}
+
+    def request(
+        self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
+    ) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return super().request(method, path, body, query)
+        finally:
+            asked = sorted(k for k, v in (query or {}).items() if v not in (None, "", False))
+            key = path + ("?" + ",".join(asked) + "=" if asked else "")
+            self.times.setdefault(key, []).append(time.perf_counter() - t0)
+
+
+def dctop_phase(
+    a: argparse.Namespace,
+    sock: str,
+    pid: int,
+    procs: Procs,
+    observe: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """The daemon's CPU while one dctop refreshes once a second. live: dctop's own live mode
+    (dcsched.tui.live, as `dctop` runs it in the cluster, GPUs and Jobs views): it follows
+    `/v1/events` in a thread and reads the cluster summary, the GPU telemetry as columns and
+    the jobs the stream named; its first, full read is made before the window. polled:
+    every listing in full each second (dctop against a daemon without the stream)."""
+    client = _TimedClient(sock)
+    stream = None
+    thread = None
+    state = feed = None
+    if a.dctop == "live":
+        from dcsched.tui.live import Feed, LiveState
+
+        state, feed = LiveState(), Feed()
+        stream = client.events()
+        live_feed = feed
+
+        def follow() -> None:
+            with suppress(Exception):  # closed at the end of the window
+                for ev in stream:
+                    if ev.kind == "hello":
+                        live_feed.reset()
+                    else:
+                        live_feed.on_event(ev.kind, ev.data)
+
+        thread = threading.Thread(target=follow, name="dctop-events", daemon=True)
+        thread.start()
+        state.read(client, feed, telemetry=True)  # the first read: everything
+        time.sleep(1.0)
+        state.read(client, feed, telemetry=True)
+        client.times.clear()
+
+    def refresh() -> None:
+        if state is not None and feed is not None:
+            observe(state.read(client, feed, telemetry=True).cluster)
+            return
+        observe(client.cluster())
+        client.nodes()
+        client.gpus()
+        client.jobs()
+
+    rounds: list[float] = []
+    others = {n: p.pid for n, p in procs.procs if n != "dcd"}
+    o0 = {n: _cpu_seconds(p) for n, p in others.items()}
+    c0, t0 = _cpu_seconds(pid), time.monotonic()
+    next_at = t0
+    try:
+        while time.monotonic() - t0 < a.cpu_window:
+            r0 = time.perf_counter()
+            refresh()
+            rounds.append(time.perf_counter() - r0)
+            next_at = max(next_at + 1.0, time.monotonic())
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        wall = time.monotonic() - t0
+        pct = round(100 * (_cpu_seconds(pid) - c0) / wall, 1)
+        others_pct = {
+            n: round(100 * (_cpu_seconds(p) - o0[n]) / wall, 1) for n, p in others.items()
+        }
+    finally:
+        if stream is not None:
+            stream.close()
+        if thread is not None:
+            thread.join(5)
+    out: dict[str, Any] = {
+        "dctop": a.dctop,
+        "seconds": round(wall, 1),
+        "daemon_cpu_pct": pct,
+        "dctop_rounds": len(rounds),
+        "round_ms": _ms(rounds),
+        "endpoint_ms": {p: _ms(v) for p, v in client.times.items()},
+        "others_cpu_pct": others_pct,
+        "target": "<= 20 % of one core",
+        "met": _met(pct, 20),
+    }
+    if state is not None and feed is not None:
+        out["live"] = {
+            "full_reads": state.full_reads,
+            "partial_reads": state.partial_reads,
+            "stream_events": feed.events,
+        }
+    return out
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -915,7 +1039,11 @@ def _timed_calls(
 def run(a: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "bench": "daemon_scale",
-        "params": {k: v for k, v in vars(a).items() if k not in ("keep",)},
+        "params": {
+            k: sorted(v) if isinstance(v, set) else v
+            for k, v in vars(a).items()
+            if k not in ("keep",)
+        },
         "targets": TARGETS,
         "machine": {
             "cpus": os.cpu_count(),
@@ -1064,8 +1192,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             t_sub = time.monotonic()
             out["submit"] = submit_phase(a, sock)
             sub_wall = time.monotonic() - t_sub
-            out["submit"]["daemon_cpu_pct"] = round(
-                100 * (_cpu_seconds(daemon.pid) - cpu_sub0) / sub_wall, 1
+            sub_cpu = _cpu_seconds(daemon.pid) - cpu_sub0
+            out["submit"]["daemon_cpu_pct"] = round(100 * sub_cpu / sub_wall, 1)
+            # less skewed by other work on the machine than the rate: the daemon's CPU time
+            # per submission (its passes and the telemetry meanwhile included)
+            out["submit"]["daemon_cpu_ms_per_submit"] = round(
+                1000 * sub_cpu / max(out["submit"]["submitted"], 1), 2
             )
             _log(
                 f"submitted {out['submit']['submitted']} jobs at {out['submit']['rate_per_s']}/s,"
@@ -1121,138 +1253,124 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     pass_total[int(sch["passes"])] = float(sch["last_pass_total_ms"])
 
         queued_ids: list[int] = []
-        with _phase("list_jobs", out):
-            times, sizes = _timed_calls(sock, lambda i: "/v1/jobs", a.calls, a.phase_timeout)
-            _, body, _ = _call(sock, "GET", "/v1/jobs")
-            listed = json.loads(body)["jobs"]
+        if "list_jobs" not in a.skip:
+            with _phase("list_jobs", out):
+                times, sizes = _timed_calls(sock, lambda i: "/v1/jobs", a.calls, a.phase_timeout)
+                _, body, _ = _call(sock, "GET", "/v1/jobs")
+                listed = json.loads(body)["jobs"]
+                queued_ids = [int(j["id"]) for j in listed if j["state"] in ("PENDING", "REQUEUED")]
+                lat = _ms(times)
+                out["list_jobs"] = {
+                    "what": "GET /v1/jobs (queued + running, the default listing)",
+                    "latency_ms": lat,
+                    "jobs_listed": len(listed),
+                    "body_kb": round(sizes[-1] / 1024, 1),
+                    "target": "p50 <= 50 ms",
+                    "met": _met(lat.get("p50"), 50),
+                }
+                _log(f"GET /v1/jobs: {lat}")
+
+        if not queued_ids and not {"explain", "scheduling_pass"} <= a.skip:
+            listed = _get_json(sock, "/v1/jobs")["jobs"]
             queued_ids = [int(j["id"]) for j in listed if j["state"] in ("PENDING", "REQUEUED")]
-            lat = _ms(times)
-            out["list_jobs"] = {
-                "what": "GET /v1/jobs (queued + running, the default listing)",
-                "latency_ms": lat,
-                "jobs_listed": len(listed),
-                "body_kb": round(sizes[-1] / 1024, 1),
-                "target": "p50 <= 50 ms",
-                "met": _met(lat.get("p50"), 50),
-            }
-            _log(f"GET /v1/jobs: {lat}")
 
         rng = random.Random(a.seed)
-        with _phase("explain", out):
-            pick = rng.sample(queued_ids, min(len(queued_ids), a.calls)) or [0]
-            times, _ = _timed_calls(
-                sock, lambda i: f"/v1/jobs/{pick[i % len(pick)]}/explain", a.calls, a.phase_timeout
-            )
-            lat = _ms(times)
-            out["explain"] = {
-                "what": "GET /v1/jobs/{id}/explain, queued jobs picked at random",
-                "latency_ms": lat,
-                "target": "p50 <= 20 ms",
-                "met": _met(lat.get("p50"), 20),
-            }
-            _log(f"explain: {lat}")
+        if "explain" not in a.skip:
+            with _phase("explain", out):
+                pick = rng.sample(queued_ids, min(len(queued_ids), a.calls)) or [0]
+                times, _ = _timed_calls(
+                    sock,
+                    lambda i: f"/v1/jobs/{pick[i % len(pick)]}/explain",
+                    a.calls,
+                    a.phase_timeout,
+                )
+                lat = _ms(times)
+                out["explain"] = {
+                    "what": "GET /v1/jobs/{id}/explain, queued jobs picked at random",
+                    "latency_ms": lat,
+                    "target": "p50 <= 20 ms",
+                    "met": _met(lat.get("p50"), 20),
+                }
+                _log(f"explain: {lat}")
 
-        with _phase("fairshare", out):
-            times, _ = _timed_calls(sock, lambda i: "/v1/fairshare", a.calls, a.phase_timeout)
-            lat = _ms(times)
-            out["fairshare"] = {
-                "what": "GET /v1/fairshare",
-                "latency_ms": lat,
-                "target": "p50 <= 20 ms",
-                "met": _met(lat.get("p50"), 20),
-            }
-            _log(f"fairshare: {lat}")
+        if "fairshare" not in a.skip:
+            with _phase("fairshare", out):
+                times, _ = _timed_calls(sock, lambda i: "/v1/fairshare", a.calls, a.phase_timeout)
+                lat = _ms(times)
+                out["fairshare"] = {
+                    "what": "GET /v1/fairshare",
+                    "latency_ms": lat,
+                    "target": "p50 <= 20 ms",
+                    "met": _met(lat.get("p50"), 20),
+                }
+                _log(f"fairshare: {lat}")
 
         # Scheduling passes: each one triggered by cancelling a queued job (the newest ones,
         # a negligible change to the queue), then /v1/cluster polled until the counter moves.
-        with _phase("scheduling_pass", out):
-            trigger: list[float] = []
-            victims = sorted(queued_ids, reverse=True)
-            end = time.monotonic() + a.phase_timeout
-            for job_id in victims[: a.pass_samples]:
-                if time.monotonic() > end:
-                    break
-                before = int(_get_json(sock, "/v1/cluster")["scheduler"]["passes"])
-                status, body, _ = _call(sock, "POST", f"/v1/jobs/{job_id}/cancel")
-                if status >= 400:
-                    raise RuntimeError(f"cancel {job_id}: HTTP {status}: {body[:200]!r}")
-                t0 = time.perf_counter()
-                while time.monotonic() < end + 30:
-                    summary = _get_json(sock, "/v1/cluster")
-                    observe(summary)
-                    if int(summary["scheduler"]["passes"]) > before:
-                        trigger.append(time.perf_counter() - t0)
+        if "scheduling_pass" not in a.skip:
+            with _phase("scheduling_pass", out):
+                trigger: list[float] = []
+                victims = sorted(queued_ids, reverse=True)
+                end = time.monotonic() + a.phase_timeout
+                for job_id in victims[: a.pass_samples]:
+                    if time.monotonic() > end:
                         break
-                    time.sleep(0.01)
-            out["scheduling_pass"] = {"trigger_to_pass_ms": _ms(trigger)}
+                    before = int(_get_json(sock, "/v1/cluster")["scheduler"]["passes"])
+                    status, body, _ = _call(sock, "POST", f"/v1/jobs/{job_id}/cancel")
+                    if status >= 400:
+                        raise RuntimeError(f"cancel {job_id}: HTTP {status}: {body[:200]!r}")
+                    t0 = time.perf_counter()
+                    while time.monotonic() < end + 30:
+                        summary = _get_json(sock, "/v1/cluster")
+                        observe(summary)
+                        if int(summary["scheduler"]["passes"]) > before:
+                            trigger.append(time.perf_counter() - t0)
+                            break
+                        time.sleep(0.01)
+                out["scheduling_pass"] = {"trigger_to_pass_ms": _ms(trigger)}
 
-        # CPU: telemetry only, then with one dctop polling once per second
+        # CPU: telemetry only, then with one dctop refreshing once per second
         cpu: dict[str, Any] = {}
         out["cpu"] = cpu
-        with _phase("cpu_idle", out):
-            c0, t0 = _cpu_seconds(daemon.pid), time.monotonic()
-            time.sleep(a.idle_window)
-            cpu["telemetry_only"] = {
-                "seconds": round(time.monotonic() - t0, 1),
-                "daemon_cpu_pct": round(
-                    100 * (_cpu_seconds(daemon.pid) - c0) / (time.monotonic() - t0), 1
-                ),
-            }
-            _log(f"CPU, telemetry only: {cpu['telemetry_only']}")
-        with _phase("cpu_dctop", out):
-            # polled: what dctop reads from a daemon without /v1/events, every second;
-            # live: what it reads following the stream (telemetry as columns, ~10 changed
-            # jobs by id; nodes and full rows only on a node event, none in this window)
-            live_ids = ",".join(str(i) for i in range(1, 11))
-            paths: tuple[str, ...] = (
-                ("/v1/cluster", "/v1/gpus?form=columns", f"/v1/jobs?ids={live_ids}")
-                if a.dctop == "live"
-                else ("/v1/cluster", "/v1/nodes", "/v1/gpus", "/v1/jobs")
+        if "cpu_idle" not in a.skip:
+            with _phase("cpu_idle", out):
+                c0, t0 = _cpu_seconds(daemon.pid), time.monotonic()
+                time.sleep(a.idle_window)
+                cpu["telemetry_only"] = {
+                    "seconds": round(time.monotonic() - t0, 1),
+                    "daemon_cpu_pct": round(
+                        100 * (_cpu_seconds(daemon.pid) - c0) / (time.monotonic() - t0), 1
+                    ),
+                }
+                _log(f"CPU, telemetry only: {cpu['telemetry_only']}")
+        if "cpu_dctop" not in a.skip:
+            with _phase("cpu_dctop", out):
+                cpu["with_dctop"] = dctop_phase(a, sock, daemon.pid, procs, observe)
+                _log(f"CPU with dctop: {cpu['with_dctop']['daemon_cpu_pct']} %")
+
+        if "metrics" not in a.skip:
+            with _phase("metrics", out):
+                import urllib.request
+
+                mt = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{mport}/metrics", timeout=60
+                    ) as r:
+                        size = len(r.read())
+                    mt.append(time.perf_counter() - t0)
+                out["metrics_scrape"] = {"latency_ms": _ms(mt), "body_kb": round(size / 1024, 1)}
+
+        sub, idle = out.get("submit", {}), cpu.get("telemetry_only", {})
+        if sub.get("submitted") and "daemon_cpu_pct" in idle:
+            # what the submissions cost beyond the telemetry meanwhile (their passes
+            # included): comparable between runs that took different times
+            sub["daemon_cpu_ms_per_submit_net"] = round(
+                sub["daemon_cpu_ms_per_submit"]
+                - 10 * idle["daemon_cpu_pct"] * sub["seconds"] / sub["submitted"],
+                2,
             )
-            per: dict[str, list[float]] = {p: [] for p in paths}
-            rounds: list[float] = []
-            others = {n: p.pid for n, p in procs.procs if n != "dcd"}
-            o0 = {n: _cpu_seconds(pid) for n, pid in others.items()}
-            c0, t0 = _cpu_seconds(daemon.pid), time.monotonic()
-            next_at = t0
-            while time.monotonic() - t0 < a.cpu_window:
-                r0 = time.perf_counter()
-                for path in paths:
-                    status, body, dt = _call(sock, "GET", path)
-                    per[path].append(dt)
-                    if path == "/v1/cluster" and status == 200:
-                        observe(json.loads(body))
-                rounds.append(time.perf_counter() - r0)
-                next_at = max(next_at + 1.0, time.monotonic())
-                time.sleep(max(0.0, next_at - time.monotonic()))
-            wall = time.monotonic() - t0
-            pct = round(100 * (_cpu_seconds(daemon.pid) - c0) / wall, 1)
-            cpu["with_dctop"] = {
-                "dctop": a.dctop,
-                "seconds": round(wall, 1),
-                "daemon_cpu_pct": pct,
-                "dctop_rounds": len(rounds),
-                "round_ms": _ms(rounds),
-                "endpoint_ms": {p: _ms(v) for p, v in per.items()},
-                "others_cpu_pct": {
-                    n: round(100 * (_cpu_seconds(pid) - o0[n]) / wall, 1)
-                    for n, pid in others.items()
-                },
-                "target": "<= 20 % of one core",
-                "met": _met(pct, 20),
-            }
-            _log(f"CPU with dctop: {pct} % ({len(rounds)} rounds)")
-
-        with _phase("metrics", out):
-            import urllib.request
-
-            mt = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=60) as r:
-                    size = len(r.read())
-                mt.append(time.perf_counter() - t0)
-            out["metrics_scrape"] = {"latency_ms": _ms(mt), "body_kb": round(size / 1024, 1)}
 
         sp = out.setdefault("scheduling_pass", {})
         decide = list(pass_seen.values())
@@ -1379,13 +1497,21 @@ def main() -> int:
     p.add_argument("--first-uid", type=int, default=20001, help="uid of the first submitter")
     p.add_argument("--calls", type=int, default=30, help="calls per latency figure (default 30)")
     p.add_argument("--pass-samples", type=int, default=20, help="passes to trigger (default 20)")
-    p.add_argument("--cpu-window", type=float, default=30.0, help="seconds with dctop polling")
+    p.add_argument("--cpu-window", type=float, default=30.0, help="seconds with dctop")
     p.add_argument(
         "--dctop",
         choices=("polled", "live"),
-        default="polled",
-        help="what the simulated dctop reads each second: everything (a daemon without "
-        "/v1/events) or what the live mode reads (default polled)",
+        default="live",
+        help="live (default): dctop's own live mode (dcsched.tui.live), following /v1/events "
+        "and reading the cluster, the GPU telemetry as columns and the jobs that changed; "
+        "polled: every listing in full each second (a daemon without /v1/events)",
+    )
+    p.add_argument(
+        "--skip",
+        type=lambda t: {x.strip() for x in t.split(",") if x.strip()},
+        default=set(),
+        help=f"phases to leave out, comma-separated: {', '.join(SKIPPABLE)} (the store, the "
+        "nodes, the submissions and the steady state always run)",
     )
     p.add_argument("--idle-window", type=float, default=10.0, help="seconds, telemetry only")
     p.add_argument("--submit-timeout", type=float, default=150.0, help="cap of the submissions")
@@ -1409,6 +1535,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep", action="store_true", help="keep the temporary state dir and logs")
     a = p.parse_args()
+    if unknown := a.skip - set(SKIPPABLE):
+        p.error(f"--skip: no phase {', '.join(sorted(unknown))}; phases: {', '.join(SKIPPABLE)}")
 
     def on_term(*_: object) -> None:
         raise KeyboardInterrupt

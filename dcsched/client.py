@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import select
 import socket
 import ssl
 import threading
@@ -58,6 +59,15 @@ class UnixConnection(http.client.HTTPConnection):
             s.close()
             raise
         self.sock = s
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether `sock` has something to read now (for an idle connection: its end)."""
+    try:
+        ready, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):  # closed, or a descriptor select cannot take
+        return True
+    return bool(ready)
 
 
 def server_url(address: str) -> str:
@@ -145,6 +155,9 @@ class Client:
         self.ca_file = ca_file
         self._ssl: ssl.SSLContext | None = None
         self._current = 0  # the server that answered last: the leader, as far as we know
+        # The socket's connection kept open between calls: a connection per call cost the
+        # daemon as much again as the call itself (a submission: bench/daemon_scale.py).
+        self._idle: dict[str | None, http.client.HTTPConnection] = {}
 
     @property
     def target(self) -> str:
@@ -222,6 +235,32 @@ class Client:
             )
         return DaemonUnreachable(f"{self.socket_path}: {exc}")
 
+    def _kept(self, server: str | None) -> http.client.HTTPConnection | None:
+        """The connection kept open from the last call to `server`, unless the daemon has
+        closed it meanwhile (idle too long, restarted): then None."""
+        conn = self._idle.pop(server, None)
+        if conn is not None and (conn.sock is None or _readable(conn.sock)):
+            conn.close()  # an idle connection has nothing to read but its end
+            return None
+        return conn
+
+    def _keep(self, server: str | None, conn: http.client.HTTPConnection) -> None:
+        """Keeps a connection to the local socket for the next call, when both sides let it
+        stay open (one: a call made meanwhile from another thread had its own). Not over
+        TLS: a daemon that stops waits for each open TLS connection's close_notify."""
+        if server is not None or conn.sock is None or self._idle.setdefault(None, conn) is not conn:
+            conn.close()
+
+    def close(self) -> None:
+        """Closes the connections kept for the next call (also done when the client goes)."""
+        while self._idle:
+            _, conn = self._idle.popitem()
+            conn.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # half-built, or at interpreter exit
+            self.close()
+
     def request(
         self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
     ) -> Any:
@@ -230,7 +269,10 @@ class Client:
         answers: it is read from the store and marked as a standby's). A call that changes
         something is sent to the next only when the one before cannot have acted on it (no
         connection, or a standby's refusal): one lost after it was sent is reported, not
-        repeated (its outcome is unknown)."""
+        repeated (its outcome is unknown). A connection to the socket stays open for the next
+        call; one the daemon closed (idle too long, restarted) is noticed before anything is
+        sent on it, except in the instant of the close itself: then a change is reported as
+        lost, never sent twice."""
         path = _with_query(path, query)
         data = None if body is None else json.dumps(body).encode()
         headers = self._headers()
@@ -245,32 +287,50 @@ class Client:
                 break
             server = todo[0]
             tried.add(server)
-            conn = self.connection(server, self.timeout)
-            try:
+            conn = self._kept(server)
+            reused = conn is not None
+            if conn is None:
+                conn = self.connection(server, self.timeout)
                 try:
                     conn.connect()
                 except OSError as exc:
+                    conn.close()
                     errors.append(self._unreachable(exc, server))
                     continue
+            try:
                 try:
                     conn.request(method, path, body=data, headers=headers)
-                    resp = conn.getresponse()
-                    raw = resp.read()
-                except (OSError, http.client.HTTPException) as exc:
-                    err = (
-                        self._unreachable(exc, server)
-                        if isinstance(exc, OSError)
-                        else DaemonUnreachable(f"{server or self.socket_path}: {exc}")
-                    )
-                    if method not in ("GET", "HEAD"):
-                        raise DaemonUnreachable(
-                            f"{err} after the {method} {path.split('?')[0]} was sent: it may "
-                            "or may not have been done; look (e.g. dcctl queue) before repeating"
-                        ) from None
-                    errors.append(err)
+                except OSError:
+                    if not reused:
+                        raise
+                    # A kept connection the daemon had closed just now: nothing was sent.
+                    conn.close()
+                    tried.discard(server)
                     continue
-            finally:
+                try:
+                    resp = conn.getresponse()
+                except http.client.RemoteDisconnected:
+                    if not (reused and method in ("GET", "HEAD")):
+                        raise
+                    conn.close()  # closed when it was reused; a read is safe to repeat
+                    tried.discard(server)
+                    continue
+                raw = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
                 conn.close()
+                err = (
+                    self._unreachable(exc, server)
+                    if isinstance(exc, OSError)
+                    else DaemonUnreachable(f"{server or self.socket_path}: {exc}")
+                )
+                if method not in ("GET", "HEAD"):
+                    raise DaemonUnreachable(
+                        f"{err} after the {method} {path.split('?')[0]} was sent: it may "
+                        "or may not have been done; look (e.g. dcctl queue) before repeating"
+                    ) from None
+                errors.append(err)
+                continue
+            self._keep(server, conn)
             try:
                 result = _payload(resp.status, raw)
             except ApiError as exc:

@@ -52,7 +52,6 @@ from dcsched.protocol.jobspec import (
     validate_spec,
 )
 from dcsched.scheduler import SchedulerConfig, explain_pass, fairshare_report
-from dcsched.scheduler.unsatisfiable import never_fits
 
 if TYPE_CHECKING:
     from dcsched.daemon.cluster import Node
@@ -469,9 +468,7 @@ class Api:
         """A request no known node could ever run is refused with the numbers; an admin
         may queue it anyway (held or forced), e.g. for nodes not yet added."""
         r = spec.resources
-        nodes = self.d.cluster.nodes.values()
-        hardware = [(n.gpu_type, len(n.status.gpus)) for n in nodes if n.status.gpus]
-        why = never_fits(r.nodes, r.gpus_per_node, r.gpu_type, hardware)
+        why = self.d.cluster.never_fits(r.nodes, r.gpus_per_node, r.gpu_type)
         if why is None or (who.admin and (force or spec.hold)):
             return
         hint = "ask for what the cluster has" + (

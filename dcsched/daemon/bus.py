@@ -10,10 +10,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.matcher import MQTTMatcher
 
 from dcsched.daemon.aio import wait_event
 from dcsched.daemon.brokerauth import DAEMON_USER
@@ -94,7 +95,7 @@ class Bus:
                 await stop.wait()
                 break
             try:
-                async with aiomqtt.Client(
+                mqtt = aiomqtt.Client(
                     host,
                     port,
                     identifier=self.client_id,
@@ -105,7 +106,9 @@ class Bus:
                     tls_context=self._tls,
                     keepalive=self.cfg.keepalive_s,
                     queue_type=_inbound_queue(self._take_telemetry),
-                ) as client:
+                )
+                _no_topic_callbacks(mqtt)
+                async with mqtt as client:
                     self._client = client
                     for kind, qos in (("telemetry", 0), ("status", 1), ("events", 1)):
                         await client.subscribe(self.topics.all_hosts(kind), qos=qos)  # type: ignore[arg-type]
@@ -222,3 +225,20 @@ def _inbound_queue(
                 super().put_nowait(item)
 
     return Inbound
+
+
+class _NoTopicCallbacks(MQTTMatcher):
+    """paho's table of per-topic callbacks, which the daemon leaves empty: matching a message
+    against it then finds nothing without paho's recursive closure, a reference cycle per
+    message (1,000 a second at 1,000 hosts) that only the cyclic collector would free."""
+
+    def iter_match(self, topic: str) -> Iterator[Any]:
+        if not self._root._children:
+            return iter(())
+        return super().iter_match(topic)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def _no_topic_callbacks(client: aiomqtt.Client) -> None:
+    paho = getattr(client, "_client", None)
+    if type(getattr(paho, "_on_message_filtered", None)) is MQTTMatcher:
+        paho._on_message_filtered = _NoTopicCallbacks()  # type: ignore[no-untyped-call,union-attr]

@@ -12,6 +12,7 @@ import msgspec
 
 from dcsched.daemon.ingest import Ingest
 from dcsched.protocol.messages import HostStatus
+from dcsched.scheduler.unsatisfiable import never_fits
 
 _GPU_TYPE = re.compile(r"\b([A-Z]{1,3}\d{2,4}[A-Z]*)\b")
 
@@ -51,6 +52,9 @@ class Cluster:
         self.faults: dict[str, dict[int, str]] = {}
         self.ingest = ingest
         self.node_timeout_s = node_timeout_s
+        # never_fits' answers per request shape, while the nodes' GPU types and counts stay
+        # as they were: a submission would otherwise walk every node (1,000 of them).
+        self._fits: dict[tuple[int, int, str | None], str | None] = {}
 
     def load(
         self, host: str, status: dict[str, Any], online: bool, drained: bool, reason: str
@@ -58,6 +62,7 @@ class Cluster:
         """A node from the store at start-up; its liveness is re-learnt from the broker."""
         st = msgspec.convert(status, HostStatus)
         self.nodes[host] = Node(host, st, online, drained, reason)
+        self._fits.clear()
 
     def on_status(self, st: HostStatus) -> bool:
         """Returns True when the node's schedulable state changed."""
@@ -65,14 +70,31 @@ class Cluster:
         online = st.state == "online"
         if node is None:
             self.nodes[st.host] = Node(st.host, st, online)
+            self._fits.clear()
             return online
         changed = node.online != online or len(node.status.gpus) != len(st.gpus)
         if st.state == "offline":
             # The will carries no inventory: keep what the node last told.
             st = msgspec.structs.replace(st, gpus=node.status.gpus, addr=node.status.addr)
+        hardware = (node.gpu_type, len(node.status.gpus))
         node.set_status(st)
         node.online, node.seen = online, time.monotonic()
+        if (node.gpu_type, len(node.status.gpus)) != hardware:
+            self._fits.clear()
         return changed
+
+    def never_fits(self, nodes: int, gpus_per_node: int, gpu_type: str | None) -> str | None:
+        """Why no known node could ever run such a request (None: some could); see
+        scheduler.unsatisfiable.never_fits."""
+        key = (nodes, gpus_per_node, gpu_type)
+        if key not in self._fits:
+            if len(self._fits) > 10_000:
+                self._fits.clear()
+            hardware = [(n.gpu_type, len(n.status.gpus)) for n in self.nodes.values()]
+            self._fits[key] = never_fits(
+                nodes, gpus_per_node, gpu_type, [h for h in hardware if h[1]]
+            )
+        return self._fits[key]
 
     def gpu_type(self, host: str) -> str:
         node = self.nodes.get(host)
@@ -111,8 +133,7 @@ class Cluster:
         return None if ht is None else [jp.job_id for jp in ht.latest.jobs]
 
     def unhealthy(self, host: str) -> frozenset[int]:
-        faulty = self.faults.get(host, {}).keys()
+        faulty = self.faults.get(host)
         ht = self.ingest.hosts.get(host)
-        if ht is None:
-            return frozenset(faulty)
-        return frozenset(s.index for s in ht.latest.gpus if s.health != "ok") | faulty
+        reported = ht.unhealthy if ht is not None else frozenset()
+        return reported.union(faulty) if faulty else reported

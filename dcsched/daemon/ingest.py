@@ -48,10 +48,15 @@ def _mean(total: float, n: int) -> float | None:
     return total / n if n else None
 
 
+_NONE: frozenset[int] = frozenset()
+
+
 @dataclass(slots=True)
 class HostTelemetry:
     latest: Telemetry
     received: float  # monotonic
+    # the GPUs whose latest sample's health is not "ok": read by every scheduling pass
+    unhealthy: frozenset[int] = _NONE
     history: dict[
         int, deque[tuple[float, float | None, int | None, float | None, float | None]]
     ] = field(default_factory=dict)
@@ -75,7 +80,10 @@ class Ingest:
             self.stale += 1
             return False
         ht.latest, ht.received = msg, now
+        bad: list[int] = []
         for s in msg.gpus:
+            if s.health != "ok":
+                bad.append(s.index)
             hist = ht.history.get(s.index)
             if hist is None:
                 hist = ht.history[s.index] = deque(maxlen=HISTORY)
@@ -85,6 +93,7 @@ class Ingest:
             if acc is None:
                 acc = self._accum[key] = _Accum()
             acc.add(s)
+        ht.unhealthy = frozenset(bad) if bad else _NONE
         return True
 
     def drain_rows(

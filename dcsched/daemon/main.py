@@ -12,10 +12,12 @@ from dcsched.protocol.config import ConfigError, config_path, load_config
 
 
 async def _run(config_file: str | None, insecure: bool) -> int:
+    from dcsched.daemon import gctune
     from dcsched.daemon.service import Daemon
 
     cfg = load_config(config_file)
     daemon = await Daemon.open(cfg, insecure=insecure)
+    gctune.settle()  # the loaded state is what the daemon keeps: out of the collector's way
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop.set)

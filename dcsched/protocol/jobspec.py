@@ -7,6 +7,7 @@ Validation returns every problem at once, each with the key's path and a hint, s
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 import signal as _signal
@@ -246,7 +247,10 @@ def _type_problem(exc: msgspec.ValidationError, at: tuple[str, ...] = ()) -> Spe
     return SpecProblem(path, text, hint)
 
 
+@functools.cache
 def _field_types(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    # Resolved once per Struct: get_type_hints evaluates every annotation anew (about
+    # 0.6 ms for JobSpec, most of what checking a submission cost).
     return typing.get_type_hints(struct)
 
 

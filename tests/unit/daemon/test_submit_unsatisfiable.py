@@ -7,9 +7,12 @@ from types import SimpleNamespace
 import pytest
 
 from dcsched.daemon.api import Api
+from dcsched.daemon.cluster import Cluster
 from dcsched.daemon.errors import InvalidRequest
+from dcsched.daemon.ingest import Ingest
 from dcsched.daemon.jobs import Caller
 from dcsched.protocol.jobspec import validate_spec
+from dcsched.protocol.messages import GpuInfo, HostStatus
 from dcsched.scheduler.unsatisfiable import never_fits
 
 FOUR = [("H100", 4)] * 3 + [("A100", 8)]
@@ -44,10 +47,22 @@ def test_never_fits(
         assert got is not None and got.startswith(expected)
 
 
+def _status(gpus: int) -> HostStatus:
+    return HostStatus(
+        host="n1",
+        state="online",
+        ts=0.0,
+        gpus=[
+            GpuInfo(index=i, uuid=f"GPU-{i}", model="NVIDIA H100 80GB HBM3") for i in range(gpus)
+        ],
+    )
+
+
 def _api(gpus: int) -> Api:
     api = Api.__new__(Api)  # only the submit check: no daemon behind it
-    node = SimpleNamespace(gpu_type="H100", status=SimpleNamespace(gpus=[0] * gpus))
-    api.d = SimpleNamespace(cluster=SimpleNamespace(nodes={"n1": node}))  # type: ignore[assignment]
+    cluster = Cluster(Ingest(), node_timeout_s=60.0)
+    cluster.on_status(_status(gpus))
+    api.d = SimpleNamespace(cluster=cluster)  # type: ignore[assignment]
     return api
 
 
@@ -75,3 +90,15 @@ def test_only_an_admin_queues_the_impossible(
             check(spec, who, force)
     else:
         check(spec, who, force)
+
+
+def test_the_answer_follows_the_nodes_hardware() -> None:
+    """Answers are kept per request shape: a node that comes back with more GPUs (or a new
+    node) changes them."""
+    spec = validate_spec({"name": "x", "command": ["t.py"], "resources": {"gpus_per_node": 8}})
+    api = _api(4)
+    who = Caller(1000, "alice", False)
+    with pytest.raises(InvalidRequest, match="the largest node has 4"):
+        api._check_satisfiable(spec, who, False)
+    api.d.cluster.on_status(_status(8))
+    api._check_satisfiable(spec, who, False)
