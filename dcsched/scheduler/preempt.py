@@ -12,9 +12,12 @@ take the GPUs of one that has had more, as in Tiresias, but only when it pays:
 - the pending job's time limit ends before the victim's (the victim cannot be the
   shorter one, whatever they really take);
 - the wait it saves, its GPUs x the victim's expected remaining run, exceeds what the
-  preemption costs, the victim's GPUs x (`preempt_cost` + `preempt_grace`). Without
-  durations, the expected remaining run is what the victim has run so far (long-running
-  jobs tend to run long: the heavy tail LAS relies on), capped by its time limit.
+  preemption costs, the victim's GPUs x (`preempt_cost` + `preempt_grace` + the pending
+  job's expected run). Without durations, the expected remaining run is what the victim
+  has run so far (long-running jobs tend to run long: the heavy tail LAS relies on),
+  capped by its time limit, and the pending job's is unknown (0); with `use_history`
+  both come from the users' completed runs (estimate.py) where there are enough.
+`why` gives these numbers in words for explain.
 """
 
 from __future__ import annotations
