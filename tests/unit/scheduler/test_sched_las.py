@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 import pytest
@@ -73,7 +74,7 @@ RUNS = {("u", 24 * H): (2 * H, 3 * H, 10 * H, 20 * H), ("p", H): (600.0,) * 4}
 def test_worth_it_from_history(
     ran: float, victim_gpus: int, history: dict[tuple[str, float], tuple[float, ...]], want: bool
 ) -> None:
-    nodes = {f"n{i}": range(8) for i in range(victim_gpus // 8)} or {"n0": range(victim_gpus)}
+    nodes: dict[str, Iterable[int]] = {f"n{i}": range(8) for i in range(victim_gpus // 8)}
     v = running("v", nodes, start=NOW - ran, limit=24 * H, preemptible=True)
     j = job("p", 1, limit=H, user="p")
     assert worth_it(j, v, NOW, replace(LAS, min_run_s=H), history) is want
