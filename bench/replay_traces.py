@@ -1,9 +1,12 @@
 """The policy table of docs/scheduler.md: every trace and setting replayed through dcsim.
 
     python bench/replay_traces.py [--traces ../shared/traces] [--only tiny60] [--json]
+          [--variants /tmp/dcsched-variants]   # after python bench/trace_variants.py
 
 Each row is one `dcsim replay` (the command is printed with it). Long (itp-dev: about a
-minute a row): kept out of the test suite, which replays small synthetic traces.
+minute a row): kept out of the test suite, which replays small synthetic traces. The
+robustness rows (itp-dev on 30 and 60 nodes, itp-half, synth4) check the policy on
+workloads it was not tuned on; itp-half and synth4 are read from `--variants`.
 """
 
 from __future__ import annotations
@@ -30,12 +33,27 @@ ROWS: tuple[tuple[str, int, int, str, float, float, float | None], ...] = (
     ("itp-dev", 40, 8, "las", 1.0, 300.0, None),
     ("itp-dev", 40, 8, "las", 1.0, 300.0, 3600.0),
     ("itp-dev", 40, 8, "las", 0.5, 300.0, None),
+    # robustness: the same policy on workloads it was not tuned on
+    ("itp-dev", 30, 8, "greedy", 0.0, 0.0, None),
+    ("itp-dev", 30, 8, "default", 0.0, 0.0, None),
+    ("itp-dev", 30, 8, "las", 1.0, 300.0, None),
+    ("itp-dev", 60, 8, "greedy", 0.0, 0.0, None),
+    ("itp-dev", 60, 8, "default", 0.0, 0.0, None),
+    ("itp-dev", 60, 8, "las", 1.0, 300.0, None),
+    ("itp-half", 20, 8, "greedy", 0.0, 0.0, None),
+    ("itp-half", 20, 8, "default", 0.0, 0.0, None),
+    ("itp-half", 20, 8, "las", 1.0, 300.0, None),
+    ("synth4", 12, 8, "greedy", 0.0, 0.0, None),
+    ("synth4", 12, 8, "default", 0.0, 0.0, None),
+    ("synth4", 12, 8, "las", 1.0, 300.0, None),
 )
+VARIANTS = ("itp-half", "synth4")  # written by bench/trace_variants.py
 
 
 def command(row: tuple[str, int, int, str, float, float, float | None]) -> str:
     trace, nodes, gpn, policy, share, restart, interval = row
-    cmd = f"dcsim replay ../shared/traces/{trace}.csv --nodes {nodes} --gpus-per-node {gpn}"
+    where = "/tmp/dcsched-variants" if trace in VARIANTS else "../shared/traces"
+    cmd = f"dcsim replay {where}/{trace}.csv --nodes {nodes} --gpus-per-node {gpn}"
     cmd += f" --policy {policy}"
     if share:
         cmd += f" --preemptible {'all' if share == 1.0 else share} --restart-cost {restart:g}"
@@ -47,11 +65,12 @@ def command(row: tuple[str, int, int, str, float, float, float | None]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--traces", type=Path, default=Path("../shared/traces"))
-    parser.add_argument("--only", help="replay only this trace (tiny60, itp-dev)")
+    parser.add_argument("--variants", type=Path, default=Path("/tmp/dcsched-variants"))
+    parser.add_argument("--only", help="replay only this trace (tiny60, itp-dev, ...)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     out: list[dict[str, Any]] = []
-    greedy: dict[str, dict[str, Any]] = {}
+    greedy: dict[tuple[str, int], dict[str, Any]] = {}
     print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}")
     print(
         "| trace | cluster | policy | preemptible | restart s | checkpoint s | avg JCT s "
@@ -63,12 +82,12 @@ def main() -> None:
         trace, nodes, gpn, policy, share, restart, interval = row
         if args.only and trace != args.only:
             continue
-        jobs = load_trace(args.traces / f"{trace}.csv")
+        jobs = load_trace((args.variants if trace in VARIANTS else args.traces) / f"{trace}.csv")
         config = replace(SchedulerConfig(), policy=policy)
         r = replay(jobs, nodes, gpn, config, preemptible=share, cost=Cost(restart, interval))
         if policy == "greedy":
-            greedy[trace] = r
-        base = greedy.get(trace)
+            greedy[(trace, nodes)] = r
+        base = greedy.get((trace, nodes))
         worse = (
             [
                 a

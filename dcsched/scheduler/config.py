@@ -80,6 +80,9 @@ class SchedulerConfig:
     preempt_cost_s: float = 300.0
     min_run_s: float = 4 * 3600.0
     max_preemptions: int = 2
+    # `las` only: estimate runs from Snapshot.history (the user's completed runs of the
+    # same time limit) instead of from attained service alone (estimate.py)
+    use_history: bool = False
     # a job pending this long goes ahead of every priority (oldest first), so its
     # reservation bounds its wait whatever keeps arriving; 0 turns the guard off
     starvation_s: float = 5 * DAY
@@ -101,6 +104,12 @@ class SchedulerConfig:
         if self.reserve_after_s is not None:
             return self.reserve_after_s
         return LAS_RESERVE_AFTER_S if self.policy == "las" else 0.0
+
+    def history(
+        self, history: Mapping[tuple[str, float], tuple[float, ...]]
+    ) -> Mapping[tuple[str, float], tuple[float, ...]]:
+        """The run history `las` uses: the snapshot's under `use_history`, else none."""
+        return history if self.use_history else {}
 
     def bill(self, gpu_type: str) -> float:
         return self.billing.get(gpu_type, 1.0)
@@ -222,6 +231,7 @@ _TOP = (
     "preempt_cost",
     "min_run",
     "max_preemptions",
+    "use_history",
 )
 
 
@@ -287,7 +297,14 @@ def parse_config(
         max_preemptions=_count(d["max_preemptions"], f"{key}.max_preemptions")
         if "max_preemptions" in d
         else default.max_preemptions,
+        use_history=_flag(d.get("use_history", False), f"{key}.use_history"),
     )
+
+
+def _flag(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key}: expected true or false, got {value!r}")
+    return value
 
 
 def _seconds_or_zero(

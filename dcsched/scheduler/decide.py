@@ -60,6 +60,7 @@ class Pass:
         self.preempt: list[str] = []
         self.preempt_for: dict[str, tuple[str, ...]] = {}
         self.priority: dict[str, float] = {}
+        self.lefts: dict[str, float] = {}  # victim_left() of running jobs, once per pass
 
     def timeline(self) -> Timeline:
         if self._timeline is None:
@@ -144,7 +145,14 @@ class Pass:
         slot = timeline.reserve(job, types)
         if slot is None or slot.start > self.now:
             p = preempt.plan(
-                job, self.cluster, self.snapshot.running, self.config, set(self.preempt), self.now
+                job,
+                self.cluster,
+                self.snapshot.running,
+                self.config,
+                set(self.preempt),
+                self.now,
+                self.config.history(self.snapshot.history),
+                self.lefts,
             )
             if p is not None:
                 for vid in p.victims:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from dcsched.scheduler import filter as filters
+from dcsched.scheduler import preempt
 from dcsched.scheduler.decide import Pass
-from dcsched.scheduler.model import Snapshot
+from dcsched.scheduler.model import RunningJob, Snapshot
 from dcsched.scheduler.reasons import detail
 from dcsched.scheduler.sort import Factor, factors
 
@@ -57,10 +58,15 @@ class Explanation:
         }
 
 
-_LAS_WHY = (
-    ": it has had more GPU service, has run its minimum run, and the wait this saves"
-    " exceeds the restart cost (policy las)"
-)
+def _preempted(done: Pass, pid: str, victim: RunningJob) -> str:
+    """Why `victim` is preempted for pending job `pid`: its QOS, or the las rule's numbers."""
+    snapshot = done.snapshot
+    job = next(j for j in snapshot.pending if j.job_id == pid)
+    level = snapshot.config.qos_level(job.qos)
+    if level is not None and victim.qos in level.preempt:
+        return f"preempted for job {pid}: QOS {job.qos} may preempt QOS {victim.qos}"
+    config = snapshot.config
+    return preempt.why(job, victim, done.now, config, config.history(snapshot.history))
 
 
 def explain(snapshot: Snapshot, now: float, job_id: str) -> Explanation:
@@ -74,11 +80,12 @@ def explain_pass(done: Pass, job_id: str) -> Explanation:
     policy = snapshot.config.policy
     prio = done.priority.get(job_id)
     if prio is None:
-        if any(r.job_id == job_id for r in snapshot.running):
+        victim = next((r for r in snapshot.running if r.job_id == job_id), None)
+        if victim is not None:
             why = tuple(
-                f"preempted for job {pid}" + (_LAS_WHY if policy == "las" else "")
-                for pid, victims in done.preempt_for.items()
-                if job_id in victims
+                _preempted(done, pid, victim)
+                for pid, ids in done.preempt_for.items()
+                if job_id in ids
             )
             return Explanation(job_id, "running", policy, 0.0, (), (), None, 0, 0, details=why)
         raise KeyError(job_id)

@@ -141,6 +141,9 @@ class Snapshot:
     # final state ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", ...) of every
     # finished job that a pending job depends on
     finished: Mapping[str, str] = field(default_factory=dict)
+    # (user, time limit s) -> run times (s) of that user's last completed jobs with that
+    # limit, oldest first, at most estimate.HISTORY_RUNS: `las` estimates remaining runs
+    history: Mapping[tuple[str, float], tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

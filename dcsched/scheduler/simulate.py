@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 
 from dcsched.scheduler.config import SchedulerConfig
 from dcsched.scheduler.decide import decide
+from dcsched.scheduler.estimate import remember
 from dcsched.scheduler.fairshare import accrue
 from dcsched.scheduler.model import Decisions, JobRequest, NodeView, RunningJob, Snapshot, Usage
 
@@ -97,6 +98,8 @@ class Simulator:
         self.free = [set(n.free) for n in nodes]
         self.free_total = sum(len(f) for f in self.free)
         self.usage = Usage()
+        # run times of completed jobs per (user, time limit), as the daemon keeps them
+        self.history: dict[tuple[str, float], tuple[float, ...]] = {}
         self.want_usage = config.policy not in ("fifo", "greedy") and config.weights.fairshare > 0
         self.may_preempt = config.policy == "las" or any(
             level.preempt for level in config.qos.values()
@@ -159,6 +162,9 @@ class Simulator:
                     rj = self._release(jid)
                     if kind == _END:
                         self.records[jid].finish_s = now
+                        key = (rj.user, rj.time_limit_s)
+                        ran = rj.attained_s + now - rj.start_ts
+                        self.history[key] = remember(self.history.get(key, ()), ran)
                         ended += 1
                         if on_progress is not None and ended % step == 0:
                             on_progress(ended)
@@ -190,7 +196,12 @@ class Simulator:
             self.usage = accrue(self.usage, self.running.values(), now, self.config)
         pending = sorted(self.pending.values(), key=lambda r: self.order[r.job_id])
         snapshot = Snapshot(
-            tuple(self.views), tuple(pending), tuple(self.running.values()), self.config, self.usage
+            tuple(self.views),
+            tuple(pending),
+            tuple(self.running.values()),
+            self.config,
+            self.usage,
+            history=dict(self.history),  # a snapshot: later runs do not change it
         )
         decisions = self.decide(snapshot, now)
         self.passes += 1

@@ -137,3 +137,9 @@ def test_las_and_reservation_keys() -> None:
         SchedulerConfig.from_mapping({"max_preemptions": -1})
     with pytest.raises(ValueError, match=r"scheduler\.min_run: "):
         SchedulerConfig.from_mapping({"min_run": "soon"}, duration=parse_seconds)
+    # the run history: off unless asked for, and only true or false
+    assert not cfg.use_history and cfg.history({("u", 60.0): (1.0,)}) == {}
+    on = SchedulerConfig.from_mapping({"use_history": True})
+    assert on.history({("u", 60.0): (1.0,)}) == {("u", 60.0): (1.0,)}
+    with pytest.raises(ValueError, match=r"scheduler\.use_history: expected true or false"):
+        SchedulerConfig.from_mapping({"use_history": "yes"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 import pytest
@@ -48,6 +49,37 @@ def test_worth_it(victim: dict[str, float], pending: dict[str, float], want: boo
     assert worth_it(j, v, NOW, LAS) is want
 
 
+# the victim's user ran jobs of its 24 h limit for 10 h and 20 h; the pending job's user
+# ran 1 h-limit jobs of 10 minutes
+RUNS = {("u", 24 * H): (2 * H, 3 * H, 10 * H, 20 * H), ("p", H): (600.0,) * 4}
+
+
+@pytest.mark.parametrize(
+    ("ran", "victim_gpus", "history", "want"),
+    [
+        # no history: served 1.1 h, 1 GPU x 1.1 h does not pay for 16 GPUs' restart
+        (1.1 * H, 16, {}, False),
+        # history: served 1.1 h, expected E[run - 1.1 h | run > 1.1 h] = 7.65 h more: pays
+        (1.1 * H, 16, RUNS, True),
+        # served 3 h, expected 12 h more; charged the pending job's 10 minutes: still pays
+        (3 * H, 8, RUNS, True),
+        # the pending job's expected run is charged: 1 GPU x 12 h < 64 GPUs x (6 min + 10 min)
+        (3 * H, 64, RUNS, False),
+        # outlived every recorded run: no estimate, back to what it has had, capped by
+        # what its limit leaves (3 h): pays for 8 GPUs x 16 min, not for 16
+        (21 * H, 8, RUNS, True),
+        (21 * H, 16, RUNS, False),
+    ],
+)
+def test_worth_it_from_history(
+    ran: float, victim_gpus: int, history: dict[tuple[str, float], tuple[float, ...]], want: bool
+) -> None:
+    nodes: dict[str, Iterable[int]] = {f"n{i}": range(8) for i in range(victim_gpus // 8)}
+    v = running("v", nodes, start=NOW - ran, limit=24 * H, preemptible=True)
+    j = job("p", 1, limit=H, user="p")
+    assert worth_it(j, v, NOW, replace(LAS, min_run_s=H), history) is want
+
+
 def test_decide_preempts_a_long_runner_for_a_short_job_and_says_why() -> None:
     v = running("long", {"n0": range(8)}, start=NOW - 3 * H, limit=24 * H, preemptible=True)
     s = snap([node("n0", free=())], [job("short", 1, limit=H, submit=NOW)], [v], config=LAS)
@@ -92,5 +124,20 @@ def test_explain_says_why_a_running_job_is_preempted() -> None:
     s = snap([node("n0", free=())], [job("short", 1, limit=H, submit=NOW)], [v], config=LAS)
     e = explain(s, NOW, "long")
     assert e.state == "running"
-    assert e.details and e.details[0].startswith("preempted for job short: it has had more")
+    assert e.details == (
+        "preempted for job short (policy las): served 8 GPU(s) x 5.0 h > job short's 1 x 0 s;"
+        " ran 5.0 h >= min_run 1.0 h; preemption 1 of at most 1; its time limit leaves 19.0 h"
+        " > job short's 1.0 h; expected gain 1 GPU(s) x 5.0 h (no history: what it has had,"
+        " capped by its limit) > cost 8 GPU(s) x 360 s (restart 300 s + grace 60 s + job"
+        " short's expected run 0 s)",
+    )
     assert explain(s, NOW, "short").preempts == ("long",)
+    # with history: the victim's user's runs of this limit give the expected gain, the
+    # pending job's user's runs its expected run
+    runs = {("u", 24 * H): (10 * H, 20 * H, 2 * H, 3 * H), ("u", H): (600.0,) * 4}
+    on = replace(LAS, use_history=True)
+    e = explain(replace(s, history=runs, config=on), NOW, "long")
+    assert "expected gain 1 GPU(s) x 10.0 h (from u's last 4 runs of this limit)" in e.details[0]
+    assert "short's expected run 600 s)" in e.details[0]
+    # not asked for (use_history = false): the history is not used
+    assert "no history" in explain(replace(s, history=runs), NOW, "long").details[0]

@@ -107,3 +107,18 @@ def test_a_job_that_can_never_start_ends_the_run_with_periodic_passes() -> None:
     sim = Simulator([node("n0", 1)], SchedulerConfig(), pass_interval_s=10.0)
     records = sim.run([SimJob(job("huge", 8), 1.0), SimJob(job("ok", 1), 5.0)])
     assert records["huge"].first_start_s is None and records["ok"].finish_s == 5.0
+
+
+def test_completed_runs_are_remembered_per_user_and_time_limit() -> None:
+    """The run history `las` may estimate from (Snapshot.history), kept as dcd keeps it."""
+    jobs = [
+        SimJob(job("a", 1, submit=0.0, limit=3600.0), 100.0),
+        SimJob(job("b", 1, submit=0.0, limit=3600.0), 200.0),
+        SimJob(job("c", 1, submit=0.0, limit=7200.0, user="v"), 300.0),
+        SimJob(job("d", 1, submit=500.0), 10.0),
+    ]
+    seen: list[Snapshot] = []
+    sim = Simulator([node("n0")], SchedulerConfig())
+    sim.run(jobs, lambda s, now, d: seen.append(s))
+    assert seen[-1].history == {("u", 3600.0): (100.0, 200.0), ("v", 7200.0): (300.0,)}
+    assert sim.history[("u", 3600.0)] == (100.0, 200.0, 10.0)
