@@ -349,9 +349,13 @@ async def test_jobs_survive_an_agent_restart_and_report_their_real_exit_code(
     tmp_path: Path, mosquitto: Broker, prefix: str, fake_torchrun: str
 ) -> None:
     conf = agent_config(tmp_path, mosquitto.url, prefix, "n1", torchrun=fake_torchrun)
-    job = _launch(
-        "re", [sys.executable, "-c", "import time, sys; time.sleep(2.5); sys.exit(5)"], tmp_path
+    # The job runs until the test lets it end: however slowly the agent stops and starts
+    # again on a loaded machine, it is still running when the new agent adopts it.
+    go = tmp_path / "go"
+    wait_then_exit_5 = (
+        "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\nsys.exit(5)"
     )
+    job = _launch("re", [sys.executable, "-c", wait_then_exit_5, str(go)], tmp_path)
     async with Bus(mosquitto, prefix, "n1") as bus:
         proc = start_agent_process(conf, tmp_path / "agent.log")
         try:
@@ -369,6 +373,7 @@ async def test_jobs_survive_an_agent_restart_and_report_their_real_exit_code(
                 lambda: [s for s in bus.status[1:] if s.state == "online"], what="back"
             )
             assert online[0].running_jobs == ["re"]  # re-adopted
+            go.touch()
             exited = await bus.until(lambda: bus.event(JobExited, job_id="re"), what="exit")
             assert (exited.exit_code, exited.reason) == (5, "")
             # The launch, sent again, is answered but not run again.
