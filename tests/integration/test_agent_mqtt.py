@@ -403,15 +403,19 @@ async def test_job_exit_is_kept_through_a_broker_outage(
         tmp_path, f"mqtt://127.0.0.1:{proxy.port}", prefix, "n1", torchrun=fake_torchrun
     )
     agent = Agent(load_config(str(conf)))
-    job = _launch(
-        "out", [sys.executable, "-c", "import time, sys; time.sleep(1); sys.exit(4)"], tmp_path
+    # The job ends once the broker is cut off (after 1 s it might end before, under load).
+    go = tmp_path / "go"
+    wait_then_exit_4 = (
+        "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\nsys.exit(4)"
     )
+    job = _launch("out", [sys.executable, "-c", wait_then_exit_4, str(go)], tmp_path)
     async with Bus(mosquitto, prefix, "n1") as bus, running_agent(agent):
         await bus.until(agent.connected.is_set, what="connected")
         await bus.send(job)
         await bus.until(lambda: bus.event(JobStarted, job_id="out"), what="start")
         await proxy.cut()
         await bus.until(lambda: not agent.connected.is_set(), what="disconnected")
+        go.touch()
         await bus.until(lambda: not agent.jobs, what="job exit while offline")
         assert bus.event(JobExited, job_id="out") is None
         # (JobStarted may still be there too: its PUBACK can be cut off; events are at least once.)
