@@ -383,7 +383,8 @@ async def test_a_plain_cancel_cuts_a_warnings_lead_short(
     )  # fmt: skip
     await agent.handle(client, requeue)  # type: ignore[arg-type]
     await until(lambda: agent.jobs["j1#0"].warned_ts is not None)
-    await agent.handle(client, Cancel(cmd_id="c3", job_id="j1", grace_s=5))  # type: ignore[arg-type]
+    # (a grace no load runs out: SIGTERM alone ends it)
+    await agent.handle(client, Cancel(cmd_id="c3", job_id="j1", grace_s=300))  # type: ignore[arg-type]
     await wait_jobs_done(agent, timeout=15)  # not the 60 s lead
     exited = agent.store.state.outbox[-1]
     assert isinstance(exited, JobExited)
