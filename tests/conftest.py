@@ -7,6 +7,9 @@ No process of a test run outlives it, however the test or the run ends:
   own, with a tag in their environment that everything they start inherits (a daemon's
   agents, a job's detached runner, torchrun's workers, each in a session of its own). Its
   finalizer kills the sessions, then every tagged process, until none is left.
+- Every test is tagged that way through os.environ too (`_no_process_outlives_its_test`):
+  what it starts otherwise (a plain Popen, an agent or daemon in its own event loop, and
+  the jobs those start) is killed when it ends.
 - Tests that start processes use pytest-timeout's `signal` method with `func_only`: the
   timeout raises in the test itself, so the finalizers run, and it cannot fire in the middle
   of a finalizer. (The `thread` method ends the run with os._exit(1): no finalizer runs.)
@@ -106,6 +109,26 @@ def tracked_processes(name: str) -> Iterator[Procs]:
         procs.kill_all()
 
 
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tags every test: whatever process it starts, however (a plain Popen, an agent or a
+    daemon in the test's own event loop and the jobs they start, a broker of its own),
+    inherits the tag from os.environ, and is killed at the end, pass or fail. (`procs`
+    does the same for what it starts, first, with sessions and a tag of its own; a fixture
+    of a wider scope is set up before this one, untagged.)"""
+    tag = f"{request.node.name}-{uuid.uuid4().hex[:12]}"
+    before = os.environ.get(TAG_VAR)
+    os.environ[TAG_VAR] = tag
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[TAG_VAR]
+        else:
+            os.environ[TAG_VAR] = before
+        sweep(TAG_VAR, tag)
+
+
 @pytest.fixture
 def procs(request: pytest.FixtureRequest) -> Iterator[Procs]:
     """Starts processes for one test; none of them outlives it, pass or fail."""
@@ -156,7 +179,9 @@ def _binary() -> str:
     return binary
 
 
-def start_mosquitto(workdir: Path, extra_conf: str = "") -> Broker:
+def start_mosquitto(
+    workdir: Path, extra_conf: str = "", env: dict[str, str] | None = None
+) -> Broker:
     binary = _binary()
     port = free_port()
     conf = workdir / "mosquitto.conf"
@@ -168,8 +193,15 @@ def start_mosquitto(workdir: Path, extra_conf: str = "") -> Broker:
         f"{extra_conf}"
     )
     with (workdir / "mosquitto.log").open("wb") as log:  # the child keeps its own copy
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    wait_port("127.0.0.1", port)
+        proc = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        wait_port("127.0.0.1", port)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     return Broker("127.0.0.1", port, proc)
 
 
@@ -186,7 +218,9 @@ def restart_mosquitto(broker: Broker, workdir: Path) -> None:
 
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    # Untagged: it outlives the test that happens to set it up.
+    untagged = {k: v for k, v in os.environ.items() if k != TAG_VAR}
+    broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"), env=untagged)
     yield broker
     broker.proc.terminate()
     broker.proc.wait(10)

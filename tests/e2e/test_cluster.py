@@ -252,7 +252,9 @@ def test_a_job_over_its_time_limit_ends_as_timeout(cluster: Cluster) -> None:
     members = _job_tree({p["pid"] for p in job["node_parts"]})
     job = cluster.wait(job_id, {"TIMEOUT", "FAILED", "COMPLETED", "CANCELLED"}, timeout=90)
     assert job["state"] == "TIMEOUT", job
-    assert job["end_ts"] - job["start_ts"] < 8 + 3 + 10  # limit + grace + detection slack
+    # Its limit, not the 300 s it asked for, ended it (the wait above would have run out),
+    # and not before the limit.
+    assert job["end_ts"] - job["start_ts"] >= 8, job
     assert not [p for p in members if _alive(p)]
 
 

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.integration import daemon_harness
+from tests.integration.test_install import build_wheel
 
 
 @pytest.fixture
@@ -31,3 +33,9 @@ def daemon_store(request: pytest.FixtureRequest) -> Iterator[str]:
 
     with psycopg.connect(url) as db:  # the daemon did keep its state there
         assert db.execute("SELECT count(*) FROM schema_version").fetchone() != (0,)
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built once for the tests that install it."""
+    return build_wheel(tmp_path_factory.mktemp("wheel"))

@@ -26,7 +26,6 @@ from dcsched.daemon.service import Daemon
 from dcsched.protocol.config import load_config
 from tests.conftest import Broker
 from tests.integration.daemon_harness import KEY, until
-from tests.integration.test_install import build_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "admin-guide.md"
@@ -161,8 +160,9 @@ async def _install_wheel(venv: Path, wheel: Path) -> None:
 
 
 @pytest.mark.timeout(240)
-async def test_the_admin_guide_runs(tmp_path: Path, mosquitto: Broker, prefix: str) -> None:
-    wheel = await asyncio.to_thread(build_wheel, tmp_path)
+async def test_the_admin_guide_runs(
+    tmp_path: Path, mosquitto: Broker, prefix: str, wheel: Path
+) -> None:
     head, gpu = tmp_path / "head", tmp_path / "gpu"
     for root in (head, gpu):
         _scratch(root)

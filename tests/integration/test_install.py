@@ -64,15 +64,14 @@ def build_wheel(d: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gpu_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A virtualenv with dcsched (the wheel, built here) and only what `dcsched[agent]`
+def gpu_host(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Iterator[Path]:
+    """A virtualenv with dcsched (the wheel built here) and only what `dcsched[agent]`
     pulls in: the dependencies are linked from this environment instead of downloaded."""
     d = tmp_path_factory.mktemp("install")
-    wheel = str(build_wheel(d))
     venv = d / "opt-dcsched"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     subprocess.run(
-        [*PIP, "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps", wheel],
+        [*PIP, "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps", str(wheel)],
         check=True,
         timeout=300,
     )

@@ -113,7 +113,26 @@ async def test_the_guide_runs_on_a_real_daemon(
             real agents would."""
             if words[0] != "dcsub" and words[1] not in (*_SETTLE, "drain"):
                 return
-            await asyncio.sleep(0.6)  # a scheduling pass (pass_interval_s = 0.5)
+            # A scheduling pass that began after the command and has applied its starts
+            # (the pass in flight may have missed it; a pass counts itself before it
+            # starts jobs, so the one after it), and the launches it made delivered.
+            target = d.scheduling.stats.passes + 3
+
+            def scheduled() -> bool:
+                d.scheduling.wake.set()
+                return d.scheduling.stats.passes >= target
+
+            await until(scheduled, what="a scheduling pass after the command")
+            launching = {
+                p.launch_id
+                for j in d.model.jobs.values()
+                for p in j.parts
+                if p.state == "launching"
+            }
+            await until(
+                lambda: launching <= {ln.cmd_id for ln in launches(a1, a2)},
+                what="the launches delivered",
+            )
 
             async def stopped_jobs_ended() -> bool:
                 for agent in (a1, a2):  # a cancel may still be on its way: looked at again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ ALLOWED = {
 THIRD_PARTY_ONLY_IN = {"textual": "tui", "pynvml": "agents"}
 
 
+@functools.cache  # each file is parsed once for all the checks
 def _imports(path: Path) -> list[str]:
     tree = ast.parse(path.read_text())
     out = []

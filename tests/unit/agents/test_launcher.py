@@ -226,7 +226,11 @@ def test_readoption_after_restart_reports_the_real_exit_code(
 ) -> None:
     state_dir = agent_config.agent.state_dir
     first = Launcher(state_dir, agent_config.agent.torchrun)
-    rec = first.start(launch(tmp_path, py("import time, sys; time.sleep(1.0); sys.exit(7)")))
+    go = tmp_path / "go"  # the job runs until the test lets it end, however slow the machine
+    code = (
+        "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\nsys.exit(7)"
+    )
+    rec = first.start(launch(tmp_path, [*py(code), str(go)]))
     store = StateStore(state_dir)
     store.state.jobs[rec.key] = rec
     store.save()
@@ -236,6 +240,7 @@ def test_readoption_after_restart_reports_the_real_exit_code(
     adopted = store2.load().jobs[rec.key]
     second = Launcher(state_dir, agent_config.agent.torchrun)
     assert second.poll(adopted) is None  # still running, recognised by pid and start time
+    go.touch()
     assert wait_exit(second, adopted) == ExitStatus(7, None)
 
 

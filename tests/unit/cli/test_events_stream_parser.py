@@ -12,8 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from dcsched import client as client_module
 from dcsched.cli.dcctl import _JobWatch, event_line
-from dcsched.client import ApiError, Client, DaemonUnreachable, SSEParser, StreamEvent
+from dcsched.client import (
+    ApiError,
+    Client,
+    DaemonUnreachable,
+    EventStream,
+    SSEParser,
+    StreamEvent,
+)
 
 
 def feed_all(parser: SSEParser, *chunks: bytes | str) -> list[StreamEvent]:
@@ -174,23 +182,55 @@ def test_a_dropped_stream_resumes_from_the_last_cursor(sock_path: Path) -> None:
         fake.close()
 
 
-def test_a_daemon_gone_longer_than_the_timeout_ends_the_stream(sock_path: Path) -> None:
+class FakeClock:
+    """The stream's clock, moved on only by its backoff waits: what it waits is exact,
+    however slow the machine."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float | None = None) -> bool:
+        assert seconds is not None
+        self.waits.append(seconds)
+        self.now += seconds
+        return False  # not closed
+
+
+def on_clock(monkeypatch: pytest.MonkeyPatch, stream: EventStream) -> FakeClock:
+    clock = FakeClock()
+    monkeypatch.setattr(client_module, "time", clock)
+    monkeypatch.setattr(stream._closing, "wait", clock.wait)
+    return clock
+
+
+def test_a_daemon_gone_longer_than_the_timeout_ends_the_stream(
+    sock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake = FakeDaemon(sock_path, lambda n, line: sse('id: e-1\nevent: job\ndata: {"id": 1}\n\n'))
     stream = Client(str(sock_path)).events(since="e-0", timeout=1.0)
+    clock = on_clock(monkeypatch, stream)
     assert next(stream).cursor == "e-1"
     fake.close()  # the socket file is gone: every reconnection fails
-    t0 = time.monotonic()
     with pytest.raises(DaemonUnreachable, match="no daemon socket"):
         next(stream)
-    assert 0.9 < time.monotonic() - t0 < 10
+    # It kept trying, backing off, for the whole timeout and not past it.
+    assert len(clock.waits) >= 2
+    assert sum(clock.waits) == pytest.approx(1.0)
     assert fake.requests == ["GET /v1/events?since=e-0 HTTP/1.1"]
 
 
-def test_no_daemon_at_first_is_reported_at_once(sock_path: Path) -> None:
-    t0 = time.monotonic()
+def test_no_daemon_at_first_is_reported_at_once(
+    sock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = Client(str(sock_path)).events(timeout=30)
+    clock = on_clock(monkeypatch, stream)
     with pytest.raises(DaemonUnreachable, match="no daemon socket"):
-        next(Client(str(sock_path)).events(timeout=30))
-    assert time.monotonic() - t0 < 5
+        next(stream)
+    assert clock.waits == []  # no retry, no backoff
 
 
 NOT_FOUND = b'{"error": {"code": "http_404", "message": "Not Found"}}'
