@@ -202,7 +202,9 @@ class Daemon:
         deps = {int(i) for j in live for _, i in parse_dependencies(j.spec.get("dependency", []))}
         finished = {i: s for i, s in (await store.job_states(deps)).items() if s in TERMINAL}
         counts = await store.count_by_state()
-        history = await store.completed_runs(HISTORY_RUNS)
+        # ~0.1-0.2 s over 100,000 finished jobs (docs/performance.md): only when it is read
+        use = self.scheduling.config.use_history
+        history = await store.completed_runs(HISTORY_RUNS) if use else {}
         epoch = await store.get_kv("epoch") if replica else None
         # No await below: a standby's readers never see half a copy.
         if replica:
