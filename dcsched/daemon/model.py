@@ -3,18 +3,21 @@
 Only the executor (`jobs.py`) writes here, and only after the store has journaled the change
 (`install`); everything else reads. Finished jobs leave memory when they end: the store keeps
 them. What the scheduler needs of each job (a `JobRequest` or a `RunningJob`) is built once
-when the job changes, never per pass.
+when the job changes, never per pass. So is the run history (`Snapshot.history`): the store's
+at start-up, one more run per COMPLETED job, and a frozen copy only after a change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from dcsched.daemon.lifecycle import Job
 from dcsched.daemon.states import ACTIVE, QUEUED, TERMINAL, JobState
 from dcsched.protocol.jobspec import SINGLETON, array_limit, parse_dependencies, preemptible
 from dcsched.scheduler import JobRequest, RunningJob
+from dcsched.scheduler.estimate import History, remember
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +49,31 @@ class Model:
         self.ended: list[Ended] = []
         self._depended: set[int] = set()  # ids that some queued job depends on
         self._alloc: dict[tuple[str, int], tuple[int, str]] | None = None
+        # (user, time limit s) -> run times of the last completed jobs, oldest first
+        self._history: dict[tuple[str, float], tuple[float, ...]] = {}
+        self._frozen: History | None = MappingProxyType({})
 
-    def load(self, jobs: Iterable[Job], counts: dict[str, int], deps: dict[int, str]) -> None:
+    def load(
+        self,
+        jobs: Iterable[Job],
+        counts: dict[str, int],
+        deps: dict[int, str],
+        history: Mapping[tuple[str, float], tuple[float, ...]] | None = None,
+    ) -> None:
         self.counts.update(counts)
         for job in jobs:
             self._index(job)
         self.finished_deps.update(deps)
+        if history:
+            self._history.update(history)
+            self._frozen = None
+
+    def history(self) -> History:
+        """The run history as a snapshot takes it: a copy that later completions do not
+        change (a pass runs in slices), made again only after one."""
+        if self._frozen is None:
+            self._frozen = MappingProxyType(dict(self._history))
+        return self._frozen
 
     def install(self, job: Job, old: Job | None) -> None:
         """The journaled new state of a job (old=None for a new one)."""
@@ -62,6 +84,8 @@ class Model:
             self._unindex(old)
         self.counts[job.state] = self.counts.get(job.state, 0) + 1
         if job.state in TERMINAL:
+            if job.state == JobState.COMPLETED and old is not None and old.state != job.state:
+                self._remember(job)
             if job.id in self._depended:
                 self.finished_deps[job.id] = job.state
             if old is not None and old.start_ts is not None and job.state != old.state:
@@ -77,6 +101,15 @@ class Model:
                 )
         else:
             self._index(job)
+
+    def _remember(self, job: Job) -> None:
+        """A COMPLETED job's run time, all its runs together (as the harness counts it)."""
+        if job.start_ts is None or job.end_ts is None:
+            return
+        key = (job.user, float(job.time_limit_s))
+        ran = job.attained_s + job.end_ts - job.start_ts
+        self._history[key] = remember(self._history.get(key, ()), ran)
+        self._frozen = None
 
     def _index(self, job: Job) -> None:
         self.jobs[job.id] = job

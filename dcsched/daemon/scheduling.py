@@ -133,6 +133,8 @@ class SchedulingLoop:
             config=self.config,
             usage=usage,
             finished=finished,
+            # only `use_history` reads it; the model's frozen copy, not one per pass
+            history=m.history() if self.config.use_history else {},
         )
 
     def recent_pass(self, now: float, job_id: str) -> Pass:

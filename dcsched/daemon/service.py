@@ -65,6 +65,7 @@ from dcsched.protocol.messages import (
 )
 from dcsched.protocol.sdnotify import notify, watchdog_interval
 from dcsched.scheduler import SchedulerConfig
+from dcsched.scheduler.estimate import HISTORY_RUNS
 
 log = logging.getLogger("dcsched.daemon")
 TELEMETRY_KEEP_S = 7 * 24 * 3600
@@ -201,6 +202,9 @@ class Daemon:
         deps = {int(i) for j in live for _, i in parse_dependencies(j.spec.get("dependency", []))}
         finished = {i: s for i, s in (await store.job_states(deps)).items() if s in TERMINAL}
         counts = await store.count_by_state()
+        # ~0.1-0.2 s over 100,000 finished jobs (docs/performance.md): only when it is read
+        use = self.scheduling.config.use_history
+        history = await store.completed_runs(HISTORY_RUNS) if use else {}
         epoch = await store.get_kv("epoch") if replica else None
         # No await below: a standby's readers never see half a copy.
         if replica:
@@ -212,7 +216,7 @@ class Daemon:
             # status; a standby shows what the leader last stored.
             online = n.online and replica
             self.cluster.load(n.host, n.status, online, n.drained, n.drain_reason)
-        self.model.load(live, counts, finished)
+        self.model.load(live, counts, finished, history)
 
     async def run(self) -> None:
         runners: list[web.AppRunner] = []

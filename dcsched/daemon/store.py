@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from dcsched.daemon.lifecycle import Job, Part
 from dcsched.daemon.sqldialect import Backend, one_line, open_backend
-from dcsched.daemon.states import TERMINAL
+from dcsched.daemon.states import TERMINAL, JobState
 
 HEALTH_POLICY = "health policy"  # who drained a node that failed a check ([daemon] drain_on)
 log = logging.getLogger("dcsched.store")
@@ -503,6 +503,24 @@ class Store:
             return [_job(r, tuple(parts.get(r["id"], ()))) for r in rows]
 
         return await self._run(run)
+
+    async def completed_runs(self, per_key: int) -> dict[tuple[str, float], tuple[float, ...]]:
+        """(user, time limit s) -> the run times (all runs together: attained service and
+        the last run), oldest first, of that user's last `per_key` COMPLETED jobs with that
+        limit: the scheduler's run history (Snapshot.history) at start-up."""
+        rows = await self._all(
+            'SELECT "user", time_limit_s, ran FROM ('
+            ' SELECT "user", time_limit_s, end_ts, id, attained_s + end_ts - start_ts AS ran,'
+            '  ROW_NUMBER() OVER (PARTITION BY "user", time_limit_s'
+            "   ORDER BY end_ts DESC, id DESC) AS n"
+            " FROM jobs WHERE state = ? AND start_ts IS NOT NULL AND end_ts IS NOT NULL"
+            ') recent WHERE n <= ? ORDER BY "user", time_limit_s, end_ts, id',
+            (JobState.COMPLETED.value, per_key),
+        )
+        out: dict[tuple[str, float], list[float]] = {}
+        for r in rows:
+            out.setdefault((r["user"], float(r["time_limit_s"])), []).append(float(r["ran"]))
+        return {k: tuple(v) for k, v in out.items()}
 
     async def job(self, job_id: int) -> Job:
         def run(db: Backend) -> Job | None:

@@ -276,3 +276,36 @@ async def test_attained_service_is_kept_across_a_restart_and_reaches_the_schedul
             await until(lambda: len(launches(a1, job_id=job)) == 2, what="the second run")
             assert seen(d, job) == (None, attained)
             assert (await api(c, "job", job))["restart_count"] == 1
+
+
+@pytest.mark.usefixtures("daemon_store")
+async def test_a_completed_jobs_run_time_reaches_the_schedulers_history(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    """Under `las` with `use_history`, a job that completes adds its run time to its user's
+    history for its time limit; a failed one adds nothing; a restarted daemon has it again
+    from its store."""
+    conf = write_config(tmp_path, mosquitto, prefix, LAS + "use_history = true\n")
+
+    def history(d: Any) -> dict[tuple[str, float], tuple[float, ...]]:
+        return dict(d.scheduling.snapshot(time.time(), accrue=False).history)
+
+    async with ScriptedAgent(mosquitto, prefix, "n1", gpus=2) as a1:
+        async with running_daemon(conf) as d:
+            c = Client(d.config.daemon.socket)
+            assert history(d) == {}
+            ok = await api(c, "submit", _spec("ok"))
+            bad = await api(c, "submit", _spec("bad"))
+            await run_on(a1, c, ok)
+            await run_on(a1, c, bad)
+            await asyncio.sleep(0.5)
+            await a1.exit(str(bad), 0, 1)
+            await until(lambda: state_is(c, bad, "FAILED"), what="the failed job ended")
+            await a1.exit(str(ok), 0, 0)
+            await until(lambda: state_is(c, ok, "COMPLETED"), what="the job completed")
+            row = await api(c, "job", ok)
+            ran = row["end_ts"] - row["start_ts"]
+            assert ran > 0
+            assert history(d) == {(row["user"], 3600.0): (pytest.approx(ran),)}
+        async with running_daemon(conf) as d:
+            assert history(d) == {(row["user"], 3600.0): (pytest.approx(ran),)}
