@@ -6,19 +6,16 @@ result as an uninterrupted run; the seconds of its first run are its attained se
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import PROCESS_TIMEOUT, Procs
+from tests.e2e import checkpointed
 from tests.faults.harness import Rig, until
 
 pytestmark = [pytest.mark.e2e, PROCESS_TIMEOUT]
 
-JOB = Path(__file__).with_name("jobs") / "checkpointed.py"
 # A minimum run of seconds, not hours, so that the test need not wait: preemption then pays
 # once the long job has run more than preempt_cost + preempt_grace (6 s).
 LAS = 'policy = "las"\nmin_run = "5s"\npreempt_cost = "1s"\npreempt_grace = 5\n'
@@ -30,18 +27,7 @@ def test_under_las_a_short_job_preempts_a_long_one_that_checkpoints_and_resumes(
     rig = Rig.up(tmp_path, procs, scheduler=LAS)  # one node, two GPUs
     d = rig.jobs_dir
     result, ckpt, gate = d / "result.json", d / "ckpt.json", d / "gate"
-    long = rig.submit(
-        rig.spec(
-            "train",
-            "",
-            command=[str(JOB), str(result), str(ckpt), str(gate)],
-            resources={"nodes": 1, "gpus_per_node": 2, "time_limit": "10m"},
-            torchrun={"nproc_per_node": 1},  # one worker writes the files
-            preemptible=True,
-            signal="USR1@20",
-            requeue=True,
-        )
-    )
+    long = checkpointed.submit(rig, result, ckpt, gate)
     # The first run stops at step 20 (the gate never opens): only a checkpoint gets it on.
     until(lambda: Path(f"{gate}.waiting").exists(), 120, f"the job to reach step 20\n{rig.logs()}")
     rig.marker("short").touch()  # the short job ends as soon as it runs
@@ -58,11 +44,7 @@ def test_under_las_a_short_job_preempts_a_long_one_that_checkpoints_and_resumes(
     ended = rig.job(short)
 
     assert done["restart_count"] == 1, done
-    got = json.loads(result.read_text())
-    assert (got["restarts"], got["resumed"]) == (1, 20)
-    alone = tmp_path / "alone.json"
-    subprocess.run([sys.executable, str(JOB), str(alone), str(tmp_path / "none")], check=True)
-    assert got["state"] == json.loads(alone.read_text())["state"]
+    checkpointed.resumed_once(result, tmp_path)
 
     # Preempted for the short job, with the scheduler's reason; back once the short job ended.
     events = done["events"]

@@ -3,19 +3,16 @@ and resumes from its checkpoint with DCSCHED_RESTART_COUNT=1 (real dcd, agent, t
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import PROCESS_TIMEOUT, Procs
+from tests.e2e import checkpointed
 from tests.faults.harness import Rig, until
 
 pytestmark = [pytest.mark.e2e, PROCESS_TIMEOUT]
 
-JOB = Path(__file__).with_name("jobs") / "checkpointed.py"
 QOS = 'preempt_grace = 5\n[scheduler.qos.high]\npriority = 100\npreempt = ["normal"]\n'
 
 
@@ -25,18 +22,7 @@ def test_a_preempted_job_checkpoints_on_its_signal_and_resumes(
     rig = Rig.up(tmp_path, procs, scheduler=QOS)
     d = rig.jobs_dir
     result, ckpt, gate = d / "result.json", d / "ckpt.json", d / "gate"
-    low = rig.submit(
-        rig.spec(
-            "train",
-            "",
-            command=[str(JOB), str(result), str(ckpt), str(gate)],
-            resources={"nodes": 1, "gpus_per_node": 2, "time_limit": "10m"},
-            torchrun={"nproc_per_node": 1},  # one worker writes the files
-            preemptible=True,
-            signal="USR1@20",
-            requeue=True,
-        )
-    )
+    low = checkpointed.submit(rig, result, ckpt, gate)
     until(lambda: Path(f"{gate}.waiting").exists(), 120, "the job to reach step 20")
     rig.marker("high").touch()  # the preempting job ends at once
     high = rig.submit(
@@ -52,12 +38,6 @@ def test_a_preempted_job_checkpoints_on_its_signal_and_resumes(
     assert rig.wait(high, {"COMPLETED"})["state"] == "COMPLETED"
     done = rig.wait(low, {"COMPLETED"})
     assert done["restart_count"] == 1, done
-    got = json.loads(result.read_text())
-    assert got["restarts"] == 1
-    assert got["resumed"] == 20
+    checkpointed.resumed_once(result, tmp_path)
     events = [e["state"] for e in rig.job(low)["events"]]
     assert "REQUEUED" in events, events
-    # The same run uninterrupted gives the same answer.
-    alone = tmp_path / "alone.json"
-    subprocess.run([sys.executable, str(JOB), str(alone), str(tmp_path / "none")], check=True)
-    assert got["state"] == json.loads(alone.read_text())["state"]
