@@ -116,9 +116,13 @@ class FakeDaemon:
     site: web.UnixSite | None = None
 
     async def go_down(self) -> None:
-        """The daemon goes away: its socket refuses connections."""
-        assert self.site is not None
+        """The daemon goes away: its socket refuses connections, and the connections that
+        clients keep open between calls close, as they do when a real dcd exits."""
+        assert self.site is not None and self.runner is not None
         await self.site.stop()
+        assert self.runner.server is not None
+        for handler in list(self.runner.server.connections):
+            handler.force_close()
 
     async def come_back(self) -> None:
         assert self.runner is not None
