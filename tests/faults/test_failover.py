@@ -45,10 +45,14 @@ while not os.path.exists(marker):
 JOBS = 12  # 6 GPUs: half run when the leader dies, half wait
 
 
+HOSTS = ("node1", "node2", "node3")
+
+
 class HaRig(Rig):
     """The Rig's broker and agents; daemons of its own, on one PostgreSQL store."""
 
     servers: list[str]
+    token: str  # a's token for the login node's client
 
     def start_ha_daemon(self, name: str, store: str, ca_dir: Path) -> subprocess.Popen[bytes]:
         port = free_port()
@@ -71,6 +75,35 @@ class HaRig(Rig):
             )
         self.servers.append(f"127.0.0.1:{port}")
         return proc
+
+    def pair(
+        self, store_a: str, store_b: str, ca_dir: Path
+    ) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+        """Daemon a leading on `store_a`, b standing by on `store_b` (the same PostgreSQL), the
+        client of a login node (both daemons, the standby first) and three agents up."""
+        a = self.start_ha_daemon("a", store_a, ca_dir)
+        until(lambda: _role(self.dir / "a" / "dcd.sock") == "leader", 60, "a to lead")
+        b = self.start_ha_daemon("b", store_b, ca_dir)
+        until(lambda: _role(self.dir / "b" / "dcd.sock") == "standby", 60, "b to stand by")
+        self.token = Client(str(self.dir / "a" / "dcd.sock")).new_token()["token"]
+        self.client = Client(
+            timeout=20.0,
+            servers=self.servers[::-1],
+            token=self.token,
+            ca_file=str(ca_dir / "ca.crt"),
+        )
+        for h in HOSTS:
+            self.start_agent(h)
+        self.wait_nodes_up(*HOSTS)
+        return a, b
+
+    def run_once_spec(self, i: int) -> dict[str, Any]:
+        """Job i of the workload: it fails if it ever runs a second time (RUN_ONCE)."""
+        script = self.jobs_dir / "run_once.py"
+        if not script.exists():
+            script.write_text(RUN_ONCE)
+        marker = str(self.marker(f"w{i}"))
+        return self.spec(f"w{i}", marker, command=[str(script), marker])
 
 
 def _role(sock: Path) -> str:
@@ -98,28 +131,8 @@ def test_the_standby_takes_over_and_every_job_ends_once(
     rig = HaRig(tmp_path, procs)
     rig.servers = []
     rig.start_broker()
-    a = rig.start_ha_daemon("a", postgres_url, tmp_path)
-    until(lambda: _role(tmp_path / "a" / "dcd.sock") == "leader", 60, "a to lead")
-    b = rig.start_ha_daemon("b", postgres_url, tmp_path)
-    until(lambda: _role(tmp_path / "b" / "dcd.sock") == "standby", 60, "b to stand by")
-    token = Client(str(tmp_path / "a" / "dcd.sock")).new_token()["token"]
-    # The client of a login node: both daemons, the standby first.
-    rig.client = Client(
-        timeout=20.0, servers=rig.servers[::-1], token=token, ca_file=str(tmp_path / "ca.crt")
-    )
-    hosts = ("node1", "node2", "node3")
-    for h in hosts:
-        rig.start_agent(h)
-    rig.wait_nodes_up(*hosts)
-    script = rig.jobs_dir / "run_once.py"
-    script.write_text(RUN_ONCE)
-
-    def spec(i: int) -> dict[str, Any]:
-        return rig.spec(
-            f"w{i}", rig.marker(f"w{i}"), command=[str(script), str(rig.marker(f"w{i}"))]
-        )
-
-    jobs = [rig.submit(spec(i)) for i in range(JOBS)]
+    a, b = rig.pair(postgres_url, postgres_url, tmp_path)
+    jobs = [rig.submit(rig.run_once_spec(i)) for i in range(JOBS)]
     until(lambda: sum(rig.job(j)["state"] == "RUNNING" for j in jobs) == 6, 120, "six jobs running")
 
     # The event stream of a login node's client, open on the leader, moves to the next.
@@ -152,9 +165,9 @@ def test_the_standby_takes_over_and_every_job_ends_once(
     until(lambda: _role(tmp_path / "c" / "dcd.sock") == "standby", 60, "c to stand by")
     # A frozen daemon's listener accepts and never answers: a short timeout passes it over.
     rig.client = Client(
-        timeout=5.0, servers=rig.servers[::-1], token=token, ca_file=str(tmp_path / "ca.crt")
+        timeout=5.0, servers=rig.servers[::-1], token=rig.token, ca_file=str(tmp_path / "ca.crt")
     )
-    late = [rig.submit(spec(i)) for i in range(JOBS, JOBS + 3)]
+    late = [rig.submit(rig.run_once_spec(i)) for i in range(JOBS, JOBS + 3)]
     until(lambda: all(rig.job(j)["state"] == "RUNNING" for j in late), 120, "late jobs running")
     b.send_signal(signal.SIGSTOP)
     _terminate_session(postgres_url, b.pid)
@@ -165,7 +178,7 @@ def test_the_standby_takes_over_and_every_job_ends_once(
     assert b.wait(60) == 3, rig.logs()
     for j in late:
         rig.wait(j, {"COMPLETED"}, 120)
-    agent_logs = "".join((tmp_path / f"{h}.log").read_text() for h in hosts)
+    agent_logs = "".join((tmp_path / f"{h}.log").read_text() for h in HOSTS)
     assert "dropped a command" not in agent_logs, rig.logs()  # no stale epoch, no replay
 
 
@@ -231,13 +244,13 @@ def test_seeded_kills_of_the_leader_under_a_workload(
         takeovers.append(round(time.monotonic() - killed, 2))
         name = f"d{k + 2}"  # the killed one comes back, as a standby
         daemons[name] = rig.start_ha_daemon(name, postgres_url, tmp_path)
-        rig.client = Client(timeout=20.0, servers=rig.servers, token=token, ca_file=ca)
+        rig.client = Client(timeout=20.0, servers=rig.servers, token=rig.token, ca_file=ca)
     ends = {j: rig.wait(j, {"COMPLETED"}, 600)["state"] for j in jobs}
     assert set(ends.values()) == {"COMPLETED"}, rig.logs()
     runs = [(rig.jobs_dir / f"j{i}.go.runs").read_text().split() for i in range(n_jobs)]
     twice = [i for i, r in enumerate(runs) if len(r) != 1]
     assert not twice, (twice, rig.logs())
-    agent_logs = "".join((tmp_path / f"{h}.log").read_text() for h in hosts)
+    agent_logs = "".join((tmp_path / f"{h}.log").read_text() for h in HOSTS)
     assert "dropped a command" not in agent_logs, rig.logs()
     print(f"failover: {n_jobs} jobs, {kills} kills, takeovers (s): {takeovers}")
 
@@ -282,26 +295,8 @@ def test_a_network_cut_between_the_leader_and_postgresql(
         user = pg.netloc.rpartition("@")[0]
         cut_url = pg._replace(netloc=f"{user}@{net.address}" if user else net.address).geturl()
         sock_a, sock_b = tmp_path / "a" / "dcd.sock", tmp_path / "b" / "dcd.sock"
-        a = rig.start_ha_daemon("a", cut_url, tmp_path)
-        until(lambda: _role(sock_a) == "leader", 60, "a to lead")
-        rig.start_ha_daemon("b", postgres_url, tmp_path)
-        until(lambda: _role(sock_b) == "standby", 60, "b to stand by")
-        token = Client(str(sock_a)).new_token()["token"]
-        rig.client = Client(
-            timeout=20.0, servers=rig.servers[::-1], token=token, ca_file=str(tmp_path / "ca.crt")
-        )
-        hosts = ("node1", "node2", "node3")
-        for h in hosts:
-            rig.start_agent(h)
-        rig.wait_nodes_up(*hosts)
-        script = rig.jobs_dir / "run_once.py"
-        script.write_text(RUN_ONCE)
-
-        def spec(i: int) -> dict[str, Any]:
-            marker = str(rig.marker(f"w{i}"))
-            return rig.spec(f"w{i}", marker, command=[str(script), marker])
-
-        jobs = [rig.submit(spec(i)) for i in range(JOBS)]
+        a, _ = rig.pair(cut_url, postgres_url, tmp_path)
+        jobs = [rig.submit(rig.run_once_spec(i)) for i in range(JOBS)]
         until(lambda: sum(rig.job(j)["state"] == "RUNNING" for j in jobs) == 6, 120, "6 running")
         running = [j for j in jobs if rig.job(j)["state"] == "RUNNING"]
         waiting = [j for j in jobs if j not in running]
@@ -313,7 +308,7 @@ def test_a_network_cut_between_the_leader_and_postgresql(
         assert listed["standby"]["leader"].startswith("dcd@")
         assert {standby.job(j)["state"] for j in running} == {"RUNNING"}
         with pytest.raises(ApiError, match="standby, leader is dcd@") as refused:
-            standby.submit(spec(99))
+            standby.submit(rig.run_once_spec(99))
         assert refused.value.status == 503
 
         # dcctl of a login node, the standby listed first: its reads and changes reach a.
@@ -325,7 +320,7 @@ def test_a_network_cut_between_the_leader_and_postgresql(
         for args, state in ((["hold"], "HELD"), (["queue"], "HELD"), (["release"], "PENDING")):
             out = subprocess.run(
                 [*dcctl, *args, *([str(waiting[0])] if args != ["queue"] else [])],
-                env={**env, "DCSCHED_TOKEN": token},
+                env={**env, "DCSCHED_TOKEN": rig.token},
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -366,7 +361,7 @@ def test_a_network_cut_between_the_leader_and_postgresql(
     late = [(t - cut, h, e) for t, h, e in sniffer.seen if e != epoch_b and t > cut + took_over]
     assert not late, late
     assert {e for _, _, e in sniffer.seen} <= {epoch_a, epoch_b}
-    agent_logs = "".join((tmp_path / f"{h}.log").read_text() for h in hosts)
+    agent_logs = "".join((tmp_path / f"{h}.log").read_text() for h in HOSTS)
     assert "dropped a command" not in agent_logs, rig.logs()
     print(
         f"network cut: b led {took_over:.1f} s after the cut, scheduled {resumed:.1f} s after;"
