@@ -39,11 +39,11 @@ EOF
 step() { echo "== $(date -u +%T) $*" | tee -a "$out/log.txt"; }
 
 step gpu_host
-"$py" bench/gpu_host.py --samples 200 --busy-seconds 30 >"$out/host.json" 2>>"$out/log.txt"
+timeout 150 "$py" bench/gpu_host.py --samples 200 --busy-seconds 30 >"$out/host.json" 2>>"$out/log.txt"
 echo "rc $?" >>"$out/log.txt"
 
 step pytest test_nvml
-"$py" -m pytest -p no:cacheprovider -rA -s tests/unit/agents/test_nvml.py >"$out/pytest.txt" 2>&1
+timeout 90 "$py" -m pytest -p no:cacheprovider -rA -s tests/unit/agents/test_nvml.py >"$out/pytest.txt" 2>&1
 echo "rc $?" >>"$out/log.txt"
 
 step gpu_cluster
