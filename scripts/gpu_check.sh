@@ -48,7 +48,7 @@ echo "rc $?" >>"$out/log.txt"
 
 step gpu_cluster
 rm -rf /tmp/gpucluster
-timeout 400 "$py" bench/gpu_cluster.py --workdir /tmp/gpucluster --mosquitto "$mosquitto" --backend "${BACKEND:-nvml}" \
+timeout 240 "$py" bench/gpu_cluster.py --workdir /tmp/gpucluster --mosquitto "$mosquitto" --backend "${BACKEND:-nvml}" \
   >"$out/cluster.json" 2>"$out/cluster.txt"
 echo "rc $?" >>"$out/log.txt"
 tar czf "$out/cluster-logs.tar.gz" -C /tmp gpucluster 2>>"$out/log.txt"
