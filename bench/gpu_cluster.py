@@ -278,7 +278,21 @@ def run(rig: Rig, a: argparse.Namespace) -> dict[str, Any]:
         res[name] = seen
     rig.cli("dcctl", "acct")
     rig.cli("dcctl", "node-events", "gpu0")
+    res["agent_cpu"] = proc_cpu(rig.procs[2].pid)  # mosquitto, dcd, then the agent
     return res
+
+
+def proc_cpu(pid: int) -> dict[str, float]:
+    """A live process's CPU seconds (user + system) and its age, from /proc (its children,
+    the jobs' runners, not counted)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    cpu = (int(fields[11]) + int(fields[12])) / tick
+    age = uptime - int(fields[19]) / tick
+    return {"cpu_s": round(cpu, 2), "age_s": round(age, 1), "pct": round(100 * cpu / age, 2)}
 
 
 if __name__ == "__main__":

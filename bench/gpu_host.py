@@ -96,6 +96,47 @@ def _cost(backend: NvmlBackend, samples: int) -> dict[str, Any]:
     out["per_query_median_ms"] = {
         k: round(statistics.median(v) * 1000, 4) for k, v in sorted(per_query.items())
     }
+    out["per_query_max_ms"] = {k: round(max(v) * 1000, 3) for k, v in sorted(per_query.items())}
+    return out
+
+
+def _alternatives(backend: NvmlBackend, n: int = 100) -> dict[str, Any]:
+    """The energy counter and power read directly and through nvmlDeviceGetFieldValues:
+    each one's time per call, and what it answered (to see whether one costs less)."""
+    nv: Any = backend.nv
+    h = backend._handles[0]
+    calls: dict[str, Any] = {
+        "energy_direct": lambda: nv.nvmlDeviceGetTotalEnergyConsumption(h),
+        "power_direct": lambda: nv.nvmlDeviceGetPowerUsage(h),
+    }
+    for name, field in (
+        ("energy_field", "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION"),
+        ("power_instant_field", "NVML_FI_DEV_POWER_INSTANT"),
+        ("power_average_field", "NVML_FI_DEV_POWER_AVERAGE"),
+    ):
+        if hasattr(nv, field) and hasattr(nv, "nvmlDeviceGetFieldValues"):
+            fid = getattr(nv, field)
+
+            def read(fid: int = fid) -> Any:
+                v = nv.nvmlDeviceGetFieldValues(h, [fid])[0]
+                return {"ret": int(v.nvmlReturn), "type": int(v.valueType),
+                        "ull": int(v.value.ullVal), "ui": int(v.value.uiVal)}  # fmt: skip
+
+            calls[name] = read
+    out: dict[str, Any] = {}
+    for name, fn in calls.items():
+        times, values = [], []
+        try:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                values.append(fn())
+                times.append(time.perf_counter() - t0)
+        except Exception as exc:
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        distinct = len({json.dumps(v, sort_keys=True) for v in values})
+        out[name] = {**_stats(times), "first": values[0], "last": values[-1],
+                     "distinct_values": distinct}  # fmt: skip
     return out
 
 
@@ -104,8 +145,7 @@ def _dict(sample: GpuSample) -> dict[str, Any]:
     return {f: msgspec.to_builtins(getattr(sample, f)) for f in sample.__struct_fields__}
 
 
-SMI_FIELDS = ("index,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw,"
-              "clocks.sm,total_energy_consumption")  # fmt: skip
+SMI_FIELDS = "index,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw,clocks.sm"
 
 
 def _smi() -> dict[str, Any] | None:
@@ -116,6 +156,7 @@ def _smi() -> dict[str, Any] | None:
     for key, args in (
         ("gpus", [f"--query-gpu={SMI_FIELDS}"]),
         ("apps", ["--query-compute-apps=gpu_uuid,pid,used_memory"]),
+        ("clock_event_reasons", ["--query-gpu=clocks_event_reasons.active"]),
     ):
         run = subprocess.run(
             ["nvidia-smi", *args, "--format=csv,noheader,nounits"],
@@ -172,6 +213,7 @@ def main() -> int:
         "samples": [_dict(s) for s in idle],
         "nvidia_smi_right_after": smi_idle,
         "cost": _cost(backend, a.samples),
+        "alternatives": _alternatives(backend),
     }
     # A field the backend reads whose NVML query answered N/A, per GPU: what this driver lacks.
     report["idle"]["none_fields"] = [[k for k, v in _dict(s).items() if v is None] for s in idle]
@@ -204,6 +246,9 @@ def _busy(backend: NvmlBackend, a: argparse.Namespace) -> dict[str, Any]:
         t0 = time.monotonic()
         for _ in range(20):
             s = backend.sample(time.time(), {})[0]
+            reasons = backend.q.call(
+                "nvmlDeviceGetCurrentClocksThrottleReasons", backend._handles[0]
+            )
             series.append(
                 {
                     "t_s": round(time.monotonic() - t0, 2),
@@ -213,6 +258,8 @@ def _busy(backend: NvmlBackend, a: argparse.Namespace) -> dict[str, Any]:
                     "temp_c": s.temp_c,
                     "energy_j": s.energy_j,
                     "pids": s.pids,
+                    "health": s.health,
+                    "clock_event_reasons": None if reasons is None else hex(reasons),
                 }
             )
             time.sleep(0.25)
@@ -229,6 +276,7 @@ def _busy(backend: NvmlBackend, a: argparse.Namespace) -> dict[str, Any]:
             dt = series[-1]["t_s"] - series[0]["t_s"]
             out["mean_power_from_energy_w"] = round((e1 - e0) / dt, 1) if dt else None
         out["cost"] = _cost(backend, a.samples)
+        out["alternatives"] = _alternatives(backend)
         out["still_busy_after_cost"] = child.poll() is None
         rest, _ = child.communicate(timeout=a.busy_seconds + 60)
         out["child_output"] = rest.strip()

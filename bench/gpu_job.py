@@ -44,7 +44,9 @@ def main() -> None:
         "all_reduce_sum": t.item(),
         "env": {k: os.environ.get(k) for k in keys},
     }
-    print("job-info", json.dumps(info), flush=True)
+    # One write() per line: the ranks share the job's stdout, and print() writes in parts.
+    sys.stdout.flush()
+    os.write(1, f"job-info {json.dumps(info)}\n".encode())
     n = 8192
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)

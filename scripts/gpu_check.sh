@@ -39,7 +39,7 @@ EOF
 step() { echo "== $(date -u +%T) $*" | tee -a "$out/log.txt"; }
 
 step gpu_host
-timeout 150 "$py" bench/gpu_host.py --samples 200 --busy-seconds 30 >"$out/host.json" 2>>"$out/log.txt"
+timeout 150 "$py" bench/gpu_host.py --samples 200 --busy-seconds 20 >"$out/host.json" 2>>"$out/log.txt"
 echo "rc $?" >>"$out/log.txt"
 
 step pytest test_nvml
