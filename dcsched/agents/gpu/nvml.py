@@ -59,6 +59,10 @@ class NvmlQuery:
         }
         self._warned: set[tuple[str, int | None]] = set()
 
+    def is_lost(self, exc: BaseException) -> bool:
+        """Whether an NVMLError says the GPU fell off the bus (or needs a reset)."""
+        return getattr(exc, "value", None) in self._lost
+
     def call(self, name: str, *args: Any) -> Any:
         """nv.<name>(*args), or None when the value is not available (also when this
         nvidia-ml-py has no such function)."""
@@ -142,6 +146,8 @@ class NvmlBackend:
         self.q = NvmlQuery(nv)
         count = self.q.call("nvmlDeviceGetCount") or 0
         self._lost: set[int] = set()
+        # nvmlDeviceGetMemoryInfo's v2 structure, while the driver answers it (see _memory)
+        self._mem_v2: int | None = getattr(nv, "nvmlMemory_v2", None)
         self._health: dict[int, str] = {}  # the last health reported per GPU, when not ok
         self._handles = [self._handle(i) for i in range(count)]
         self._handler: FaultHandler | None = None
@@ -181,6 +187,26 @@ class NvmlBackend:
         value = self.q.call("nvmlSystemGetDriverVersion")
         return _text(value) if value is not None else ""
 
+    def _memory(self, h: Any) -> Any:
+        """The GPU's memory info: version 2 where the driver has it, whose `used` leaves out
+        what the driver reserves for itself, as nvidia-smi and DCGM's FB_USED do. Version 1
+        counts that as used: 615 MiB on an idle H200 (driver 580) that nvidia-smi shows
+        with 0 MiB used. Without v2 (older drivers or nvidia-ml-py) it falls back to v1
+        for good."""
+        if self._mem_v2 is not None:
+            try:
+                return self.nv.nvmlDeviceGetMemoryInfo(h, version=self._mem_v2)
+            except self.nv.NVMLError as exc:
+                if self.q.is_lost(exc):
+                    raise GpuLost(str(exc)) from None
+                log.info("NVML memory info v2 unavailable (%s): used memory includes the "
+                         "driver's reserved memory", exc)  # fmt: skip
+            except TypeError:  # an nvidia-ml-py whose call takes no version
+                log.info("this nvidia-ml-py has no memory info v2: used memory includes the "
+                         "driver's reserved memory")  # fmt: skip
+            self._mem_v2 = None
+        return self.q.call("nvmlDeviceGetMemoryInfo", h)
+
     def sample(self, now: float, busy: Mapping[int, Sequence[int]]) -> list[GpuSample]:
         return [self._sample_one(i, h, now) for i, h in enumerate(self._handles)]
 
@@ -191,7 +217,7 @@ class NvmlBackend:
             return GpuSample(index=index, uuid=uuid, health="lost")
         try:
             util = q.call("nvmlDeviceGetUtilizationRates", h)
-            mem = q.call("nvmlDeviceGetMemoryInfo", h)
+            mem = self._memory(h)
             temp = q.call("nvmlDeviceGetTemperature", h, nv.NVML_TEMPERATURE_GPU)
             power_mw = q.call("nvmlDeviceGetPowerUsage", h)
             sm = q.call("nvmlDeviceGetClockInfo", h, nv.NVML_CLOCK_SM)

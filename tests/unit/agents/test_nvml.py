@@ -31,6 +31,7 @@ class FakeNvml(types.ModuleType):
     NVML_ERROR_FUNCTION_NOT_FOUND = 13
     NVML_ERROR_GPU_IS_LOST = 15
     NVML_ERROR_RESET_REQUIRED = 16
+    NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
     NVML_ERROR_UNKNOWN = 999
     NVML_TEMPERATURE_GPU = 0
     NVML_CLOCK_SM = 1
@@ -41,6 +42,8 @@ class FakeNvml(types.ModuleType):
     nvmlClocksThrottleReasonSwThermalSlowdown = 0x20
     nvmlClocksThrottleReasonHwThermalSlowdown = 0x40
     nvmlClocksThrottleReasonHwPowerBrakeSlowdown = 0x80
+    nvmlMemory_v2 = 0x02000028
+    RESERVED = 615 << 20  # what driver 580 reserves on an H200
     NVMLError = NVMLError
 
     def __init__(self, count: int = 2) -> None:
@@ -53,6 +56,8 @@ class FakeNvml(types.ModuleType):
         self.ecc: dict[int, int] = {}  # uncorrectable ECC errors per GPU
         self.reasons: dict[int, int] = {}  # clock event reasons per GPU
         self.event_lock = threading.Lock()
+        self.memory_v2_error: int | None = None  # what nvmlDeviceGetMemoryInfo_v2 raises
+        self.memory_versions: list[int | None] = []
 
     def _check(self, name: str, h: int | None = None) -> None:
         if h is not None and h in self.lost:
@@ -81,9 +86,19 @@ class FakeNvml(types.ModuleType):
     def nvmlDeviceGetName(self, h: int) -> str:
         return "NVIDIA H100 80GB HBM3"
 
-    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
+    def nvmlDeviceGetMemoryInfo(self, h: int, version: int | None = None) -> Any:
+        """v1 counts the driver's reserved memory as used; v2 reports it apart."""
+        self.memory_versions.append(version)
         self._check("nvmlDeviceGetMemoryInfo", h)
-        return types.SimpleNamespace(total=80 << 30, used=(10 + h) << 30, free=0)
+        used = (10 + h) << 30
+        if not version:
+            return types.SimpleNamespace(total=80 << 30, used=used + self.RESERVED, free=0)
+        assert version == self.nvmlMemory_v2
+        if self.memory_v2_error is not None:
+            raise NVMLError(self.memory_v2_error)
+        return types.SimpleNamespace(
+            version=version, total=80 << 30, reserved=self.RESERVED, used=used, free=0
+        )
 
     def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:
         self._check("nvmlDeviceGetUtilizationRates", h)
@@ -176,6 +191,61 @@ def test_sample_converts_units(fake: FakeNvml) -> None:
     assert [(p.pid, p.gpu_mem) for p in s0.procs] == [(100, 1 << 30)]
     assert s0.energy_j is None  # sentinel -> absent
     assert s0.health == "ok"
+    backend.close()
+
+
+def test_used_memory_leaves_out_what_the_driver_reserves(fake: FakeNvml) -> None:
+    """Seen on an H200 (driver 580): v1 said 615 MiB used on an idle GPU, nvidia-smi 0 MiB."""
+    backend = NvmlBackend("h", fake)
+    fake.memory_versions.clear()
+    s0, _ = backend.sample(0.0, {})
+    assert s0.mem_used == 10 << 30 and s0.mem_total == 80 << 30
+    assert fake.memory_versions == [fake.nvmlMemory_v2] * 2
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    "code", [FakeNvml.NVML_ERROR_FUNCTION_NOT_FOUND, FakeNvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH]
+)
+def test_a_driver_without_memory_info_v2_falls_back_to_v1_for_good(
+    fake: FakeNvml, code: int
+) -> None:
+    fake.memory_v2_error = code
+    backend = NvmlBackend("h", fake)
+    fake.memory_versions.clear()
+    s0, s1 = backend.sample(0.0, {})
+    assert (s0.mem_used, s1.mem_used) == ((10 << 30) + fake.RESERVED, (11 << 30) + fake.RESERVED)
+    backend.sample(1.0, {})
+    assert fake.memory_versions == [fake.nvmlMemory_v2, None, None, None, None]  # v2 tried once
+    backend.close()
+
+
+def test_an_nvidia_ml_py_without_memory_info_v2_reads_v1(fake: FakeNvml) -> None:
+    fake.nvmlMemory_v2 = None  # type: ignore[assignment]  # older nvidia-ml-py: no such name
+    backend = NvmlBackend("h", fake)
+    s0, _ = backend.sample(0.0, {})
+    assert s0.mem_used == (10 << 30) + fake.RESERVED
+    backend.close()
+
+
+def test_a_gpu_lost_in_the_memory_v2_query_is_lost_and_v2_stays(fake: FakeNvml) -> None:
+    real = fake.nvmlDeviceGetMemoryInfo
+
+    def memory(h: int, version: int | None = None) -> Any:
+        if h == 1 and version:
+            raise NVMLError(fake.NVML_ERROR_GPU_IS_LOST)
+        return real(h, version)
+
+    fake.nvmlDeviceGetMemoryInfo = memory  # type: ignore[method-assign]
+    backend = NvmlBackend("h", fake)
+    faults: list[GpuFault] = []
+    backend.watch_faults(faults.append)
+    fake.memory_versions.clear()
+    s0, s1 = backend.sample(0.0, {})
+    assert (s0.health, s1.health) == ("ok", "lost")
+    assert [(f.kind, f.gpu_index) for f in faults] == [("lost", 1)]
+    s0, _ = backend.sample(1.0, {})
+    assert s0.mem_used == 10 << 30  # a lost GPU is no reason to give up v2
     backend.close()
 
 
