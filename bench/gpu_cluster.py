@@ -94,10 +94,10 @@ class Rig:
         return json.loads(out.stdout)
 
     def stop(self) -> None:
+        """The agent, then the daemon, then the broker, each gone before the next stops."""
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in reversed(self.procs):
             try:
                 p.wait(15)
             except subprocess.TimeoutExpired:

@@ -100,6 +100,21 @@ def _cost(backend: NvmlBackend, samples: int) -> dict[str, Any]:
     return out
 
 
+def _memory_versions(backend: NvmlBackend) -> dict[str, Any]:
+    """GPU 0's memory info as NVML's v1 and v2 structures say it, in bytes."""
+    nv: Any = backend.nv
+    h = backend._handles[0]
+    out: dict[str, Any] = {}
+    try:
+        m = nv.nvmlDeviceGetMemoryInfo(h)
+        out["v1"] = {"total": m.total, "used": m.used, "free": m.free}
+        m = nv.nvmlDeviceGetMemoryInfo(h, version=nv.nvmlMemory_v2)
+        out["v2"] = {"total": m.total, "reserved": m.reserved, "used": m.used, "free": m.free}
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 def _alternatives(backend: NvmlBackend, n: int = 100) -> dict[str, Any]:
     """The energy counter and power read directly and through nvmlDeviceGetFieldValues:
     each one's time per call, and what it answered (to see whether one costs less)."""
@@ -211,6 +226,7 @@ def main() -> int:
     smi_idle = _smi()
     report["idle"] = {
         "samples": [_dict(s) for s in idle],
+        "memory_v1_v2": _memory_versions(backend),
         "nvidia_smi_right_after": smi_idle,
         "cost": _cost(backend, a.samples),
         "alternatives": _alternatives(backend),
