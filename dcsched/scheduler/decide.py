@@ -61,6 +61,7 @@ class Pass:
         self.preempt_for: dict[str, tuple[str, ...]] = {}
         self.priority: dict[str, float] = {}
         self.lefts: dict[str, float] = {}  # victim_left() of running jobs, once per pass
+        self._candidates: preempt.Candidates | None = None
 
     def timeline(self) -> Timeline:
         if self._timeline is None:
@@ -144,10 +145,14 @@ class Pass:
         types = self.cluster.types_for(job.gpu_type)
         slot = timeline.reserve(job, types)
         if slot is None or slot.start > self.now:
+            if self._candidates is None:
+                self._candidates = preempt.Candidates(
+                    self.cluster, self.snapshot.running, self.config, self.now
+                )
             p = preempt.plan(
                 job,
                 self.cluster,
-                self.snapshot.running,
+                self._candidates,
                 self.config,
                 set(self.preempt),
                 self.now,

@@ -80,38 +80,59 @@ def worth_it(
     return job.gpus * expected > cost
 
 
+class Candidates:
+    """The running jobs as `plan` reads them, built once per pass: the GPUs each holds on
+    usable nodes, and which of them are already terminating (their GPUs are coming free).
+    Jobs that do not opt in to preemption are left out: they are never victims."""
+
+    def __init__(
+        self, cluster: Cluster, running: Iterable[RunningJob], config: SchedulerConfig, now: float
+    ) -> None:
+        self.coming: dict[int, int] = {}  # node -> GPUs of terminating jobs
+        # (job, its (node, GPUs) on usable nodes, whether `las`'s cheap checks let it be a
+        # victim at all: min_run and max_preemptions do not depend on the pending job)
+        self.jobs: list[tuple[RunningJob, list[tuple[int, int]], bool]] = []
+        rank, views = cluster.rank, cluster.views
+        for r in running:
+            usable = [
+                (rank[name], len(gpus))
+                for name, gpus in r.allocation
+                if name in rank and views[rank[name]].state == "up"
+            ]
+            if r.terminating:
+                for node, n in usable:
+                    self.coming[node] = self.coming.get(node, 0) + n
+            elif r.preemptible:
+                ripe = now - r.start_ts >= config.min_run_s and r.restarts < config.max_preemptions
+                self.jobs.append((r, usable, ripe))
+
+
 def plan(
     job: JobRequest,
     cluster: Cluster,
-    running: Iterable[RunningJob],
+    running: Iterable[RunningJob] | Candidates,
     config: SchedulerConfig,
     taken: set[str],
     now: float = 0.0,
     history: History | None = None,
     lefts: dict[str, float] | None = None,
 ) -> Plan | None:
-    """Victims for `job`, or None. `lefts` caches victim_left() across one pass."""
+    """Victims for `job`, or None. `running` may be the pass's Candidates (built once);
+    `taken`: victims chosen earlier in the pass; `lefts` caches victim_left() across one
+    pass."""
     level = config.qos_level(job.qos)
     allowed = set(level.preempt) if level is not None else set()
     las = config.policy == "las"
     if not allowed and not las:
         return None
-    coming: dict[int, int] = {}  # node -> GPUs of terminating jobs
+    pool = running if isinstance(running, Candidates) else Candidates(cluster, running, config, now)
+    coming = dict(pool.coming)
     victims: dict[int, list[tuple[float, str, int]]] = {}  # node -> (-start, id, GPUs)
-    spans: dict[str, list[tuple[int, int]]] = {}
-    for r in running:
-        usable = [
-            (cluster.rank[name], len(gpus))
-            for name, gpus in r.allocation
-            if name in cluster.rank and cluster.views[cluster.rank[name]].state == "up"
-        ]
-        if r.terminating or r.job_id in taken:
+    for r, usable, ripe in pool.jobs:
+        if r.job_id in taken:
             for node, n in usable:
                 coming[node] = coming.get(node, 0) + n
-        elif r.preemptible and (
-            r.qos in allowed or (las and _pays(job, r, now, config, history, lefts))
-        ):
-            spans[r.job_id] = usable
+        elif r.qos in allowed or (las and ripe and _pays(job, r, now, config, history, lefts)):
             for node, n in usable:
                 victims.setdefault(node, []).append((-r.start_ts, r.job_id, n))
     if not victims:
