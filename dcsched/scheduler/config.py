@@ -10,6 +10,7 @@ from typing import Any
 POLICIES = ("fifo", "greedy", "default", "las")
 DAY = 86400.0
 LAS_RESERVE_AFTER_S = 3600.0
+STARVATION_S = 5 * DAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +85,9 @@ class SchedulerConfig:
     # same time limit) instead of from attained service alone (estimate.py)
     use_history: bool = False
     # a job pending this long goes ahead of every priority (oldest first), so its
-    # reservation bounds its wait whatever keeps arriving; 0 turns the guard off
-    starvation_s: float = 5 * DAY
+    # reservation bounds its wait whatever keeps arriving; 0 turns the guard off. None:
+    # STARVATION_S under `default`, off under `las` (starvation(): why, there)
+    starvation_s: float | None = None
 
     @classmethod
     def from_mapping(
@@ -99,6 +101,16 @@ class SchedulerConfig:
         if name in self.qos:
             return self.qos[name]
         return QosLevel() if name == "normal" else None
+
+    def starvation(self) -> float:
+        """The starvation guard's age, 0 when off. Off by default under `las`: there the
+        guard cost more than it bounded (docs/scheduler.md, "The starvation guard under
+        las"): the drains it forces for the oldest jobs, oldest first, turn a busy cluster
+        into fifo with drains, while preemption and reservations already start the work
+        that waits."""
+        if self.starvation_s is not None:
+            return self.starvation_s
+        return 0.0 if self.policy == "las" else STARVATION_S
 
     def reserve_after(self) -> float:
         if self.reserve_after_s is not None:
@@ -291,7 +303,9 @@ def parse_config(
         preempt_grace_s=parse_duration(d["preempt_grace"], f"{key}.preempt_grace", parse)
         if "preempt_grace" in d
         else default.preempt_grace_s,
-        starvation_s=_seconds_or_zero(d, "starvation_age", key, default.starvation_s, parse),
+        starvation_s=_seconds_or_zero(d, "starvation_age", key, STARVATION_S, parse)
+        if "starvation_age" in d
+        else None,
         preempt_cost_s=_seconds_or_zero(d, "preempt_cost", key, default.preempt_cost_s, parse),
         min_run_s=_seconds_or_zero(d, "min_run", key, default.min_run_s, parse),
         max_preemptions=_count(d["max_preemptions"], f"{key}.max_preemptions")

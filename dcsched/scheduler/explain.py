@@ -118,6 +118,6 @@ def explain_pass(done: Pass, job_id: str) -> Explanation:
         n,
         held,
         done.preempt_for.get(job_id, ()),
-        0 < snapshot.config.starvation_s <= now - job.submit_ts,
+        0 < snapshot.config.starvation() <= now - job.submit_ts,
         tuple(detail(r, job, snapshot, rank - 1) for r in reasons),
     )

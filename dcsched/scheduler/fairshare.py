@@ -128,13 +128,31 @@ def _f(effective: float, shares: float) -> float:
     return float(2.0 ** (-effective / shares))
 
 
+# Fair-share weighs in fully once the decayed usage of all accounts reaches this share of
+# what the cluster can deliver in one half-life (its GPUs x half_life).
+WARMUP = 0.25
+
+
+def warmup(config: SchedulerConfig, usage: Usage, now: float, gpus: int) -> float:
+    """How much the usage so far says, in [0, 1]. Shares of a usage that is still small
+    next to the cluster's capacity (a fresh cluster, or one idle for weeks) are noise: the
+    user who ran one 3-minute job would otherwise wait behind everyone who ran none."""
+    window = gpus * config.half_life_s * WARMUP
+    if window <= 0:
+        return 1.0
+    return min(1.0, sum(decay(usage, now, config.half_life_s).gpu_seconds.values()) / window)
+
+
 def factors(
-    config: SchedulerConfig, usage: Usage, now: float, keys: Iterable[Key]
+    config: SchedulerConfig, usage: Usage, now: float, keys: Iterable[Key], gpus: int = 0
 ) -> dict[Key, float]:
-    """Fair-share factor in (0, 1] for each (account, user) in `keys`."""
+    """Fair-share factor in (0, 1] for each (account, user) in `keys`, for the priority:
+    `1 - w * (1 - F)` with w = warmup() on a cluster of `gpus` GPUs (0: w = 1, Slurm's F
+    as `fairshare_report` shows it)."""
     key_set = set(keys)
+    w = warmup(config, usage, now, gpus)
     return {
-        (r.account, r.user): r.fairshare
+        (r.account, r.user): 1.0 - w * (1.0 - r.fairshare)
         for r in _rows(config, usage, now, key_set)
         if r.user and (r.account, r.user) in key_set
     }

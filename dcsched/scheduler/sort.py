@@ -55,7 +55,8 @@ def _qos_factors(config: SchedulerConfig) -> dict[str, float]:
 def _fs_factors(snapshot: Snapshot, now: float) -> dict[tuple[str, str], float]:
     keys = {(j.account, j.user) for j in snapshot.pending}
     keys.update((j.account, j.user) for j in snapshot.running)
-    return fairshare.factors(snapshot.config, snapshot.usage, now, keys)
+    gpus = sum(len(n.gpus) for n in snapshot.nodes)
+    return fairshare.factors(snapshot.config, snapshot.usage, now, keys, gpus)
 
 
 def factors(snapshot: Snapshot, now: float, job: JobRequest) -> tuple[Factor, ...]:
@@ -113,7 +114,7 @@ def sort_jobs(snapshot: Snapshot, now: float) -> list[tuple[float, JobRequest]]:
         return [(0.0, j) for j in sorted(jobs, key=lambda j: j.submit_ts)]
     scored = [(prio(j), j) for j in jobs]
     scored.sort(key=lambda pj: (-pj[0], pj[1].submit_ts))
-    starve = snapshot.config.starvation_s
+    starve = snapshot.config.starvation()
     if starve > 0:
         cutoff = now - starve
         starving = [pj for pj in scored if pj[1].submit_ts <= cutoff]
