@@ -131,6 +131,16 @@ def test_las_and_reservation_keys() -> None:
     # unset: no wait under default; under las (which can preempt for urgent work) an hour
     assert SchedulerConfig().reserve_after() == 0
     assert SchedulerConfig(policy="las").reserve_after() == 3600
+    # the starvation guard: 5 days under default, off under las unless asked for
+    assert (SchedulerConfig().starvation(), SchedulerConfig(policy="las").starvation()) == (
+        5 * 86400,
+        0,
+    )
+    guarded = SchedulerConfig.from_mapping(
+        {"policy": "las", "starvation_age": "3d"}, duration=parse_seconds
+    )
+    assert guarded.starvation() == 3 * 86400
+    assert SchedulerConfig.from_mapping({"starvation_age": 0}).starvation() == 0
     off = SchedulerConfig.from_mapping({"preempt_cost": 0, "min_run": "0", "reserve_after": 0})
     assert (off.preempt_cost_s, off.min_run_s, off.reserve_after()) == (0, 0, 0)
     with pytest.raises(ValueError, match=r"scheduler\.max_preemptions: expected a whole number"):

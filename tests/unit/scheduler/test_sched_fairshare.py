@@ -18,7 +18,7 @@ from dcsched.scheduler import (
     decay,
     fairshare_report,
 )
-from dcsched.scheduler.fairshare import factors
+from dcsched.scheduler.fairshare import factors, warmup
 from dcsched.scheduler.sort import sort_jobs
 
 DAY = 86400.0
@@ -102,25 +102,32 @@ def test_factors_in_unit_interval_and_ordered_by_usage(used: dict[str, float]) -
                 assert f[(a, "u")] >= f[(b, "u")]
 
 
-# tiny60's 5 s behind greedy under las (docs/scheduler.md, Known limits): once its node
-# empties, a8's 8-GPU jobs go by the user-level fair-share inside a8, not in submit order.
-# One job's minutes of usage outweigh the age of an earlier submit: kept on purpose (taking
-# the user level away gives tiny60 715 s but costs synth4; see the docs).
+# Fair-share weighs in as usage accumulates (fairshare.warmup): on a cluster of 8 GPUs with
+# a 7-day half-life it counts fully from 8 x 7 d / 4 = 14 GPU-days of (decayed) usage. Below
+# that, minutes of one job must not outweigh an earlier submit (tiny60: a8's 8-GPU jobs went
+# by which user had run a 3-minute job, 5 s behind greedy).
+FULL = 8 * 7 * DAY / 4
+
+
 @pytest.mark.parametrize(
-    ("early_used", "late_used", "expected"),
+    ("other", "early_used", "late_used", "expected"),
     [
-        (0.0, 0.0, ["early", "late"]),  # no one in a8 ran yet: submit order (age)
-        (8 * 147.0, 0.0, ["late", "early"]),  # early's user ran one 8-GPU job of 147 s
-        (8 * 147.0, 8 * 147.0, ["early", "late"]),  # both ran the same: submit order
-        (0.0, 8 * 147.0, ["early", "late"]),
+        (0.0, 0.0, 0.0, ["early", "late"]),  # nobody ran yet: submit order (age)
+        (18000.0, 8 * 147.0, 0.0, ["early", "late"]),  # minutes of usage: still noise
+        (FULL, 8 * 147.0, 0.0, ["early", "late"]),  # a small share of a full history
+        (FULL, 0.2 * FULL, 0.0, ["late", "early"]),  # early's user used a fifth of it
+        (FULL, 0.2 * FULL, 0.2 * FULL, ["early", "late"]),  # both the same: submit order
+        (FULL, 0.0, 0.2 * FULL, ["early", "late"]),
+        # the same shares of a hundredth of that history count a hundredth as much
+        (FULL / 100, 0.002 * FULL, 0.0, ["early", "late"]),
     ],
 )
-def test_users_of_one_account_go_by_their_usage_before_their_submit_order(
-    early_used: float, late_used: float, expected: list[str]
+def test_users_go_by_their_usage_once_it_says_something(
+    other: float, early_used: float, late_used: float, expected: list[str]
 ) -> None:
     usage = Usage(
         3600.0,
-        {("a1", "u0"): 18000.0, ("a8", "u1"): early_used, ("a8", "u2"): late_used},
+        {("a1", "u0"): other, ("a8", "u1"): early_used, ("a8", "u2"): late_used},
     )
     pending = [
         job("early", 8, submit=944.0, user="u1", account="a8"),
@@ -128,3 +135,16 @@ def test_users_of_one_account_go_by_their_usage_before_their_submit_order(
     ]
     s = snap([node("n")], pending, config=SchedulerConfig(policy="las"), usage=usage)
     assert [j.job_id for _, j in sort_jobs(s, 3600.0)] == expected
+
+
+def test_warmup_grows_with_usage_and_the_report_is_slurms() -> None:
+    cfg = SchedulerConfig()
+    usage = Usage(0.0, {("a", "u"): FULL / 2, ("b", "v"): 0.0})
+    assert warmup(cfg, usage, 0.0, 8) == pytest.approx(0.5)
+    assert warmup(cfg, usage, 0.0, 4) == 1.0  # half the GPUs: the same usage is a full one
+    assert warmup(cfg, Usage(), 0.0, 8) == 0.0
+    raw = factors(cfg, usage, 0.0, [("a", "u")])  # gpus=0: Slurm's factor, as sshare shows
+    damped = factors(cfg, usage, 0.0, [("a", "u")], gpus=8)
+    assert damped[("a", "u")] == pytest.approx(1 - 0.5 * (1 - raw[("a", "u")]))
+    row = next(r for r in fairshare_report(cfg, usage, 0.0).rows if r.user == "u")
+    assert row.fairshare == raw[("a", "u")]

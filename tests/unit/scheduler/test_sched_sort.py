@@ -63,6 +63,11 @@ def test_starving_jobs_go_first_oldest_first() -> None:
     cfg = SchedulerConfig(starvation_s=5 * day)
     assert order(pending, 9 * day, config=cfg) == ["huge", "old", "fresh"]
     assert order(pending, 9 * day, config=SchedulerConfig(starvation_s=0))[0] == "fresh"
+    # by default: the guard under default, none under las (unless starvation_age is set)
+    assert order(pending, 9 * day, config=SchedulerConfig())[0] == "huge"
+    assert order(pending, 9 * day, config=SchedulerConfig(policy="las"))[0] == "fresh"
+    las_guarded = SchedulerConfig(policy="las", starvation_s=5 * day)
+    assert order(pending, 9 * day, config=las_guarded)[0] == "huge"
 
 
 def test_age_is_capped() -> None:
