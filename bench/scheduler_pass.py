@@ -86,7 +86,7 @@ def build(seed: int, policy: str) -> Snapshot:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--passes", type=int, default=20)
-    parser.add_argument("--policy", default="default", choices=("fifo", "greedy", "default"))
+    parser.add_argument("--policy", default="default", choices=("fifo", "greedy", "default", "las"))
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     snapshot = build(args.seed, args.policy)

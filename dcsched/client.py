@@ -449,6 +449,12 @@ class Client:
     def fairshare(self) -> dict[str, Any]:
         return dict(self.request("GET", "/v1/fairshare"))
 
+    def forecast(self, limit: int = 100) -> dict[int, float | None]:
+        """job id -> when it would start (`GET /v1/forecast`), for the first `limit` pending
+        jobs in priority order; None: not within the forecast."""
+        got = self.request("GET", "/v1/forecast", query={"limit": limit})["jobs"]
+        return {int(j["job_id"]): j["est_start"] for j in got}
+
     def gpus(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/v1/gpus")["gpus"])
 

@@ -63,18 +63,30 @@ def when(text: str, now: float | None = None) -> float:
 
 def cmd_queue(c: Client, a: argparse.Namespace) -> int:
     fmt = a.format or os.environ.get(queue_format.ENV) or queue_format.DEFAULT
+    if a.start and not a.format:
+        fmt = queue_format.START
     try:
         queue_format.parse(fmt)
     except ValueError as exc:
         print(f"dcctl: {exc}", file=sys.stderr)
         return 2
     jobs = c.jobs(all_states=a.all, user=a.user, state=a.state, since=a.since, until=a.until)
+    if a.start:
+        # pending jobs only, each with when it would start (squeue --start); the forecast
+        # covers the first jobs in priority order, the rest show no time
+        starts = c.forecast(a.start_jobs)
+        jobs = [j for j in jobs if j["state"] in _WAITING]
+        for j in jobs:
+            j["start_ts"] = starts.get(j["id"])
+        jobs.sort(key=lambda j: (j["start_ts"] is None, j["start_ts"] or 0.0, j["id"]))
     if a.json:
         print_json({"jobs": jobs})
         return 0
     if not a.array:
         jobs = collapse_arrays(jobs)
-    print(queue_format.render(fmt, sorted(jobs, key=lambda j: j["id"]), header=not a.noheader))
+    if not a.start:
+        jobs.sort(key=lambda j: j["id"])
+    print(queue_format.render(fmt, jobs, header=not a.noheader))
     return 0
 
 
@@ -742,6 +754,19 @@ def build_parser() -> argparse.ArgumentParser:
         f"else '{queue_format.DEFAULT.replace('%', '%%')}')",
     )
     q.add_argument("--noheader", action="store_true", help="no header line")
+    q.add_argument(
+        "--start",
+        action="store_true",
+        help="waiting jobs with when each would start if every job ran to its time limit "
+        "(like squeue --start), soonest first",
+    )
+    q.add_argument(
+        "--start-jobs",
+        type=int,
+        default=100,
+        metavar="N",
+        help="--start: forecast the first N waiting jobs in priority order (default 100)",
+    )
     q.add_argument(
         "--since", type=when, metavar="TIME", help="only jobs that ended at or after TIME"
     )

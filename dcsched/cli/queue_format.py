@@ -17,6 +17,7 @@ from dcsched.protocol.hostlist import compress
 
 ENV = "DCSCHED_QUEUE_FORMAT"
 DEFAULT = "%i %j %u %a %T %M %l %D %b %U %R"
+START = "%i %j %u %a %t %S %l %D %b %R"  # dcctl queue --start, as squeue --start
 
 Job = dict[str, Any]
 

@@ -7,6 +7,7 @@ Every error is JSON: {"error": {"code": ..., "message": ...}} with a message a p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -52,6 +53,7 @@ from dcsched.protocol.jobspec import (
     validate_spec,
 )
 from dcsched.scheduler import SchedulerConfig, explain_pass, fairshare_report
+from dcsched.scheduler.simulate import forecast
 
 if TYPE_CHECKING:
     from dcsched.daemon.cluster import Node
@@ -63,6 +65,8 @@ DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 _encoder = msgspec.json.Encoder()
 _decode_body = msgspec.json.Decoder().decode
 MAX_AUDIT_ROWS = 10_000
+MAX_FORECAST_JOBS = 1_000
+FORECAST_BUDGET_S = 2.0
 # Audit names of the calls; any other route is named by its method and path.
 _ACTIONS = {
     ("POST", "/v1/jobs"): "submit",
@@ -387,6 +391,7 @@ class Api:
         r.add_get("/v1/jobs/{job_id}/logs", self.logs)
         r.add_get("/v1/jobs/{job_id}/explain", self.explain)
         r.add_get("/v1/fairshare", self.fairshare)
+        r.add_get("/v1/forecast", self.forecast)
         r.add_get("/v1/nodes", self.list_nodes)
         r.add_get("/v1/nodes/{host}/history", self.node_history)
         r.add_post("/v1/nodes/{host}/drain", self.drain)
@@ -632,6 +637,23 @@ class Api:
         if job.restart_count or going:
             out["requeued"] = last_requeue(await self.d.store.job_events(job.id), going)
         return _json(out)
+
+    async def forecast(self, request: web.Request) -> web.Response:
+        """When the first `limit` pending jobs in priority order would start if every job
+        ran to its time limit and nothing else arrived (Slurm's `squeue --start`): the
+        simulation harness run forward from now, off the event loop."""
+        limit = min(_int_arg(request.query.get("limit", "100"), "limit"), MAX_FORECAST_JOBS)
+        now = time.time()
+        snap, order = self.d.scheduling.forecast_snapshot(now, limit)
+        # a thread shares the interpreter with the event loop: bounded in time, so a big
+        # cluster's forecast leaves the jobs it did not reach without a time
+        deadline = time.monotonic() + FORECAST_BUDGET_S
+        starts = await asyncio.to_thread(
+            forecast, snap, now, order, give_up=lambda: time.monotonic() > deadline
+        )
+        return _json(
+            {"now": now, "jobs": [{"job_id": int(j), "est_start": starts.get(j)} for j in order]}
+        )
 
     async def fairshare(self, request: web.Request) -> web.Response:
         now = time.time()

@@ -44,7 +44,7 @@ def advertise_url(dc: DaemonConfig) -> str:
 
 # What a standby cannot answer from the store: the leader's live feed, telemetry, the
 # scheduler's reasoning, and logs (fetched from the agents by a command).
-LEADER_ONLY_GETS = ("/v1/events", "/v1/gpus", "/v1/metrics")
+LEADER_ONLY_GETS = ("/v1/events", "/v1/gpus", "/v1/metrics", "/v1/forecast")
 LEADER_ONLY_SUFFIXES = ("/logs", "/history", "/explain")
 READ_MAX_AGE_S = 1.0  # a standby's copy of the store is reloaded when older than this
 

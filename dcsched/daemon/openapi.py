@@ -274,6 +274,13 @@ _OPERATIONS = [
     ),
     _Op("get", "/v1/jobs/{job_id}/explain", "Why a job waits", _OBJECT, params=(_JOB_ID,)),
     _Op("get", "/v1/fairshare", "Shares and usage", _OBJECT),
+    _Op(
+        "get",
+        "/v1/forecast",
+        "When the first pending jobs would start, every job run to its time limit",
+        _OBJECT,
+        params=(_q("limit", _INT, "this many pending jobs, in priority order (at most 1000)"),),
+    ),
     _Op("get", "/v1/nodes", "Every node", NodeList),
     _Op("get", "/v1/nodes/{host}/history", "GPU telemetry history", _OBJECT, params=(_HOST,)),
     _Op("get", "/v1/nodes/{host}/drains", "Drain history", DrainHistory, params=(_HOST,)),

@@ -5,9 +5,10 @@ to the job manager, which journals them before any launch goes out."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dcsched.daemon import lifecycle as lc
 from dcsched.daemon.aio import wait_event
@@ -152,6 +153,16 @@ class SchedulingLoop:
             done = Pass(self.snapshot(now, accrue=False), now).run()
             self._last = (time.monotonic(), done)
         return done
+
+    def forecast_snapshot(self, now: float, limit: int) -> tuple[Snapshot, list[str]]:
+        """For the forecast (`dcctl queue --start`): the recent pass's snapshot with only
+        its first `limit` pending jobs in priority order (the lower ones backfill around
+        them and cannot delay a reserved one), and those jobs' ids in that order."""
+        done = self._fresh() or Pass(self.snapshot(now, accrue=False), now).run()
+        top = list(itertools.islice(done.priority, limit))
+        keep = set(top)
+        snap = done.snapshot
+        return replace(snap, pending=tuple(j for j in snap.pending if j.job_id in keep)), top
 
     def recent_snapshot(self, now: float) -> Snapshot:
         """For fairshare: the last pass's snapshot, or a reader's, while under a second old."""

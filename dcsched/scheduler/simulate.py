@@ -116,6 +116,7 @@ class Simulator:
         self._events: list[tuple[float, int, int, str, int]] = []
         self._seq = 0
         self._tick_at = math.inf
+        self.t0 = -math.inf
 
     def run(
         self,
@@ -125,6 +126,39 @@ class Simulator:
     ) -> dict[str, JobRecord]:
         """Run the workload to its end; one record per job (unstarted jobs have no start).
         `on_progress(jobs ended so far)` is called about 500 times."""
+        arrivals = self._load(jobs)
+        if arrivals:
+            self.usage = Usage(arrivals[0].request.submit_ts, {})
+        return self._loop(arrivals, on_pass, on_progress)
+
+    def resume(
+        self,
+        snapshot: Snapshot,
+        now: float,
+        pending: Sequence[SimJob],
+        running: Sequence[tuple[RunningJob, float]],
+        done: Callable[[], bool] = lambda: False,
+        max_passes: int | None = None,
+    ) -> dict[str, JobRecord]:
+        """Go on from a cluster as it is at `now` (the daemon's planning, `forecast`):
+        `running` jobs with the time each still takes, `pending` jobs queued now (their
+        submit times kept, for age), the snapshot's usage and history; the nodes are the
+        ones this simulator was made with, their free GPUs as they are. Stops when nothing
+        is left, when `done()` or after `max_passes` passes."""
+        for rj, left in running:
+            self.running[rj.job_id] = rj
+            self.run_id[rj.job_id] = 1
+            self.records[rj.job_id] = JobRecord(
+                rj.job_id, rj.account, rj.gpus, rj.start_ts, left, rj.start_ts
+            )
+            self.left[rj.job_id] = now + left - rj.start_ts
+            self._push(now + left, _END, rj.job_id, 1)
+        self.usage = snapshot.usage
+        self.history = dict(snapshot.history)
+        self.t0 = now
+        return self._loop(self._load(pending), done=done, max_passes=max_passes)
+
+    def _load(self, jobs: Sequence[SimJob]) -> list[SimJob]:
         arrivals = sorted(jobs, key=lambda j: j.request.submit_ts)
         for i, job in enumerate(arrivals):
             r = job.request
@@ -136,14 +170,25 @@ class Simulator:
             )
             self.left[r.job_id] = job.duration_s
             self.requests[r.job_id] = r
-        if arrivals:
-            self.usage = Usage(arrivals[0].request.submit_ts, {})
+        return arrivals
+
+    def _loop(
+        self,
+        arrivals: list[SimJob],
+        on_pass: PassHook | None = None,
+        on_progress: Callable[[int], None] | None = None,
+        done: Callable[[], bool] = lambda: False,
+        max_passes: int | None = None,
+    ) -> dict[str, JobRecord]:
         i, ended = 0, 0
         step = max(1, len(arrivals) // 500)
         events = self._events
+        t0 = self.t0  # jobs submitted before it arrive at it
         while i < len(arrivals) or events:
+            if done() or (max_passes is not None and self.passes >= max_passes):
+                break
             now = min(
-                arrivals[i].request.submit_ts if i < len(arrivals) else math.inf,
+                max(t0, arrivals[i].request.submit_ts) if i < len(arrivals) else math.inf,
                 events[0][0] if events else math.inf,
             )
             due: list[tuple[int, str]] = []
@@ -174,7 +219,7 @@ class Simulator:
                             restarts=rj.restarts + 1,
                             attained_s=rj.attained_s + now - rj.start_ts,
                         )
-            while i < len(arrivals) and arrivals[i].request.submit_ts == now:
+            while i < len(arrivals) and max(t0, arrivals[i].request.submit_ts) == now:
                 r = arrivals[i].request
                 self.pending[r.job_id] = r
                 i += 1
@@ -282,3 +327,41 @@ class Simulator:
             self.views[node] = replace(self.views[node], free=frozenset(self.free[node]))
             self.free_total += len(gpus)
         return rj
+
+
+def forecast(
+    snapshot: Snapshot,
+    now: float,
+    job_ids: Sequence[str],
+    max_passes: int = 500,
+    give_up: Callable[[], bool] = lambda: False,
+) -> dict[str, float]:
+    """When the pending jobs `job_ids` would start if nothing else arrived and every job
+    ran to its time limit (the only duration a scheduler may use, so a late bound, as
+    Slurm's `squeue --start`): the harness run forward from the snapshot, with every
+    pending job of the snapshot queued. A job that has not started within `max_passes`
+    passes, or when `give_up()` (the caller's clock: this core has none), is left out.
+    Running jobs past their limit (and terminating ones) end after the preemption
+    grace."""
+    config = snapshot.config
+    sim = Simulator(snapshot.nodes, config)
+    grace = config.preempt_grace_s
+    running = [
+        (
+            r,
+            grace
+            if r.terminating or now >= r.start_ts + r.time_limit_s
+            else r.start_ts + r.time_limit_s - now,
+        )
+        for r in snapshot.running
+    ]
+    pending = [SimJob(j, j.time_limit_s) for j in snapshot.pending]
+    queued = {j.job_id for j in snapshot.pending}
+    wanted = [j for j in job_ids if j in queued]
+    records = sim.records
+
+    def done() -> bool:
+        return give_up() or all(records[j].first_start_s is not None for j in wanted)
+
+    sim.resume(snapshot, now, pending, running, done, max_passes)
+    return {j: start for j in wanted if (start := records[j].first_start_s) is not None}

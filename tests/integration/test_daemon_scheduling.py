@@ -309,3 +309,34 @@ async def test_a_completed_jobs_run_time_reaches_the_schedulers_history(
             assert history(d) == {(row["user"], 3600.0): (pytest.approx(ran),)}
         async with running_daemon(conf) as d:
             assert history(d) == {(row["user"], 3600.0): (pytest.approx(ran),)}
+
+
+async def test_forecast_runs_the_queue_forward_to_the_time_limits(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    """`dcctl queue --start` (squeue --start): each waiting job's start if every job ran to
+    its time limit, from the simulation harness run forward in the daemon."""
+    async with (
+        running_daemon(write_config(tmp_path, mosquitto, prefix)) as d,
+        ScriptedAgent(mosquitto, prefix, "n1", gpus=2) as a1,
+    ):
+        c = Client(d.config.daemon.socket)
+        big = await api(c, "submit", _spec("big", gpus=2))
+        await run_on(a1, c, big)
+        first = await api(c, "submit", _spec("first", gpus=2))
+        second = await api(c, "submit", _spec("second", gpus=2))
+        held = await api(c, "submit", _spec("held", gpus=1, hold=True))
+        await until(lambda: _reason_is(c, second, "Resources"))
+        started = (await api(c, "job", big))["start_ts"]
+        got = await api(c, "forecast")
+        assert got[first] == pytest.approx(started + 3600, abs=5)
+        assert got[second] == pytest.approx(started + 2 * 3600, abs=5)
+        assert got[held] is None  # held: nothing starts it
+        assert big not in got  # running: not forecast
+        text = await asyncio.to_thread(_dcctl, d.config.daemon.socket, "queue", "--start")
+        lines = text.splitlines()
+        assert "START_TIME" in lines[0]
+        ids = [line.split()[0] for line in lines[1:]]
+        assert ids == [str(first), str(second), str(held)]  # soonest first, no time last
+        with pytest.raises(ApiError, match="limit"):
+            await api(c, "forecast", -1)

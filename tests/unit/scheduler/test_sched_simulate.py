@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from dcsched.scheduler import Decisions, QosLevel, SchedulerConfig, Snapshot, Start
-from dcsched.scheduler.simulate import Cost, SimJob, Simulator
-from tests.unit.scheduler.sched_builders import job, node
+from dcsched.scheduler import (
+    Decisions,
+    QosLevel,
+    SchedulerConfig,
+    Snapshot,
+    Start,
+    Weights,
+    decide,
+)
+from dcsched.scheduler.simulate import Cost, SimJob, Simulator, forecast
+from tests.unit.scheduler.sched_builders import H, job, node, running, snap
 
 # "high" may preempt preemptible "normal" jobs; 60 s grace
 PREEMPTING = SchedulerConfig(qos={"high": QosLevel(priority=10, preempt=("normal",))})
@@ -122,3 +130,54 @@ def test_completed_runs_are_remembered_per_user_and_time_limit() -> None:
     sim.run(jobs, lambda s, now, d: seen.append(s))
     assert seen[-1].history == {("u", 3600.0): (100.0, 200.0), ("v", 7200.0): (300.0,)}
     assert sim.history[("u", 3600.0)] == (100.0, 200.0, 10.0)
+
+
+# The daemon's planning: the harness run forward from a snapshot, every job to its limit.
+NOW = 10_000.0
+
+
+def _cluster() -> Snapshot:
+    half = node("n0", free=range(4, 8))  # GPUs 0-3 run `r` until NOW + 600 (its limit)
+    pending = [
+        job("whole", 8, submit=NOW - 50, limit=3 * H),  # first by age; needs all 8
+        job("short", 4, submit=NOW - 10, limit=300.0),  # backfills before whole's start
+        job("next", 8, submit=NOW - 5, limit=H),  # after whole's 3 h
+        job("held", 1, submit=NOW - 60, held=True),
+        job("never", 9, submit=NOW - 60),  # no node has 9 GPUs
+    ]
+    run = [running("r", {"n0": range(4)}, start=NOW - 3000, limit=3600.0)]
+    return snap([half], pending, run, weights=Weights(job_size=0, fairshare=0))
+
+
+@pytest.mark.parametrize(
+    ("job_id", "expected"),
+    [
+        ("short", NOW),  # fits beside r and ends (by its limit) before whole may start
+        ("whole", NOW + 600),  # r ends at its limit, and short before it
+        ("next", NOW + 600 + 3 * H),
+    ],
+)
+def test_forecast_runs_every_job_to_its_limit(job_id: str, expected: float) -> None:
+    assert forecast(_cluster(), NOW, [job_id]) == {job_id: expected}
+
+
+def test_forecast_leaves_out_what_never_starts_and_what_is_not_pending() -> None:
+    got = forecast(_cluster(), NOW, ["held", "never", "r", "nosuch", "whole"])
+    assert got == {"whole": NOW + 600}
+
+
+def test_forecast_agrees_with_the_pass_for_the_reserved_job_and_bounds_its_passes() -> None:
+    s = _cluster()
+    assert decide(s, NOW).pending["whole"].est_start == NOW + 600
+    assert forecast(s, NOW, ["next"], max_passes=1) == {}  # one pass: next is not started
+    assert forecast(s, NOW, ["next"], give_up=lambda: True) == {}  # the caller's budget
+
+
+def test_forecast_ends_overdue_and_terminating_jobs_after_the_grace() -> None:
+    overdue = running("late", {"n0": range(8)}, start=NOW - 2 * H, limit=H)
+    s = snap([node("n0", free=())], [job("j", 8, submit=NOW)], [overdue])
+    grace = s.config.preempt_grace_s
+    assert forecast(s, NOW, ["j"]) == {"j": NOW + grace}
+    stopping = running("stop", {"n0": range(8)}, start=NOW - 60, limit=H, terminating=True)
+    s = snap([node("n0", free=())], [job("j", 8, submit=NOW)], [stopping])
+    assert forecast(s, NOW, ["j"]) == {"j": NOW + grace}
