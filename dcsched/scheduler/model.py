@@ -92,10 +92,11 @@ class RunningJob:
     # as in JobRequest: earlier runs, and the seconds they ran (this run not included)
     restarts: int = 0
     attained_s: float = 0.0
+    # GPUs on all its nodes: counted once (a pass asks for it millions of times in a replay)
+    gpus: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def gpus(self) -> int:
-        return sum(len(g) for _, g in self.allocation)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpus", sum(len(g) for _, g in self.allocation))
 
 
 @dataclass(frozen=True, slots=True)
