@@ -99,13 +99,13 @@ def _log(msg: str) -> None:
     print(f"[daemon_scale {time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, timeout: float = 10.0) -> None:
+def wait_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -1070,7 +1070,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     stack = ExitStack()  # a PostgreSQL database made for this run is dropped at the end
     try:
         # broker
-        port = _free_port()
+        port = free_port()
         (d / "mosquitto.conf").write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
             "max_queued_messages 200000\n"
@@ -1080,7 +1080,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         )
         mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         procs.start("mosquitto", [mosq, "-c", str(d / "mosquitto.conf")], d / "mosquitto.log")
-        _wait_port(port)
+        wait_port(port)
 
         # store with the finished history
         state = d / "state"
@@ -1100,7 +1100,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         key.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
         key.chmod(0o600)
         sock = str(d / "dcd.sock")
-        mport = _free_port()
+        mport = free_port()
         accounts = "".join(
             f"[scheduler.accounts.{name}]\nshares = {s}\n" for name, s in ACCOUNTS.items()
         )
