@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,12 @@ async def test_dependencies_wait_and_report_the_impossible(
             await api(c, "submit", _spec("bad", dependency=["afterok:9999"]))
 
 
-async def test_explain_lists_factors_and_every_reason(
+@contextlib.asynccontextmanager
+async def _node_taken(
     tmp_path: Path, mosquitto: Broker, prefix: str
-) -> None:
+) -> AsyncIterator[tuple[Any, Client, int]]:
+    """A daemon with one 2-GPU node that a running job ("big", 1 h limit) fills:
+    (daemon, client, big's id)."""
     async with (
         running_daemon(write_config(tmp_path, mosquitto, prefix)) as d,
         ScriptedAgent(mosquitto, prefix, "n1", gpus=2) as a1,
@@ -98,6 +102,13 @@ async def test_explain_lists_factors_and_every_reason(
         c = Client(d.config.daemon.socket)
         big = await api(c, "submit", _spec("big", gpus=2))
         await run_on(a1, c, big)
+        yield d, c, big
+
+
+async def test_explain_lists_factors_and_every_reason(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    async with _node_taken(tmp_path, mosquitto, prefix) as (d, c, _):
         waiting = await api(c, "submit", _spec("waiting", gpus=2))
         await until(lambda: _reason_is(c, waiting, "Resources"))
         why = await api(c, "explain", waiting)
@@ -316,13 +327,7 @@ async def test_forecast_runs_the_queue_forward_to_the_time_limits(
 ) -> None:
     """`dcctl queue --start` (squeue --start): each waiting job's start if every job ran to
     its time limit, from the simulation harness run forward in the daemon."""
-    async with (
-        running_daemon(write_config(tmp_path, mosquitto, prefix)) as d,
-        ScriptedAgent(mosquitto, prefix, "n1", gpus=2) as a1,
-    ):
-        c = Client(d.config.daemon.socket)
-        big = await api(c, "submit", _spec("big", gpus=2))
-        await run_on(a1, c, big)
+    async with _node_taken(tmp_path, mosquitto, prefix) as (d, c, big):
         first = await api(c, "submit", _spec("first", gpus=2))
         second = await api(c, "submit", _spec("second", gpus=2))
         held = await api(c, "submit", _spec("held", gpus=1, hold=True))
