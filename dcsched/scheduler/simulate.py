@@ -145,8 +145,27 @@ class Simulator:
         submit times kept, for age), the snapshot's usage and history; the nodes are the
         ones this simulator was made with, their free GPUs as they are. Stops when nothing
         is left, when `done()` or after `max_passes` passes."""
-        for rj, left in running:
+        for k, (rj, left) in enumerate(running):
             self.running[rj.job_id] = rj
+            # what a preempted one goes back to the queue as (its submit time unknown here:
+            # its start), ahead of the pending jobs in submission order
+            self.requests[rj.job_id] = JobRequest(
+                rj.job_id,
+                rj.user,
+                rj.account,
+                rj.start_ts,
+                len(rj.allocation),
+                len(rj.allocation[0][1]),
+                rj.time_limit_s,
+                qos=rj.qos,
+                gpu_type=rj.gpu_type or None,
+                preemptible=rj.preemptible,
+                name=rj.name,
+                array_id=rj.array_id,
+                restarts=rj.restarts,
+                attained_s=rj.attained_s,
+            )
+            self.order[rj.job_id] = k - len(running)
             self.run_id[rj.job_id] = 1
             self.records[rj.job_id] = JobRecord(
                 rj.job_id, rj.account, rj.gpus, rj.start_ts, left, rj.start_ts

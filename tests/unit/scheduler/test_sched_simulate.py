@@ -7,6 +7,7 @@ import pytest
 from dcsched.scheduler import (
     Decisions,
     QosLevel,
+    RunningJob,
     SchedulerConfig,
     Snapshot,
     Start,
@@ -181,3 +182,42 @@ def test_forecast_ends_overdue_and_terminating_jobs_after_the_grace() -> None:
     stopping = running("stop", {"n0": range(8)}, start=NOW - 60, limit=H, terminating=True)
     s = snap([node("n0", free=())], [job("j", 8, submit=NOW)], [stopping])
     assert forecast(s, NOW, ["j"]) == {"j": NOW + grace}
+
+
+@pytest.mark.parametrize(
+    ("config", "victim", "expected"),
+    [
+        # a QOS that preempts: urgent starts after the victim's grace, the victim requeued
+        (
+            PREEMPTING,
+            running("long", {"n0": range(8)}, start=NOW - 60, limit=10 * H, preemptible=True),
+            {"urgent": NOW + 60, "after": NOW + 60 + H},
+        ),
+        # las: the job that has run 5 h yields to the new one
+        (
+            SchedulerConfig(policy="las"),
+            running("old", {"n0": range(8)}, start=NOW - 5 * H, limit=10 * H, preemptible=True),
+            None,
+        ),
+    ],
+)
+def test_forecast_preempts_a_running_job_and_requeues_it(
+    config: SchedulerConfig, victim: RunningJob, expected: dict[str, float] | None
+) -> None:
+    """A running job of the snapshot preempted in the forecast goes back to the queue (it
+    was a KeyError: the simulator had no request for it)."""
+    pending = [
+        job(
+            "urgent",
+            8,
+            submit=NOW,
+            qos="high" if expected else "normal",
+            preemptible=expected is None,
+        ),
+        job("after", 8, submit=NOW),
+    ]
+    s = Snapshot((node("n0", free=()),), tuple(pending), (victim,), config)
+    got = forecast(s, NOW, ["urgent", "after"])
+    assert got["urgent"] == NOW + config.preempt_grace_s
+    if expected is not None:
+        assert got == expected
