@@ -113,6 +113,10 @@ class Simulator:
         self.order: dict[str, int] = {}
         self.requests: dict[str, JobRequest] = {}
         self.passes = 0
+        # how the jobs that others depend on ended (Snapshot.finished): the snapshot's, then
+        # every such job that ends here is taken to have completed
+        self.finished: dict[str, str] = {}
+        self._depended: set[str] = set()
         self._events: list[tuple[float, int, int, str, int]] = []
         self._seq = 0
         self._tick_at = math.inf
@@ -174,6 +178,7 @@ class Simulator:
             self._push(now + left, _END, rj.job_id, 1)
         self.usage = snapshot.usage
         self.history = dict(snapshot.history)
+        self.finished = dict(snapshot.finished)
         self.t0 = now
         return self._loop(self._load(pending), done=done, max_passes=max_passes)
 
@@ -189,6 +194,7 @@ class Simulator:
             )
             self.left[r.job_id] = job.duration_s
             self.requests[r.job_id] = r
+            self._depended.update(dep for _, dep in r.depends)
         return arrivals
 
     def _loop(
@@ -226,6 +232,8 @@ class Simulator:
                     rj = self._release(jid)
                     if kind == _END:
                         self.records[jid].finish_s = now
+                        if jid in self._depended:
+                            self.finished[jid] = "COMPLETED"
                         key = (rj.user, rj.time_limit_s)
                         ran = rj.attained_s + now - rj.start_ts
                         self.history[key] = remember(self.history.get(key, ()), ran)
@@ -266,6 +274,7 @@ class Simulator:
             self.config,
             self.usage,
             history=dict(self.history),  # a snapshot: later runs do not change it
+            finished=dict(self.finished),
         )
         decisions = self.decide(snapshot, now)
         self.passes += 1
@@ -361,7 +370,7 @@ def forecast(
     pending job of the snapshot queued. A job that has not started within `max_passes`
     passes, or when `give_up()` (the caller's clock: this core has none), is left out.
     Running jobs past their limit (and terminating ones) end after the preemption
-    grace."""
+    grace. A job that ends here is taken to have completed (for `afterok` and the like)."""
     config = snapshot.config
     sim = Simulator(snapshot.nodes, config)
     grace = config.preempt_grace_s

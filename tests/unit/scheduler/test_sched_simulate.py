@@ -221,3 +221,29 @@ def test_forecast_preempts_a_running_job_and_requeues_it(
     assert got["urgent"] == NOW + config.preempt_grace_s
     if expected is not None:
         assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("depends", "finished", "expected"),
+    [
+        ((("afterok", "r"),), {}, NOW + 600),  # r runs to its limit, taken as completed
+        ((("afterany", "r"),), {}, NOW + 600),
+        ((("after", "r"),), {}, NOW),  # r runs: holds now (4 GPUs free)
+        ((("afterok", "done"),), {"done": "COMPLETED"}, NOW),  # already held
+        ((("afterok", "done"),), {"done": "FAILED"}, None),  # never
+        ((("afternotok", "r"),), {}, None),  # r is taken to complete: never
+        ((("afterok", "first"),), {}, NOW + 600 + H),  # a chain: after first, after r
+    ],
+)
+def test_forecast_follows_dependencies(
+    depends: tuple[tuple[str, str], ...], finished: dict[str, str], expected: float | None
+) -> None:
+    """Dependencies on jobs that end within the forecast hold once they end (they were
+    never met: the harness passed no `finished` on, and every dependent job had no time)."""
+    pending = [
+        job("first", 8, submit=NOW - 10),
+        job("dep", 4, submit=NOW, depends=depends),
+    ]
+    run = [running("r", {"n0": range(4)}, start=NOW - 3000, limit=3600.0)]
+    s = snap([node("n0", free=range(4, 8))], pending, run, finished=finished)
+    assert forecast(s, NOW, ["dep"]).get("dep") == expected
