@@ -391,3 +391,24 @@ async def test_forecasts_asked_side_by_side_run_one_at_a_time_and_share_an_answe
         pool.shutdown()
         assert len(calls) == 3 and max(calls) == 1  # another limit: its own forecast
         assert other[0] == other[1] == got[0]
+
+
+async def test_the_forecast_keeps_the_jobs_that_the_forecast_ones_depend_on(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    """`?limit=N` runs only the first N pending jobs forward: a job among them that depends
+    on one further down never started there (the dependency was of an unknown job)."""
+    async with (
+        running_daemon(write_config(tmp_path, mosquitto, prefix)) as d,
+        ScriptedAgent(mosquitto, prefix, "n1", gpus=2) as a1,
+    ):
+        c = Client(d.config.daemon.socket)
+        big = await api(c, "submit", _spec("big", gpus=2))
+        await run_on(a1, c, big)
+        low = await api(c, "submit", _spec("low", gpus=2, nice=10000))
+        top = await api(c, "submit", _spec("top", gpus=2, dependency=[f"afterok:{low}"]))
+        await until(lambda: _reason_is(c, top, "Dependency"))
+        started = (await api(c, "job", big))["start_ts"]
+        got = await api(c, "forecast", 1)
+        assert list(got) == [top]  # the first in priority order: low is niced down
+        assert got[top] == pytest.approx(started + 2 * 3600, abs=5)  # after big, then low
