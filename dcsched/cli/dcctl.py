@@ -83,7 +83,7 @@ def cmd_queue(c: Client, a: argparse.Namespace) -> int:
         print_json({"jobs": jobs})
         return 0
     if not a.array:
-        jobs = collapse_arrays(jobs)
+        jobs = collapse_arrays(jobs, by_start=a.start)
     if not a.start:
         jobs.sort(key=lambda j: j["id"])
     print(queue_format.render(fmt, jobs, header=not a.noheader))
@@ -106,22 +106,23 @@ def index_ranges(indexes: list[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
-def collapse_arrays(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def collapse_arrays(jobs: list[dict[str, Any]], by_start: bool = False) -> list[dict[str, Any]]:
     """One row for the waiting tasks of an array in one state (`123_[4-9%8]`, with the
     array's limit on tasks running at once, as squeue shows them); running and finished
-    tasks keep a row each."""
+    tasks keep a row each. `by_start` (queue --start): one row per forecast start time,
+    so no task shows another's time."""
     out: list[dict[str, Any]] = []
-    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[int, str, float | None], list[dict[str, Any]]] = {}
     for j in jobs:
         if j.get("array_job_id") is not None and j["state"] in _WAITING:
-            key = (j["array_job_id"], j["state"])
+            key = (j["array_job_id"], j["state"], j.get("start_ts") if by_start else None)
             if key not in groups:
                 groups[key] = []
                 out.append(j)  # the group's place: its first task's
             groups[key].append(j)
         else:
             out.append(j)
-    for (array_id, _), tasks in groups.items():
+    for (array_id, _, _), tasks in groups.items():
         if len(tasks) > 1:
             ranges = index_ranges([t["array_task_id"] for t in tasks])
             limit = tasks[0].get("array_limit")

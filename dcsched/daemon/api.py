@@ -67,6 +67,8 @@ _decode_body = msgspec.json.Decoder().decode
 MAX_AUDIT_ROWS = 10_000
 MAX_FORECAST_JOBS = 1_000
 FORECAST_BUDGET_S = 2.0
+# a forecast's answer serves callers of the same limit for this long
+FORECAST_REUSE_S = 1.0
 # Audit names of the calls; any other route is named by its method and path.
 _ACTIONS = {
     ("POST", "/v1/jobs"): "submit",
@@ -408,6 +410,10 @@ class Api:
         self.app = app
         self.read = daemon.read
         self._openapi = _encoder.encode(openapi())
+        # one forecast at a time: each holds the interpreter for up to its budget, so
+        # callers side by side would starve the event loop; (when, limit, answer)
+        self._forecast_lock = asyncio.Lock()
+        self._forecast_last: tuple[float, int, dict[str, Any]] | None = None
 
     async def health(self, request: web.Request) -> web.Response:
         h = self.d.health()
@@ -643,17 +649,24 @@ class Api:
         ran to its time limit and nothing else arrived (Slurm's `squeue --start`): the
         simulation harness run forward from now, off the event loop."""
         limit = min(_int_arg(request.query.get("limit", "100"), "limit"), MAX_FORECAST_JOBS)
-        now = time.time()
-        snap, order = self.d.scheduling.forecast_snapshot(now, limit)
-        # a thread shares the interpreter with the event loop: bounded in time, so a big
-        # cluster's forecast leaves the jobs it did not reach without a time
-        deadline = time.monotonic() + FORECAST_BUDGET_S
-        starts = await asyncio.to_thread(
-            forecast, snap, now, order, give_up=lambda: time.monotonic() > deadline
-        )
-        return _json(
-            {"now": now, "jobs": [{"job_id": int(j), "est_start": starts.get(j)} for j in order]}
-        )
+        async with self._forecast_lock:
+            last = self._forecast_last
+            if last and last[1] == limit and time.monotonic() - last[0] < FORECAST_REUSE_S:
+                return _json(last[2])
+            now = time.time()
+            snap, order = self.d.scheduling.forecast_snapshot(now, limit)
+            # a thread shares the interpreter with the event loop: bounded in time, so a big
+            # cluster's forecast leaves the jobs it did not reach without a time
+            deadline = time.monotonic() + FORECAST_BUDGET_S
+            starts = await asyncio.to_thread(
+                forecast, snap, now, order, give_up=lambda: time.monotonic() > deadline
+            )
+            out = {
+                "now": now,
+                "jobs": [{"job_id": int(j), "est_start": starts.get(j)} for j in order],
+            }
+            self._forecast_last = (time.monotonic(), limit, out)
+        return _json(out)
 
     async def fairshare(self, request: web.Request) -> web.Response:
         now = time.time()

@@ -157,11 +157,21 @@ class SchedulingLoop:
     def forecast_snapshot(self, now: float, limit: int) -> tuple[Snapshot, list[str]]:
         """For the forecast (`dcctl queue --start`): the recent pass's snapshot with only
         its first `limit` pending jobs in priority order (the lower ones backfill around
-        them and cannot delay a reserved one), and those jobs' ids in that order."""
+        them and cannot delay a reserved one), and those jobs' ids in that order. The pending
+        jobs they depend on stay too, whatever their place: without them a dependency would
+        never hold."""
         done = self._fresh() or Pass(self.snapshot(now, accrue=False), now).run()
         top = list(itertools.islice(done.priority, limit))
         keep = set(top)
         snap = done.snapshot
+        queued = {j.job_id: j for j in snap.pending}
+        todo = list(top)
+        while todo:
+            job = queued.get(todo.pop())
+            for _, dep in job.depends if job is not None else ():
+                if dep in queued and dep not in keep:
+                    keep.add(dep)
+                    todo.append(dep)
         return replace(snap, pending=tuple(j for j in snap.pending if j.job_id in keep)), top
 
     def recent_snapshot(self, now: float) -> Snapshot:

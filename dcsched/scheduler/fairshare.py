@@ -129,11 +129,11 @@ def _f(effective: float, shares: float) -> float:
 
 
 # Fair-share weighs in fully once the decayed usage of all accounts reaches this share of
-# what the cluster can deliver in one half-life (its GPUs x half_life).
+# what the cluster can deliver in one half-life (its GPUs, billed, x half_life).
 WARMUP = 0.25
 
 
-def warmup(config: SchedulerConfig, usage: Usage, now: float, gpus: int) -> float:
+def warmup(config: SchedulerConfig, usage: Usage, now: float, gpus: float) -> float:
     """How much the usage so far says, in [0, 1]. Shares of a usage that is still small
     next to the cluster's capacity (a fresh cluster, or one idle for weeks) are noise: the
     user who ran one 3-minute job would otherwise wait behind everyone who ran none."""
@@ -144,10 +144,10 @@ def warmup(config: SchedulerConfig, usage: Usage, now: float, gpus: int) -> floa
 
 
 def factors(
-    config: SchedulerConfig, usage: Usage, now: float, keys: Iterable[Key], gpus: int = 0
+    config: SchedulerConfig, usage: Usage, now: float, keys: Iterable[Key], gpus: float = 0
 ) -> dict[Key, float]:
     """Fair-share factor in (0, 1] for each (account, user) in `keys`, for the priority:
-    `1 - w * (1 - F)` with w = warmup() on a cluster of `gpus` GPUs (0: w = 1, Slurm's F
+    `1 - w * (1 - F)` with w = warmup() on a cluster of `gpus` billed GPUs (0: w = 1, Slurm's F
     as `fairshare_report` shows it)."""
     key_set = set(keys)
     w = warmup(config, usage, now, gpus)

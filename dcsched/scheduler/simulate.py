@@ -113,6 +113,10 @@ class Simulator:
         self.order: dict[str, int] = {}
         self.requests: dict[str, JobRequest] = {}
         self.passes = 0
+        # how the jobs that others depend on ended (Snapshot.finished): the snapshot's, then
+        # every such job that ends here is taken to have completed
+        self.finished: dict[str, str] = {}
+        self._depended: set[str] = set()
         self._events: list[tuple[float, int, int, str, int]] = []
         self._seq = 0
         self._tick_at = math.inf
@@ -145,8 +149,27 @@ class Simulator:
         submit times kept, for age), the snapshot's usage and history; the nodes are the
         ones this simulator was made with, their free GPUs as they are. Stops when nothing
         is left, when `done()` or after `max_passes` passes."""
-        for rj, left in running:
+        for k, (rj, left) in enumerate(running):
             self.running[rj.job_id] = rj
+            # what a preempted one goes back to the queue as (its submit time unknown here:
+            # its start), ahead of the pending jobs in submission order
+            self.requests[rj.job_id] = JobRequest(
+                rj.job_id,
+                rj.user,
+                rj.account,
+                rj.start_ts,
+                len(rj.allocation),
+                len(rj.allocation[0][1]),
+                rj.time_limit_s,
+                qos=rj.qos,
+                gpu_type=rj.gpu_type or None,
+                preemptible=rj.preemptible,
+                name=rj.name,
+                array_id=rj.array_id,
+                restarts=rj.restarts,
+                attained_s=rj.attained_s,
+            )
+            self.order[rj.job_id] = k - len(running)
             self.run_id[rj.job_id] = 1
             self.records[rj.job_id] = JobRecord(
                 rj.job_id, rj.account, rj.gpus, rj.start_ts, left, rj.start_ts
@@ -155,6 +178,7 @@ class Simulator:
             self._push(now + left, _END, rj.job_id, 1)
         self.usage = snapshot.usage
         self.history = dict(snapshot.history)
+        self.finished = dict(snapshot.finished)
         self.t0 = now
         return self._loop(self._load(pending), done=done, max_passes=max_passes)
 
@@ -170,6 +194,7 @@ class Simulator:
             )
             self.left[r.job_id] = job.duration_s
             self.requests[r.job_id] = r
+            self._depended.update(dep for _, dep in r.depends)
         return arrivals
 
     def _loop(
@@ -207,6 +232,8 @@ class Simulator:
                     rj = self._release(jid)
                     if kind == _END:
                         self.records[jid].finish_s = now
+                        if jid in self._depended:
+                            self.finished[jid] = "COMPLETED"
                         key = (rj.user, rj.time_limit_s)
                         ran = rj.attained_s + now - rj.start_ts
                         self.history[key] = remember(self.history.get(key, ()), ran)
@@ -247,6 +274,7 @@ class Simulator:
             self.config,
             self.usage,
             history=dict(self.history),  # a snapshot: later runs do not change it
+            finished=dict(self.finished),
         )
         decisions = self.decide(snapshot, now)
         self.passes += 1
@@ -342,7 +370,7 @@ def forecast(
     pending job of the snapshot queued. A job that has not started within `max_passes`
     passes, or when `give_up()` (the caller's clock: this core has none), is left out.
     Running jobs past their limit (and terminating ones) end after the preemption
-    grace."""
+    grace. A job that ends here is taken to have completed (for `afterok` and the like)."""
     config = snapshot.config
     sim = Simulator(snapshot.nodes, config)
     grace = config.preempt_grace_s

@@ -55,7 +55,10 @@ def _qos_factors(config: SchedulerConfig) -> dict[str, float]:
 def _fs_factors(snapshot: Snapshot, now: float) -> dict[tuple[str, str], float]:
     keys = {(j.account, j.user) for j in snapshot.pending}
     keys.update((j.account, j.user) for j in snapshot.running)
-    gpus = sum(len(n.gpus) for n in snapshot.nodes)
+    # in billed GPUs, as the usage is: a cluster billed at 0.5 would otherwise need twice
+    # the use before its fair-share counts
+    bill = snapshot.config.bill
+    gpus = sum(len(n.gpus) * bill(n.gpu_type) for n in snapshot.nodes)
     return fairshare.factors(snapshot.config, snapshot.usage, now, keys, gpus)
 
 

@@ -4,6 +4,7 @@ requeue and preemption, on a real broker with scripted agents."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import io
 import time
@@ -345,3 +346,74 @@ async def test_forecast_runs_the_queue_forward_to_the_time_limits(
         assert ids == [str(first), str(second), str(held)]  # soonest first, no time last
         with pytest.raises(ApiError, match="limit"):
             await api(c, "forecast", -1)
+
+
+async def test_forecasts_asked_side_by_side_run_one_at_a_time_and_share_an_answer(
+    tmp_path: Path, mosquitto: Broker, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each forecast holds the interpreter for up to 2 s in its thread: sixteen callers at
+    once (dcctl queue --start in a watch loop) kept the event loop from health checks for
+    a second and more. One runs at a time, and callers of the same limit within a second
+    get its answer."""
+    from dcsched.daemon import api as api_module
+
+    running_now = 0
+    calls: list[int] = []
+
+    def counted(*args: Any, **kw: Any) -> dict[str, float]:
+        nonlocal running_now
+        running_now += 1
+        calls.append(running_now)
+        time.sleep(0.2)
+        try:
+            return api_module.forecast.__wrapped__(*args, **kw)  # type: ignore[attr-defined,no-any-return]
+        finally:
+            running_now -= 1
+
+    from dcsched.scheduler.simulate import forecast as real
+
+    counted.__wrapped__ = real  # type: ignore[attr-defined]
+    monkeypatch.setattr(api_module, "forecast", counted)
+    async with (
+        running_daemon(write_config(tmp_path, mosquitto, prefix)) as d,
+        ScriptedAgent(mosquitto, prefix, "n1", gpus=2) as a1,
+    ):
+        c = Client(d.config.daemon.socket)
+        big = await api(c, "submit", _spec("big", gpus=2))
+        await run_on(a1, c, big)
+        waiting = await api(c, "submit", _spec("waiting", gpus=2))
+        await until(lambda: _reason_is(c, waiting, "Resources"))
+        # the callers' threads apart from the daemon's (it shares this event loop)
+        pool = concurrent.futures.ThreadPoolExecutor(8)
+        loop = asyncio.get_running_loop()
+        got = await asyncio.gather(*(loop.run_in_executor(pool, c.forecast, 10) for _ in range(8)))
+        assert max(calls) == 1  # never two at once
+        assert len(calls) == 1  # the others got its answer
+        assert all(g == got[0] and g[waiting] is not None for g in got)
+        other = await asyncio.gather(
+            loop.run_in_executor(pool, c.forecast, 5), loop.run_in_executor(pool, c.forecast, 6)
+        )
+        pool.shutdown()
+        assert len(calls) == 3 and max(calls) == 1  # another limit: its own forecast
+        assert other[0] == other[1] == got[0]
+
+
+async def test_the_forecast_keeps_the_jobs_that_the_forecast_ones_depend_on(
+    tmp_path: Path, mosquitto: Broker, prefix: str
+) -> None:
+    """`?limit=N` runs only the first N pending jobs forward: a job among them that depends
+    on one further down never started there (the dependency was of an unknown job)."""
+    async with (
+        running_daemon(write_config(tmp_path, mosquitto, prefix)) as d,
+        ScriptedAgent(mosquitto, prefix, "n1", gpus=2) as a1,
+    ):
+        c = Client(d.config.daemon.socket)
+        big = await api(c, "submit", _spec("big", gpus=2))
+        await run_on(a1, c, big)
+        low = await api(c, "submit", _spec("low", gpus=2, nice=10000))
+        top = await api(c, "submit", _spec("top", gpus=2, dependency=[f"afterok:{low}"]))
+        await until(lambda: _reason_is(c, top, "Dependency"))
+        started = (await api(c, "job", big))["start_ts"]
+        got = await api(c, "forecast", 1)
+        assert list(got) == [top]  # the first in priority order: low is niced down
+        assert got[top] == pytest.approx(started + 2 * 3600, abs=5)  # after big, then low

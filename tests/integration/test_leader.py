@@ -74,7 +74,12 @@ async def test_a_standby_takes_over_and_a_leader_without_its_connection_stops(
         assert (await api(standby, "cluster"))["epoch"] == epoch  # the leader's, from the store
         await api(leader, "job_action", job, "hold")
         await until(lambda: _held(standby, job), what="the standby's copy reloaded")
-        refusals = [("POST", "/v1/jobs"), ("POST", f"/v1/jobs/{job}/cancel"), ("GET", "/v1/events")]
+        refusals = [
+            ("POST", "/v1/jobs"),
+            ("POST", f"/v1/jobs/{job}/cancel"),
+            ("GET", "/v1/events"),
+            ("GET", "/v1/forecast"),
+        ]
         for method, path in refusals:
             with pytest.raises(ApiError, match="standby") as refused:
                 await api(standby, "request", method, path, SPEC if path == "/v1/jobs" else None)

@@ -48,3 +48,21 @@ def test_the_array_line_shows_its_limit_as_squeue_does() -> None:
     jobs.append({**_task(31, 1, "PENDING", array=30), "array_limit": None})
     rows = collapse_arrays(jobs)
     assert [r.get("display_id") or display_id(r) for r in rows] == ["10_[2-5%8]", "30_[0-1]"]
+
+
+@pytest.mark.parametrize(
+    ("by_start", "ids"),
+    [
+        # queue --start: tasks 4-5 start later and 6 has no time; one line showed the
+        # soonest start for all of them
+        (True, ["10_[2-3]", "10_[4-5]", "10_6"]),
+        (False, ["10_[2-6]"]),  # the plain queue: start_ts is not the forecast
+    ],
+)
+def test_queue_start_collapses_only_tasks_that_start_together(
+    by_start: bool, ids: list[str]
+) -> None:
+    starts = {2: 100.0, 3: 100.0, 4: 200.0, 5: 200.0, 6: None}
+    jobs = [{**_task(10 + i, i, "PENDING"), "start_ts": t} for i, t in starts.items()]
+    rows = collapse_arrays(jobs, by_start=by_start)
+    assert [r.get("display_id") or display_id(r) for r in rows] == ids

@@ -19,6 +19,7 @@ from dcsched.scheduler import (
     fairshare_report,
 )
 from dcsched.scheduler.fairshare import factors, warmup
+from dcsched.scheduler.sort import factors as sort_factors
 from dcsched.scheduler.sort import sort_jobs
 
 DAY = 86400.0
@@ -148,3 +149,16 @@ def test_warmup_grows_with_usage_and_the_report_is_slurms() -> None:
     assert damped[("a", "u")] == pytest.approx(1 - 0.5 * (1 - raw[("a", "u")]))
     row = next(r for r in fairshare_report(cfg, usage, 0.0).rows if r.user == "u")
     assert row.fairshare == raw[("a", "u")]
+
+
+@pytest.mark.parametrize("billing", [{}, {"H100": 0.5}, {"H100": 2.0}])
+def test_the_warmup_measures_the_cluster_in_billed_gpus(billing: dict[str, float]) -> None:
+    """Usage is billed GPU-seconds: a cluster billed at 0.5 needed twice the use before its
+    fair-share counted fully (damped by half at FULL's GPU-hours)."""
+    b = billing.get("H100", 1.0)
+    usage = Usage(3600.0, {("a1", "u0"): b * 0.8 * FULL, ("a8", "u1"): b * 0.2 * FULL})
+    cfg = SchedulerConfig(policy="las", billing=billing)
+    s = snap([node("n")], [job("j", 8, user="u1", account="a8")], config=cfg, usage=usage)
+    got = {f.name: f.value for f in sort_factors(s, 3600.0, s.pending[0])}
+    slurm = factors(cfg, usage, 3600.0, [("a8", "u1")])[("a8", "u1")]
+    assert got["fairshare"] == pytest.approx(slurm) and slurm < 1.0

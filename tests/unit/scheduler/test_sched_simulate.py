@@ -7,6 +7,7 @@ import pytest
 from dcsched.scheduler import (
     Decisions,
     QosLevel,
+    RunningJob,
     SchedulerConfig,
     Snapshot,
     Start,
@@ -181,3 +182,68 @@ def test_forecast_ends_overdue_and_terminating_jobs_after_the_grace() -> None:
     stopping = running("stop", {"n0": range(8)}, start=NOW - 60, limit=H, terminating=True)
     s = snap([node("n0", free=())], [job("j", 8, submit=NOW)], [stopping])
     assert forecast(s, NOW, ["j"]) == {"j": NOW + grace}
+
+
+@pytest.mark.parametrize(
+    ("config", "victim", "expected"),
+    [
+        # a QOS that preempts: urgent starts after the victim's grace, the victim requeued
+        (
+            PREEMPTING,
+            running("long", {"n0": range(8)}, start=NOW - 60, limit=10 * H, preemptible=True),
+            {"urgent": NOW + 60, "after": NOW + 60 + H},
+        ),
+        # las: the job that has run 5 h yields to the new one
+        (
+            SchedulerConfig(policy="las"),
+            running("old", {"n0": range(8)}, start=NOW - 5 * H, limit=10 * H, preemptible=True),
+            None,
+        ),
+    ],
+)
+def test_forecast_preempts_a_running_job_and_requeues_it(
+    config: SchedulerConfig, victim: RunningJob, expected: dict[str, float] | None
+) -> None:
+    """A running job of the snapshot preempted in the forecast goes back to the queue (it
+    was a KeyError: the simulator had no request for it)."""
+    pending = [
+        job(
+            "urgent",
+            8,
+            submit=NOW,
+            qos="high" if expected else "normal",
+            preemptible=expected is None,
+        ),
+        job("after", 8, submit=NOW),
+    ]
+    s = Snapshot((node("n0", free=()),), tuple(pending), (victim,), config)
+    got = forecast(s, NOW, ["urgent", "after"])
+    assert got["urgent"] == NOW + config.preempt_grace_s
+    if expected is not None:
+        assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("depends", "finished", "expected"),
+    [
+        ((("afterok", "r"),), {}, NOW + 600),  # r runs to its limit, taken as completed
+        ((("afterany", "r"),), {}, NOW + 600),
+        ((("after", "r"),), {}, NOW),  # r runs: holds now (4 GPUs free)
+        ((("afterok", "done"),), {"done": "COMPLETED"}, NOW),  # already held
+        ((("afterok", "done"),), {"done": "FAILED"}, None),  # never
+        ((("afternotok", "r"),), {}, None),  # r is taken to complete: never
+        ((("afterok", "first"),), {}, NOW + 600 + H),  # a chain: after first, after r
+    ],
+)
+def test_forecast_follows_dependencies(
+    depends: tuple[tuple[str, str], ...], finished: dict[str, str], expected: float | None
+) -> None:
+    """Dependencies on jobs that end within the forecast hold once they end (they were
+    never met: the harness passed no `finished` on, and every dependent job had no time)."""
+    pending = [
+        job("first", 8, submit=NOW - 10),
+        job("dep", 4, submit=NOW, depends=depends),
+    ]
+    run = [running("r", {"n0": range(4)}, start=NOW - 3000, limit=3600.0)]
+    s = snap([node("n0", free=range(4, 8))], pending, run, finished=finished)
+    assert forecast(s, NOW, ["dep"]).get("dep") == expected
