@@ -360,27 +360,20 @@ async def test_forecasts_asked_side_by_side_run_one_at_a_time_and_share_an_answe
     running_now = 0
     calls: list[int] = []
 
+    real = api_module.forecast
+
     def counted(*args: Any, **kw: Any) -> dict[str, float]:
         nonlocal running_now
         running_now += 1
         calls.append(running_now)
         time.sleep(0.2)
         try:
-            return api_module.forecast.__wrapped__(*args, **kw)  # type: ignore[attr-defined,no-any-return]
+            return real(*args, **kw)
         finally:
             running_now -= 1
 
-    from dcsched.scheduler.simulate import forecast as real
-
-    counted.__wrapped__ = real  # type: ignore[attr-defined]
     monkeypatch.setattr(api_module, "forecast", counted)
-    async with (
-        running_daemon(write_config(tmp_path, mosquitto, prefix)) as d,
-        ScriptedAgent(mosquitto, prefix, "n1", gpus=2) as a1,
-    ):
-        c = Client(d.config.daemon.socket)
-        big = await api(c, "submit", _spec("big", gpus=2))
-        await run_on(a1, c, big)
+    async with _node_taken(tmp_path, mosquitto, prefix) as (_, c, _):
         waiting = await api(c, "submit", _spec("waiting", gpus=2))
         await until(lambda: _reason_is(c, waiting, "Resources"))
         # the callers' threads apart from the daemon's (it shares this event loop)
@@ -403,13 +396,7 @@ async def test_the_forecast_keeps_the_jobs_that_the_forecast_ones_depend_on(
 ) -> None:
     """`?limit=N` runs only the first N pending jobs forward: a job among them that depends
     on one further down never started there (the dependency was of an unknown job)."""
-    async with (
-        running_daemon(write_config(tmp_path, mosquitto, prefix)) as d,
-        ScriptedAgent(mosquitto, prefix, "n1", gpus=2) as a1,
-    ):
-        c = Client(d.config.daemon.socket)
-        big = await api(c, "submit", _spec("big", gpus=2))
-        await run_on(a1, c, big)
+    async with _node_taken(tmp_path, mosquitto, prefix) as (_, c, big):
         low = await api(c, "submit", _spec("low", gpus=2, nice=10000))
         top = await api(c, "submit", _spec("top", gpus=2, dependency=[f"afterok:{low}"]))
         await until(lambda: _reason_is(c, top, "Dependency"))
