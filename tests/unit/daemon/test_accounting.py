@@ -18,21 +18,15 @@ from dcsched.daemon.accounting import (
 from dcsched.daemon.lifecycle import Job, Part
 from dcsched.daemon.model import Model
 from dcsched.protocol.messages import GpuSample, Telemetry
+from tests.unit.daemon.builders import make_job
 
-JOB = Job(
+JOB = make_job(
     id=7,
     name="t",
-    user="alice",
-    uid=1000,
     account="ml",
-    qos="normal",
-    nice=0,
     state="RUNNING",
     spec={},
-    nodes=1,
     gpus_per_node=2,
-    gpu_type=None,
-    time_limit_s=3600,
     submit_ts=50.0,
     start_ts=100.0,
     parts=(Part(0, "n1", (0, 1), "L1", state="running"),),

@@ -12,30 +12,13 @@ from dcsched.daemon.model import Model
 from dcsched.daemon.states import JobState
 from dcsched.daemon.store import Batch, Store
 from dcsched.scheduler.estimate import HISTORY_RUNS
+from tests.unit.daemon.builders import make_job
 
 S = JobState
 
 
 def _job(job_id: int, **kw: Any) -> Job:
-    base: dict[str, Any] = dict(
-        id=job_id,
-        name="j",
-        user="alice",
-        uid=1000,
-        account="a",
-        qos="normal",
-        nice=0,
-        state=S.RUNNING.value,
-        spec={"command": ["x"]},
-        nodes=1,
-        gpus_per_node=1,
-        gpu_type=None,
-        time_limit_s=3600,
-        submit_ts=0.0,
-        start_ts=100.0,
-    )
-    base.update(kw)
-    return Job(**base)
+    return make_job(**{"id": job_id, "state": S.RUNNING.value, "start_ts": 100.0, **kw})
 
 
 def _end(model: Model, job: Job, state: str, end_ts: float) -> None:

@@ -24,29 +24,14 @@ from dcsched.daemon.store import (
     _migrations,
 )
 from dcsched.protocol.config import ConfigError, DaemonConfig
+from tests.unit.daemon.builders import make_job
 
 S = JobState
 
 
 def _new(**kw: Any) -> tuple[Job, str]:
-    base: dict[str, Any] = dict(
-        id=0,
-        name="j",
-        user="alice",
-        uid=1000,
-        account="a",
-        qos="normal",
-        nice=0,
-        state="PENDING",
-        spec={"command": ["x"]},
-        nodes=2,
-        gpus_per_node=2,
-        gpu_type=None,
-        time_limit_s=60,
-        submit_ts=100.0,
-    )
-    base.update(kw)
-    return Job(**base), "submitted by alice"
+    job = make_job(**{"nodes": 2, "gpus_per_node": 2, "time_limit_s": 60, "submit_ts": 100.0, **kw})
+    return job, "submitted by alice"
 
 
 async def test_each_transition_keeps_its_epoch_and_a_deposed_writer_is_refused(
